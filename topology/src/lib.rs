@@ -33,7 +33,9 @@ pub struct InvalidTopology {
 impl InvalidTopology {
     /// The diagnostics that are errors.
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
     }
 }
 
@@ -56,15 +58,19 @@ impl fmt::Display for InvalidTopology {
 #[non_exhaustive]
 pub enum LoadError {
     #[error("read topology file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Invalid(#[from] InvalidTopology),
 }
 
 /// Parses and validates topology text; `file` names it in diagnostics.
 pub fn parse_topology(file: &str, text: &str) -> Result<Validated, InvalidTopology> {
-    let map = source::SourceMap::new(file, text)
-        .map_err(|diagnostic| InvalidTopology { diagnostics: vec![diagnostic] })?;
+    let map = source::SourceMap::new(file, text).map_err(|diagnostic| InvalidTopology {
+        diagnostics: vec![diagnostic],
+    })?;
     let topology: Topology = toml::from_str(text).map_err(|error| InvalidTopology {
         diagnostics: vec![map.diagnostic_for_span(error.span(), error.message().to_owned())],
     })?;
@@ -76,12 +82,17 @@ pub fn parse_topology(file: &str, text: &str) -> Result<Validated, InvalidTopolo
     if diagnostics.iter().any(|d| d.severity == Severity::Error) {
         return Err(InvalidTopology { diagnostics });
     }
-    Ok(Validated { topology, warnings: diagnostics })
+    Ok(Validated {
+        topology,
+        warnings: diagnostics,
+    })
 }
 
 /// Reads, parses and validates a topology file.
 pub fn load_topology(path: &Path) -> Result<Validated, LoadError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok(parse_topology(&path.display().to_string(), &text)?)
 }

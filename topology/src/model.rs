@@ -47,7 +47,10 @@ pub struct PlacementPolicy {
 
 impl Default for PlacementPolicy {
     fn default() -> Self {
-        Self { rack_aware: true, zone_spread: false }
+        Self {
+            rack_aware: true,
+            zone_spread: false,
+        }
     }
 }
 
@@ -341,10 +344,13 @@ macro_rules! string_newtype {
 
 fn check_identifier(what: &str, value: &str, max_len: usize) -> Result<(), String> {
     if value.is_empty() || value.len() > max_len {
-        return Err(format!("{what} '{value}' must be 1 to {max_len} bytes long"));
+        return Err(format!(
+            "{what} '{value}' must be 1 to {max_len} bytes long"
+        ));
     }
-    if let Some(bad) =
-        value.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
     {
         return Err(format!(
             "{what} '{value}' contains '{bad}'; use letters, digits, '-' and '_'"
@@ -426,9 +432,9 @@ impl Endpoint {
 impl TryFrom<String> for Endpoint {
     type Error = String;
     fn try_from(value: String) -> Result<Self, String> {
-        let addr: SocketAddr = value
-            .parse()
-            .map_err(|_| format!("'{value}' is not an address; write ip:port, e.g. 127.0.0.1:3000"))?;
+        let addr: SocketAddr = value.parse().map_err(|_| {
+            format!("'{value}' is not an address; write ip:port, e.g. 127.0.0.1:3000")
+        })?;
         if addr.port() == 0 {
             return Err(format!("'{value}' has port 0; give a fixed port"));
         }

@@ -67,12 +67,15 @@ impl PartitionMap {
         site: &str,
         namespace: &str,
     ) -> Result<Self, PlacementError> {
-        let site_def =
-            topology.site(site).ok_or_else(|| PlacementError::UnknownSite(site.to_owned()))?;
-        let ns = site_def.namespace(namespace).ok_or_else(|| PlacementError::UnknownNamespace {
-            site: site.to_owned(),
-            namespace: namespace.to_owned(),
-        })?;
+        let site_def = topology
+            .site(site)
+            .ok_or_else(|| PlacementError::UnknownSite(site.to_owned()))?;
+        let ns = site_def
+            .namespace(namespace)
+            .ok_or_else(|| PlacementError::UnknownNamespace {
+                site: site.to_owned(),
+                namespace: namespace.to_owned(),
+            })?;
         let members: Vec<Member> = site_def
             .nodes
             .iter()
@@ -82,7 +85,11 @@ impl PartitionMap {
                 zone: site_def.zone_of(node).map(str::to_owned),
             })
             .collect();
-        Self::compute(&members, usize::from(ns.replication_factor), topology.placement)
+        Self::compute(
+            &members,
+            usize::from(ns.replication_factor),
+            topology.placement,
+        )
     }
 
     /// Places `replication_factor` copies of every partition on `members` (fewer copies when
@@ -106,7 +113,10 @@ impl PartitionMap {
         let share = partitions as f64 / count as f64;
         let master_cap = (share * (1.0 + LOAD_SLACK)).ceil() as usize;
         let copy_cap = (share * copies as f64 * (1.0 + LOAD_SLACK)).ceil() as usize;
-        let hashes: Vec<u64> = members.iter().map(|m| fnv1a(m.id.as_str().as_bytes())).collect();
+        let hashes: Vec<u64> = members
+            .iter()
+            .map(|m| fnv1a(m.id.as_str().as_bytes()))
+            .collect();
 
         let mut masters = vec![0usize; count];
         let mut held = vec![0usize; count];
@@ -115,7 +125,11 @@ impl PartitionMap {
         for partition in 0..PARTITIONS {
             order.sort_by_key(|&i| std::cmp::Reverse(score(hashes[i], partition)));
             // Caps sum to at least P, so some candidate always has room.
-            let master = order.iter().copied().find(|&i| masters[i] < master_cap).unwrap_or(order[0]);
+            let master = order
+                .iter()
+                .copied()
+                .find(|&i| masters[i] < master_cap)
+                .unwrap_or(order[0]);
             masters[master] += 1;
             held[master] += 1;
             let mut chosen = vec![master];
@@ -123,19 +137,25 @@ impl PartitionMap {
                 let preference = |i: usize| {
                     let new_zone = policy.zone_spread
                         && chosen.iter().all(|&c| members[c].zone != members[i].zone);
-                    let new_rack =
-                        policy.rack_aware && chosen.iter().all(|&c| members[c].rack != members[i].rack);
+                    let new_rack = policy.rack_aware
+                        && chosen.iter().all(|&c| members[c].rack != members[i].rack);
                     (new_zone, new_rack, held[i] < copy_cap)
                 };
                 let candidates = order.iter().copied().filter(|i| !chosen.contains(i));
                 // max_by_key keeps the last maximum; reversing keeps the highest-scored one.
-                let Some(next) = candidates.rev().max_by_key(|&i| preference(i)) else { break };
+                let Some(next) = candidates.rev().max_by_key(|&i| preference(i)) else {
+                    break;
+                };
                 held[next] += 1;
                 chosen.push(next);
             }
             replicas.extend(chosen.iter().map(|&i| i as u16));
         }
-        Ok(Self { nodes: members.iter().map(|m| m.id.clone()).collect(), copies, replicas })
+        Ok(Self {
+            nodes: members.iter().map(|m| m.id.clone()).collect(),
+            copies,
+            replicas,
+        })
     }
 
     /// The nodes of the map, sorted by id.
@@ -151,7 +171,9 @@ impl PartitionMap {
     /// The replica list of a partition, master first.
     pub fn replicas(&self, partition: u16) -> impl Iterator<Item = &NodeId> + '_ {
         let start = usize::from(partition % PARTITIONS) * self.copies;
-        self.replicas[start..start + self.copies].iter().map(|&i| &self.nodes[usize::from(i)])
+        self.replicas[start..start + self.copies]
+            .iter()
+            .map(|&i| &self.nodes[usize::from(i)])
     }
 
     /// The master of a partition.
@@ -172,7 +194,9 @@ impl PartitionMap {
 
     /// Partitions whose master differs between two maps.
     pub fn masters_moved(&self, other: &PartitionMap) -> usize {
-        (0..PARTITIONS).filter(|&p| self.master(p) != other.master(p)).count()
+        (0..PARTITIONS)
+            .filter(|&p| self.master(p) != other.master(p))
+            .count()
     }
 
     /// Partitions whose set of replica nodes differs between two maps.

@@ -110,9 +110,17 @@ impl<'a> SourceMap<'a> {
     /// Indexes `text`; a file that is not even TOML yields its syntax error.
     pub(crate) fn new(file: &'a str, text: &'a str) -> Result<Self, Diagnostic> {
         match toml_edit::Document::parse(text) {
-            Ok(document) => Ok(Self { file, text, document: Some(document) }),
+            Ok(document) => Ok(Self {
+                file,
+                text,
+                document: Some(document),
+            }),
             Err(error) => {
-                let map = Self { file, text, document: None };
+                let map = Self {
+                    file,
+                    text,
+                    document: None,
+                };
                 let offset = error.span().map_or(0, |span| span.start);
                 Err(map.diagnostic_at(
                     Severity::Error,
@@ -136,7 +144,11 @@ impl<'a> SourceMap<'a> {
     }
 
     /// A diagnostic for an error the deserializer reported at `span`.
-    pub(crate) fn diagnostic_for_span(&self, span: Option<Range<usize>>, message: String) -> Diagnostic {
+    pub(crate) fn diagnostic_for_span(
+        &self,
+        span: Option<Range<usize>>,
+        message: String,
+    ) -> Diagnostic {
         let offset = span.map_or(0, |span| span.start);
         let path = self.path_at(offset);
         self.diagnostic_at(Severity::Error, offset, path, message)
@@ -268,7 +280,9 @@ impl<'d> At<'d> {
         if self.span().is_some_and(|span| span.contains(&offset)) {
             return true;
         }
-        self.children().into_iter().any(|(_, child)| child.contains(offset))
+        self.children()
+            .into_iter()
+            .any(|(_, child)| child.contains(offset))
     }
 }
 
@@ -298,7 +312,12 @@ mod tests {
     fn paths_resolve_to_value_positions_and_back() {
         let text = "[[sites]]\nname = \"a\"\n[[sites.nodes]]\nid = \"n1\"\nrack-id = 7\n";
         let map = SourceMap::new("t.toml", text).expect("valid toml");
-        let path = FieldPath::root().key("sites").index(0).key("nodes").index(0).key("rack-id");
+        let path = FieldPath::root()
+            .key("sites")
+            .index(0)
+            .key("nodes")
+            .index(0)
+            .key("rack-id");
         let found = map.diagnostic(Severity::Error, &path, "bad".into());
         assert_eq!((found.line, found.column), (5, 11));
         assert_eq!(found.field, "sites[0].nodes[0].rack-id");

@@ -37,7 +37,11 @@ fn validate(file: &std::path::Path) -> anyhow::Result<ExitCode> {
                 eprintln!("{diagnostic}");
             }
             let errors = invalid.errors().count();
-            eprintln!("{}: invalid ({errors} error{})", file.display(), plural(errors));
+            eprintln!(
+                "{}: invalid ({errors} error{})",
+                file.display(),
+                plural(errors)
+            );
             Ok(ExitCode::FAILURE)
         }
         Err(error) => Err(error.into()),
