@@ -9,6 +9,7 @@
 pub mod model;
 pub mod placement;
 mod source;
+pub mod store;
 mod validate;
 
 use std::fmt;
@@ -57,7 +58,7 @@ impl fmt::Display for InvalidTopology {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadError {
-    #[error("read topology file {path}: {source}")]
+    #[error("read topology file {path}")]
     Read {
         path: String,
         source: std::io::Error,
@@ -72,7 +73,7 @@ pub fn parse_topology(file: &str, text: &str) -> Result<Validated, InvalidTopolo
         diagnostics: vec![diagnostic],
     })?;
     let topology: Topology = toml::from_str(text).map_err(|error| InvalidTopology {
-        diagnostics: vec![map.diagnostic_for_span(error.span(), error.message().to_owned())],
+        diagnostics: vec![map.diagnostic_for_span(error.span(), plain_type_names(error.message()))],
     })?;
     let mut diagnostics: Vec<Diagnostic> = validate::validate(&topology)
         .into_iter()
@@ -85,6 +86,20 @@ pub fn parse_topology(file: &str, text: &str) -> Result<Validated, InvalidTopolo
     Ok(Validated {
         topology,
         warnings: diagnostics,
+    })
+}
+
+/// Serde names Rust types in its messages ("expected u8"); say what a TOML author can write.
+fn plain_type_names(message: &str) -> String {
+    [
+        ("expected u8", "expected an integer from 0 to 255"),
+        ("expected u32", "expected an integer from 0 to 4294967295"),
+        ("expected i64", "expected an integer"),
+        ("expected f64", "expected a number"),
+    ]
+    .iter()
+    .fold(message.to_owned(), |text, (rust, plain)| {
+        text.replace(rust, plain)
     })
 }
 

@@ -178,6 +178,15 @@ impl Namespace {
     }
 }
 
+impl fmt::Display for ConflictPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConflictPolicy::Generation => "generation",
+            ConflictPolicy::LastUpdateTime => "last-update-time",
+        })
+    }
+}
+
 /// Aerospike's `conflict-resolution-policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -195,7 +195,7 @@ impl<'a> SourceMap<'a> {
         let mut node = At::Item(document.as_item());
         'descend: loop {
             for (segment, child) in node.children() {
-                if child.contains(offset) {
+                if node.key_contains(&segment, offset) || child.contains(offset) {
                     path = match &segment {
                         PathSegment::Key(key) => path.key(key),
                         PathSegment::Index(index) => path.index(*index),
@@ -274,15 +274,26 @@ impl<'d> At<'d> {
         }
     }
 
+    /// Whether the offset lies on the key that names `segment` in this table.
+    fn key_contains(self, segment: &PathSegment, offset: usize) -> bool {
+        match (segment, self.table_like()) {
+            (PathSegment::Key(key), Some(table)) => table
+                .key(key)
+                .and_then(|k| k.span())
+                .is_some_and(|span| span.contains(&offset)),
+            _ => false,
+        }
+    }
+
     /// Whether the offset lies in this node: its own span, or (for tables, whose span is only
-    /// their header) any of its children's.
+    /// their header) any of its children's or their keys'.
     fn contains(self, offset: usize) -> bool {
         if self.span().is_some_and(|span| span.contains(&offset)) {
             return true;
         }
         self.children()
             .into_iter()
-            .any(|(_, child)| child.contains(offset))
+            .any(|(segment, child)| self.key_contains(&segment, offset) || child.contains(offset))
     }
 }
 

@@ -2,6 +2,7 @@
 //! forwarding loops. Single-field checks live in the model's newtypes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 
 use crate::model::{Link, Site, Topology};
 use crate::source::{FieldPath, Severity};
@@ -182,8 +183,10 @@ fn check_namespaces(topology: &Topology, site: &Site, path: &FieldPath, findings
 
 fn check_addresses(topology: &Topology, findings: &mut Findings) {
     // Every address must be unique across the deployment: on one machine all nodes share
-    // loopback, and on many machines a duplicate is still a copy-paste mistake.
-    let mut used: HashMap<String, String> = HashMap::new();
+    // loopback, and on many machines a duplicate is still a copy-paste mistake. The XDR endpoint
+    // is UDP and the others TCP, so only like with like collides; an unspecified IP (0.0.0.0)
+    // collides with every IP on its port.
+    let mut used: Vec<(bool, SocketAddr, String)> = Vec::new();
     for (s, site) in topology.sites.iter().enumerate() {
         for (n, node) in site.nodes.iter().enumerate() {
             let path = FieldPath::root()
@@ -198,19 +201,21 @@ fn check_addresses(topology: &Topology, findings: &mut Findings) {
                 ("admin", node.admin),
             ];
             for (field, endpoint) in addresses {
-                // The XDR endpoint is UDP; the others are TCP, so only like with like collides.
-                let key = format!(
-                    "{}/{}",
-                    if field == "xdr" { "udp" } else { "tcp" },
-                    endpoint
-                );
-                let owner = format!("{field} address of node '{}'", node.id);
-                if let Some(first) = used.insert(key, owner) {
+                let (udp, addr) = (field == "xdr", endpoint.addr());
+                let clash = used.iter().find(|(other_udp, other, _)| {
+                    *other_udp == udp
+                        && other.port() == addr.port()
+                        && (other.ip() == addr.ip()
+                            || other.ip().is_unspecified()
+                            || addr.ip().is_unspecified())
+                });
+                if let Some((_, other, owner)) = clash {
                     findings.error(
                         path.key(field),
-                        format!("{endpoint} is already the {first}"),
+                        format!("{endpoint} collides with {other}, the {owner}"),
                     );
                 }
+                used.push((udp, addr, format!("{field} address of node '{}'", node.id)));
             }
         }
     }
@@ -394,7 +399,7 @@ fn check_link_namespaces(
             findings.error(
                 ns_path,
                 format!(
-                    "namespace '{name}' resolves conflicts by {:?} at '{}' but by {:?} at '{}': \
+                    "namespace '{name}' resolves conflicts by {} at '{}' but by {} at '{}': \
                          the sites would never converge; use one policy",
                     a.conflict_resolution_policy, from.name, b.conflict_resolution_policy, to.name
                 ),
@@ -417,7 +422,15 @@ fn check_forwarding_loops(topology: &Topology, findings: &mut Findings) {
         }
     }
     let mut reported = BTreeSet::new();
-    for start in forwarding.keys() {
+    // Start from sites in the order their links appear, so a loop is reported on the first of its
+    // links in the file.
+    let mut starts: Vec<&str> = Vec::new();
+    for link in &topology.links {
+        if forwarding.contains_key(link.from.as_str()) && !starts.contains(&link.from.as_str()) {
+            starts.push(link.from.as_str());
+        }
+    }
+    for start in &starts {
         let mut stack = vec![(*start, vec![*start], Vec::<usize>::new())];
         while let Some((at, sites, links)) = stack.pop() {
             for &(l, next) in forwarding.get(at).into_iter().flatten() {

@@ -1,0 +1,220 @@
+//! One conformance suite for every topology store backend: SQLite (a temp file) and PostgreSQL
+//! (a fresh database on the server named by `FERRY_TEST_POSTGRES_URL`, which `.ci/test` starts).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ferry_topology::store::{Applied, ApplyRequest, StoreError, TopologyStore};
+use sqlx::{Connection, Executor};
+
+const EXAMPLE: &str = include_str!("../../examples/two-sites.toml");
+
+fn request(content: &str, comment: &str, expected_parent: Option<i64>) -> ApplyRequest {
+    ApplyRequest {
+        source: "two-sites.toml".into(),
+        content: content.into(),
+        author: "tester".into(),
+        comment: comment.into(),
+        expected_parent,
+    }
+}
+
+/// The example with its deployment name changed: a distinct, valid version.
+fn variant(n: usize) -> String {
+    EXAMPLE.replace("name = \"two-sites\"", &format!("name = \"two-sites-{n}\""))
+}
+
+async fn suite(url: &str) {
+    let store = TopologyStore::open(url).await.expect("open store");
+
+    // Empty store.
+    assert_eq!(store.head().await.expect("head"), None);
+    assert!(matches!(store.current().await, Err(StoreError::Empty)));
+
+    // First version, read back whole.
+    let applied = store
+        .apply(request(EXAMPLE, "first", None))
+        .await
+        .expect("apply");
+    assert_eq!(applied, Applied::Created { version: 1 });
+    let current = store.current().await.expect("current");
+    assert_eq!(current.version, 1);
+    assert_eq!(current.parent, None);
+    assert_eq!(current.content, EXAMPLE);
+    assert_eq!(current.author, "tester");
+    assert_eq!(current.comment, "first");
+    assert_eq!(current.topology.sites.len(), 2);
+    assert!(current.created_at_ms > 0);
+
+    // Same content again stores nothing.
+    let again = store
+        .apply(request(EXAMPLE, "again", None))
+        .await
+        .expect("apply");
+    assert_eq!(again, Applied::Unchanged { version: 1 });
+
+    // Invalid content changes nothing and says why.
+    let broken = EXAMPLE.replace("namespaces = [\"test\"]", "namespaces = [\"tset\"]");
+    match store.apply(request(&broken, "broken", None)).await {
+        Err(StoreError::Invalid(invalid)) => {
+            assert!(
+                invalid
+                    .to_string()
+                    .contains("'tset', which no site defines"),
+                "{invalid}"
+            );
+        }
+        other => panic!("invalid file was not refused: {other:?}"),
+    }
+    assert_eq!(store.head().await.expect("head"), Some(1));
+
+    // Second version records its parent; history is in order.
+    let second = store
+        .apply(request(&variant(2), "second", Some(1)))
+        .await
+        .expect("apply");
+    assert_eq!(second, Applied::Created { version: 2 });
+    assert_eq!(store.get(2).await.expect("get").parent, Some(1));
+    let history = store.history().await.expect("history");
+    let numbers: Vec<i64> = history.iter().map(|v| v.version).collect();
+    assert_eq!(numbers, [1, 2]);
+    assert_eq!(history[1].comment, "second");
+
+    // A stale compare-and-set is a conflict and changes nothing.
+    match store.apply(request(&variant(3), "stale", Some(1))).await {
+        Err(StoreError::Conflict { current: 2, .. }) => {}
+        other => panic!("stale apply was not a conflict: {other:?}"),
+    }
+    assert_eq!(store.head().await.expect("head"), Some(2));
+
+    // Concurrent writers from separate pools: exactly one wins each round.
+    let other = TopologyStore::open(url).await.expect("open second handle");
+    for round in 0..5 {
+        let head = store.head().await.expect("head");
+        let a = store.apply(request(&variant(100 + round), "a", head));
+        let b = other.apply(request(&variant(200 + round), "b", head));
+        let (a, b) = tokio::join!(a, b);
+        let wins = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Ok(Applied::Created { .. })))
+            .count();
+        let conflicts = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Err(StoreError::Conflict { .. })))
+            .count();
+        assert_eq!((wins, conflicts), (1, 1), "round {round}: {a:?} / {b:?}");
+    }
+    let head = store.head().await.expect("head").expect("versions exist");
+    assert_eq!(head, 7);
+
+    // Rollback stores the old content as a new version.
+    let rolled = store.rollback(1, "tester", "").await.expect("rollback");
+    assert_eq!(rolled, Applied::Created { version: 8 });
+    let current = store.current().await.expect("current");
+    assert_eq!(current.content, EXAMPLE);
+    assert_eq!(current.parent, Some(7));
+    assert_eq!(current.comment, "rollback to version 1");
+
+    assert!(matches!(store.get(99).await, Err(StoreError::NotFound(99))));
+
+    // Reopening runs no migration twice and finds everything.
+    drop(other);
+    let reopened = TopologyStore::open(url).await.expect("reopen");
+    assert_eq!(reopened.history().await.expect("history").len(), 8);
+
+    // A row altered behind the store's back is reported as corrupt, naming the version.
+    let mut raw = sqlx::AnyConnection::connect(&raw_url(url))
+        .await
+        .expect("raw connection");
+    raw.execute("UPDATE topology_versions SET parsed = '{\"name\": 1' WHERE version = 2")
+        .await
+        .expect("corrupt a row");
+    raw.execute(
+        "UPDATE topology_versions SET content = REPLACE(content, 'src-id = 2', 'src-id = 9') \
+         WHERE version = 3",
+    )
+    .await
+    .expect("alter content");
+    match reopened.get(2).await {
+        Err(StoreError::Corrupt { version: 2, reason }) => {
+            assert!(reason.contains("does not decode"), "{reason}")
+        }
+        other => panic!("corrupt row not detected: {other:?}"),
+    }
+    match reopened.get(3).await {
+        Err(StoreError::Corrupt { version: 3, reason }) => {
+            assert!(reason.contains("does not match"), "{reason}")
+        }
+        other => panic!("altered row not detected: {other:?}"),
+    }
+    // The other versions still read.
+    assert_eq!(reopened.get(1).await.expect("get").content, EXAMPLE);
+}
+
+fn raw_url(url: &str) -> String {
+    if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("sqlite://{url}")
+    }
+}
+
+#[tokio::test]
+async fn sqlite_backend_conforms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nested").join("topology.db");
+    suite(path.to_str().expect("utf-8 path")).await;
+}
+
+#[tokio::test]
+async fn sqlite_url_backend_conforms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    suite(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_backend_conforms() {
+    let Ok(admin_url) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PostgreSQL conformance suite: set FERRY_TEST_POSTGRES_URL (bash .ci/test does)"
+        );
+        eprintln!("skipped: FERRY_TEST_POSTGRES_URL is not set (bash .ci/test sets it)");
+        return;
+    };
+    static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+    let database = format!(
+        "ferry_conformance_{}_{}",
+        std::process::id(),
+        SEQUENCE.fetch_add(1, Ordering::Relaxed)
+    );
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(&admin_url)
+        .await
+        .expect("connect to PostgreSQL");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .await
+        .expect("create database");
+    let (base, _) = admin_url.rsplit_once('/').expect("URL names a database");
+    suite(&format!("{base}/{database}")).await;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {database} WITH (FORCE)"
+        )))
+        .await
+        .expect("drop database");
+}
+
+#[tokio::test]
+async fn unreachable_store_is_a_clear_error() {
+    let error = TopologyStore::open("postgres://ferry:secret@127.0.0.1:1/ferry")
+        .await
+        .expect_err("nothing listens on port 1");
+    let message = error.to_string();
+    assert!(
+        message.starts_with("connect to topology store postgres://ferry:***@"),
+        "{message}"
+    );
+    assert!(!message.contains("secret"), "password leaked: {message}");
+}
