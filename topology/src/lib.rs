@@ -6,8 +6,10 @@
 //!   [`Diagnostic`] naming file, line, column and field.
 //! - [`placement`]: the pure function from (topology, site, namespace) to a partition map.
 
+pub mod diff;
 pub mod model;
 pub mod placement;
+pub mod service;
 mod source;
 pub mod store;
 mod validate;

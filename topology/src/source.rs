@@ -63,7 +63,7 @@ impl fmt::Display for FieldPath {
 }
 
 /// How serious a diagnostic is: errors make a file invalid, warnings do not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Error,
@@ -71,7 +71,7 @@ pub enum Severity {
 }
 
 /// A problem found in a topology file, with its position.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Diagnostic {
     pub severity: Severity,
     pub file: String,

@@ -1,0 +1,347 @@
+//! The topology service: HTTP + JSON over the version store, with a long-poll watch so nodes
+//! learn of a new version within a second, and the client and watcher nodes use.
+//!
+//! The server is embeddable: [`serve`] takes a bound listener and a shutdown future, so tests run
+//! it on port 0 and `ferry topology serve` runs it standalone. Versions written to the store by
+//! other processes (the CLI applying straight to the database) are found by polling the store's
+//! head every [`STORE_POLL`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::Diagnostic;
+use crate::store::{
+    Applied, ApplyRequest, StoreError, TopologyStore, Version, VersionNumber, VersionSummary,
+};
+
+/// How often the service looks for versions written by other processes.
+pub const STORE_POLL: Duration = Duration::from_millis(200);
+/// Default and largest long-poll wait of `/v1/topology/watch`.
+const WATCH_DEFAULT: Duration = Duration::from_secs(30);
+const WATCH_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+struct AppState {
+    store: TopologyStore,
+    head: watch::Receiver<Option<VersionNumber>>,
+    head_sender: Arc<watch::Sender<Option<VersionNumber>>>,
+    /// Turns true when the server starts shutting down, so long polls end at once.
+    closing: watch::Receiver<bool>,
+}
+
+/// Serves the topology API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    store: TopologyStore,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let initial = store.head().await.ok().flatten();
+    let (sender, head) = watch::channel(initial);
+    let (close, closing) = watch::channel(false);
+    let state = AppState {
+        store: store.clone(),
+        head,
+        head_sender: Arc::new(sender),
+        closing,
+    };
+    let poller = tokio::spawn(poll_store_head(store, state.head_sender.clone()));
+    let app = Router::new()
+        .route("/v1/topology", get(current).post(apply))
+        .route("/v1/topology/versions", get(history))
+        .route("/v1/topology/versions/{version}", get(version))
+        .route("/v1/topology/watch", get(watch_for_change))
+        .with_state(state);
+    let shutdown = async move {
+        shutdown.await;
+        close.send_replace(true);
+    };
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    poller.abort();
+    result
+}
+
+/// Publishes the store's head whenever it moves; store errors are logged once per outage.
+async fn poll_store_head(store: TopologyStore, sender: Arc<watch::Sender<Option<VersionNumber>>>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(STORE_POLL).await;
+        match store.head().await {
+            Ok(head) => {
+                if failing {
+                    tracing::info!("topology store reachable again");
+                    failing = false;
+                }
+                sender.send_if_modified(|current| {
+                    let newer = head > *current;
+                    if newer {
+                        *current = head;
+                    }
+                    newer
+                });
+            }
+            Err(error) if !failing => {
+                tracing::warn!(%error, "poll topology store");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The JSON error body.
+#[derive(Debug, Serialize, Deserialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    diagnostics: Vec<Diagnostic>,
+}
+
+struct ApiError(StoreError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            StoreError::NotFound(_) | StoreError::Empty => StatusCode::NOT_FOUND,
+            StoreError::Conflict { .. } => StatusCode::CONFLICT,
+            StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let diagnostics = match &self.0 {
+            StoreError::Invalid(invalid) => invalid.diagnostics.clone(),
+            _ => Vec::new(),
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: self.0.to_string(),
+                diagnostics,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self(error)
+    }
+}
+
+async fn current(State(state): State<AppState>) -> Result<Json<Version>, ApiError> {
+    Ok(Json(state.store.current().await?))
+}
+
+async fn history(State(state): State<AppState>) -> Result<Json<Vec<VersionSummary>>, ApiError> {
+    Ok(Json(state.store.history().await?))
+}
+
+async fn version(
+    State(state): State<AppState>,
+    Path(number): Path<VersionNumber>,
+) -> Result<Json<Version>, ApiError> {
+    Ok(Json(state.store.get(number).await?))
+}
+
+async fn apply(
+    State(state): State<AppState>,
+    Json(request): Json<ApplyRequest>,
+) -> Result<(StatusCode, Json<Applied>), ApiError> {
+    let applied = state.store.apply(request).await?;
+    let status = match applied {
+        Applied::Created { version } => {
+            state.head_sender.send_if_modified(|current| {
+                let newer = Some(version) > *current;
+                if newer {
+                    *current = Some(version);
+                }
+                newer
+            });
+            StatusCode::CREATED
+        }
+        Applied::Unchanged { .. } => StatusCode::OK,
+    };
+    Ok((status, Json(applied)))
+}
+
+#[derive(Debug, Deserialize)]
+struct WatchQuery {
+    after: Option<VersionNumber>,
+    timeout_ms: Option<u64>,
+}
+
+async fn watch_for_change(
+    State(state): State<AppState>,
+    Query(query): Query<WatchQuery>,
+) -> Result<Response, ApiError> {
+    let after = query.after.unwrap_or(0);
+    let wait = query
+        .timeout_ms
+        .map_or(WATCH_DEFAULT, Duration::from_millis)
+        .min(WATCH_MAX);
+    let mut head = state.head.clone();
+    let mut closing = state.closing.clone();
+    // Timing out, or the service shutting down, means nothing newer.
+    let newer = tokio::select! {
+        changed = tokio::time::timeout(wait, head.wait_for(|h| h.is_some_and(|h| h > after))) => {
+            changed.is_ok_and(|changed| changed.is_ok())
+        }
+        _ = closing.wait_for(|closing| *closing) => false,
+    };
+    if newer {
+        Ok(Json(state.store.current().await?).into_response())
+    } else {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+}
+
+/// Failures talking to a topology service.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("reach topology service at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("topology service answered {status}: {message}")]
+    Refused {
+        status: u16,
+        message: String,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+/// A client of the topology service.
+#[derive(Debug, Clone)]
+pub struct TopologyClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl TopologyClient {
+    /// A client of the service at `base` (e.g. `http://127.0.0.1:7000`).
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The current version.
+    pub async fn current(&self) -> Result<Version, ClientError> {
+        let response = self.send(self.http.get(self.url("/v1/topology"))).await?;
+        self.decode(response).await
+    }
+
+    /// Applies a topology file through the service.
+    pub async fn apply(&self, request: &ApplyRequest) -> Result<Applied, ClientError> {
+        let response = self
+            .send(self.http.post(self.url("/v1/topology")).json(request))
+            .await?;
+        self.decode(response).await
+    }
+
+    /// Waits up to `timeout` for a version newer than `after`; `None` when none came.
+    pub async fn watch(
+        &self,
+        after: VersionNumber,
+        timeout: Duration,
+    ) -> Result<Option<Version>, ClientError> {
+        let url = self.url(&format!(
+            "/v1/topology/watch?after={after}&timeout_ms={}",
+            timeout.as_millis()
+        ));
+        let request = self.http.get(url).timeout(timeout + Duration::from_secs(5));
+        let response = self.send(request).await?;
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        self.decode(response).await.map(Some)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })
+    }
+
+    async fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, ClientError> {
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .json()
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    url: self.base.clone(),
+                    source,
+                });
+        }
+        let body: ErrorBody = response.json().await.unwrap_or_else(|e| ErrorBody {
+            error: format!("unreadable error body: {e}"),
+            diagnostics: Vec::new(),
+        });
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            message: body.error,
+            diagnostics: body.diagnostics,
+        })
+    }
+}
+
+/// Follows the service's current version: the receiver holds the newest version seen. Errors
+/// are retried with exponential backoff (100 ms doubling to 5 s) and logged once per outage.
+pub fn spawn_watcher(client: TopologyClient) -> watch::Receiver<Option<Arc<Version>>> {
+    let (sender, receiver) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut after = 0;
+        let mut backoff = Duration::from_millis(100);
+        let mut failing = false;
+        while !sender.is_closed() {
+            match client.watch(after, WATCH_DEFAULT).await {
+                Ok(found) => {
+                    if failing {
+                        tracing::info!("topology service reachable again");
+                        failing = false;
+                    }
+                    backoff = Duration::from_millis(100);
+                    if let Some(version) = found {
+                        after = version.version;
+                        sender.send_replace(Some(Arc::new(version)));
+                    }
+                }
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, "watch topology service; retrying");
+                        failing = true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
+    receiver
+}

@@ -1,0 +1,181 @@
+//! The topology service over real HTTP on loopback: apply, read, long-poll watch, errors, and
+//! the watcher's recovery when the service comes back.
+
+use std::time::{Duration, Instant};
+
+use ferry_topology::service::{ClientError, TopologyClient, serve, spawn_watcher};
+use ferry_topology::store::{Applied, ApplyRequest, TopologyStore};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const EXAMPLE: &str = include_str!("../../examples/two-sites.toml");
+
+fn request(content: &str, expected_parent: Option<i64>) -> ApplyRequest {
+    ApplyRequest {
+        source: "two-sites.toml".into(),
+        content: content.into(),
+        author: "tester".into(),
+        comment: String::new(),
+        expected_parent,
+    }
+}
+
+fn variant(n: usize) -> String {
+    EXAMPLE.replace("name = \"two-sites\"", &format!("name = \"v{n}\""))
+}
+
+struct Running {
+    client: TopologyClient,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(store: TopologyStore, listener: TcpListener) -> Running {
+    let base = format!("http://{}", listener.local_addr().expect("bound"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, store, async {
+        let _ = stopped.await;
+    }));
+    Running {
+        client: TopologyClient::new(&base),
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("server task").expect("server ran");
+    }
+}
+
+#[tokio::test]
+async fn apply_read_and_watch_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("t.db").display().to_string();
+    let store = TopologyStore::open(&url).await.expect("store");
+    let running = start(store, TcpListener::bind("127.0.0.1:0").await.expect("bind")).await;
+    let client = &running.client;
+
+    match client.current().await {
+        Err(ClientError::Refused { status: 404, .. }) => {}
+        other => panic!("empty store should answer 404: {other:?}"),
+    }
+    assert_eq!(
+        client.apply(&request(EXAMPLE, None)).await.expect("apply"),
+        Applied::Created { version: 1 }
+    );
+    assert_eq!(
+        client.apply(&request(EXAMPLE, None)).await.expect("apply"),
+        Applied::Unchanged { version: 1 }
+    );
+    assert_eq!(
+        client.current().await.expect("current").topology.name,
+        "two-sites"
+    );
+
+    // Invalid files come back as 422 with positioned diagnostics.
+    let broken = EXAMPLE.replace("src-id = 2", "src-id = 1");
+    match client.apply(&request(&broken, None)).await {
+        Err(ClientError::Refused {
+            status: 422,
+            diagnostics,
+            ..
+        }) => {
+            let first = diagnostics.first().expect("a diagnostic");
+            assert_eq!(first.field, "sites[1].src-id");
+            assert!(first.line > 1);
+        }
+        other => panic!("invalid apply should answer 422: {other:?}"),
+    }
+    // A stale compare-and-set is 409.
+    match client.apply(&request(&variant(9), Some(0))).await {
+        Err(ClientError::Refused {
+            status: 409,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("conflict"), "{message}")
+        }
+        other => panic!("stale apply should answer 409: {other:?}"),
+    }
+
+    // A watch with nothing newer times out empty.
+    assert!(
+        client
+            .watch(1, Duration::from_millis(200))
+            .await
+            .expect("watch")
+            .is_none()
+    );
+
+    // A waiting watch is answered by an apply through the service…
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.watch(1, Duration::from_secs(10)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client
+        .apply(&request(&variant(2), None))
+        .await
+        .expect("apply");
+    let seen = waiting
+        .await
+        .expect("task")
+        .expect("watch")
+        .expect("a newer version");
+    assert_eq!(seen.version, 2);
+
+    // …and by a version written straight to the store by another process, within a second.
+    let watcher = spawn_watcher(client.clone());
+    let direct = TopologyStore::open(&url).await.expect("second handle");
+    let started = Instant::now();
+    direct
+        .apply(request(&variant(3), None))
+        .await
+        .expect("apply directly");
+    let mut watcher = watcher;
+    tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            if watcher.borrow().as_ref().is_some_and(|v| v.version == 3) {
+                break;
+            }
+            watcher.changed().await.expect("watcher alive");
+        }
+    })
+    .await
+    .expect("watcher learned of version 3 within a second");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn watcher_retries_until_the_service_is_reachable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("t.db").display().to_string();
+    let store = TopologyStore::open(&url).await.expect("store");
+    store.apply(request(EXAMPLE, None)).await.expect("apply");
+
+    // Reserve a port, leave it closed for a while, then serve on it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    drop(listener);
+    let client = TopologyClient::new(&format!("http://{addr}"));
+    let mut watcher = spawn_watcher(client);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        watcher.borrow().is_none(),
+        "nothing can be known while the service is down"
+    );
+
+    let running = start(store, TcpListener::bind(addr).await.expect("rebind")).await;
+    tokio::time::timeout(Duration::from_secs(10), watcher.changed())
+        .await
+        .expect("watcher recovered")
+        .expect("watcher alive");
+    assert_eq!(watcher.borrow().as_ref().map(|v| v.version), Some(1));
+    running.stop().await;
+}
