@@ -7,9 +7,7 @@ use std::sync::OnceLock;
 /// The root of the workspace (the directory holding `examples/`).
 pub fn workspace_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map_or_else(|| manifest_dir.to_path_buf(), Path::to_path_buf)
+    manifest_dir.parent().map_or_else(|| manifest_dir.to_path_buf(), Path::to_path_buf)
 }
 
 /// The `ferry` binary of the profile this test was built with, brought up to date.

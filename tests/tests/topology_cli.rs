@@ -21,19 +21,9 @@ fn validate_accepts_the_two_site_example() {
     let output = ferry(&["topology", "validate", "examples/two-sites.toml"]);
     let stdout = text(&output.stdout);
     let stderr = text(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    assert!(
-        stdout.contains("2 sites, 6 nodes, 2 links"),
-        "stdout:\n{stdout}"
-    );
-    assert!(
-        stdout.contains("examples/two-sites.toml: valid"),
-        "stdout:\n{stdout}"
-    );
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("2 sites, 6 nodes, 2 links"), "stdout:\n{stdout}");
+    assert!(stdout.contains("examples/two-sites.toml: valid"), "stdout:\n{stdout}");
     assert!(!stdout.contains("warning"), "stdout:\n{stdout}");
 }
 
@@ -94,23 +84,13 @@ fn validate_reports_an_unknown_link_namespace_with_its_position() {
     let output = ferry(&["topology", "validate", file]);
     let stdout = text(&output.stdout);
     let stderr = text(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    assert_eq!(output.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let expected = format!(
         "{file}:{line}:{column}: error: links[0].namespaces[0]: link us-east→eu-west names \
          namespace 'tset', which no site defines; known: test"
     );
-    assert!(
-        stderr.contains(&expected),
-        "stderr lacks\n{expected}\nstderr:\n{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!("{file}: invalid (1 error)")),
-        "stderr:\n{stderr}"
-    );
+    assert!(stderr.contains(&expected), "stderr lacks\n{expected}\nstderr:\n{stderr}");
+    assert!(stderr.contains(&format!("{file}: invalid (1 error)")), "stderr:\n{stderr}");
     assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
 }
 
@@ -122,14 +102,7 @@ fn validate_of_a_missing_file_names_it_without_panicking() {
     let output = ferry(&["topology", "validate", file]);
     let stderr = text(&output.stderr);
     assert!(!output.status.success(), "stderr:\n{stderr}");
-    assert_ne!(
-        output.status.code(),
-        None,
-        "killed by a signal; stderr:\n{stderr}"
-    );
-    assert!(
-        stderr.contains(file),
-        "stderr should name {file}:\n{stderr}"
-    );
+    assert_ne!(output.status.code(), None, "killed by a signal; stderr:\n{stderr}");
+    assert!(stderr.contains(file), "stderr should name {file}:\n{stderr}");
     assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
 }

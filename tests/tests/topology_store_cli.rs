@@ -30,12 +30,7 @@ fn ok(output: &Output) -> String {
 #[test]
 fn versions_are_applied_listed_diffed_and_rolled_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = dir
-        .path()
-        .join("state")
-        .join("topology.db")
-        .display()
-        .to_string();
+    let store = dir.path().join("state").join("topology.db").display().to_string();
     let example = "examples/two-sites.toml";
     let enabled = dir.path().join("enabled.toml");
     let text = std::fs::read_to_string(workspace_root().join(example)).expect("example");
@@ -45,18 +40,12 @@ fn versions_are_applied_listed_diffed_and_rolled_back() {
     let out = ok(&ferry(&store, &["topology", "apply", "--dry-run", example]));
     assert!(out.contains("would become version 1"), "{out}");
     assert!(
-        ok(&ferry(
-            &store,
-            &["topology", "apply", example, "--comment", "first"]
-        ))
-        .contains("applied as version 1")
+        ok(&ferry(&store, &["topology", "apply", example, "--comment", "first"]))
+            .contains("applied as version 1")
     );
     assert!(ok(&ferry(&store, &["topology", "apply", example])).contains("unchanged"));
 
-    let dry = ok(&ferry(
-        &store,
-        &["topology", "apply", "--dry-run", &enabled],
-    ));
+    let dry = ok(&ferry(&store, &["topology", "apply", "--dry-run", &enabled]));
     assert!(dry.contains("* link eu-west→us-east enabled"), "{dry}");
     assert!(dry.contains("+enabled = true"), "{dry}");
     assert!(ok(&ferry(&store, &["topology", "apply", &enabled])).contains("applied as version 2"));
@@ -64,18 +53,18 @@ fn versions_are_applied_listed_diffed_and_rolled_back() {
     // An invalid file is refused with positions and the store keeps its two versions.
     let invalid = dir.path().join("invalid.toml");
     std::fs::write(&invalid, text.replace("src-id = 2", "src-id = 1")).expect("write");
-    let refused = ferry(
-        &store,
-        &["topology", "apply", &invalid.display().to_string()],
-    );
+    let refused = ferry(&store, &["topology", "apply", &invalid.display().to_string()]);
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("invalid.toml:"), "{stderr}");
-    assert!(
-        stderr.contains("error: sites[1].src-id: src-id 1 is already used"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("error: sites[1].src-id: src-id 1 is already used"), "{stderr}");
+    assert!(stderr.contains("invalid.toml: invalid (1 error)"), "{stderr}");
     assert!(stderr.contains("nothing changed"), "{stderr}");
+
+    // Compare-and-set from the command line: a stale expectation changes nothing.
+    let stale = ferry(&store, &["topology", "apply", "--expect-version", "1", example]);
+    assert!(!stale.status.success());
+    assert!(String::from_utf8_lossy(&stale.stderr).contains("conflict"));
 
     let history = ok(&ferry(&store, &["topology", "history"]));
     let rows: Vec<&str> = history.lines().skip(1).collect();
@@ -87,10 +76,7 @@ fn versions_are_applied_listed_diffed_and_rolled_back() {
 
     assert!(ok(&ferry(&store, &["topology", "rollback", "1"])).contains("applied as version 3"));
     assert_eq!(ok(&ferry(&store, &["topology", "show"])), text);
-    let json = ok(&ferry(
-        &store,
-        &["topology", "show", "--version", "2", "--json"],
-    ));
+    let json = ok(&ferry(&store, &["topology", "show", "--version", "2", "--json"]));
     let parsed: serde_json::Value = serde_json::from_str(&json).expect("show --json is JSON");
     assert_eq!(parsed["version"], 2);
     assert_eq!(parsed["topology"]["links"][1]["enabled"], true);
@@ -104,29 +90,17 @@ fn versions_are_applied_listed_diffed_and_rolled_back() {
 fn serve_answers_clients_and_stops_on_sigint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("topology.db").display().to_string();
-    ok(&ferry(
-        &store,
-        &["topology", "apply", "examples/two-sites.toml"],
-    ));
+    ok(&ferry(&store, &["topology", "apply", "examples/two-sites.toml"]));
 
     let mut child = Command::new(ferry_bin())
-        .args([
-            "topology",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            &store,
-        ])
+        .args(["topology", "serve", "--listen", "127.0.0.1:0", "--store", &store])
         .current_dir(workspace_root())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start ferry topology serve");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut first_line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut first_line)
-        .expect("read banner");
+    BufReader::new(stdout).read_line(&mut first_line).expect("read banner");
     let base = first_line
         .split_whitespace()
         .find(|word| word.starts_with("http://"))
@@ -134,30 +108,20 @@ fn serve_answers_clients_and_stops_on_sigint() {
         .to_owned();
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let version = runtime
-        .block_on(TopologyClient::new(&base).current())
-        .expect("current version over HTTP");
+    let version =
+        runtime.block_on(TopologyClient::new(&base).current()).expect("current version over HTTP");
     assert_eq!(version.version, 1);
     assert_eq!(version.topology.sites.len(), 2);
 
     let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
             assert!(status.success(), "serve exited with {status}");
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serve did not stop on SIGINT"
-        );
+        assert!(std::time::Instant::now() < deadline, "serve did not stop on SIGINT");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -24,17 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:>5} {:>6} {:>12} {:>12} {:>12} {:>12} {:>12}",
         "nodes", "racks", "spread", "leave moved", "join moved", "ideal", "copies moved"
     );
-    for &(count, racks) in &[
-        (3, 2),
-        (4, 2),
-        (6, 2),
-        (6, 3),
-        (8, 4),
-        (12, 3),
-        (16, 4),
-        (32, 4),
-        (64, 8),
-    ] {
+    for &(count, racks) in
+        &[(3, 2), (4, 2), (6, 2), (6, 3), (8, 4), (12, 3), (16, 4), (32, 4), (64, 8)]
+    {
         let all = members(count + 1, racks);
         let before = PartitionMap::compute(&all[..count], 2, policy)?;
         let masters = before.masters_per_node();

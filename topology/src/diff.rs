@@ -41,22 +41,11 @@ impl TopologyDiff {
                 Some(after) => site_changes(site, after, &mut changes),
             }
         }
-        for site in new
-            .sites
-            .iter()
-            .filter(|s| old.site(s.name.as_str()).is_none())
-        {
-            changes.push(format!(
-                "site {} added ({} nodes)",
-                site.name,
-                site.nodes.len()
-            ));
+        for site in new.sites.iter().filter(|s| old.site(s.name.as_str()).is_none()) {
+            changes.push(format!("site {} added ({} nodes)", site.name, site.nodes.len()));
         }
         if old.placement != new.placement {
-            changes.push(format!(
-                "placement policy {:?} → {:?}",
-                old.placement, new.placement
-            ));
+            changes.push(format!("placement policy {:?} → {:?}", old.placement, new.placement));
         }
         link_changes(&old.links, &new.links, &mut changes);
         let text = texts
@@ -68,11 +57,7 @@ impl TopologyDiff {
                     .to_string()
             })
             .unwrap_or_default();
-        Self {
-            changes,
-            placement: placement_changes(old, new),
-            text,
-        }
+        Self { changes, placement: placement_changes(old, new), text }
     }
 
     /// Whether the two topologies mean the same.
@@ -84,10 +69,7 @@ impl TopologyDiff {
 fn site_changes(before: &Site, after: &Site, changes: &mut Vec<String>) {
     let name = &before.name;
     if before.role != after.role {
-        changes.push(format!(
-            "site {name}: role {:?} → {:?}",
-            before.role, after.role
-        ));
+        changes.push(format!("site {name}: role {:?} → {:?}", before.role, after.role));
     }
     if before.write_fence != after.write_fence {
         changes.push(format!(
@@ -96,56 +78,36 @@ fn site_changes(before: &Site, after: &Site, changes: &mut Vec<String>) {
         ));
     }
     if before.src_id != after.src_id {
-        changes.push(format!(
-            "site {name}: src-id {} → {}",
-            before.src_id, after.src_id
-        ));
+        changes.push(format!("site {name}: src-id {} → {}", before.src_id, after.src_id));
     }
     for node in &before.nodes {
         match after.nodes.iter().find(|n| n.id == node.id) {
             None => changes.push(format!("site {name}: node {} removed", node.id)),
-            Some(now) if now != node => changes.push(format!(
-                "site {name}: node {} changed (rack, zone or addresses)",
-                node.id
-            )),
+            Some(now) if now != node => changes
+                .push(format!("site {name}: node {} changed (rack, zone or addresses)", node.id)),
             Some(_) => {}
         }
     }
-    for node in after
-        .nodes
-        .iter()
-        .filter(|n| !before.nodes.iter().any(|b| b.id == n.id))
-    {
-        changes.push(format!(
-            "site {name}: node {} added on rack {}",
-            node.id, node.rack_id
-        ));
+    for node in after.nodes.iter().filter(|n| !before.nodes.iter().any(|b| b.id == n.id)) {
+        changes.push(format!("site {name}: node {} added on rack {}", node.id, node.rack_id));
     }
     for ns in &before.namespaces {
         match after.namespace(ns.name.as_str()) {
             None => changes.push(format!("site {name}: namespace {} removed", ns.name)),
-            Some(now) if now != ns => changes.push(format!(
-                "site {name}: namespace {} settings changed",
-                ns.name
-            )),
+            Some(now) if now != ns => {
+                changes.push(format!("site {name}: namespace {} settings changed", ns.name))
+            }
             Some(_) => {}
         }
     }
-    for ns in after
-        .namespaces
-        .iter()
-        .filter(|n| before.namespace(n.name.as_str()).is_none())
-    {
+    for ns in after.namespaces.iter().filter(|n| before.namespace(n.name.as_str()).is_none()) {
         changes.push(format!("site {name}: namespace {} added", ns.name));
     }
 }
 
 fn link_changes(before: &[Link], after: &[Link], changes: &mut Vec<String>) {
     let find = |links: &'_ [Link], link: &Link| {
-        links
-            .iter()
-            .find(|l| l.from == link.from && l.to == link.to)
-            .cloned()
+        links.iter().find(|l| l.from == link.from && l.to == link.to).cloned()
     };
     for link in before {
         match find(after, link) {
@@ -155,10 +117,7 @@ fn link_changes(before: &[Link], after: &[Link], changes: &mut Vec<String>) {
                     let state = if now.enabled { "enabled" } else { "disabled" };
                     changes.push(format!("link {} {state}", link.name()));
                 }
-                let settings_only = Link {
-                    enabled: link.enabled,
-                    ..now.clone()
-                };
+                let settings_only = Link { enabled: link.enabled, ..now.clone() };
                 if &settings_only != link {
                     changes.push(format!("link {} settings changed", link.name()));
                 }
@@ -225,9 +184,7 @@ mod tests {
     const EXAMPLE: &str = include_str!("../../examples/two-sites.toml");
 
     fn parse(text: &str) -> Topology {
-        parse_topology("t.toml", text)
-            .expect("valid topology")
-            .topology
+        parse_topology("t.toml", text).expect("valid topology").topology
     }
 
     #[test]
@@ -245,22 +202,11 @@ mod tests {
         new.links[1].enabled = true;
         new.sites[1].nodes.retain(|n| n.id.as_str() != "euw-c");
         let diff = TopologyDiff::between(&old, &new, None);
-        assert!(
-            diff.changes
-                .contains(&"link eu-west→us-east enabled".to_owned()),
-            "{diff}"
-        );
-        assert!(
-            diff.changes
-                .contains(&"site eu-west: node euw-c removed".to_owned()),
-            "{diff}"
-        );
+        assert!(diff.changes.contains(&"link eu-west→us-east enabled".to_owned()), "{diff}");
+        assert!(diff.changes.contains(&"site eu-west: node euw-c removed".to_owned()), "{diff}");
         assert_eq!(diff.placement.len(), 1, "{diff}");
         let moved = &diff.placement[0];
-        assert_eq!(
-            (moved.site.as_str(), moved.namespace.as_str()),
-            ("eu-west", "test")
-        );
+        assert_eq!((moved.site.as_str(), moved.namespace.as_str()), ("eu-west", "test"));
         // A third of the masters lived on the removed node.
         assert!((1300..1500).contains(&moved.masters_moved), "{moved:?}");
     }

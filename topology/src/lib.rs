@@ -36,9 +36,7 @@ pub struct InvalidTopology {
 impl InvalidTopology {
     /// The diagnostics that are errors.
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
     }
 }
 
@@ -61,19 +59,15 @@ impl fmt::Display for InvalidTopology {
 #[non_exhaustive]
 pub enum LoadError {
     #[error("read topology file {path}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error(transparent)]
     Invalid(#[from] InvalidTopology),
 }
 
 /// Parses and validates topology text; `file` names it in diagnostics.
 pub fn parse_topology(file: &str, text: &str) -> Result<Validated, InvalidTopology> {
-    let map = source::SourceMap::new(file, text).map_err(|diagnostic| InvalidTopology {
-        diagnostics: vec![diagnostic],
-    })?;
+    let map = source::SourceMap::new(file, text)
+        .map_err(|diagnostic| InvalidTopology { diagnostics: vec![diagnostic] })?;
     let topology: Topology = toml::from_str(text).map_err(|error| InvalidTopology {
         diagnostics: vec![map.diagnostic_for_span(error.span(), plain_type_names(error.message()))],
     })?;
@@ -85,10 +79,7 @@ pub fn parse_topology(file: &str, text: &str) -> Result<Validated, InvalidTopolo
     if diagnostics.iter().any(|d| d.severity == Severity::Error) {
         return Err(InvalidTopology { diagnostics });
     }
-    Ok(Validated {
-        topology,
-        warnings: diagnostics,
-    })
+    Ok(Validated { topology, warnings: diagnostics })
 }
 
 /// Serde names Rust types in its messages ("expected u8"); say what a TOML author can write.
@@ -100,16 +91,12 @@ fn plain_type_names(message: &str) -> String {
         ("expected f64", "expected a number"),
     ]
     .iter()
-    .fold(message.to_owned(), |text, (rust, plain)| {
-        text.replace(rust, plain)
-    })
+    .fold(message.to_owned(), |text, (rust, plain)| text.replace(rust, plain))
 }
 
 /// Reads, parses and validates a topology file.
 pub fn load_topology(path: &Path) -> Result<Validated, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
     Ok(parse_topology(&path.display().to_string(), &text)?)
 }

@@ -47,10 +47,7 @@ pub struct PlacementPolicy {
 
 impl Default for PlacementPolicy {
     fn default() -> Self {
-        Self {
-            rack_aware: true,
-            zone_spread: false,
-        }
+        Self { rack_aware: true, zone_spread: false }
     }
 }
 
@@ -353,17 +350,12 @@ macro_rules! string_newtype {
 
 fn check_identifier(what: &str, value: &str, max_len: usize) -> Result<(), String> {
     if value.is_empty() || value.len() > max_len {
-        return Err(format!(
-            "{what} '{value}' must be 1 to {max_len} bytes long"
-        ));
+        return Err(format!("{what} '{value}' must be 1 to {max_len} bytes long"));
     }
-    if let Some(bad) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    if let Some(bad) =
+        value.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
     {
-        return Err(format!(
-            "{what} '{value}' contains '{bad}'; use letters, digits, '-' and '_'"
-        ));
+        return Err(format!("{what} '{value}' contains '{bad}'; use letters, digits, '-' and '_'"));
     }
     Ok(())
 }
@@ -379,7 +371,7 @@ string_newtype!(
     |v| check_identifier("node id", v, 19)
 );
 string_newtype!(
-    /// A namespace name: 1..=31 bytes (Aerospike's limit), no NUL, ':' or ';'.
+    /// A namespace name: 1..=31 bytes (Aerospike's limit), no NUL, ':', ';' or space.
     NamespaceName,
     |v| {
         if v.is_empty() || v.len() > 31 {

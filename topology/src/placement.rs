@@ -9,7 +9,7 @@
 //!   within a few percent of each other at the price of a little extra movement.
 //! - **Rack and zone awareness**: replicas after the master prefer a rack (and, with
 //!   `zone-spread`, a zone) not yet holding a copy, so no two copies share a rack when the site
-//!   has at least as many racks as copies.
+//!   has at least as many racks as copies. Rack separation outranks zone spread.
 //!
 //! Members are sorted by node id first, so the map does not depend on the order of the file.
 
@@ -21,7 +21,7 @@ use crate::model::{NodeId, PlacementPolicy, Topology};
 pub const PARTITIONS: u16 = 4096;
 
 /// Headroom over a perfectly even share before a node refuses more masters or copies. Zero
-/// gives near-perfect balance; measured movement stays within about 1.1× the ideal 1/N for
+/// gives near-perfect balance; measured movement stays within about 1.2× the ideal 1/N for
 /// sites up to 16 nodes (see `docs/placement.md` and the `placement_movement` example).
 const LOAD_SLACK: f64 = 0.0;
 
@@ -69,15 +69,12 @@ impl PartitionMap {
         site: &str,
         namespace: &str,
     ) -> Result<Self, PlacementError> {
-        let site_def = topology
-            .site(site)
-            .ok_or_else(|| PlacementError::UnknownSite(site.to_owned()))?;
-        let ns = site_def
-            .namespace(namespace)
-            .ok_or_else(|| PlacementError::UnknownNamespace {
-                site: site.to_owned(),
-                namespace: namespace.to_owned(),
-            })?;
+        let site_def =
+            topology.site(site).ok_or_else(|| PlacementError::UnknownSite(site.to_owned()))?;
+        let ns = site_def.namespace(namespace).ok_or_else(|| PlacementError::UnknownNamespace {
+            site: site.to_owned(),
+            namespace: namespace.to_owned(),
+        })?;
         let members: Vec<Member> = site_def
             .nodes
             .iter()
@@ -87,11 +84,7 @@ impl PartitionMap {
                 zone: site_def.zone_of(node).map(str::to_owned),
             })
             .collect();
-        Self::compute(
-            &members,
-            usize::from(ns.replication_factor),
-            topology.placement,
-        )
+        Self::compute(&members, usize::from(ns.replication_factor), topology.placement)
     }
 
     /// Places `replication_factor` copies of every partition on `members` (fewer copies when
@@ -115,10 +108,7 @@ impl PartitionMap {
         let share = partitions as f64 / count as f64;
         let master_cap = (share * (1.0 + LOAD_SLACK)).ceil() as usize;
         let copy_cap = (share * copies as f64 * (1.0 + LOAD_SLACK)).ceil() as usize;
-        let hashes: Vec<u64> = members
-            .iter()
-            .map(|m| fnv1a(m.id.as_str().as_bytes()))
-            .collect();
+        let hashes: Vec<u64> = members.iter().map(|m| fnv1a(m.id.as_str().as_bytes())).collect();
 
         let mut masters = vec![0usize; count];
         let mut held = vec![0usize; count];
@@ -127,11 +117,8 @@ impl PartitionMap {
         for partition in 0..PARTITIONS {
             order.sort_by_key(|&i| std::cmp::Reverse(score(hashes[i], partition)));
             // Caps sum to at least P, so some candidate always has room.
-            let master = order
-                .iter()
-                .copied()
-                .find(|&i| masters[i] < master_cap)
-                .unwrap_or(order[0]);
+            let master =
+                order.iter().copied().find(|&i| masters[i] < master_cap).unwrap_or(order[0]);
             masters[master] += 1;
             held[master] += 1;
             let mut chosen = vec![master];
@@ -141,7 +128,7 @@ impl PartitionMap {
                         && chosen.iter().all(|&c| members[c].zone != members[i].zone);
                     let new_rack = policy.rack_aware
                         && chosen.iter().all(|&c| members[c].rack != members[i].rack);
-                    (new_zone, new_rack, held[i] < copy_cap)
+                    (new_rack, new_zone, held[i] < copy_cap)
                 };
                 let candidates = order.iter().copied().filter(|i| !chosen.contains(i));
                 // max_by_key keeps the last maximum; reversing keeps the highest-scored one.
@@ -153,13 +140,13 @@ impl PartitionMap {
             }
             replicas.extend(chosen.iter().map(|&i| i as u16));
         }
-        let racks: Vec<u32> = members.iter().map(|m| m.rack).collect();
-        lift_underloaded_masters(&hashes, &racks, copies, &mut masters, &mut replicas);
-        Ok(Self {
-            nodes: members.iter().map(|m| m.id.clone()).collect(),
-            copies,
-            replicas,
-        })
+        // Zones only constrain the lift when zone spread is asked for.
+        let places: Vec<(u32, Option<&str>)> = members
+            .iter()
+            .map(|m| (m.rack, m.zone.as_deref().filter(|_| policy.zone_spread)))
+            .collect();
+        lift_underloaded_masters(&hashes, &places, copies, &mut masters, &mut replicas);
+        Ok(Self { nodes: members.iter().map(|m| m.id.clone()).collect(), copies, replicas })
     }
 
     /// The nodes of the map, sorted by id.
@@ -175,9 +162,7 @@ impl PartitionMap {
     /// The replica list of a partition, master first.
     pub fn replicas(&self, partition: u16) -> impl Iterator<Item = &NodeId> + '_ {
         let start = usize::from(partition % PARTITIONS) * self.copies;
-        self.replicas[start..start + self.copies]
-            .iter()
-            .map(|&i| &self.nodes[usize::from(i)])
+        self.replicas[start..start + self.copies].iter().map(|&i| &self.nodes[usize::from(i)])
     }
 
     /// The master of a partition.
@@ -198,9 +183,7 @@ impl PartitionMap {
 
     /// Partitions whose master differs between two maps.
     pub fn masters_moved(&self, other: &PartitionMap) -> usize {
-        (0..PARTITIONS)
-            .filter(|&p| self.master(p) != other.master(p))
-            .count()
+        (0..PARTITIONS).filter(|&p| self.master(p) != other.master(p)).count()
     }
 
     /// Partitions whose set of replica nodes differs between two maps.
@@ -218,10 +201,11 @@ impl PartitionMap {
 /// Caps alone can leave a node short when the last partitions spill onto whoever has room.
 /// Each node below the even share takes mastership from nodes above it, choosing partitions
 /// where it ranks highest: preferably ones it already holds a copy of (a swap inside the replica
-/// list), else ones whose other copies sit on other racks, so rack separation is untouched.
+/// list), else ones whose other copies sit on other racks and zones, so neither rack separation
+/// nor zone spread gets worse.
 fn lift_underloaded_masters(
     hashes: &[u64],
-    racks: &[u32],
+    places: &[(u32, Option<&str>)],
     copies: usize,
     masters: &mut [usize],
     replicas: &mut [u16],
@@ -231,10 +215,7 @@ fn lift_underloaded_masters(
         while masters[under] < floor {
             let rank = |partition: u16| {
                 let own = score(hashes[under], partition);
-                hashes
-                    .iter()
-                    .filter(|&&h| score(h, partition) > own)
-                    .count()
+                hashes.iter().filter(|&&h| score(h, partition) > own).count()
             };
             let candidate = (0..PARTITIONS)
                 .filter_map(|p| {
@@ -245,9 +226,10 @@ fn lift_underloaded_masters(
                     }
                     match list.iter().position(|&i| usize::from(i) == under) {
                         Some(slot) => Some((false, rank(p), p, Some(slot))),
-                        None if list[1..]
-                            .iter()
-                            .all(|&i| racks[usize::from(i)] != racks[under]) =>
+                        None if list[1..].iter().all(|&i| {
+                            let (rack, zone) = places[usize::from(i)];
+                            rack != places[under].0 && (zone.is_none() || zone != places[under].1)
+                        }) =>
                         {
                             Some((true, rank(p), p, None))
                         }

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -48,12 +49,7 @@ pub async fn serve(
     let initial = store.head().await.ok().flatten();
     let (sender, head) = watch::channel(initial);
     let (close, closing) = watch::channel(false);
-    let state = AppState {
-        store: store.clone(),
-        head,
-        head_sender: Arc::new(sender),
-        closing,
-    };
+    let state = AppState { store: store.clone(), head, head_sender: Arc::new(sender), closing };
     let poller = tokio::spawn(poll_store_head(store, state.head_sender.clone()));
     let app = Router::new()
         .route("/v1/topology", get(current).post(apply))
@@ -65,9 +61,7 @@ pub async fn serve(
         shutdown.await;
         close.send_replace(true);
     };
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     poller.abort();
     result
 }
@@ -108,34 +102,38 @@ struct ErrorBody {
     diagnostics: Vec<Diagnostic>,
 }
 
-struct ApiError(StoreError);
+enum ApiError {
+    Store(StoreError),
+    /// The request body is not an apply request; answered in the same JSON shape.
+    BadRequest(JsonRejection),
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match &self.0 {
+        let error = match self {
+            ApiError::Store(error) => error,
+            ApiError::BadRequest(rejection) => {
+                let body = ErrorBody { error: rejection.body_text(), diagnostics: Vec::new() };
+                return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+            }
+        };
+        let status = match &error {
             StoreError::NotFound(_) | StoreError::Empty => StatusCode::NOT_FOUND,
             StoreError::Conflict { .. } => StatusCode::CONFLICT,
             StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let diagnostics = match &self.0 {
+        let diagnostics = match &error {
             StoreError::Invalid(invalid) => invalid.diagnostics.clone(),
             _ => Vec::new(),
         };
-        (
-            status,
-            Json(ErrorBody {
-                error: self.0.to_string(),
-                diagnostics,
-            }),
-        )
-            .into_response()
+        (status, Json(ErrorBody { error: error.to_string(), diagnostics })).into_response()
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        Self(error)
+        Self::Store(error)
     }
 }
 
@@ -156,8 +154,9 @@ async fn version(
 
 async fn apply(
     State(state): State<AppState>,
-    Json(request): Json<ApplyRequest>,
+    request: Result<Json<ApplyRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Applied>), ApiError> {
+    let Json(request) = request.map_err(ApiError::BadRequest)?;
     let applied = state.store.apply(request).await?;
     let status = match applied {
         Applied::Created { version } => {
@@ -186,10 +185,7 @@ async fn watch_for_change(
     Query(query): Query<WatchQuery>,
 ) -> Result<Response, ApiError> {
     let after = query.after.unwrap_or(0);
-    let wait = query
-        .timeout_ms
-        .map_or(WATCH_DEFAULT, Duration::from_millis)
-        .min(WATCH_MAX);
+    let wait = query.timeout_ms.map_or(WATCH_DEFAULT, Duration::from_millis).min(WATCH_MAX);
     let mut head = state.head.clone();
     let mut closing = state.closing.clone();
     // Timing out, or the service shutting down, means nothing newer.
@@ -213,11 +209,7 @@ pub enum ClientError {
     #[error("reach topology service at {url}: {source}")]
     Unreachable { url: String, source: reqwest::Error },
     #[error("topology service answered {status}: {message}")]
-    Refused {
-        status: u16,
-        message: String,
-        diagnostics: Vec<Diagnostic>,
-    },
+    Refused { status: u16, message: String, diagnostics: Vec<Diagnostic> },
 }
 
 /// A client of the topology service.
@@ -230,10 +222,7 @@ pub struct TopologyClient {
 impl TopologyClient {
     /// A client of the service at `base` (e.g. `http://127.0.0.1:7000`).
     pub fn new(base: &str) -> Self {
-        Self {
-            base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
-        }
+        Self { base: base.trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
     }
 
     /// The current version.
@@ -244,9 +233,7 @@ impl TopologyClient {
 
     /// Applies a topology file through the service.
     pub async fn apply(&self, request: &ApplyRequest) -> Result<Applied, ClientError> {
-        let response = self
-            .send(self.http.post(self.url("/v1/topology")).json(request))
-            .await?;
+        let response = self.send(self.http.post(self.url("/v1/topology")).json(request)).await?;
         self.decode(response).await
     }
 
@@ -256,10 +243,8 @@ impl TopologyClient {
         after: VersionNumber,
         timeout: Duration,
     ) -> Result<Option<Version>, ClientError> {
-        let url = self.url(&format!(
-            "/v1/topology/watch?after={after}&timeout_ms={}",
-            timeout.as_millis()
-        ));
+        let url = self
+            .url(&format!("/v1/topology/watch?after={after}&timeout_ms={}", timeout.as_millis()));
         let request = self.http.get(url).timeout(timeout + Duration::from_secs(5));
         let response = self.send(request).await?;
         if response.status() == StatusCode::NO_CONTENT {
@@ -279,10 +264,7 @@ impl TopologyClient {
         request
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })
+            .map_err(|source| ClientError::Unreachable { url: self.base.clone(), source })
     }
 
     async fn decode<T: serde::de::DeserializeOwned>(
@@ -294,10 +276,7 @@ impl TopologyClient {
             return response
                 .json()
                 .await
-                .map_err(|source| ClientError::Unreachable {
-                    url: self.base.clone(),
-                    source,
-                });
+                .map_err(|source| ClientError::Unreachable { url: self.base.clone(), source });
         }
         let body: ErrorBody = response.json().await.unwrap_or_else(|e| ErrorBody {
             error: format!("unreadable error body: {e}"),

@@ -110,17 +110,9 @@ impl<'a> SourceMap<'a> {
     /// Indexes `text`; a file that is not even TOML yields its syntax error.
     pub(crate) fn new(file: &'a str, text: &'a str) -> Result<Self, Diagnostic> {
         match toml_edit::Document::parse(text) {
-            Ok(document) => Ok(Self {
-                file,
-                text,
-                document: Some(document),
-            }),
+            Ok(document) => Ok(Self { file, text, document: Some(document) }),
             Err(error) => {
-                let map = Self {
-                    file,
-                    text,
-                    document: None,
-                };
+                let map = Self { file, text, document: None };
                 let offset = error.span().map_or(0, |span| span.start);
                 Err(map.diagnostic_at(
                     Severity::Error,
@@ -277,10 +269,9 @@ impl<'d> At<'d> {
     /// Whether the offset lies on the key that names `segment` in this table.
     fn key_contains(self, segment: &PathSegment, offset: usize) -> bool {
         match (segment, self.table_like()) {
-            (PathSegment::Key(key), Some(table)) => table
-                .key(key)
-                .and_then(|k| k.span())
-                .is_some_and(|span| span.contains(&offset)),
+            (PathSegment::Key(key), Some(table)) => {
+                table.key(key).and_then(|k| k.span()).is_some_and(|span| span.contains(&offset))
+            }
             _ => false,
         }
     }
@@ -323,12 +314,7 @@ mod tests {
     fn paths_resolve_to_value_positions_and_back() {
         let text = "[[sites]]\nname = \"a\"\n[[sites.nodes]]\nid = \"n1\"\nrack-id = 7\n";
         let map = SourceMap::new("t.toml", text).expect("valid toml");
-        let path = FieldPath::root()
-            .key("sites")
-            .index(0)
-            .key("nodes")
-            .index(0)
-            .key("rack-id");
+        let path = FieldPath::root().key("sites").index(0).key("nodes").index(0).key("rack-id");
         let found = map.diagnostic(Severity::Error, &path, "bad".into());
         assert_eq!((found.line, found.column), (5, 11));
         assert_eq!(found.field, "sites[0].nodes[0].rack-id");

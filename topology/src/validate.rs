@@ -20,19 +20,11 @@ struct Findings(Vec<Finding>);
 
 impl Findings {
     fn error(&mut self, path: FieldPath, message: String) {
-        self.0.push(Finding {
-            severity: Severity::Error,
-            path,
-            message,
-        });
+        self.0.push(Finding { severity: Severity::Error, path, message });
     }
 
     fn warning(&mut self, path: FieldPath, message: String) {
-        self.0.push(Finding {
-            severity: Severity::Warning,
-            path,
-            message,
-        });
+        self.0.push(Finding { severity: Severity::Warning, path, message });
     }
 }
 
@@ -41,10 +33,7 @@ pub(crate) fn validate(topology: &Topology) -> Vec<Finding> {
     let mut findings = Findings::default();
     let root = FieldPath::root();
     if topology.sites.is_empty() {
-        findings.error(
-            root.key("sites"),
-            "the file defines no site; add a [[sites]] table".into(),
-        );
+        findings.error(root.key("sites"), "the file defines no site; add a [[sites]] table".into());
     }
     check_sites(topology, &mut findings);
     check_addresses(topology, &mut findings);
@@ -62,10 +51,7 @@ fn check_sites(topology: &Topology, findings: &mut Findings) {
         if let Some(first) = names.insert(site.name.as_str(), s) {
             findings.error(
                 path.key("name"),
-                format!(
-                    "site name '{}' is already used by sites[{first}]",
-                    site.name
-                ),
+                format!("site name '{}' is already used by sites[{first}]", site.name),
             );
         }
         if let Some(first) = src_ids.insert(site.src_id, s) {
@@ -80,10 +66,7 @@ fn check_sites(topology: &Topology, findings: &mut Findings) {
         if site.nodes.is_empty() {
             findings.error(
                 path.key("nodes"),
-                format!(
-                    "site '{}' has no node; add a [[sites.nodes]] table",
-                    site.name
-                ),
+                format!("site '{}' has no node; add a [[sites.nodes]] table", site.name),
             );
         }
         for (n, node) in site.nodes.iter().enumerate() {
@@ -189,11 +172,7 @@ fn check_addresses(topology: &Topology, findings: &mut Findings) {
     let mut used: Vec<(bool, SocketAddr, String)> = Vec::new();
     for (s, site) in topology.sites.iter().enumerate() {
         for (n, node) in site.nodes.iter().enumerate() {
-            let path = FieldPath::root()
-                .key("sites")
-                .index(s)
-                .key("nodes")
-                .index(n);
+            let path = FieldPath::root().key("sites").index(s).key("nodes").index(n);
             let addresses = [
                 ("client", node.client),
                 ("fabric", node.fabric),
@@ -242,19 +221,13 @@ fn check_links(topology: &Topology, findings: &mut Findings) {
         if link.from == link.to {
             findings.error(
                 path.key("to"),
-                format!(
-                    "link from '{}' to itself; a link joins two different sites",
-                    link.from
-                ),
+                format!("link from '{}' to itself; a link joins two different sites", link.from),
             );
         }
         if let Some(first) = pairs.insert((link.from.as_str(), link.to.as_str()), l) {
             findings.error(
                 path,
-                format!(
-                    "link {} is already defined (links[{first}]); merge them",
-                    link.name()
-                ),
+                format!("link {} is already defined (links[{first}]); merge them", link.name()),
             );
             continue;
         }
@@ -282,10 +255,7 @@ fn check_link_settings(link: &Link, path: &FieldPath, findings: &mut Findings) {
         );
     }
     if link.max_throughput == 0 {
-        findings.error(
-            path.key("max-throughput"),
-            "max-throughput 0 would ship nothing".into(),
-        );
+        findings.error(path.key("max-throughput"), "max-throughput 0 would ship nothing".into());
     }
     if link.period_ms == 0 {
         findings.error(path.key("period-ms"), "period-ms must be at least 1".into());
@@ -300,10 +270,7 @@ fn check_link_settings(link: &Link, path: &FieldPath, findings: &mut Findings) {
             ),
         );
     }
-    for (field, sets) in [
-        ("ship-set", &link.ship_set),
-        ("ignore-set", &link.ignore_set),
-    ] {
+    for (field, sets) in [("ship-set", &link.ship_set), ("ignore-set", &link.ignore_set)] {
         for (i, set) in sets.iter().enumerate() {
             if set.is_empty() || set.len() > 63 {
                 findings.error(
@@ -325,10 +292,7 @@ fn check_link_settings(link: &Link, path: &FieldPath, findings: &mut Findings) {
         if !(0.0..1.0).contains(&wan.loss) {
             findings.error(
                 path.key("simulate-wan").key("loss"),
-                format!(
-                    "loss {} is not a probability; use 0 up to (not including) 1",
-                    wan.loss
-                ),
+                format!("loss {} is not a probability; use 0 up to (not including) 1", wan.loss),
             );
         }
         if wan.rate_mbit == Some(0) {
@@ -376,12 +340,8 @@ fn check_link_namespaces(
                 continue;
             }
             _ => {
-                let all: BTreeSet<&str> = from
-                    .namespaces
-                    .iter()
-                    .chain(&to.namespaces)
-                    .map(|n| n.name.as_str())
-                    .collect();
+                let all: BTreeSet<&str> =
+                    from.namespaces.iter().chain(&to.namespaces).map(|n| n.name.as_str()).collect();
                 findings.error(
                     ns_path,
                     format!(
@@ -415,10 +375,7 @@ fn check_forwarding_loops(topology: &Topology, findings: &mut Findings) {
     let mut forwarding: BTreeMap<&str, Vec<(usize, &str)>> = BTreeMap::new();
     for (l, link) in topology.links.iter().enumerate() {
         if link.forward && link.enabled {
-            forwarding
-                .entry(link.from.as_str())
-                .or_default()
-                .push((l, link.to.as_str()));
+            forwarding.entry(link.from.as_str()).or_default().push((l, link.to.as_str()));
         }
     }
     let mut reported = BTreeSet::new();
@@ -444,10 +401,7 @@ fn check_forwarding_loops(topology: &Topology, findings: &mut Findings) {
                         route.push('→');
                         route.push_str(start);
                         findings.error(
-                            FieldPath::root()
-                                .key("links")
-                                .index(cycle[0])
-                                .key("forward"),
+                            FieldPath::root().key("links").index(cycle[0]).key("forward"),
                             format!(
                                 "forwarding loop {route}: every link on it has forward = true, so \
                                  a record would circulate; set forward = false on one of them"
@@ -468,9 +422,5 @@ fn check_forwarding_loops(topology: &Topology, findings: &mut Findings) {
 
 fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let names: Vec<&str> = names.collect();
-    if names.is_empty() {
-        "(none)".to_owned()
-    } else {
-        names.join(", ")
-    }
+    if names.is_empty() { "(none)".to_owned() } else { names.join(", ") }
 }

@@ -18,11 +18,7 @@ fn bad_files() -> Vec<PathBuf> {
     let dir = manifest_dir().join("tests/bad");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|entry| {
-            entry
-                .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-                .path()
-        })
+        .map(|entry| entry.unwrap_or_else(|e| panic!("read {}: {e}", dir.display())).path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
         .collect();
     files.sort();
@@ -57,10 +53,7 @@ fn bad_files_are_refused_with_the_expected_diagnostic() {
         let expected = expectation(path);
         match load_topology(path) {
             Err(LoadError::Invalid(invalid)) => {
-                let found = invalid
-                    .diagnostics
-                    .iter()
-                    .any(|d| d.to_string().contains(&expected));
+                let found = invalid.diagnostics.iter().any(|d| d.to_string().contains(&expected));
                 if !found {
                     failures.push(format!(
                         "{}: no diagnostic contains\n    {expected}\n  diagnostics:\n    {}",
@@ -76,11 +69,7 @@ fn bad_files_are_refused_with_the_expected_diagnostic() {
             Ok(validated) => failures.push(format!(
                 "{}: expected an invalid topology, but it loaded (warnings: {:?})",
                 path.display(),
-                validated
-                    .warnings
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
+                validated.warnings.iter().map(ToString::to_string).collect::<Vec<_>>()
             )),
         }
     }
@@ -153,8 +142,5 @@ replication-factor = 2
         .unwrap_or_else(|| panic!("no 'fewer than 3' warning among:\n{}", warnings.join("\n")));
     assert_eq!(warning.severity, Severity::Warning);
     assert_eq!(warning.field, "sites[0].nodes");
-    assert!(
-        warning.message.contains("site 'solo' has 2 node(s)"),
-        "unexpected message: {warning}"
-    );
+    assert!(warning.message.contains("site 'solo' has 2 node(s)"), "unexpected message: {warning}");
 }

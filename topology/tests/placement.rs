@@ -18,10 +18,7 @@ fn members(count: usize, racks: u32, zones: u32, salt: u32) -> Vec<Member> {
 }
 
 fn policy(zone_spread: bool) -> PlacementPolicy {
-    PlacementPolicy {
-        rack_aware: true,
-        zone_spread,
-    }
+    PlacementPolicy { rack_aware: true, zone_spread }
 }
 
 proptest! {
@@ -103,9 +100,7 @@ proptest! {
 #[test]
 fn the_example_places_each_partition_on_two_racks_of_its_site() {
     let text = include_str!("../../examples/two-sites.toml");
-    let topology: Topology = parse_topology("two-sites.toml", text)
-        .expect("valid")
-        .topology;
+    let topology: Topology = parse_topology("two-sites.toml", text).expect("valid").topology;
     for site in ["us-east", "eu-west"] {
         let map = PartitionMap::for_namespace(&topology, site, "test").expect("placement");
         assert_eq!(map.copies(), 2);
@@ -121,17 +116,10 @@ fn the_example_places_each_partition_on_two_racks_of_its_site() {
         };
         for p in 0..PARTITIONS {
             let replicas: Vec<&NodeId> = map.replicas(p).collect();
-            assert_ne!(
-                racks(replicas[0]),
-                racks(replicas[1]),
-                "partition {p} at {site}"
-            );
+            assert_ne!(racks(replicas[0]), racks(replicas[1]), "partition {p} at {site}");
         }
         // Same input, same map: what every node of the site computes independently.
-        assert_eq!(
-            map,
-            PartitionMap::for_namespace(&topology, site, "test").expect("placement")
-        );
+        assert_eq!(map, PartitionMap::for_namespace(&topology, site, "test").expect("placement"));
     }
     assert!(PartitionMap::for_namespace(&topology, "nowhere", "test").is_err());
     assert!(PartitionMap::for_namespace(&topology, "us-east", "users").is_err());

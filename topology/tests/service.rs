@@ -25,6 +25,7 @@ fn variant(n: usize) -> String {
 }
 
 struct Running {
+    base: String,
     client: TopologyClient,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -36,11 +37,7 @@ async fn start(store: TopologyStore, listener: TcpListener) -> Running {
     let task = tokio::spawn(serve(listener, store, async {
         let _ = stopped.await;
     }));
-    Running {
-        client: TopologyClient::new(&base),
-        stop: Some(stop),
-        task,
-    }
+    Running { client: TopologyClient::new(&base), base, stop: Some(stop), task }
 }
 
 impl Running {
@@ -72,19 +69,12 @@ async fn apply_read_and_watch_over_http() {
         client.apply(&request(EXAMPLE, None)).await.expect("apply"),
         Applied::Unchanged { version: 1 }
     );
-    assert_eq!(
-        client.current().await.expect("current").topology.name,
-        "two-sites"
-    );
+    assert_eq!(client.current().await.expect("current").topology.name, "two-sites");
 
     // Invalid files come back as 422 with positioned diagnostics.
     let broken = EXAMPLE.replace("src-id = 2", "src-id = 1");
     match client.apply(&request(&broken, None)).await {
-        Err(ClientError::Refused {
-            status: 422,
-            diagnostics,
-            ..
-        }) => {
+        Err(ClientError::Refused { status: 422, diagnostics, .. }) => {
             let first = diagnostics.first().expect("a diagnostic");
             assert_eq!(first.field, "sites[1].src-id");
             assert!(first.line > 1);
@@ -93,24 +83,26 @@ async fn apply_read_and_watch_over_http() {
     }
     // A stale compare-and-set is 409.
     match client.apply(&request(&variant(9), Some(0))).await {
-        Err(ClientError::Refused {
-            status: 409,
-            message,
-            ..
-        }) => {
+        Err(ClientError::Refused { status: 409, message, .. }) => {
             assert!(message.contains("conflict"), "{message}")
         }
         other => panic!("stale apply should answer 409: {other:?}"),
     }
 
+    // A body that is not an apply request gets the same JSON error shape.
+    let raw = reqwest::Client::new()
+        .post(format!("{}/v1/topology", running.base))
+        .header("content-type", "application/json")
+        .body("{\"content\": 1}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(raw.status(), 400);
+    let body: serde_json::Value = raw.json().await.expect("JSON error body");
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+
     // A watch with nothing newer times out empty.
-    assert!(
-        client
-            .watch(1, Duration::from_millis(200))
-            .await
-            .expect("watch")
-            .is_none()
-    );
+    assert!(client.watch(1, Duration::from_millis(200)).await.expect("watch").is_none());
 
     // A waiting watch is answered by an apply through the service…
     let waiting = tokio::spawn({
@@ -118,25 +110,15 @@ async fn apply_read_and_watch_over_http() {
         async move { client.watch(1, Duration::from_secs(10)).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    client
-        .apply(&request(&variant(2), None))
-        .await
-        .expect("apply");
-    let seen = waiting
-        .await
-        .expect("task")
-        .expect("watch")
-        .expect("a newer version");
+    client.apply(&request(&variant(2), None)).await.expect("apply");
+    let seen = waiting.await.expect("task").expect("watch").expect("a newer version");
     assert_eq!(seen.version, 2);
 
     // …and by a version written straight to the store by another process, within a second.
     let watcher = spawn_watcher(client.clone());
     let direct = TopologyStore::open(&url).await.expect("second handle");
     let started = Instant::now();
-    direct
-        .apply(request(&variant(3), None))
-        .await
-        .expect("apply directly");
+    direct.apply(request(&variant(3), None)).await.expect("apply directly");
     let mut watcher = watcher;
     tokio::time::timeout(Duration::from_secs(1), async {
         loop {
@@ -166,10 +148,7 @@ async fn watcher_retries_until_the_service_is_reachable() {
     let client = TopologyClient::new(&format!("http://{addr}"));
     let mut watcher = spawn_watcher(client);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        watcher.borrow().is_none(),
-        "nothing can be known while the service is down"
-    );
+    assert!(watcher.borrow().is_none(), "nothing can be known while the service is down");
 
     let running = start(store, TcpListener::bind(addr).await.expect("rebind")).await;
     tokio::time::timeout(Duration::from_secs(10), watcher.changed())

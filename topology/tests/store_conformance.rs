@@ -31,10 +31,7 @@ async fn suite(url: &str) {
     assert!(matches!(store.current().await, Err(StoreError::Empty)));
 
     // First version, read back whole.
-    let applied = store
-        .apply(request(EXAMPLE, "first", None))
-        .await
-        .expect("apply");
+    let applied = store.apply(request(EXAMPLE, "first", None)).await.expect("apply");
     assert_eq!(applied, Applied::Created { version: 1 });
     let current = store.current().await.expect("current");
     assert_eq!(current.version, 1);
@@ -46,32 +43,21 @@ async fn suite(url: &str) {
     assert!(current.created_at_ms > 0);
 
     // Same content again stores nothing.
-    let again = store
-        .apply(request(EXAMPLE, "again", None))
-        .await
-        .expect("apply");
+    let again = store.apply(request(EXAMPLE, "again", None)).await.expect("apply");
     assert_eq!(again, Applied::Unchanged { version: 1 });
 
     // Invalid content changes nothing and says why.
     let broken = EXAMPLE.replace("namespaces = [\"test\"]", "namespaces = [\"tset\"]");
     match store.apply(request(&broken, "broken", None)).await {
         Err(StoreError::Invalid(invalid)) => {
-            assert!(
-                invalid
-                    .to_string()
-                    .contains("'tset', which no site defines"),
-                "{invalid}"
-            );
+            assert!(invalid.to_string().contains("'tset', which no site defines"), "{invalid}");
         }
         other => panic!("invalid file was not refused: {other:?}"),
     }
     assert_eq!(store.head().await.expect("head"), Some(1));
 
     // Second version records its parent; history is in order.
-    let second = store
-        .apply(request(&variant(2), "second", Some(1)))
-        .await
-        .expect("apply");
+    let second = store.apply(request(&variant(2), "second", Some(1))).await.expect("apply");
     assert_eq!(second, Applied::Created { version: 2 });
     assert_eq!(store.get(2).await.expect("get").parent, Some(1));
     let history = store.history().await.expect("history");
@@ -93,14 +79,9 @@ async fn suite(url: &str) {
         let a = store.apply(request(&variant(100 + round), "a", head));
         let b = other.apply(request(&variant(200 + round), "b", head));
         let (a, b) = tokio::join!(a, b);
-        let wins = [&a, &b]
-            .iter()
-            .filter(|r| matches!(r, Ok(Applied::Created { .. })))
-            .count();
-        let conflicts = [&a, &b]
-            .iter()
-            .filter(|r| matches!(r, Err(StoreError::Conflict { .. })))
-            .count();
+        let wins = [&a, &b].iter().filter(|r| matches!(r, Ok(Applied::Created { .. }))).count();
+        let conflicts =
+            [&a, &b].iter().filter(|r| matches!(r, Err(StoreError::Conflict { .. }))).count();
         assert_eq!((wins, conflicts), (1, 1), "round {round}: {a:?} / {b:?}");
     }
     let head = store.head().await.expect("head").expect("versions exist");
@@ -122,9 +103,7 @@ async fn suite(url: &str) {
     assert_eq!(reopened.history().await.expect("history").len(), 8);
 
     // A row altered behind the store's back is reported as corrupt, naming the version.
-    let mut raw = sqlx::AnyConnection::connect(&raw_url(url))
-        .await
-        .expect("raw connection");
+    let mut raw = sqlx::AnyConnection::connect(&raw_url(url)).await.expect("raw connection");
     raw.execute("UPDATE topology_versions SET parsed = '{\"name\": 1' WHERE version = 2")
         .await
         .expect("corrupt a row");
@@ -151,11 +130,7 @@ async fn suite(url: &str) {
 }
 
 fn raw_url(url: &str) -> String {
-    if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("sqlite://{url}")
-    }
+    if url.contains("://") { url.to_owned() } else { format!("sqlite://{url}") }
 }
 
 #[tokio::test]
@@ -189,9 +164,7 @@ async fn postgres_backend_conforms() {
         SEQUENCE.fetch_add(1, Ordering::Relaxed)
     );
     sqlx::any::install_default_drivers();
-    let mut admin = sqlx::AnyConnection::connect(&admin_url)
-        .await
-        .expect("connect to PostgreSQL");
+    let mut admin = sqlx::AnyConnection::connect(&admin_url).await.expect("connect to PostgreSQL");
     admin
         .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
         .await
@@ -199,9 +172,7 @@ async fn postgres_backend_conforms() {
     let (base, _) = admin_url.rsplit_once('/').expect("URL names a database");
     suite(&format!("{base}/{database}")).await;
     admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {database} WITH (FORCE)"
-        )))
+        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)")))
         .await
         .expect("drop database");
 }
@@ -212,9 +183,6 @@ async fn unreachable_store_is_a_clear_error() {
         .await
         .expect_err("nothing listens on port 1");
     let message = error.to_string();
-    assert!(
-        message.starts_with("connect to topology store postgres://ferry:***@"),
-        "{message}"
-    );
+    assert!(message.starts_with("connect to topology store postgres://ferry:***@"), "{message}");
     assert!(!message.contains("secret"), "password leaked: {message}");
 }

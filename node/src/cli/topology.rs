@@ -39,6 +39,9 @@ pub(crate) enum TopologyCommand {
         /// Print the diff against the current version and its effect; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Apply only if version N is still the current one (0: the store is empty).
+        #[arg(long, value_name = "N")]
+        expect_version: Option<VersionNumber>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -95,13 +98,7 @@ pub(crate) fn run(command: TopologyCommand) -> anyhow::Result<ExitCode> {
 async fn run_with_store(command: TopologyCommand) -> anyhow::Result<ExitCode> {
     match command {
         TopologyCommand::Validate { file } => validate(&file),
-        TopologyCommand::Apply {
-            file,
-            comment,
-            author,
-            dry_run,
-            store,
-        } => {
+        TopologyCommand::Apply { file, comment, author, dry_run, expect_version, store } => {
             let content = std::fs::read_to_string(&file)
                 .with_context(|| format!("read topology file {}", file.display()))?;
             let source = file.display().to_string();
@@ -110,19 +107,15 @@ async fn run_with_store(command: TopologyCommand) -> anyhow::Result<ExitCode> {
                 return dry_run_apply(&store, &source, &content).await;
             }
             let request = ApplyRequest {
-                source,
+                source: source.clone(),
                 content,
                 author: author.unwrap_or_else(default_author),
                 comment,
-                expected_parent: None,
+                expected_parent: expect_version,
             };
-            report_apply(store.apply(request).await)
+            report_apply(&source, store.apply(request).await)
         }
-        TopologyCommand::Show {
-            version,
-            json,
-            store,
-        } => {
+        TopologyCommand::Show { version, json, store } => {
             let store = open(&store).await?;
             let found = match version {
                 Some(number) => store.get(number).await?,
@@ -158,21 +151,14 @@ async fn run_with_store(command: TopologyCommand) -> anyhow::Result<ExitCode> {
             let store = open(&store).await?;
             let (old, new) = (store.get(a).await?, store.get(b).await?);
             let texts = Some((old.content.as_str(), new.content.as_str()));
-            print!(
-                "{}",
-                TopologyDiff::between(&old.topology, &new.topology, texts)
-            );
+            print!("{}", TopologyDiff::between(&old.topology, &new.topology, texts));
             Ok(ExitCode::SUCCESS)
         }
-        TopologyCommand::Rollback {
-            version,
-            comment,
-            author,
-            store,
-        } => {
+        TopologyCommand::Rollback { version, comment, author, store } => {
             let store = open(&store).await?;
             let author = author.unwrap_or_else(default_author);
-            report_apply(store.rollback(version, &author, &comment).await)
+            let source = format!("version {version}");
+            report_apply(&source, store.rollback(version, &author, &comment).await)
         }
         TopologyCommand::Serve { listen, store } => {
             let shown = store.store.clone();
@@ -211,10 +197,7 @@ async fn dry_run_apply(
         Ok(current) => {
             println!("dry run: {source} against version {}", current.version);
             let texts = Some((current.content.as_str(), content));
-            print!(
-                "{}",
-                TopologyDiff::between(&current.topology, &validated.topology, texts)
-            );
+            print!("{}", TopologyDiff::between(&current.topology, &validated.topology, texts));
         }
         Err(StoreError::Empty) => {
             println!("dry run: the store is empty; {source} would become version 1");
@@ -226,7 +209,7 @@ async fn dry_run_apply(
     Ok(ExitCode::SUCCESS)
 }
 
-fn report_apply(result: Result<Applied, StoreError>) -> anyhow::Result<ExitCode> {
+fn report_apply(source: &str, result: Result<Applied, StoreError>) -> anyhow::Result<ExitCode> {
     match result {
         Ok(Applied::Created { version }) => {
             println!("applied as version {version}");
@@ -237,7 +220,7 @@ fn report_apply(result: Result<Applied, StoreError>) -> anyhow::Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
         Err(StoreError::Invalid(invalid)) => {
-            let code = print_invalid("topology", &invalid);
+            let code = print_invalid(source, &invalid);
             eprintln!("nothing changed");
             Ok(code)
         }
