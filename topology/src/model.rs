@@ -143,7 +143,8 @@ pub struct Namespace {
     /// When a write is acknowledged relative to its fsync. Default: `group`.
     #[serde(default)]
     pub commit_mode: CommitMode,
-    /// Longest a write waits for others to share its fsync, in microseconds. Default: 1000.
+    /// Longest a write lingers for others to share its fsync, in microseconds. Default: 0 (no
+    /// linger: writes arriving while an fsync runs share the next one anyway).
     #[serde(default = "default_commit_max_wait_us")]
     pub commit_max_wait_us: u32,
     /// Most writes sharing one fsync. Default: 1024.
@@ -162,7 +163,7 @@ fn default_tombstone_ttl() -> u32 {
     86_400
 }
 fn default_commit_max_wait_us() -> u32 {
-    1000
+    0
 }
 fn default_commit_max_batch() -> u32 {
     1024

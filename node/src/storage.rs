@@ -1,0 +1,412 @@
+//! Durable record storage on fjall, with group commit.
+//!
+//! Why fjall: an embedded LSM engine with a journal whose fsync we control
+//! (`manual_journal_persist` + `PersistMode::SyncData`), keyspaces for namespaces, ordered range
+//! scans (a partition's records in digest order) and a poisoned state after a failed fsync. See
+//! `docs/storage.md`.
+//!
+//! Keys are `partition (u16 BE) ‖ digest (20 B)`, so a partition is one contiguous, digest-ordered
+//! range. Writers insert (journal buffered in memory), then wait on [`Store::commit`]: one syncer
+//! thread calls `persist(SyncData)` for everyone who wrote before it started, so concurrent
+//! writers share an fsync. A failed fsync poisons the store: every later commit fails and no
+//! write is acknowledged that is not durable.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use ferry_topology::model::{CommitMode, Namespace};
+use ferry_topology::placement::partition_of;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use tokio::sync::watch;
+
+use crate::record::{self, CorruptRecord, Record};
+
+/// A record digest (RIPEMD-160 of set and key).
+pub type Digest = [u8; 20];
+
+/// Failures of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("storage engine: {0}")]
+    Engine(#[from] fjall::Error),
+    #[error("namespace '{0}' is not served by this node")]
+    UnknownNamespace(String),
+    #[error("record {digest} in namespace '{namespace}': {source}")]
+    Corrupt { namespace: String, digest: String, source: CorruptRecord },
+    #[error("storage is poisoned by a failed fsync ({0}); no write can be acknowledged")]
+    Poisoned(String),
+}
+
+const LOCK_STRIPES: usize = 1024;
+
+/// Durable storage of all namespaces of one node.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("namespaces", &self.namespace_names()).finish()
+    }
+}
+
+struct Inner {
+    db: Database,
+    namespaces: HashMap<String, NamespaceStore>,
+    /// Striped locks serializing read-modify-write of one record.
+    locks: Vec<Mutex<()>>,
+    commit: GroupCommit,
+}
+
+struct NamespaceStore {
+    keyspace: Keyspace,
+    mode: CommitMode,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `dir` for these namespaces.
+    pub fn open(dir: &Path, namespaces: &[Namespace]) -> Result<Self, StoreError> {
+        let db = Database::builder(dir).manual_journal_persist(true).open()?;
+        let mut by_name = HashMap::new();
+        for ns in namespaces {
+            // Namespace names are 1..=31 bytes (validated), within fjall's keyspace name limit.
+            let keyspace =
+                db.keyspace(&format!("ns.{}", ns.name), KeyspaceCreateOptions::default)?;
+            by_name.insert(ns.name.to_string(), NamespaceStore { keyspace, mode: ns.commit_mode });
+        }
+        let max_wait = namespaces
+            .iter()
+            .filter(|ns| ns.commit_mode == CommitMode::Group)
+            .map(|ns| Duration::from_micros(u64::from(ns.commit_max_wait_us)))
+            .max()
+            .unwrap_or_default();
+        let max_batch = namespaces.iter().map(|ns| ns.commit_max_batch).min().unwrap_or(1024);
+        let commit = GroupCommit::start(db.clone(), max_wait, u64::from(max_batch.max(1)));
+        let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
+        Ok(Self { inner: Arc::new(Inner { db, namespaces: by_name, locks, commit }) })
+    }
+
+    fn namespace(&self, ns: &str) -> Result<&NamespaceStore, StoreError> {
+        self.inner.namespaces.get(ns).ok_or_else(|| StoreError::UnknownNamespace(ns.to_owned()))
+    }
+
+    /// Whether this node serves the namespace.
+    pub fn has_namespace(&self, ns: &str) -> bool {
+        self.inner.namespaces.contains_key(ns)
+    }
+
+    /// Names of the namespaces served, sorted.
+    pub fn namespace_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.namespaces.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Serializes read-modify-write of one record: hold the guard from read to write.
+    pub fn lock(&self, digest: &Digest) -> MutexGuard<'_, ()> {
+        let stripe = usize::from(u16::from_le_bytes([digest[4], digest[5]])) % LOCK_STRIPES;
+        self.inner.locks[stripe].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The stored version of a record, tombstones and expired records included.
+    pub fn get(&self, ns: &str, digest: &Digest) -> Result<Option<Record>, StoreError> {
+        let store = self.namespace(ns)?;
+        match store.keyspace.get(storage_key(digest))? {
+            None => Ok(None),
+            Some(bytes) => decode(ns, digest, &bytes).map(Some),
+        }
+    }
+
+    /// Writes a version (not yet durable: see [`Store::commit`]).
+    pub fn put(&self, ns: &str, digest: &Digest, record: &Record) -> Result<(), StoreError> {
+        self.namespace(ns)?.keyspace.insert(storage_key(digest), record::encode(record))?;
+        Ok(())
+    }
+
+    /// Removes a record entirely (expired records and reclaimed tombstones).
+    pub fn remove(&self, ns: &str, digest: &Digest) -> Result<(), StoreError> {
+        self.namespace(ns)?.keyspace.remove(storage_key(digest))?;
+        Ok(())
+    }
+
+    /// Resolves once everything written before the call is durable under the namespace's commit
+    /// policy (immediately for `buffered`).
+    pub async fn commit(&self, ns: &str) -> Result<(), StoreError> {
+        match self.namespace(ns)?.mode {
+            CommitMode::Buffered => self.inner.commit.check(),
+            CommitMode::Group => self.inner.commit.wait_durable().await,
+        }
+    }
+
+    /// Records of a partition in digest order, starting after `after` when given.
+    pub fn scan_partition(
+        &self,
+        ns: &str,
+        partition: u16,
+        after: Option<&Digest>,
+    ) -> Result<impl Iterator<Item = Result<(Digest, Record), StoreError>> + '_, StoreError> {
+        let store = self.namespace(ns)?;
+        let start = match after {
+            Some(digest) => {
+                let mut key = storage_key(digest).to_vec();
+                key.push(0); // the smallest key after `digest`
+                key
+            }
+            None => partition.to_be_bytes().to_vec(),
+        };
+        let end = (u32::from(partition) + 1).to_be_bytes()[2..].to_vec();
+        let range = if partition == u16::MAX {
+            store.keyspace.range(start..)
+        } else {
+            store.keyspace.range(start..end)
+        };
+        let ns = ns.to_owned();
+        Ok(range.map(move |guard| {
+            let (key, value) = guard.into_inner()?;
+            let digest: Digest =
+                key.get(2..22).and_then(|d| d.try_into().ok()).ok_or_else(|| {
+                    StoreError::Corrupt {
+                        namespace: ns.clone(),
+                        digest: hex(&key),
+                        source: CorruptRecord("storage key is not partition and digest"),
+                    }
+                })?;
+            Ok((digest, decode(&ns, &digest, &value)?))
+        }))
+    }
+
+    /// Approximate number of stored records (tombstones included) in a namespace.
+    pub fn approximate_len(&self, ns: &str) -> Result<usize, StoreError> {
+        Ok(self.namespace(ns)?.keyspace.approximate_len())
+    }
+
+    /// Bytes the engine uses on disk.
+    pub fn disk_space(&self) -> u64 {
+        self.inner.db.disk_space().unwrap_or(0)
+    }
+}
+
+fn storage_key(digest: &Digest) -> [u8; 22] {
+    let mut key = [0u8; 22];
+    key[..2].copy_from_slice(&partition_of(digest).to_be_bytes());
+    key[2..].copy_from_slice(digest);
+    key
+}
+
+fn decode(ns: &str, digest: &Digest, bytes: &[u8]) -> Result<Record, StoreError> {
+    record::decode(bytes).map_err(|source| StoreError::Corrupt {
+        namespace: ns.to_owned(),
+        digest: hex(digest),
+        source,
+    })
+}
+
+/// Lowercase hex of bytes, for messages.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Group commit: writers take a ticket; one thread fsyncs for every ticket issued before the
+/// fsync started and publishes the durable ticket.
+#[derive(Debug)]
+struct GroupCommit {
+    shared: Arc<(Mutex<CommitState>, Condvar)>,
+    durable: watch::Receiver<Durable>,
+}
+
+#[derive(Debug, Default)]
+struct CommitState {
+    requested: u64,
+    shutdown: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Durable {
+    ticket: u64,
+    poisoned: Option<String>,
+}
+
+impl GroupCommit {
+    fn start(db: Database, max_wait: Duration, max_batch: u64) -> Self {
+        let shared = Arc::new((Mutex::new(CommitState::default()), Condvar::new()));
+        let (publish, durable) = watch::channel(Durable::default());
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("ferry-group-commit".into())
+            .spawn(move || sync_loop(&db, &thread_shared, &publish, max_wait, max_batch))
+            .map_err(|e| tracing::error!(error = %e, "start group-commit thread"))
+            .ok();
+        Self { shared, durable }
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        match &self.durable.borrow().poisoned {
+            Some(reason) => Err(StoreError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    async fn wait_durable(&self) -> Result<(), StoreError> {
+        let ticket = {
+            let (state, wake) = &*self.shared;
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.requested += 1;
+            wake.notify_one();
+            state.requested
+        };
+        let mut durable = self.durable.clone();
+        let reached = durable
+            .wait_for(|d| d.ticket >= ticket || d.poisoned.is_some())
+            .await
+            .map_err(|_| StoreError::Poisoned("group-commit thread stopped".into()))?;
+        match &reached.poisoned {
+            Some(reason) => Err(StoreError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        let (state, wake) = &*self.shared;
+        state.lock().unwrap_or_else(PoisonError::into_inner).shutdown = true;
+        wake.notify_one();
+    }
+}
+
+fn sync_loop(
+    db: &Database,
+    shared: &(Mutex<CommitState>, Condvar),
+    publish: &watch::Sender<Durable>,
+    max_wait: Duration,
+    max_batch: u64,
+) {
+    let (state, wake) = shared;
+    let mut durable = 0u64;
+    loop {
+        let target = {
+            let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
+            while guard.requested == durable && !guard.shutdown {
+                guard = wake.wait(guard).unwrap_or_else(PoisonError::into_inner);
+            }
+            if guard.shutdown && guard.requested == durable {
+                return;
+            }
+            // Optionally linger for more writers to share this fsync.
+            if !max_wait.is_zero() && guard.requested - durable < max_batch {
+                guard = wake
+                    .wait_timeout_while(guard, max_wait, |s| s.requested - durable < max_batch)
+                    .map(|(guard, _)| guard)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            guard.requested
+        };
+        if let Err(error) = db.persist(PersistMode::SyncData) {
+            tracing::error!(%error, "fsync of storage failed; storage is poisoned");
+            publish.send_replace(Durable { ticket: durable, poisoned: Some(error.to_string()) });
+            return;
+        }
+        durable = target;
+        publish.send_replace(Durable { ticket: durable, poisoned: None });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Bin, Value};
+
+    fn namespace(name: &str) -> Namespace {
+        let text = format!(
+            "[[sites]]\nname = \"a\"\nsrc-id = 1\nrole = \"active\"\n[[sites.nodes]]\nid = \"n\"\n\
+             client = \"127.0.0.1:1\"\nfabric = \"127.0.0.1:2\"\nxdr = \"127.0.0.1:3\"\n\
+             admin = \"127.0.0.1:4\"\n[[sites.namespaces]]\nname = \"{name}\"\nreplication-factor = 1\n"
+        );
+        let topology = ferry_topology::parse_topology("t.toml", &text).expect("valid").topology;
+        topology.sites[0].namespaces[0].clone()
+    }
+
+    fn record(value: i64) -> Record {
+        Record {
+            generation: 1,
+            last_update_ms: 1,
+            void_time: 0,
+            origin_site: 1,
+            tombstone: false,
+            set: "s".into(),
+            key: None,
+            bins: vec![Bin { name: "b".into(), value: Value::integer(value) }],
+        }
+    }
+
+    fn digest(first: u8, partition: u16) -> Digest {
+        let mut d = [first; 20];
+        d[0..2].copy_from_slice(&partition.to_le_bytes());
+        d[2] = 0;
+        d[3] = 0;
+        d
+    }
+
+    #[tokio::test]
+    async fn writes_survive_reopen_after_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = digest(7, 10);
+        {
+            let store = Store::open(dir.path(), &[namespace("test")]).expect("open");
+            store.put("test", &d, &record(5)).expect("put");
+            store.commit("test").await.expect("commit");
+        }
+        let store = Store::open(dir.path(), &[namespace("test")]).expect("reopen");
+        assert_eq!(store.get("test", &d).expect("get"), Some(record(5)));
+        assert!(matches!(store.get("nope", &d), Err(StoreError::UnknownNamespace(_))));
+    }
+
+    #[tokio::test]
+    async fn partition_scan_is_digest_ordered_and_resumable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &[namespace("test")]).expect("open");
+        for first in [9u8, 3, 5] {
+            store.put("test", &digest(first, 4095), &record(i64::from(first))).expect("put");
+        }
+        store.put("test", &digest(1, 4094), &record(1)).expect("put other partition");
+        let all: Vec<Digest> = store
+            .scan_partition("test", 4095, None)
+            .expect("scan")
+            .map(|r| r.expect("record").0)
+            .collect();
+        assert_eq!(all, [digest(3, 4095), digest(5, 4095), digest(9, 4095)]);
+        let rest: Vec<Digest> = store
+            .scan_partition("test", 4095, Some(&all[0]))
+            .expect("scan")
+            .map(|r| r.expect("record").0)
+            .collect();
+        assert_eq!(rest, all[1..]);
+        let other: Vec<Digest> = store
+            .scan_partition("test", 4094, None)
+            .expect("scan")
+            .map(|r| r.expect("record").0)
+            .collect();
+        assert_eq!(other, [digest(1, 4094)]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_commits_all_complete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), &[namespace("test")]).expect("open");
+        let mut tasks = Vec::new();
+        for i in 0..64u8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.put("test", &digest(i, u16::from(i)), &record(i64::from(i))).expect("put");
+                store.commit("test").await
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task").expect("commit");
+        }
+    }
+}
