@@ -2,6 +2,19 @@
 //!
 //! - [`record`]: records, bins and their storage encoding.
 //! - [`storage`]: fjall-backed durable storage with group commit.
+//! - [`proto`]: the wire protocol as pure encoding and decoding.
+//! - [`command`]: what each client command means and does.
+//! - [`cluster`]: the node's view of its site (ownership, `replicas`, peers).
+//! - [`info`]: answers to info commands.
+//! - [`node`] and [`server`]: the node's state and its network shell.
+//! - [`launcher`]: starts node processes for `ferry up` and the end-to-end tests.
 
+pub mod cluster;
+pub mod command;
+pub mod info;
+pub mod launcher;
+pub mod node;
+pub mod proto;
 pub mod record;
+pub mod server;
 pub mod storage;

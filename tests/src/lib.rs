@@ -115,3 +115,44 @@ fn build_ferry(profile_dir: &Path) -> Result<(), BuildError> {
         )))
     }
 }
+
+/// Distinct free TCP ports on 127.0.0.1 (bound, then released; a test-only race accepted).
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap_or_else(|e| panic!("bind a free port on 127.0.0.1: {e}"))
+        })
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap_or_else(|e| panic!("local address: {e}")).port())
+        .collect()
+}
+
+/// A one-site topology of `nodes` nodes on two racks, namespace `test` with `rf` copies, on free
+/// loopback ports. Returns the file text and each node's (id, client address).
+pub fn one_site_topology(nodes: usize, rf: u8) -> (String, Vec<(String, std::net::SocketAddr)>) {
+    use std::fmt::Write as _;
+    let ports = free_ports(nodes * 4);
+    let mut text = String::from(
+        "name = \"test-site\"\n\n[[sites]]\nname = \"local\"\nsrc-id = 1\nrole = \"active\"\n",
+    );
+    let mut clients = Vec::new();
+    for (i, p) in ports.chunks(4).enumerate() {
+        let id = format!("node-{i}");
+        let _ = write!(
+            text,
+            "\n[[sites.nodes]]\nid = \"{id}\"\nrack-id = {}\nclient = \"127.0.0.1:{}\"\n\
+             fabric = \"127.0.0.1:{}\"\nxdr = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+            i % 2,
+            p[0],
+            p[1],
+            p[2],
+            p[3]
+        );
+        clients.push((id, std::net::SocketAddr::from(([127, 0, 0, 1], p[0]))));
+    }
+    let _ = write!(text, "\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = {rf}\n");
+    (text, clients)
+}

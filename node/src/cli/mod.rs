@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch to the subcommands.
 
+mod node;
 mod topology;
 
 use std::process::ExitCode;
@@ -19,6 +20,9 @@ enum Command {
     /// Validate, store, inspect and serve topology files.
     #[command(subcommand)]
     Topology(topology::TopologyCommand),
+    /// Run storage nodes.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Start paired clusters on this machine with a demo write crossing between them.
     Up,
 }
@@ -27,6 +31,7 @@ enum Command {
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Topology(command) => topology::run(command),
+        Command::Node(command) => node::run(command),
         Command::Up => {
             println!(
                 "ferry up: not yet — the node, digest log, transport and XDR shipping land first. \

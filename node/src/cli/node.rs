@@ -1,0 +1,83 @@
+//! `ferry node run`: one storage node of a site, until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use ferry_node::node::{NodeConfig, NodeState};
+use ferry_topology::load_topology;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Run one node: its site and addresses come from the topology file.
+    Run {
+        /// The topology file.
+        #[arg(long)]
+        topology: PathBuf,
+        /// The node's id in the topology.
+        #[arg(long)]
+        node: String,
+        /// State directory of the node. Default: ./ferry-data/<node>.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
+    let NodeCommand::Run { topology, node, dir } = command;
+    let validated = load_topology(&topology)?;
+    let topology = validated.topology;
+    let site = topology
+        .sites
+        .iter()
+        .find(|s| s.nodes.iter().any(|n| n.id == *node.as_str()))
+        .map(|s| s.name.to_string())
+        .with_context(|| format!("node '{node}' is in no site of the topology"))?;
+    let data_dir = dir.unwrap_or_else(|| PathBuf::from("ferry-data").join(&node));
+    let config = NodeConfig { topology, site, node, data_dir };
+    let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
+    runtime.block_on(serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    let state = Arc::new(NodeState::open(&config)?);
+    let me = state.cluster.node().clone();
+    let node = config.node.as_str();
+    let bind = |what: &'static str, addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("node {node}: bind {what} address {addr} (in use?)"))
+    };
+    let client = bind("client", me.client.addr()).await?;
+    let fabric = bind("fabric", me.fabric.addr()).await?;
+    tracing::info!(
+        node = %me.id,
+        site = %config.site,
+        client = %me.client,
+        fabric = %me.fabric,
+        data = %config.data_dir.display(),
+        "node ready"
+    );
+    ferry_node::server::run(state, client, fabric, shutdown_signal()).await?;
+    tracing::info!(node = %me.id, "node stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

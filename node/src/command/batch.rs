@@ -1,0 +1,211 @@
+//! Batch commands in the batch-index format: a BATCH_INDEX field holds rows (index, digest,
+//! flags, then the row's own header, fields and ops, or REPEAT to reuse the previous row's).
+//! Each row runs as the single-record command it describes, here or at the partition owner;
+//! every row gets an answer carrying its index, and a separate LAST message ends the stream.
+
+use bytes::Bytes;
+
+use super::{Target, error_reply, result, run_single};
+use crate::node::{NodeState, Stats};
+use crate::proto::msg::{Cursor, Field, Msg, decode_fields, decode_ops, field, info3};
+use crate::proto::{FrameError, TYPE_MSG};
+use crate::server::ReplySink;
+use crate::storage::Digest;
+
+const ROW_REPEAT: u8 = 0x01;
+const ROW_INFO: u8 = 0x02;
+const ROW_GENERATION: u8 = 0x04;
+const ROW_TTL: u8 = 0x08;
+const ROW_INFO4: u8 = 0x10;
+
+/// Reply bytes gathered before a frame is written.
+const FRAME_TARGET: usize = 64 << 10;
+
+/// One decoded row: its index and the single-record request it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub index: u32,
+    pub digest: Digest,
+    pub request: Msg,
+}
+
+/// Decodes the rows of a BATCH_INDEX field.
+pub fn decode_rows(data: &[u8]) -> Result<Vec<Row>, FrameError> {
+    let mut r = Cursor::new(data);
+    let count = r.u32()?;
+    let _flags = r.u8()?;
+    let mut rows: Vec<Row> = Vec::with_capacity(count.min(10_000) as usize);
+    for _ in 0..count {
+        let index = r.u32()?;
+        let digest: Digest =
+            r.take(20)?.try_into().map_err(|_| FrameError::Malformed("short digest"))?;
+        let flags = r.u8()?;
+        let request = if flags & ROW_REPEAT != 0 {
+            rows.last()
+                .map(|previous| previous.request.clone())
+                .ok_or(FrameError::Malformed("first batch row repeats nothing"))?
+        } else {
+            let mut request = Msg::default();
+            if flags & ROW_INFO != 0 {
+                request.info1 = r.u8()?;
+                request.info2 = r.u8()?;
+                request.info3 = r.u8()?;
+            }
+            if flags & ROW_INFO4 != 0 {
+                request.info4 = r.u8()?;
+            }
+            if flags & ROW_GENERATION != 0 {
+                request.generation = u32::from(r.u16()?);
+            }
+            if flags & ROW_TTL != 0 {
+                request.record_ttl = r.u32()?;
+            }
+            let field_count = r.u16()?;
+            let op_count = r.u16()?;
+            request.fields = decode_fields(&mut r, field_count)?;
+            request.ops = decode_ops(&mut r, op_count)?;
+            request
+        };
+        rows.push(Row { index, digest, request });
+    }
+    Ok(rows)
+}
+
+/// Runs a batch and streams one answer per row, then LAST.
+pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
+    state: &NodeState,
+    msg: &Msg,
+    out: &mut ReplySink<'_, W>,
+) -> std::io::Result<()> {
+    Stats::bump(&state.stats.batch_requests);
+    let rows = match msg.field(field::BATCH_INDEX).map(|f| decode_rows(&f.data)) {
+        Some(Ok(rows)) => rows,
+        Some(Err(_)) => return finish(out, Vec::new(), result::PARAMETER_ERROR).await,
+        // The older batch formats are not served.
+        None => return finish(out, Vec::new(), result::UNSUPPORTED_FEATURE).await,
+    };
+    if msg.field(field::FILTER_EXP).is_some() {
+        return finish(out, Vec::new(), result::UNSUPPORTED_FEATURE).await;
+    }
+    let mut buffer = Vec::with_capacity(FRAME_TARGET);
+    for row in &rows {
+        let mut reply = run_row(state, row).await;
+        reply.transaction_ttl = row.index;
+        if matches!(reply.result_code, result::KEY_NOT_FOUND | 27) {
+            // The client reads no ops for these codes.
+            reply.ops.clear();
+        }
+        reply.encode_into(&mut buffer);
+        if buffer.len() >= FRAME_TARGET {
+            out.send(&buffer).await?;
+            buffer.clear();
+        }
+    }
+    finish(out, buffer, result::OK).await
+}
+
+/// Sends what is buffered and the LAST message (carrying a batch-wide result code at row 0).
+async fn finish<W: tokio::io::AsyncWrite + Unpin>(
+    out: &mut ReplySink<'_, W>,
+    mut buffer: Vec<u8>,
+    code: u8,
+) -> std::io::Result<()> {
+    Msg { info3: info3::LAST, result_code: code, ..Msg::default() }.encode_into(&mut buffer);
+    out.send(&buffer).await
+}
+
+async fn run_row(state: &NodeState, row: &Row) -> Msg {
+    let mut request = row.request.clone();
+    request.fields.retain(|f| f.kind != field::DIGEST);
+    request.fields.push(Field { kind: field::DIGEST, data: Bytes::copy_from_slice(&row.digest) });
+    let target = match super::target(&request) {
+        Ok(target) => target,
+        Err(code) => return error_reply(code),
+    };
+    if request.field(field::FILTER_EXP).is_some() {
+        return error_reply(result::UNSUPPORTED_FEATURE);
+    }
+    if state.namespace(&target.namespace).is_none() {
+        return error_reply(result::INVALID_NAMESPACE);
+    }
+    let partition = ferry_topology::placement::partition_of(&target.digest);
+    if state.cluster.is_master(&target.namespace, partition) {
+        return run_single(state, &request, &target).await;
+    }
+    forward_row(state, &request, &target, partition).await
+}
+
+/// Runs a row at its partition's owner as a single-record command.
+async fn forward_row(state: &NodeState, request: &Msg, target: &Target, partition: u16) -> Msg {
+    let Some(owner) = state.cluster.master(&target.namespace, partition) else {
+        return error_reply(result::PARTITION_UNAVAILABLE);
+    };
+    let framed = crate::proto::frame(TYPE_MSG, &request.encode());
+    let reply = match state.forward(owner.fabric.addr(), &framed).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            tracing::warn!(%error, "forward batch row to partition owner failed");
+            return error_reply(result::TIMEOUT);
+        }
+    };
+    reply.get(8..).and_then(|body| Msg::decode(body).ok()).unwrap_or_else(|| {
+        tracing::warn!("partition owner sent an unreadable reply to a batch row");
+        error_reply(result::SERVER_ERROR)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::msg::{info1, op};
+
+    fn row_bytes(index: u32, digest: u8, repeat: bool) -> Vec<u8> {
+        let mut out = index.to_be_bytes().to_vec();
+        out.extend_from_slice(&[digest; 20]);
+        if repeat {
+            out.push(ROW_REPEAT);
+            return out;
+        }
+        out.push(ROW_INFO | ROW_TTL);
+        out.extend_from_slice(&[info1::READ, 0, 0]);
+        out.extend_from_slice(&7u32.to_be_bytes());
+        out.extend_from_slice(&2u16.to_be_bytes()); // fields
+        out.extend_from_slice(&1u16.to_be_bytes()); // ops
+        out.extend_from_slice(&[0, 0, 0, 5, field::NAMESPACE, b't', b'e', b's', b't']);
+        out.extend_from_slice(&[0, 0, 0, 1, field::SET]);
+        out.extend_from_slice(&[0, 0, 0, 5, op::READ, 0, 0, 1, b'a']);
+        out
+    }
+
+    #[test]
+    fn rows_decode_with_repeats() {
+        let mut data = 3u32.to_be_bytes().to_vec();
+        data.push(0x0d);
+        data.extend(row_bytes(0, 1, false));
+        data.extend(row_bytes(1, 2, true));
+        data.extend(row_bytes(2, 3, true));
+        let rows = decode_rows(&data).expect("rows");
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[2].index, 2);
+        assert_eq!(rows[2].digest, [3; 20]);
+        assert_eq!(rows[2].request, rows[0].request);
+        assert_eq!(rows[0].request.record_ttl, 7);
+        assert_eq!(rows[0].request.field_str(field::NAMESPACE), Ok(Some("test")));
+        assert_eq!(rows[0].request.ops[0].name, "a");
+    }
+
+    #[test]
+    fn malformed_rows_are_errors_not_panics() {
+        let mut first_repeats = 1u32.to_be_bytes().to_vec();
+        first_repeats.push(0);
+        first_repeats.extend(row_bytes(0, 1, true));
+        assert!(decode_rows(&first_repeats).is_err());
+        let mut data = 2u32.to_be_bytes().to_vec();
+        data.push(0);
+        data.extend(row_bytes(0, 1, false));
+        assert!(decode_rows(&data).is_err(), "second row missing");
+        for cut in 0..data.len() {
+            let _ = decode_rows(&data[..cut]);
+        }
+    }
+}

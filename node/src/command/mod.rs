@@ -1,0 +1,175 @@
+//! Commands a node runs for clients: classification of an AS_MSG, single-record reads and
+//! writes against storage ([`ops`] holds their pure meaning), batch reads ([`batch`]) and
+//! partition scans ([`scan`]).
+
+pub mod batch;
+pub mod ops;
+pub mod scan;
+
+use bytes::Bytes;
+use ferry_topology::placement::partition_of;
+
+pub use self::ops::result;
+use crate::node::{NodeState, Stats};
+use crate::proto::msg::{Msg, field, info1, info2};
+use crate::proto::{self, TYPE_MSG};
+use crate::record::{self, Record};
+use crate::server::{Origin, ReplySink};
+use crate::storage::Digest;
+
+/// A reply carrying only a result code.
+pub fn error_reply(code: u8) -> Msg {
+    Msg { result_code: code, ..Msg::default() }
+}
+
+/// Runs one AS_MSG and writes its reply (or reply stream) to `out`.
+pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
+    state: &NodeState,
+    msg: Msg,
+    raw_body: &[u8],
+    origin: Origin,
+    out: &mut ReplySink<'_, W>,
+) -> std::io::Result<()> {
+    if msg.info1 & info1::BATCH != 0 {
+        return batch::execute(state, &msg, out).await;
+    }
+    if msg.field(field::PID_ARRAY).is_some()
+        || msg.field(field::DIGEST_ARRAY).is_some()
+        || (msg.field(field::DIGEST).is_none() && msg.field(field::NAMESPACE).is_some())
+    {
+        return scan::execute(state, &msg, out).await;
+    }
+    let reply = match route(state, &msg, origin) {
+        Route::Local(request) => run_single(state, &msg, &request).await,
+        Route::Forward(peer) => {
+            let framed = proto::frame(TYPE_MSG, raw_body);
+            match state.forward(peer, &framed).await {
+                Ok(reply) => return out.send_framed(&reply).await,
+                Err(error) => {
+                    tracing::warn!(%error, "forward to partition owner failed");
+                    error_reply(result::TIMEOUT)
+                }
+            }
+        }
+        Route::Refuse(code) => error_reply(code),
+    };
+    if reply.result_code != result::OK && reply.result_code != result::KEY_NOT_FOUND {
+        Stats::bump(&state.stats.errors);
+    }
+    out.send(&reply.encode()).await
+}
+
+/// What a single-record request names.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub namespace: String,
+    pub set: String,
+    pub digest: Digest,
+    pub key: Option<Bytes>,
+}
+
+enum Route {
+    Local(Target),
+    Forward(std::net::SocketAddr),
+    Refuse(u8),
+}
+
+fn route(state: &NodeState, msg: &Msg, origin: Origin) -> Route {
+    if [field::FILTER_EXP, field::UDF_PACKAGE_NAME, field::UDF_FUNCTION, field::UDF_OP]
+        .iter()
+        .any(|&kind| msg.field(kind).is_some())
+    {
+        return Route::Refuse(result::UNSUPPORTED_FEATURE);
+    }
+    let target = match target(msg) {
+        Ok(target) => target,
+        Err(code) => return Route::Refuse(code),
+    };
+    if state.namespace(&target.namespace).is_none() {
+        return Route::Refuse(result::INVALID_NAMESPACE);
+    }
+    let partition = partition_of(&target.digest);
+    if origin == Origin::Client
+        && !state.cluster.is_master(&target.namespace, partition)
+        && let Some(owner) = state.cluster.master(&target.namespace, partition)
+    {
+        return Route::Forward(owner.fabric.addr());
+    }
+    Route::Local(target)
+}
+
+/// The namespace, set, digest and key a request names.
+pub fn target(msg: &Msg) -> Result<Target, u8> {
+    let text = |kind| msg.field_str(kind).map_err(|_| result::PARAMETER_ERROR);
+    let namespace = text(field::NAMESPACE)?.ok_or(result::PARAMETER_ERROR)?.to_owned();
+    let set = text(field::SET)?.unwrap_or_default().to_owned();
+    let digest: Digest = msg
+        .field(field::DIGEST)
+        .and_then(|f| f.data.as_ref().try_into().ok())
+        .ok_or(result::PARAMETER_ERROR)?;
+    let key = msg.field(field::KEY).map(|f| f.data.clone());
+    Ok(Target { namespace, set, digest, key })
+}
+
+/// The clock and settings for a command on a namespace.
+fn context(state: &NodeState, namespace: &str) -> ops::Context {
+    ops::Context {
+        now_ms: record::now_ms(),
+        now_secs: record::now_citrusleaf_secs(),
+        default_ttl: state.namespace(namespace).map_or(0, |ns| ns.default_ttl),
+        site_id: state.site_id(),
+    }
+}
+
+/// A successful reply for a record.
+fn record_reply(record: &Record, ops: Vec<crate::proto::msg::Op>) -> Msg {
+    Msg {
+        generation: u32::from(record.generation),
+        record_ttl: record.void_time,
+        ops,
+        ..Msg::default()
+    }
+}
+
+/// Runs a single-record command on this node's storage.
+pub async fn run_single(state: &NodeState, msg: &Msg, target: &Target) -> Msg {
+    match run_single_inner(state, msg, target).await {
+        Ok(reply) => reply,
+        Err(code) => error_reply(code),
+    }
+}
+
+async fn run_single_inner(state: &NodeState, msg: &Msg, target: &Target) -> Result<Msg, u8> {
+    let ns = target.namespace.as_str();
+    let ctx = context(state, ns);
+    let store = &state.store;
+    let storage_error = |error: crate::storage::StoreError| {
+        tracing::error!(%error, namespace = ns, "storage failure");
+        result::SERVER_ERROR
+    };
+    if msg.info2 & info2::WRITE == 0 {
+        Stats::bump(&state.stats.reads);
+        let record = store.get(ns, &target.digest).map_err(storage_error)?;
+        let record = record.filter(|r| r.visible(ctx.now_secs)).ok_or(result::KEY_NOT_FOUND)?;
+        return Ok(record_reply(&record, ops::read(msg, &record)));
+    }
+    if state.client_writes_fenced() {
+        return Err(result::FORBIDDEN);
+    }
+    let (record, reply_ops) = {
+        let _guard = store.lock(&target.digest);
+        let existing = store.get(ns, &target.digest).map_err(storage_error)?;
+        let outcome = if msg.info2 & info2::DELETE != 0 {
+            Stats::bump(&state.stats.deletes);
+            (ops::delete(msg, existing.as_ref(), &ctx)?, Vec::new())
+        } else {
+            Stats::bump(&state.stats.writes);
+            let out = ops::write(msg, &target.set, target.key.as_ref(), existing.as_ref(), &ctx)?;
+            (out.record, out.reply_ops)
+        };
+        store.put(ns, &target.digest, &outcome.0).map_err(storage_error)?;
+        outcome
+    };
+    store.commit(ns).await.map_err(storage_error)?;
+    Ok(record_reply(&record, reply_ops))
+}

@@ -1,0 +1,147 @@
+//! Starts and stops real node processes (`ferry node run`): the one launcher shared by
+//! `ferry up` and the end-to-end tests. Each node gets its own state directory and log file;
+//! a dropped [`NodeProcess`] is killed, so no test leaves a process behind.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How to start nodes: which binary, which topology file, which state root.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    pub binary: PathBuf,
+    pub topology: PathBuf,
+    /// Node `X` keeps its state in `<state_root>/X` and logs to `<state_root>/X/node.log`.
+    pub state_root: PathBuf,
+}
+
+/// Why a node could not be started or did not come up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaunchError {
+    #[error("start node {node}: {source}")]
+    Spawn { node: String, source: std::io::Error },
+    #[error(
+        "node {node} exited ({status}) before listening on {addr}; end of its log:\n{log_tail}"
+    )]
+    Exited { node: String, addr: SocketAddr, status: ExitStatus, log_tail: String },
+    #[error("node {node} did not listen on {addr} within {timeout:?}; end of its log:\n{log_tail}")]
+    NotReady { node: String, addr: SocketAddr, timeout: Duration, log_tail: String },
+}
+
+/// A running node process.
+#[derive(Debug)]
+pub struct NodeProcess {
+    pub node: String,
+    pub client: SocketAddr,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Launcher {
+    /// The state directory of a node.
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.state_root.join(node)
+    }
+
+    /// Spawns `ferry node run` for `node`; its output goes to its log file.
+    pub fn start(&self, node: &str, client: SocketAddr) -> Result<NodeProcess, LaunchError> {
+        let spawn_error = |source| LaunchError::Spawn { node: node.to_owned(), source };
+        let dir = self.node_dir(node);
+        std::fs::create_dir_all(&dir).map_err(spawn_error)?;
+        let log = dir.join("node.log");
+        let out = File::options().create(true).append(true).open(&log).map_err(spawn_error)?;
+        let err = out.try_clone().map_err(spawn_error)?;
+        let child = Command::new(&self.binary)
+            .arg("node")
+            .arg("run")
+            .arg("--topology")
+            .arg(&self.topology)
+            .arg("--node")
+            .arg(node)
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(spawn_error)?;
+        Ok(NodeProcess { node: node.to_owned(), client, log, child: Some(child) })
+    }
+}
+
+impl NodeProcess {
+    /// Waits until the node accepts client connections.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), LaunchError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if TcpStream::connect_timeout(&self.client, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(LaunchError::Exited {
+                    node: self.node.clone(),
+                    addr: self.client,
+                    status,
+                    log_tail: log_tail(&self.log),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(LaunchError::NotReady {
+                    node: self.node.clone(),
+                    addr: self.client,
+                    timeout,
+                    log_tail: log_tail(&self.log),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the node with SIGKILL (a crash) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Asks the node to stop (SIGTERM), escalating to SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = Pid::from_raw(i32::try_from(child.id()).ok()?);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last lines of a log file, for error messages.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}

@@ -1,0 +1,171 @@
+//! One node's state: its place in the site, its storage, its counters, and its connections to
+//! peers for forwarding requests to the partition owner.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ferry_topology::Topology;
+use ferry_topology::model::{Namespace, WriteFence};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cluster::{ClusterError, ClusterView};
+use crate::proto::{FrameError, ProtoHeader};
+use crate::storage::{Store, StoreError};
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub topology: Topology,
+    pub site: String,
+    pub node: String,
+    /// The node's state directory (storage lives under `storage/`).
+    pub data_dir: PathBuf,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("open storage in {dir}: {source}")]
+    Storage { dir: String, source: StoreError },
+}
+
+/// Counters shown by `statistics` and the admin endpoint.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub deletes: AtomicU64,
+    pub batch_requests: AtomicU64,
+    pub scans: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct NodeState {
+    pub cluster: ClusterView,
+    pub store: Store,
+    pub stats: Stats,
+    namespaces: HashMap<String, Namespace>,
+    fabric: Fabric,
+}
+
+impl NodeState {
+    /// Opens the node's storage and derives its view of the site.
+    pub fn open(config: &NodeConfig) -> Result<Self, NodeError> {
+        let cluster = ClusterView::new(&config.topology, &config.site, &config.node)?;
+        let namespaces = cluster.site().namespaces.clone();
+        let dir = config.data_dir.join("storage");
+        let store = Store::open(&dir, &namespaces)
+            .map_err(|source| NodeError::Storage { dir: dir.display().to_string(), source })?;
+        Ok(Self {
+            cluster,
+            store,
+            stats: Stats::default(),
+            namespaces: namespaces.into_iter().map(|ns| (ns.name.to_string(), ns)).collect(),
+            fabric: Fabric::default(),
+        })
+    }
+
+    /// A namespace served by this node.
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name)
+    }
+
+    /// This site's id, stamped on client writes.
+    pub fn site_id(&self) -> u8 {
+        self.cluster.site().src_id.get()
+    }
+
+    /// Whether client writes are refused (site fenced).
+    pub fn client_writes_fenced(&self) -> bool {
+        self.cluster.site().write_fence == WriteFence::ClientWrites
+    }
+
+    /// Sends a framed request to a peer's fabric address and returns its framed reply.
+    pub async fn forward(&self, peer: SocketAddr, request: &[u8]) -> Result<Vec<u8>, ForwardError> {
+        Stats::bump(&self.stats.forwarded);
+        self.fabric.exchange(peer, request).await
+    }
+}
+
+/// Failure to forward a request to its owner.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForwardError {
+    #[error("forward to {peer}: {source}")]
+    Io { peer: SocketAddr, source: std::io::Error },
+    #[error("forward to {peer}: bad reply: {source}")]
+    Frame { peer: SocketAddr, source: FrameError },
+    #[error("forward to {peer}: no reply within {0:?}", FORWARD_TIMEOUT)]
+    Timeout { peer: SocketAddr },
+}
+
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle connections kept per peer.
+const POOL_SIZE: usize = 16;
+
+/// Pooled connections to peers' fabric listeners.
+#[derive(Debug, Default)]
+struct Fabric {
+    pools: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
+}
+
+impl Fabric {
+    async fn exchange(&self, peer: SocketAddr, request: &[u8]) -> Result<Vec<u8>, ForwardError> {
+        let pooled = self.pools.lock().ok().and_then(|mut pools| pools.get_mut(&peer)?.pop());
+        let mut stream = match pooled {
+            Some(stream) => stream,
+            None => TcpStream::connect(peer)
+                .await
+                .map_err(|source| ForwardError::Io { peer, source })?,
+        };
+        let reply = tokio::time::timeout(FORWARD_TIMEOUT, round_trip(&mut stream, request))
+            .await
+            .map_err(|_| ForwardError::Timeout { peer })?
+            .map_err(|e| match e {
+                RoundTripError::Io(source) => ForwardError::Io { peer, source },
+                RoundTripError::Frame(source) => ForwardError::Frame { peer, source },
+            })?;
+        if let Ok(mut pools) = self.pools.lock() {
+            let pool = pools.entry(peer).or_default();
+            if pool.len() < POOL_SIZE {
+                pool.push(stream);
+            }
+        }
+        Ok(reply)
+    }
+}
+
+enum RoundTripError {
+    Io(std::io::Error),
+    Frame(FrameError),
+}
+
+async fn round_trip(stream: &mut TcpStream, request: &[u8]) -> Result<Vec<u8>, RoundTripError> {
+    stream.write_all(request).await.map_err(RoundTripError::Io)?;
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header).await.map_err(RoundTripError::Io)?;
+    let parsed = ProtoHeader::parse(header).map_err(RoundTripError::Frame)?;
+    let mut reply = Vec::with_capacity(8 + parsed.size as usize);
+    reply.extend_from_slice(&header);
+    reply.resize(8 + parsed.size as usize, 0);
+    stream.read_exact(&mut reply[8..]).await.map_err(RoundTripError::Io)?;
+    Ok(reply)
+}

@@ -1,0 +1,280 @@
+//! A real 3-node Ferry site (three `ferry node run` processes) driven by the unmodified Rust
+//! `aerospike` client: connect and tend, every single-record operation, batch reads across
+//! nodes, full scans, and durability across SIGKILL.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use aerospike::query::PartitionFilter;
+use aerospike::{
+    BatchOperation, BatchPolicy, BatchReadPolicy, Bins, Client, ClientPolicy, Expiration,
+    GenerationPolicy, QueryPolicy, ReadPolicy, RecordExistsAction, ResultCode, Statement, Value,
+    WritePolicy, as_bin, as_key, operations,
+};
+use ferry_node::launcher::{Launcher, NodeProcess};
+use ferry_tests::{ferry_bin, one_site_topology};
+use futures::StreamExt;
+
+struct Site {
+    _dir: tempfile::TempDir,
+    launcher: Launcher,
+    nodes: Vec<NodeProcess>,
+    clients: Vec<(String, std::net::SocketAddr)>,
+}
+
+impl Site {
+    fn start(nodes: usize, rf: u8) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (text, clients) = one_site_topology(nodes, rf);
+        let topology = dir.path().join("site.toml");
+        std::fs::write(&topology, text).expect("write topology");
+        let launcher =
+            Launcher { binary: ferry_bin(), topology, state_root: dir.path().join("state") };
+        let mut site = Site { _dir: dir, launcher, nodes: Vec::new(), clients };
+        for i in 0..nodes {
+            site.nodes.push(site.spawn(i));
+        }
+        site
+    }
+
+    fn spawn(&self, i: usize) -> NodeProcess {
+        let (id, addr) = &self.clients[i];
+        let mut node = self.launcher.start(id, *addr).expect("start node");
+        node.wait_ready(Duration::from_secs(20)).expect("node ready");
+        node
+    }
+
+    async fn client(&self) -> Client {
+        let seed = self.clients[0].1.to_string();
+        Client::new(&ClientPolicy::default(), &seed).await.expect("client connects and tends")
+    }
+}
+
+fn code(error: &aerospike::Error) -> Option<ResultCode> {
+    error.server_result_code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_record_operations_behave_like_aerospike() {
+    let site = Site::start(3, 2);
+    let client = site.client().await;
+    assert_eq!(client.nodes().len(), 3, "client discovered every node through peers");
+    let wp = WritePolicy::default();
+    let rp = ReadPolicy::default();
+
+    // put / get, keys of every type, across all nodes (the client routes by partition map).
+    for i in 0..60i64 {
+        client
+            .put(&wp, &as_key!("test", "kv", i), &[as_bin!("n", i), as_bin!("s", format!("v{i}"))])
+            .await
+            .expect("put int key");
+    }
+    client
+        .put(&wp, &as_key!("test", "kv", "user1"), &[as_bin!("name", "John Doe")])
+        .await
+        .expect("put");
+    client
+        .put(&wp, &as_key!("test", "kv", vec![1u8, 2, 3]), &[as_bin!("f", 1.5)])
+        .await
+        .expect("put");
+    for i in 0..60i64 {
+        let record = client.get(&rp, &as_key!("test", "kv", i), Bins::All).await.expect("get");
+        assert_eq!(record.bins["n"], Value::from(i));
+        assert_eq!(record.bins["s"], Value::from(format!("v{i}")));
+        assert_eq!(record.generation, 1);
+        assert_eq!(record.time_to_live(), None, "default TTL 0 never expires");
+    }
+    let named = client.get(&rp, &as_key!("test", "kv", "user1"), ["name"]).await.expect("get");
+    assert_eq!(named.bins["name"], Value::from("John Doe"));
+    let header =
+        client.get(&rp, &as_key!("test", "kv", "user1"), Bins::None).await.expect("header");
+    assert!(header.bins.is_empty());
+    assert_eq!(header.generation, 1);
+    let blob =
+        client.get(&rp, &as_key!("test", "kv", vec![1u8, 2, 3]), Bins::All).await.expect("get");
+    assert_eq!(blob.bins["f"], Value::from(1.5));
+
+    // exists / delete / touch
+    let key = as_key!("test", "kv", 7);
+    assert!(client.exists(&rp, &key).await.expect("exists"));
+    client.touch(&wp, &key).await.expect("touch");
+    assert_eq!(client.get(&rp, &key, Bins::All).await.expect("get").generation, 2);
+    assert!(client.delete(&wp, &key).await.expect("delete"));
+    assert!(!client.exists(&rp, &key).await.expect("exists after delete"));
+    assert!(!client.delete(&wp, &key).await.expect("delete again"));
+    let missing = client.get(&rp, &key, Bins::All).await.expect_err("deleted");
+    assert_eq!(code(&missing), Some(ResultCode::KeyNotFoundError));
+    let touch_missing = client.touch(&wp, &key).await.expect_err("touch missing");
+    assert_eq!(code(&touch_missing), Some(ResultCode::KeyNotFoundError));
+    client.put(&wp, &key, &[as_bin!("n", 70)]).await.expect("write after delete");
+    assert_eq!(client.get(&rp, &key, Bins::All).await.expect("get").generation, 4);
+
+    // record-exists actions and generation policies
+    let create_only = WritePolicy {
+        record_exists_action: RecordExistsAction::CreateOnly,
+        ..WritePolicy::default()
+    };
+    let exists = client.put(&create_only, &key, &[as_bin!("n", 1)]).await.expect_err("exists");
+    assert_eq!(code(&exists), Some(ResultCode::KeyExistsError));
+    let update_only = WritePolicy {
+        record_exists_action: RecordExistsAction::UpdateOnly,
+        ..WritePolicy::default()
+    };
+    let absent = client.put(&update_only, &as_key!("test", "kv", "nope"), &[as_bin!("n", 1)]).await;
+    assert_eq!(code(&absent.expect_err("absent")), Some(ResultCode::KeyNotFoundError));
+    let replace =
+        WritePolicy { record_exists_action: RecordExistsAction::Replace, ..WritePolicy::default() };
+    client.put(&replace, &key, &[as_bin!("other", 1)]).await.expect("replace");
+    let replaced = client.get(&rp, &key, Bins::All).await.expect("get");
+    assert!(!replaced.bins.contains_key("n") && replaced.bins.contains_key("other"));
+    let mut expect_gen = WritePolicy {
+        generation_policy: GenerationPolicy::ExpectGenEqual,
+        generation: 1,
+        ..WritePolicy::default()
+    };
+    let stale = client.put(&expect_gen, &key, &[as_bin!("n", 1)]).await.expect_err("stale gen");
+    assert_eq!(code(&stale), Some(ResultCode::GenerationError));
+    expect_gen.generation = replaced.generation;
+    client.put(&expect_gen, &key, &[as_bin!("n", 1)]).await.expect("matching generation");
+
+    // operate: add, append, prepend, read back in one round trip
+    let counter = as_key!("test", "kv", "counter");
+    client.put(&wp, &counter, &[as_bin!("c", 10), as_bin!("t", "mid")]).await.expect("put");
+    let add = as_bin!("c", 5);
+    let append = as_bin!("t", "-end");
+    let prepend = as_bin!("t", "start-");
+    let ops = [
+        operations::add(&add),
+        operations::append(&append),
+        operations::prepend(&prepend),
+        operations::get_bin("c"),
+        operations::get_bin("t"),
+    ];
+    let result = client.operate(&wp, &counter, &ops).await.expect("operate");
+    // With a write among the ops the server answers every op in order (writes as nil), and
+    // the client gathers the answers of one bin into a list, as with Aerospike.
+    assert_eq!(result.bins["c"], Value::MultiResult(vec![Value::Nil, Value::from(15)]));
+    assert_eq!(
+        result.bins["t"],
+        Value::MultiResult(vec![Value::Nil, Value::Nil, Value::from("start-mid-end")])
+    );
+    client.add(&wp, &counter, &[as_bin!("c", -20)]).await.expect("add");
+    assert_eq!(client.get(&rp, &counter, ["c"]).await.expect("get").bins["c"], Value::from(-5));
+    let wrong_type = client.add(&wp, &counter, &[as_bin!("t", 1)]).await.expect_err("type");
+    assert_eq!(code(&wrong_type), Some(ResultCode::BinTypeError));
+
+    // TTL: a record written with a 1 s TTL reports it, then disappears.
+    let short = as_key!("test", "kv", "short");
+    let ttl = WritePolicy::new(0, Expiration::Seconds(1));
+    client.put(&ttl, &short, &[as_bin!("x", 1)]).await.expect("put with ttl");
+    let fresh = client.get(&rp, &short, Bins::All).await.expect("get");
+    assert!(fresh.time_to_live().is_some_and(|t| t <= Duration::from_secs(1)), "{fresh:?}");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(!client.exists(&rp, &short).await.expect("exists after expiry"));
+    client.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_reads_span_nodes_and_scans_return_every_record_once() {
+    let site = Site::start(3, 2);
+    let client = site.client().await;
+    let wp = WritePolicy::default();
+    const RECORDS: i64 = 500;
+    for i in 0..RECORDS {
+        client.put(&wp, &as_key!("test", "scan", i), &[as_bin!("i", i)]).await.expect("put");
+    }
+    client.put(&wp, &as_key!("test", "other", 1), &[as_bin!("i", -1)]).await.expect("put");
+
+    // Batch: 40 present keys spread over all nodes, 10 missing.
+    let policy = BatchReadPolicy::default();
+    let mut batch: Vec<BatchOperation> = (0..50i64)
+        .map(|i| BatchOperation::read(&policy, as_key!("test", "scan", i * 10 + 3), Bins::All))
+        .collect();
+    client.batch(&BatchPolicy::default(), &mut batch).await.expect("batch");
+    for (i, op) in batch.iter().enumerate() {
+        let want = i as i64 * 10 + 3;
+        if want < RECORDS {
+            let record = op.record().unwrap_or_else(|| panic!("row {i} has no record"));
+            assert_eq!(record.bins["i"], Value::from(want));
+        } else {
+            assert!(op.record().is_none(), "row {i} should be missing");
+            assert_eq!(op.result_code(), Some(ResultCode::KeyNotFoundError));
+        }
+    }
+
+    // Scan of one set: every record exactly once, none of the other set.
+    let statement = Statement::new("test", "scan", Bins::All);
+    let mut records = client
+        .query(&QueryPolicy::default(), PartitionFilter::all(), statement)
+        .await
+        .expect("scan")
+        .into_stream();
+    let mut seen = BTreeSet::new();
+    while let Some(record) = records.next().await {
+        let record = record.expect("scan record");
+        let Value::Int(i) = record.bins["i"] else { panic!("bin i is not an integer: {record:?}") };
+        assert!(seen.insert(i), "record {i} returned twice");
+    }
+    assert_eq!(seen, (0..RECORDS).collect::<BTreeSet<_>>());
+
+    // Whole-namespace scan with a record cap per node answers at most the cap.
+    let capped = QueryPolicy { max_records: 30, ..QueryPolicy::default() };
+    let mut records = client
+        .query(&capped, PartitionFilter::all(), Statement::new("test", "", Bins::None))
+        .await
+        .expect("capped scan")
+        .into_stream();
+    let mut count = 0;
+    while let Some(record) = records.next().await {
+        record.expect("record");
+        count += 1;
+    }
+    assert!((1..=30).contains(&count), "capped scan returned {count}");
+    client.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() {
+    let mut site = Site::start(3, 2);
+    let client = site.client().await;
+    let wp = WritePolicy::default();
+    // Concurrent writers; every acknowledged key is remembered.
+    let mut tasks = Vec::new();
+    for writer in 0..8i64 {
+        let client = client.clone();
+        let wp = wp.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..40i64 {
+                let n = writer * 1000 + i;
+                if client.put(&wp, &as_key!("test", "crash", n), &[as_bin!("n", n)]).await.is_ok() {
+                    acked.push(n);
+                }
+            }
+            acked
+        }));
+    }
+    // Crash every node while writes are in flight.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for node in &mut site.nodes {
+        node.kill();
+    }
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(task.await.expect("writer"));
+    }
+    client.close().await.expect("close");
+    assert!(!acked.is_empty(), "some writes were acknowledged before the crash");
+
+    site.nodes = (0..3).map(|i| site.spawn(i)).collect();
+    let client = site.client().await;
+    let rp = ReadPolicy::default();
+    for n in &acked {
+        let record = client
+            .get(&rp, &as_key!("test", "crash", *n), Bins::All)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged write {n} lost after SIGKILL: {e}"));
+        assert_eq!(record.bins["n"], Value::from(*n));
+    }
+    client.close().await.expect("close");
+}
