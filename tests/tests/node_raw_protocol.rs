@@ -1,0 +1,201 @@
+//! The node's protocol edges, spoken byte by byte over TCP to real node processes: requests
+//! that reach a node which does not own the partition are forwarded to the owner; malformed
+//! frames get a parameter error or a closed connection and never harm the node; unsupported
+//! features answer result code 16; info replies follow request order.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_node::launcher::{Launcher, NodeProcess};
+use ferry_node::proto::msg::{Field, Msg, Op, field, info1, info2, op};
+use ferry_node::proto::{ProtoHeader, TYPE_INFO, TYPE_MSG, frame};
+use ferry_tests::{ferry_bin, one_site_topology};
+use ferry_topology::placement::{PartitionMap, partition_of};
+
+struct Site {
+    _dir: tempfile::TempDir,
+    _nodes: Vec<NodeProcess>,
+    clients: Vec<(String, SocketAddr)>,
+    map: PartitionMap,
+}
+
+fn start_site() -> Site {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (text, clients) = one_site_topology(3, 1);
+    let topology = ferry_topology::parse_topology("site.toml", &text).expect("valid").topology;
+    let map = PartitionMap::for_namespace(&topology, "local", "test").expect("map");
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, text).expect("write topology");
+    let launcher =
+        Launcher { binary: ferry_bin(), topology: path, state_root: dir.path().join("s") };
+    let nodes = clients
+        .iter()
+        .map(|(id, addr)| {
+            let mut node = launcher.start(id, *addr).expect("start");
+            node.wait_ready(Duration::from_secs(20)).expect("ready");
+            node
+        })
+        .collect();
+    Site { _dir: dir, _nodes: nodes, clients, map }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream
+}
+
+/// Reads one framed reply: (type, body).
+fn read_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header)?;
+    let parsed = ProtoHeader::parse(header).map_err(std::io::Error::other)?;
+    let mut body = vec![0u8; parsed.size as usize];
+    stream.read_exact(&mut body)?;
+    Ok((parsed.kind, body))
+}
+
+fn request(stream: &mut TcpStream, msg: &Msg) -> Msg {
+    stream.write_all(&frame(TYPE_MSG, &msg.encode())).expect("send");
+    let (kind, body) = read_frame(stream).expect("reply");
+    assert_eq!(kind, TYPE_MSG);
+    Msg::decode(&body).expect("decodable reply")
+}
+
+fn digest_of(key: &str) -> [u8; 20] {
+    aerospike::Key::new("test", "raw", aerospike::Value::from(key)).expect("key").digest()
+}
+
+fn keyed(digest: [u8; 20], info1: u8, info2: u8, ops: Vec<Op>) -> Msg {
+    Msg {
+        info1,
+        info2,
+        fields: vec![
+            Field { kind: field::NAMESPACE, data: Bytes::from_static(b"test") },
+            Field { kind: field::SET, data: Bytes::from_static(b"raw") },
+            Field { kind: field::DIGEST, data: Bytes::copy_from_slice(&digest) },
+        ],
+        ops,
+        ..Msg::default()
+    }
+}
+
+fn put_op(value: i64) -> Op {
+    Op {
+        kind: op::WRITE,
+        particle: 1,
+        name: "v".into(),
+        value: Bytes::copy_from_slice(&value.to_be_bytes()),
+    }
+}
+
+#[test]
+fn requests_at_a_non_owner_are_forwarded_to_the_owner() {
+    let site = start_site();
+    for n in 0..20 {
+        let digest = digest_of(&format!("k{n}"));
+        let owner = site.map.master(partition_of(&digest)).to_string();
+        let (_, elsewhere) =
+            site.clients.iter().find(|(id, _)| *id != owner).expect("another node");
+        let (_, at_owner) = site.clients.iter().find(|(id, _)| *id == owner).expect("owner");
+        let mut wrong = connect(*elsewhere);
+        let put = request(&mut wrong, &keyed(digest, 0, info2::WRITE, vec![put_op(n)]));
+        assert_eq!(put.result_code, 0, "put through a non-owner");
+        // The record lives at the owner: read it there directly, and through the non-owner.
+        let get = keyed(digest, info1::READ | info1::GET_ALL, 0, Vec::new());
+        for addr in [at_owner, elsewhere] {
+            let reply = request(&mut connect(*addr), &get);
+            assert_eq!(reply.result_code, 0);
+            assert_eq!(reply.ops[0].value.as_ref(), n.to_be_bytes());
+        }
+    }
+}
+
+#[test]
+fn malformed_frames_never_harm_the_node() {
+    let site = start_site();
+    let addr = site.clients[0].1;
+    let digest = digest_of("survivor");
+    let owner = site.map.master(partition_of(&digest)).to_string();
+    let owner_addr = site.clients.iter().find(|(id, _)| *id == owner).expect("owner").1;
+    request(&mut connect(owner_addr), &keyed(digest, 0, info2::WRITE, vec![put_op(7)]));
+
+    // Wrong protocol version: the connection is closed.
+    let mut bad_version = connect(addr);
+    bad_version.write_all(&[9, 3, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4]).expect("send");
+    let mut sink = Vec::new();
+    assert_eq!(bad_version.read_to_end(&mut sink).expect("closed cleanly"), 0);
+
+    // A declared size beyond the limit: closed before the body is read.
+    let mut huge = connect(addr);
+    huge.write_all(&[2, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).expect("send");
+    assert_eq!(huge.read_to_end(&mut sink).expect("closed"), 0);
+
+    // An AS_MSG whose fields run past its end: a parameter error, then the connection closes.
+    let mut truncated_body = keyed(digest, info1::READ, 0, Vec::new()).encode();
+    truncated_body.truncate(truncated_body.len() - 5);
+    let mut truncated = connect(addr);
+    truncated.write_all(&frame(TYPE_MSG, &truncated_body)).expect("send");
+    let (_, body) = read_frame(&mut truncated).expect("an answer before closing");
+    assert_eq!(Msg::decode(&body).expect("reply").result_code, 4);
+
+    // Random garbage in well-formed frames, on fresh connections.
+    let mut seed = 0x9e37_79b9_u64;
+    for _ in 0..200 {
+        let len = (seed % 64) as usize;
+        let garbage: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let mut stream = connect(addr);
+        let _ = stream.write_all(&frame(TYPE_MSG, &garbage));
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = stream.read_to_end(&mut sink);
+    }
+
+    // The node still serves, and the record is intact.
+    let reply = request(
+        &mut connect(owner_addr),
+        &keyed(digest, info1::READ | info1::GET_ALL, 0, Vec::new()),
+    );
+    assert_eq!(reply.result_code, 0);
+    assert_eq!(reply.ops[0].value.as_ref(), 7i64.to_be_bytes());
+}
+
+#[test]
+fn unsupported_features_answer_result_code_16_and_info_keeps_order() {
+    let site = start_site();
+    let digest = digest_of("udf");
+    let owner = site.map.master(partition_of(&digest)).to_string();
+    let addr = site.clients.iter().find(|(id, _)| *id == owner).expect("owner").1;
+    let mut stream = connect(addr);
+
+    let mut udf = keyed(digest, 0, info2::WRITE, Vec::new());
+    udf.fields.push(Field { kind: field::UDF_PACKAGE_NAME, data: Bytes::from_static(b"pkg") });
+    assert_eq!(request(&mut stream, &udf).result_code, 16);
+    let mut filtered = keyed(digest, info1::READ | info1::GET_ALL, 0, Vec::new());
+    filtered.fields.push(Field { kind: field::FILTER_EXP, data: Bytes::from_static(&[0x93]) });
+    assert_eq!(request(&mut stream, &filtered).result_code, 16);
+    let cdt = keyed(
+        digest,
+        0,
+        info2::WRITE,
+        vec![Op { kind: op::CDT_MODIFY, particle: 0, name: "l".into(), value: Bytes::new() }],
+    );
+    assert_eq!(request(&mut stream, &cdt).result_code, 16);
+
+    stream.write_all(&frame(TYPE_INFO, b"build\nnode\nno-such-thing\nnamespaces\n")).expect("info");
+    let (kind, body) = read_frame(&mut stream).expect("info reply");
+    assert_eq!(kind, TYPE_INFO);
+    let text = String::from_utf8(body).expect("utf-8");
+    let names: Vec<&str> = text.lines().map(|l| l.split('\t').next().unwrap_or("")).collect();
+    assert_eq!(names, ["build", "node", "no-such-thing", "namespaces"]);
+    assert!(text.contains(&format!("node\t{owner}\n")));
+    assert!(text.contains("no-such-thing\tERROR::"));
+}
