@@ -1,0 +1,126 @@
+//! Node throughput with the `aerospike` crate client: puts/s and gets/s with p50/p99 latency
+//! for 1-node and 3-node sites, 100-byte and 1 KiB records, next to the disk's raw fdatasync
+//! rate measured in the same run (every durable put needs a share of one fsync).
+//!
+//! Run: `cargo bench -p ferry-tests --bench node_throughput` (release build of `ferry`).
+//! Each cell is bounded in time and count.
+
+#![allow(clippy::print_stdout)]
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aerospike::{Bins, Client, ClientPolicy, ReadPolicy, WritePolicy, as_bin, as_key};
+use ferry_node::launcher::{Launcher, NodeProcess};
+use ferry_tests::{ferry_bin, one_site_topology};
+
+const CELL: Duration = Duration::from_secs(3);
+const MAX_OPS_PER_TASK: usize = 200_000;
+const TASKS: usize = 64;
+const KEYS: i64 = 10_000;
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fsyncs = raw_fdatasync_rate(dir.path(), Duration::from_secs(2));
+    println!("raw fdatasync rate of this disk: {fsyncs:.0}/s (4 KiB write + fdatasync, 1 writer)");
+    println!(
+        "{:<8} {:>6} {:<4} {:>10} {:>9} {:>9} {:>14}",
+        "site", "record", "op", "ops/s", "p50 ms", "p99 ms", "ops per fsync"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("rt");
+    for nodes in [1usize, 3] {
+        let (site, _processes, seed) = start(nodes, dir.path());
+        let client = runtime.block_on(async {
+            Arc::new(Client::new(&ClientPolicy::default(), &seed).await.expect("connect"))
+        });
+        for size in [100usize, 1024] {
+            for op in ["put", "get"] {
+                let (ops, p50, p99) = runtime.block_on(drive(client.clone(), op, size));
+                println!(
+                    "{:<8} {:>5}B {:<4} {:>10.0} {:>9.2} {:>9.2} {:>14.1}",
+                    format!("{nodes}-node"),
+                    size,
+                    op,
+                    ops,
+                    p50,
+                    p99,
+                    ops / fsyncs
+                );
+            }
+        }
+        drop(site);
+    }
+}
+
+fn start(nodes: usize, root: &std::path::Path) -> (Launcher, Vec<NodeProcess>, String) {
+    let (text, clients) = one_site_topology(nodes, if nodes == 1 { 1 } else { 2 });
+    let dir = root.join(format!("site-{nodes}"));
+    std::fs::create_dir_all(&dir).expect("site dir");
+    let topology = dir.join("site.toml");
+    std::fs::write(&topology, text).expect("topology");
+    let launcher = Launcher { binary: ferry_bin(), topology, state_root: dir.join("state") };
+    let processes = clients
+        .iter()
+        .map(|(id, addr)| {
+            let mut node = launcher.start(id, *addr).expect("start");
+            node.wait_ready(Duration::from_secs(30)).expect("ready");
+            node
+        })
+        .collect();
+    (launcher, processes, clients[0].1.to_string())
+}
+
+/// Runs `TASKS` concurrent clients for one cell; returns (ops/s, p50 ms, p99 ms).
+async fn drive(client: Arc<Client>, op: &'static str, size: usize) -> (f64, f64, f64) {
+    let payload = "x".repeat(size);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let client = client.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let (wp, rp) = (WritePolicy::default(), ReadPolicy::default());
+            let mut latencies = Vec::new();
+            let mut n = task as i64;
+            while started.elapsed() < CELL && latencies.len() < MAX_OPS_PER_TASK {
+                let key = as_key!("test", format!("bench{size}"), n % KEYS);
+                let t = Instant::now();
+                let ok = match op {
+                    "put" => client.put(&wp, &key, &[as_bin!("p", payload.as_str())]).await.is_ok(),
+                    _ => client.get(&rp, &key, Bins::All).await.is_ok(),
+                };
+                if ok {
+                    latencies.push(t.elapsed());
+                }
+                n += TASKS as i64;
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("task"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    (all.len() as f64 / elapsed, pct(0.5), pct(0.99))
+}
+
+/// 4 KiB write + fdatasync in a loop: the disk's durable-commit ceiling for one writer.
+fn raw_fdatasync_rate(dir: &std::path::Path, duration: Duration) -> f64 {
+    let mut file = std::fs::File::create(dir.join("fsync-probe")).expect("probe file");
+    let block = [0u8; 4096];
+    let started = Instant::now();
+    let mut count = 0u32;
+    while started.elapsed() < duration && count < 1_000_000 {
+        file.write_all(&block).expect("write");
+        file.sync_data().expect("fdatasync");
+        count += 1;
+    }
+    f64::from(count) / started.elapsed().as_secs_f64()
+}
