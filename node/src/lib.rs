@@ -6,6 +6,7 @@
 //! - [`command`]: what each client command means and does.
 //! - [`cluster`]: the node's view of its site (ownership, `replicas`, peers).
 //! - [`info`]: answers to info commands.
+//! - [`reclaim`]: background removal of expired records and old tombstones.
 //! - [`node`] and [`server`]: the node's state and its network shell.
 //! - [`launcher`]: starts node processes for `ferry up` and the end-to-end tests.
 
@@ -15,6 +16,7 @@ pub mod info;
 pub mod launcher;
 pub mod node;
 pub mod proto;
+pub mod reclaim;
 pub mod record;
 pub mod server;
 pub mod storage;

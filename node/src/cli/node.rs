@@ -61,7 +61,9 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         data = %config.data_dir.display(),
         "node ready"
     );
+    let reclaim = tokio::spawn(ferry_node::reclaim::run(state.clone()));
     ferry_node::server::run(state, client, fabric, shutdown_signal()).await?;
+    reclaim.abort();
     tracing::info!(node = %me.id, "node stopped");
     Ok(())
 }

@@ -1,0 +1,143 @@
+//! Background reclaim: removes expired records (already invisible to clients) and tombstones
+//! older than the namespace's `tombstone-ttl` (kept that long so a delete still wins against
+//! late-arriving older versions shipped from another site).
+//!
+//! Each pass walks the partitions this node masters, one bounded chunk at a time, so a pass
+//! never holds the store for long.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_topology::placement::PARTITIONS;
+
+use crate::node::NodeState;
+use crate::record::{self, Record};
+use crate::storage::{Digest, StoreError};
+
+/// Time between reclaim passes.
+pub const PASS_INTERVAL: Duration = Duration::from_secs(30);
+/// Records examined per storage read.
+const CHUNK: usize = 512;
+
+/// Whether a stored record can be removed for good.
+pub fn reclaimable(record: &Record, now_secs: u32, now_ms: u64, tombstone_ttl_secs: u32) -> bool {
+    if record.tombstone {
+        let age_ms = now_ms.saturating_sub(record.last_update_ms);
+        return age_ms >= u64::from(tombstone_ttl_secs) * 1000;
+    }
+    record.expired(now_secs)
+}
+
+/// Runs reclaim passes until the task is dropped.
+pub async fn run(state: Arc<NodeState>) {
+    let mut interval = tokio::time::interval(PASS_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match pass(&state).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "reclaimed expired records and old tombstones"),
+            Err(error) => tracing::warn!(%error, "reclaim pass failed"),
+        }
+    }
+}
+
+/// One pass over every namespace; returns how many records were removed.
+pub async fn pass(state: &NodeState) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for ns in state.store.namespace_names() {
+        let tombstone_ttl = state.namespace(&ns).map_or(0, |n| n.tombstone_ttl);
+        for partition in 0..PARTITIONS {
+            if !state.cluster.is_master(&ns, partition) {
+                continue;
+            }
+            let mut after: Option<Digest> = None;
+            loop {
+                let (now_secs, now_ms) = (record::now_citrusleaf_secs(), record::now_ms());
+                let chunk: Vec<(Digest, Record)> = state
+                    .store
+                    .scan_partition(&ns, partition, after.as_ref())?
+                    .take(CHUNK)
+                    .collect::<Result<_, _>>()?;
+                let exhausted = chunk.len() < CHUNK;
+                for (digest, candidate) in chunk {
+                    after = Some(digest);
+                    if !reclaimable(&candidate, now_secs, now_ms, tombstone_ttl) {
+                        continue;
+                    }
+                    // Re-check under the record's lock: a client may have rewritten it.
+                    let _guard = state.store.lock(&digest);
+                    let current = state.store.get(&ns, &digest)?;
+                    if current.is_some_and(|r| reclaimable(&r, now_secs, now_ms, tombstone_ttl)) {
+                        state.store.remove(&ns, &digest)?;
+                        removed += 1;
+                    }
+                }
+                if exhausted {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        if removed > 0 {
+            state.store.commit(&ns).await?;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(tombstone: bool, void_time: u32, lut: u64) -> Record {
+        Record {
+            generation: 1,
+            last_update_ms: lut,
+            void_time,
+            origin_site: 1,
+            tombstone,
+            set: String::new(),
+            key: None,
+            bins: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pass_removes_only_what_is_reclaimable() {
+        let text = "[[sites]]\nname = \"a\"\nsrc-id = 1\nrole = \"active\"\n[[sites.nodes]]\nid = \"n\"\n\
+                    client = \"127.0.0.1:1\"\nfabric = \"127.0.0.1:2\"\nxdr = \"127.0.0.1:3\"\n\
+                    admin = \"127.0.0.1:4\"\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 1\n\
+                    tombstone-ttl = 60\n";
+        let topology = ferry_topology::parse_topology("t.toml", text).expect("valid").topology;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = crate::node::NodeConfig {
+            topology,
+            site: "a".into(),
+            node: "n".into(),
+            data_dir: dir.path().to_path_buf(),
+        };
+        let state = NodeState::open(&config).expect("open");
+        let now_ms = record::now_ms();
+        let live = record(false, 0, now_ms);
+        let expired = record(false, 1, now_ms);
+        let old_tombstone = record(true, 0, now_ms - 61_000);
+        let fresh_tombstone = record(true, 0, now_ms);
+        for (i, r) in [&live, &expired, &old_tombstone, &fresh_tombstone].into_iter().enumerate() {
+            state.store.put("test", &[i as u8 + 1; 20], r).expect("put");
+        }
+        assert_eq!(pass(&state).await.expect("pass"), 2);
+        let left: Vec<bool> =
+            (1..=4u8).map(|i| state.store.get("test", &[i; 20]).expect("get").is_some()).collect();
+        assert_eq!(left, [true, false, false, true]);
+    }
+
+    #[test]
+    fn expired_records_and_old_tombstones_go() {
+        assert!(reclaimable(&record(false, 100, 0), 100, 0, 60));
+        assert!(!reclaimable(&record(false, 101, 0), 100, 0, 60));
+        assert!(!reclaimable(&record(false, 0, 0), u32::MAX, 0, 60), "void time 0 never expires");
+        assert!(!reclaimable(&record(true, 0, 1_000), 0, 60_999, 60), "tombstone younger than ttl");
+        assert!(reclaimable(&record(true, 0, 1_000), 0, 61_000, 60));
+    }
+}
