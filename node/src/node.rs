@@ -13,8 +13,14 @@ use ferry_topology::model::{Namespace, WriteFence};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use ferry_digestlog::{AppendError, CommitPolicy, DigestLog, Entry, OpenError};
+use ferry_topology::model::CommitMode;
+use ferry_topology::placement::partition_of;
+
 use crate::cluster::{ClusterError, ClusterView};
 use crate::proto::{FrameError, ProtoHeader};
+use crate::record::Record;
+use crate::storage::Digest;
 use crate::storage::{Store, StoreError};
 
 /// What a node needs to start.
@@ -35,6 +41,8 @@ pub enum NodeError {
     Cluster(#[from] ClusterError),
     #[error("open storage in {dir}: {source}")]
     Storage { dir: String, source: StoreError },
+    #[error("open digest log in {dir}: {source}")]
+    DigestLog { dir: String, source: OpenError },
 }
 
 /// Counters shown by `statistics` and the admin endpoint.
@@ -64,6 +72,7 @@ pub struct NodeState {
     pub stats: Stats,
     namespaces: HashMap<String, Namespace>,
     fabric: Fabric,
+    log: DigestLog,
 }
 
 impl NodeState {
@@ -74,13 +83,50 @@ impl NodeState {
         let dir = config.data_dir.join("storage");
         let store = Store::open(&dir, &namespaces)
             .map_err(|source| NodeError::Storage { dir: dir.display().to_string(), source })?;
+        let log_dir = config.data_dir.join("digestlog");
+        let log_config = ferry_digestlog::Config {
+            // One log serves every namespace: durable acknowledgement if any namespace asks.
+            commit: if namespaces.iter().any(|ns| ns.commit_mode == CommitMode::Group) {
+                CommitPolicy::default()
+            } else {
+                CommitPolicy::buffered(Duration::from_millis(50))
+            },
+            ..ferry_digestlog::Config::default()
+        };
+        let (log, report) = ferry_digestlog::open_dir(&log_dir, log_config).map_err(|source| {
+            NodeError::DigestLog { dir: log_dir.display().to_string(), source }
+        })?;
+        tracing::info!(report = ?report, "digest log opened");
         Ok(Self {
             cluster,
             store,
             stats: Stats::default(),
             namespaces: namespaces.into_iter().map(|ns| (ns.name.to_string(), ns)).collect(),
             fabric: Fabric::default(),
+            log,
         })
+    }
+
+    /// Appends a record change to the digest log; resolves once it is durable.
+    pub async fn log_change(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        record: &Record,
+    ) -> Result<ferry_digestlog::Lsn, AppendError> {
+        let op =
+            if record.tombstone { ferry_digestlog::Op::Delete } else { ferry_digestlog::Op::Write };
+        let entry = Entry {
+            digest: *digest,
+            namespace: namespace_id(namespace),
+            partition: partition_of(digest),
+            generation: record.generation,
+            lut_ms: record.last_update_ms,
+            op,
+            xdr_applied: record.origin_site != self.site_id(),
+            origin_site: record.origin_site,
+        };
+        self.log.append(entry).await
     }
 
     /// A namespace served by this node.
@@ -103,6 +149,11 @@ impl NodeState {
         Stats::bump(&self.stats.forwarded);
         self.fabric.exchange(peer, request).await
     }
+}
+
+/// The digest log's id of a namespace: FNV-1a of its name, stable across topology edits.
+pub fn namespace_id(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5, |hash, b| (hash ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 /// Failure to forward a request to its owner.

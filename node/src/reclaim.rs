@@ -66,7 +66,7 @@ pub async fn pass(state: &NodeState) -> Result<usize, StoreError> {
                         continue;
                     }
                     // Re-check under the record's lock: a client may have rewritten it.
-                    let _guard = state.store.lock(&digest);
+                    let _guard = state.store.lock(&digest).await;
                     let current = state.store.get(&ns, &digest)?;
                     if current.is_some_and(|r| reclaimable(&r, now_secs, now_ms, tombstone_ttl)) {
                         state.store.remove(&ns, &digest)?;

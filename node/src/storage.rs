@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use ferry_topology::model::{CommitMode, Namespace};
@@ -57,8 +57,9 @@ impl std::fmt::Debug for Store {
 struct Inner {
     db: Database,
     namespaces: HashMap<String, NamespaceStore>,
-    /// Striped locks serializing read-modify-write of one record.
-    locks: Vec<Mutex<()>>,
+    /// Striped locks serializing read-modify-write of one record. Async, because a writer holds
+    /// its stripe until the change is in the digest log.
+    locks: Vec<tokio::sync::Mutex<()>>,
     commit: GroupCommit,
 }
 
@@ -86,7 +87,7 @@ impl Store {
             .unwrap_or_default();
         let max_batch = namespaces.iter().map(|ns| ns.commit_max_batch).min().unwrap_or(1024);
         let commit = GroupCommit::start(db.clone(), max_wait, u64::from(max_batch.max(1)));
-        let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
+        let locks = (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
         Ok(Self { inner: Arc::new(Inner { db, namespaces: by_name, locks, commit }) })
     }
 
@@ -107,9 +108,9 @@ impl Store {
     }
 
     /// Serializes read-modify-write of one record: hold the guard from read to write.
-    pub fn lock(&self, digest: &Digest) -> MutexGuard<'_, ()> {
+    pub async fn lock(&self, digest: &Digest) -> tokio::sync::MutexGuard<'_, ()> {
         let stripe = usize::from(u16::from_le_bytes([digest[4], digest[5]])) % LOCK_STRIPES;
-        self.inner.locks[stripe].lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.locks[stripe].lock().await
     }
 
     /// The stored version of a record, tombstones and expired records included.

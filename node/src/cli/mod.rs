@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch to the subcommands.
 
+mod digestlog;
 mod node;
 mod topology;
 
@@ -20,6 +21,9 @@ enum Command {
     /// Validate, store, inspect and serve topology files.
     #[command(subcommand)]
     Topology(topology::TopologyCommand),
+    /// Inspect a node's digest log.
+    #[command(subcommand)]
+    Digestlog(digestlog::DigestLogCommand),
     /// Run storage nodes.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -32,6 +36,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Topology(command) => topology::run(command),
         Command::Node(command) => node::run(command),
+        Command::Digestlog(command) => digestlog::run(command),
         Command::Up => {
             println!(
                 "ferry up: not yet — the node, digest log, transport and XDR shipping land first. \

@@ -157,7 +157,7 @@ async fn run_single_inner(state: &NodeState, msg: &Msg, target: &Target) -> Resu
         return Err(result::FORBIDDEN);
     }
     let (record, reply_ops) = {
-        let _guard = store.lock(&target.digest);
+        let _guard = store.lock(&target.digest).await;
         let existing = store.get(ns, &target.digest).map_err(storage_error)?;
         let outcome = if msg.info2 & info2::DELETE != 0 {
             Stats::bump(&state.stats.deletes);
@@ -167,6 +167,13 @@ async fn run_single_inner(state: &NodeState, msg: &Msg, target: &Target) -> Resu
             let out = ops::write(msg, &target.set, target.key.as_ref(), existing.as_ref(), &ctx)?;
             (out.record, out.reply_ops)
         };
+        // The change is in the digest log (durably) before storage holds it: a crash between
+        // the two leaves a log entry for a version that never existed, which ships the current
+        // record harmlessly; the other order could leave a stored change no link ever ships.
+        state.log_change(ns, &target.digest, &outcome.0).await.map_err(|error| {
+            tracing::error!(%error, "digest log append failed; write refused");
+            result::SERVER_ERROR
+        })?;
         store.put(ns, &target.digest, &outcome.0).map_err(storage_error)?;
         outcome
     };
