@@ -18,6 +18,8 @@ pub struct Launcher {
     pub topology: PathBuf,
     /// Node `X` keeps its state in `<state_root>/X` and logs to `<state_root>/X/node.log`.
     pub state_root: PathBuf,
+    /// Extra arguments for every `ferry node run`.
+    pub node_args: Vec<String>,
 }
 
 /// Why a node could not be started or did not come up.
@@ -66,6 +68,7 @@ impl Launcher {
             .arg(node)
             .arg("--dir")
             .arg(&dir)
+            .args(&self.node_args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -31,6 +31,9 @@ pub struct NodeConfig {
     pub node: String,
     /// The node's state directory (storage lives under `storage/`).
     pub data_dir: PathBuf,
+    /// Keep a digest log. Only benchmarks turn it off (to measure what logging costs): a node
+    /// without its log has nothing for XDR to ship.
+    pub digest_log: bool,
 }
 
 /// Why a node could not start.
@@ -72,7 +75,7 @@ pub struct NodeState {
     pub stats: Stats,
     namespaces: HashMap<String, Namespace>,
     fabric: Fabric,
-    log: DigestLog,
+    log: Option<DigestLog>,
 }
 
 impl NodeState {
@@ -83,20 +86,7 @@ impl NodeState {
         let dir = config.data_dir.join("storage");
         let store = Store::open(&dir, &namespaces)
             .map_err(|source| NodeError::Storage { dir: dir.display().to_string(), source })?;
-        let log_dir = config.data_dir.join("digestlog");
-        let log_config = ferry_digestlog::Config {
-            // One log serves every namespace: durable acknowledgement if any namespace asks.
-            commit: if namespaces.iter().any(|ns| ns.commit_mode == CommitMode::Group) {
-                CommitPolicy::default()
-            } else {
-                CommitPolicy::buffered(Duration::from_millis(50))
-            },
-            ..ferry_digestlog::Config::default()
-        };
-        let (log, report) = ferry_digestlog::open_dir(&log_dir, log_config).map_err(|source| {
-            NodeError::DigestLog { dir: log_dir.display().to_string(), source }
-        })?;
-        tracing::info!(report = ?report, "digest log opened");
+        let log = if config.digest_log { Some(open_log(config, &namespaces)?) } else { None };
         Ok(Self {
             cluster,
             store,
@@ -113,7 +103,8 @@ impl NodeState {
         namespace: &str,
         digest: &Digest,
         record: &Record,
-    ) -> Result<ferry_digestlog::Lsn, AppendError> {
+    ) -> Result<(), AppendError> {
+        let Some(log) = &self.log else { return Ok(()) };
         let op =
             if record.tombstone { ferry_digestlog::Op::Delete } else { ferry_digestlog::Op::Write };
         let entry = Entry {
@@ -126,7 +117,7 @@ impl NodeState {
             xdr_applied: record.origin_site != self.site_id(),
             origin_site: record.origin_site,
         };
-        self.log.append(entry).await
+        log.append(entry).await.map(|_| ())
     }
 
     /// A namespace served by this node.
@@ -149,6 +140,23 @@ impl NodeState {
         Stats::bump(&self.stats.forwarded);
         self.fabric.exchange(peer, request).await
     }
+}
+
+fn open_log(config: &NodeConfig, namespaces: &[Namespace]) -> Result<DigestLog, NodeError> {
+    let log_dir = config.data_dir.join("digestlog");
+    let log_config = ferry_digestlog::Config {
+        // One log serves every namespace: durable acknowledgement if any namespace asks.
+        commit: if namespaces.iter().any(|ns| ns.commit_mode == CommitMode::Group) {
+            CommitPolicy::default()
+        } else {
+            CommitPolicy::buffered(Duration::from_millis(50))
+        },
+        ..ferry_digestlog::Config::default()
+    };
+    let (log, report) = ferry_digestlog::open_dir(&log_dir, log_config)
+        .map_err(|source| NodeError::DigestLog { dir: log_dir.display().to_string(), source })?;
+    tracing::info!(report = ?report, "digest log opened");
+    Ok(log)
 }
 
 /// The digest log's id of a namespace: FNV-1a of its name, stable across topology edits.

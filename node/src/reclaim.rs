@@ -116,6 +116,7 @@ mod tests {
             site: "a".into(),
             node: "n".into(),
             data_dir: dir.path().to_path_buf(),
+            digest_log: true,
         };
         let state = NodeState::open(&config).expect("open");
         let now_ms = record::now_ms();

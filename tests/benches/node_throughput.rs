@@ -1,6 +1,7 @@
 //! Node throughput with the `aerospike` crate client: puts/s and gets/s with p50/p99 latency
 //! for 1-node and 3-node sites, 100-byte and 1 KiB records, next to the disk's raw fdatasync
-//! rate measured in the same run (every durable put needs a share of one fsync).
+//! rate measured in the same run (every durable put needs a share of one fsync); then what the
+//! digest log costs: 1-node puts at 128 concurrent writers with the log on and off.
 //!
 //! Run: `cargo bench -p ferry-tests --bench node_throughput` (release build of `ferry`).
 //! Each cell is bounded in time and count.
@@ -18,6 +19,7 @@ use ferry_tests::{ferry_bin, one_site_topology};
 const CELL: Duration = Duration::from_secs(3);
 const MAX_OPS_PER_TASK: usize = 200_000;
 const TASKS: usize = 64;
+const LOGGING_TASKS: usize = 128;
 const KEYS: i64 = 10_000;
 
 fn main() {
@@ -30,13 +32,13 @@ fn main() {
     );
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("rt");
     for nodes in [1usize, 3] {
-        let (site, _processes, seed) = start(nodes, dir.path());
+        let (site, _processes, seed) = start(nodes, dir.path(), &format!("site-{nodes}"), &[]);
         let client = runtime.block_on(async {
             Arc::new(Client::new(&ClientPolicy::default(), &seed).await.expect("connect"))
         });
         for size in [100usize, 1024] {
             for op in ["put", "get"] {
-                let (ops, p50, p99) = runtime.block_on(drive(client.clone(), op, size));
+                let (ops, p50, p99) = runtime.block_on(drive(client.clone(), op, size, TASKS));
                 println!(
                     "{:<8} {:>5}B {:<4} {:>10.0} {:>9.2} {:>9.2} {:>14.1}",
                     format!("{nodes}-node"),
@@ -51,15 +53,41 @@ fn main() {
         }
         drop(site);
     }
+
+    let mut with_log = 0.0;
+    for (label, args) in [("log on", Vec::new()), ("log off", vec!["--no-digest-log".to_owned()])] {
+        let (_site, _processes, seed) = start(1, dir.path(), label, &args);
+        let client = runtime.block_on(async {
+            Arc::new(Client::new(&ClientPolicy::default(), &seed).await.expect("connect"))
+        });
+        let (ops, p50, p99) = runtime.block_on(drive(client, "put", 100, LOGGING_TASKS));
+        if with_log == 0.0 {
+            with_log = ops;
+        }
+        println!(
+            "1-node puts, {LOGGING_TASKS} writers, {label:<7}: {ops:>9.0}/s  p50 {p50:.2} ms  p99 {p99:.2} ms  (log on / this = {:.3})",
+            with_log / ops
+        );
+    }
 }
 
-fn start(nodes: usize, root: &std::path::Path) -> (Launcher, Vec<NodeProcess>, String) {
+fn start(
+    nodes: usize,
+    root: &std::path::Path,
+    name: &str,
+    node_args: &[String],
+) -> (Launcher, Vec<NodeProcess>, String) {
     let (text, clients) = one_site_topology(nodes, if nodes == 1 { 1 } else { 2 });
-    let dir = root.join(format!("site-{nodes}"));
+    let dir = root.join(name.replace(' ', "-"));
     std::fs::create_dir_all(&dir).expect("site dir");
     let topology = dir.join("site.toml");
     std::fs::write(&topology, text).expect("topology");
-    let launcher = Launcher { binary: ferry_bin(), topology, state_root: dir.join("state") };
+    let launcher = Launcher {
+        binary: ferry_bin(),
+        topology,
+        state_root: dir.join("state"),
+        node_args: node_args.to_vec(),
+    };
     let processes = clients
         .iter()
         .map(|(id, addr)| {
@@ -71,15 +99,20 @@ fn start(nodes: usize, root: &std::path::Path) -> (Launcher, Vec<NodeProcess>, S
     (launcher, processes, clients[0].1.to_string())
 }
 
-/// Runs `TASKS` concurrent clients for one cell; returns (ops/s, p50 ms, p99 ms).
-async fn drive(client: Arc<Client>, op: &'static str, size: usize) -> (f64, f64, f64) {
+/// Runs `tasks` concurrent clients for one cell; returns (ops/s, p50 ms, p99 ms).
+async fn drive(
+    client: Arc<Client>,
+    op: &'static str,
+    size: usize,
+    tasks: usize,
+) -> (f64, f64, f64) {
     let payload = "x".repeat(size);
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..TASKS {
+    let mut handles = Vec::new();
+    for task in 0..tasks {
         let client = client.clone();
         let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
+        handles.push(tokio::spawn(async move {
             let (wp, rp) = (WritePolicy::default(), ReadPolicy::default());
             let mut latencies = Vec::new();
             let mut n = task as i64;
@@ -93,14 +126,14 @@ async fn drive(client: Arc<Client>, op: &'static str, size: usize) -> (f64, f64,
                 if ok {
                     latencies.push(t.elapsed());
                 }
-                n += TASKS as i64;
+                n += tasks as i64;
             }
             latencies
         }));
     }
     let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.expect("task"));
+    for handle in handles {
+        all.extend(handle.await.expect("task"));
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();

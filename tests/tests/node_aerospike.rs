@@ -28,8 +28,12 @@ impl Site {
         let (text, clients) = one_site_topology(nodes, rf);
         let topology = dir.path().join("site.toml");
         std::fs::write(&topology, text).expect("write topology");
-        let launcher =
-            Launcher { binary: ferry_bin(), topology, state_root: dir.path().join("state") };
+        let launcher = Launcher {
+            binary: ferry_bin(),
+            topology,
+            state_root: dir.path().join("state"),
+            node_args: Vec::new(),
+        };
         let mut site = Site { _dir: dir, launcher, nodes: Vec::new(), clients };
         for i in 0..nodes {
             site.nodes.push(site.spawn(i));

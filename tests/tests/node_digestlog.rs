@@ -24,7 +24,12 @@ async fn acknowledged_changes_are_in_the_digest_log_after_a_crash() {
     let (text, clients) = one_site_topology(1, 1);
     let topology = dir.path().join("site.toml");
     std::fs::write(&topology, text).expect("write topology");
-    let launcher = Launcher { binary: ferry_bin(), topology, state_root: dir.path().join("s") };
+    let launcher = Launcher {
+        binary: ferry_bin(),
+        topology,
+        state_root: dir.path().join("s"),
+        node_args: Vec::new(),
+    };
     let (id, addr) = &clients[0];
     let mut node = launcher.start(id, *addr).expect("start");
     node.wait_ready(Duration::from_secs(20)).expect("ready");

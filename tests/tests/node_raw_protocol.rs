@@ -28,8 +28,12 @@ fn start_site() -> Site {
     let map = PartitionMap::for_namespace(&topology, "local", "test").expect("map");
     let path = dir.path().join("site.toml");
     std::fs::write(&path, text).expect("write topology");
-    let launcher =
-        Launcher { binary: ferry_bin(), topology: path, state_root: dir.path().join("s") };
+    let launcher = Launcher {
+        binary: ferry_bin(),
+        topology: path,
+        state_root: dir.path().join("s"),
+        node_args: Vec::new(),
+    };
     let nodes = clients
         .iter()
         .map(|(id, addr)| {

@@ -20,7 +20,12 @@ fn python_client_works_against_a_three_node_site() {
     let (text, clients) = one_site_topology(3, 2);
     let topology = dir.path().join("site.toml");
     std::fs::write(&topology, text).expect("write topology");
-    let launcher = Launcher { binary: ferry_bin(), topology, state_root: dir.path().join("state") };
+    let launcher = Launcher {
+        binary: ferry_bin(),
+        topology,
+        state_root: dir.path().join("state"),
+        node_args: Vec::new(),
+    };
     let _nodes: Vec<_> = clients
         .iter()
         .map(|(id, addr)| {

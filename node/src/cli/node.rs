@@ -22,11 +22,15 @@ pub(crate) enum NodeCommand {
         /// State directory of the node. Default: ./ferry-data/<node>.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Run without a digest log, so nothing can ship from this node. For benchmarks that
+        /// measure what logging costs.
+        #[arg(long, hide = true)]
+        no_digest_log: bool,
     },
 }
 
 pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
-    let NodeCommand::Run { topology, node, dir } = command;
+    let NodeCommand::Run { topology, node, dir, no_digest_log } = command;
     let validated = load_topology(&topology)?;
     let topology = validated.topology;
     let site = topology
@@ -36,7 +40,7 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         .map(|s| s.name.to_string())
         .with_context(|| format!("node '{node}' is in no site of the topology"))?;
     let data_dir = dir.unwrap_or_else(|| PathBuf::from("ferry-data").join(&node));
-    let config = NodeConfig { topology, site, node, data_dir };
+    let config = NodeConfig { topology, site, node, data_dir, digest_log: !no_digest_log };
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
     runtime.block_on(serve(config))?;
     Ok(ExitCode::SUCCESS)
