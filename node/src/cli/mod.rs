@@ -1,8 +1,10 @@
 //! Command-line parsing and dispatch to the subcommands.
 
+mod certs;
 mod digestlog;
 mod node;
 mod topology;
+mod wan;
 
 use std::process::ExitCode;
 
@@ -21,6 +23,11 @@ enum Command {
     /// Validate, store, inspect and serve topology files.
     #[command(subcommand)]
     Topology(topology::TopologyCommand),
+    /// Development certificates for mutual TLS between sites.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+    /// Run the userspace WAN relay (simulated delay, loss, bandwidth, partitions).
+    Wan(wan::WanArgs),
     /// Inspect a node's digest log.
     #[command(subcommand)]
     Digestlog(digestlog::DigestLogCommand),
@@ -37,6 +44,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topology(command) => topology::run(command),
         Command::Node(command) => node::run(command),
         Command::Digestlog(command) => digestlog::run(command),
+        Command::Certs(command) => certs::run(command),
+        Command::Wan(args) => wan::run(args),
         Command::Up => {
             println!(
                 "ferry up: not yet — the node, digest log, transport and XDR shipping land first. \
