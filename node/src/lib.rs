@@ -1,6 +1,7 @@
 //! The Ferry storage node: records, durable storage, and Aerospike's client wire protocol.
 //!
 //! - [`record`]: records, bins and their storage encoding.
+//! - [`apply`]: versions shipped from other sites, resolved and stored.
 //! - [`storage`]: fjall-backed durable storage with group commit.
 //! - [`proto`]: the wire protocol as pure encoding and decoding.
 //! - [`command`]: what each client command means and does.
@@ -10,6 +11,7 @@
 //! - [`node`] and [`server`]: the node's state and its network shell.
 //! - [`launcher`]: starts node processes for `ferry up` and the end-to-end tests.
 
+pub mod apply;
 pub mod cluster;
 pub mod command;
 pub mod info;

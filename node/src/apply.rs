@@ -1,0 +1,163 @@
+//! Applying versions shipped from another site: each record competes with the local version
+//! under the namespace's conflict-resolution policy; winners are stored as they are (their
+//! generation, LUT and origin kept, no local bump) and logged, marked as XDR-applied, so they
+//! can be forwarded but never shipped back to where they came from.
+
+use ferry_xdr::batch::ShippedRecord;
+use ferry_xdr::conflict::{Resolution, VersionStamp, resolve};
+
+use crate::node::NodeState;
+use crate::record::{Bin, Record, Value};
+
+/// What happened to the records of one apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyCounts {
+    /// Stored: the incoming version won.
+    pub applied: u64,
+    /// Kept the local version: the incoming one lost its conflict (or was already here).
+    pub lost_conflict: u64,
+}
+
+/// Why an apply failed; nothing after the failing record was applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    #[error("namespace '{0}' is not served by this node")]
+    UnknownNamespace(String),
+    #[error("this site refuses XDR writes (write-fence = xdr-writes)")]
+    Fenced,
+    #[error("digest log: {0}")]
+    Log(#[from] ferry_digestlog::AppendError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StoreError),
+}
+
+impl NodeState {
+    /// Applies shipped versions to `namespace`; resolves once the winners are durable.
+    pub async fn apply_remote(
+        &self,
+        namespace: &str,
+        records: &[ShippedRecord],
+    ) -> Result<ApplyCounts, ApplyError> {
+        let policy = self
+            .namespace(namespace)
+            .ok_or_else(|| ApplyError::UnknownNamespace(namespace.to_owned()))?
+            .conflict_resolution_policy;
+        if self.cluster.site().write_fence == ferry_topology::model::WriteFence::XdrWrites {
+            return Err(ApplyError::Fenced);
+        }
+        let mut counts = ApplyCounts::default();
+        for shipped in records {
+            let _guard = self.store.lock(&shipped.digest).await;
+            let local = self.store.get(namespace, &shipped.digest)?;
+            let local_stamp = local.as_ref().map(|r| VersionStamp {
+                generation: r.generation,
+                last_update_ms: r.last_update_ms,
+                origin_site: r.origin_site,
+            });
+            match resolve(policy, local_stamp.as_ref(), &shipped.stamp) {
+                Resolution::Stale => counts.lost_conflict += 1,
+                Resolution::Apply => {
+                    let record = to_record(shipped);
+                    self.log_change(namespace, &shipped.digest, &record).await?;
+                    self.store.put(namespace, &shipped.digest, &record)?;
+                    counts.applied += 1;
+                }
+            }
+        }
+        if counts.applied > 0 {
+            self.store.commit(namespace).await?;
+        }
+        Ok(counts)
+    }
+}
+
+/// A shipped version as a stored record, metadata unchanged.
+fn to_record(shipped: &ShippedRecord) -> Record {
+    Record {
+        generation: shipped.stamp.generation,
+        last_update_ms: shipped.stamp.last_update_ms,
+        void_time: shipped.void_time,
+        origin_site: shipped.stamp.origin_site,
+        tombstone: shipped.tombstone,
+        set: shipped.set.clone(),
+        key: shipped.key.clone(),
+        bins: shipped
+            .bins
+            .iter()
+            .map(|b| Bin {
+                name: b.name.clone(),
+                value: Value { particle: b.particle, data: b.data.clone() },
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::NodeConfig;
+    use bytes::Bytes;
+    use ferry_xdr::batch::ShippedBin;
+
+    fn state(dir: &std::path::Path, policy: &str) -> NodeState {
+        let text = format!(
+            "[[sites]]\nname = \"a\"\nsrc-id = 1\nrole = \"standby\"\n[[sites.nodes]]\nid = \"n\"\n\
+             client = \"127.0.0.1:1\"\nfabric = \"127.0.0.1:2\"\nxdr = \"127.0.0.1:3\"\n\
+             admin = \"127.0.0.1:4\"\n[[sites.namespaces]]\nname = \"test\"\n\
+             replication-factor = 1\nconflict-resolution-policy = \"{policy}\"\n"
+        );
+        let topology = ferry_topology::parse_topology("t.toml", &text).expect("valid").topology;
+        let config = NodeConfig {
+            topology,
+            site: "a".into(),
+            node: "n".into(),
+            data_dir: dir.to_path_buf(),
+            digest_log: true,
+        };
+        NodeState::open(&config).expect("open")
+    }
+
+    fn shipped(generation: u16, lut: u64, value: &'static [u8]) -> ShippedRecord {
+        ShippedRecord {
+            digest: [7; 20],
+            stamp: VersionStamp { generation, last_update_ms: lut, origin_site: 2 },
+            void_time: 0,
+            tombstone: false,
+            set: "s".into(),
+            key: None,
+            bins: vec![ShippedBin {
+                name: "b".into(),
+                particle: 4,
+                data: Bytes::from_static(value),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn newer_versions_win_older_and_repeated_ones_lose() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = state(dir.path(), "generation");
+        let batch = [shipped(2, 10, b"two"), shipped(1, 20, b"one"), shipped(2, 10, b"two")];
+        let counts = node.apply_remote("test", &batch).await.expect("apply");
+        assert_eq!(counts, ApplyCounts { applied: 1, lost_conflict: 2 });
+        let stored = node.store.get("test", &[7; 20]).expect("get").expect("stored");
+        assert_eq!((stored.generation, stored.last_update_ms, stored.origin_site), (2, 10, 2));
+        assert_eq!(stored.bins[0].value.data.as_ref(), b"two");
+        assert!(matches!(
+            node.apply_remote("nope", &batch).await,
+            Err(ApplyError::UnknownNamespace(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn last_update_time_policy_keeps_the_latest_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = state(dir.path(), "last-update-time");
+        let batch = [shipped(5, 30, b"late"), shipped(9, 20, b"early-but-higher-generation")];
+        let counts = node.apply_remote("test", &batch).await.expect("apply");
+        assert_eq!(counts, ApplyCounts { applied: 1, lost_conflict: 1 });
+        let stored = node.store.get("test", &[7; 20]).expect("get").expect("stored");
+        assert_eq!(stored.bins[0].value.data.as_ref(), b"late");
+    }
+}
