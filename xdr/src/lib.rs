@@ -3,6 +3,8 @@
 //!
 //! - [`conflict`]: whether a shipped version replaces the local one.
 //! - [`batch`]: the versioned, zstd-compressed batch format shipped between sites.
+//! - [`window`]: batches in flight and the ordered acknowledgement that moves a link's cursor.
 
 pub mod batch;
 pub mod conflict;
+pub mod window;
