@@ -5,11 +5,13 @@
 
 use bytes::Bytes;
 
-use super::{Target, error_reply, result, run_single};
+use std::net::SocketAddr;
+
+use super::{Route, error_reply, result, route, run_single};
 use crate::node::{NodeState, Stats};
 use crate::proto::msg::{Cursor, Field, Msg, decode_fields, decode_ops, field, info3};
 use crate::proto::{FrameError, TYPE_MSG};
-use crate::server::ReplySink;
+use crate::server::{Origin, ReplySink};
 use crate::storage::Digest;
 
 const ROW_REPEAT: u8 = 0x01;
@@ -75,6 +77,7 @@ pub fn decode_rows(data: &[u8]) -> Result<Vec<Row>, FrameError> {
 pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
     state: &NodeState,
     msg: &Msg,
+    origin: Origin,
     out: &mut ReplySink<'_, W>,
 ) -> std::io::Result<()> {
     Stats::bump(&state.stats.batch_requests);
@@ -89,7 +92,7 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
     }
     let mut buffer = Vec::with_capacity(FRAME_TARGET);
     for row in &rows {
-        let mut reply = run_row(state, row).await;
+        let mut reply = run_row(state, row, origin).await;
         reply.transaction_ttl = row.index;
         if matches!(reply.result_code, result::KEY_NOT_FOUND | 27) {
             // The client reads no ops for these codes.
@@ -114,34 +117,23 @@ async fn finish<W: tokio::io::AsyncWrite + Unpin>(
     out.send(&buffer).await
 }
 
-async fn run_row(state: &NodeState, row: &Row) -> Msg {
+/// Runs a row as the single-record command it stands for, routed like one: refused, run here,
+/// or run at its partition's owner.
+async fn run_row(state: &NodeState, row: &Row, origin: Origin) -> Msg {
     let mut request = row.request.clone();
     request.fields.retain(|f| f.kind != field::DIGEST);
     request.fields.push(Field { kind: field::DIGEST, data: Bytes::copy_from_slice(&row.digest) });
-    let target = match super::target(&request) {
-        Ok(target) => target,
-        Err(code) => return error_reply(code),
-    };
-    if request.field(field::FILTER_EXP).is_some() {
-        return error_reply(result::UNSUPPORTED_FEATURE);
+    match route(state, &request, origin) {
+        Route::Local(target) => run_single(state, &request, &target).await,
+        Route::Forward(owner) => forward_row(state, &request, owner).await,
+        Route::Refuse(code) => error_reply(code),
     }
-    if state.namespace(&target.namespace).is_none() {
-        return error_reply(result::INVALID_NAMESPACE);
-    }
-    let partition = ferry_topology::placement::partition_of(&target.digest);
-    if state.cluster.is_master(&target.namespace, partition) {
-        return run_single(state, &request, &target).await;
-    }
-    forward_row(state, &request, &target, partition).await
 }
 
-/// Runs a row at its partition's owner as a single-record command.
-async fn forward_row(state: &NodeState, request: &Msg, target: &Target, partition: u16) -> Msg {
-    let Some(owner) = state.cluster.master(&target.namespace, partition) else {
-        return error_reply(result::PARTITION_UNAVAILABLE);
-    };
+/// Runs a row at its partition's owner and returns the owner's answer.
+async fn forward_row(state: &NodeState, request: &Msg, owner: SocketAddr) -> Msg {
     let framed = crate::proto::frame(TYPE_MSG, &request.encode());
-    let reply = match state.forward(owner.fabric.addr(), &framed).await {
+    let reply = match state.forward(owner, &framed).await {
         Ok(reply) => reply,
         Err(error) => {
             tracing::warn!(%error, "forward batch row to partition owner failed");

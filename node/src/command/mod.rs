@@ -31,7 +31,7 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
     out: &mut ReplySink<'_, W>,
 ) -> std::io::Result<()> {
     if msg.info1 & info1::BATCH != 0 {
-        return batch::execute(state, &msg, out).await;
+        return batch::execute(state, &msg, origin, out).await;
     }
     if msg.field(field::PID_ARRAY).is_some()
         || msg.field(field::DIGEST_ARRAY).is_some()
