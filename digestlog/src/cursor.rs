@@ -106,6 +106,11 @@ impl Cursor {
         self.slot.committed()
     }
 
+    /// Flushed entries past the committed position: changes this consumer has not finished.
+    pub fn backlog(&self) -> u64 {
+        self.flushed.borrow().0.saturating_sub(self.slot.committed().0)
+    }
+
     /// Unacknowledged overflow, if any.
     pub fn overflow(&self) -> Option<Overflow> {
         self.slot.overflow()

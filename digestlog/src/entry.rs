@@ -29,6 +29,11 @@ impl fmt::Display for Lsn {
     }
 }
 
+/// The log's id of a namespace: FNV-1a of its name, stable across topology edits.
+pub fn namespace_id(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5, |hash, b| (hash ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
 /// What happened to the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {

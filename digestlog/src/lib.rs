@@ -39,7 +39,7 @@ pub use checkpoint::{
     InvalidCursorName, Overflow,
 };
 pub use cursor::{Batch, Cursor, CursorInfo, CursorStart};
-pub use entry::{Entry, LoggedEntry, Lsn, Op, RECORD_LEN, RecordError};
+pub use entry::{Entry, LoggedEntry, Lsn, Op, RECORD_LEN, RecordError, namespace_id};
 pub use error::{
     AppendError, ConfigError, Corruption, CorruptionKind, CursorError, OpenError, ReadError,
 };

@@ -61,6 +61,12 @@ fn parameterized(state: &NodeState, name: &str) -> String {
             None => format!("ERROR::namespace '{ns}' not found"),
         };
     }
+    if let Some(ns) = name.strip_prefix("verify-digest:namespace=") {
+        return verify_digest(state, ns);
+    }
+    if let Some(args) = name.strip_prefix("get-stats:") {
+        return xdr_stats(state, args);
+    }
     if name.starts_with("sets/") {
         return String::new();
     }
@@ -85,4 +91,61 @@ fn statistics(state: &NodeState) -> String {
         load(&stats.errors),
         state.store.disk_space(),
     )
+}
+
+/// `get-stats:context=xdr;dc=NAME` (one link's shipping stats) and
+/// `get-stats:context=xdr` (the receiver's stats and the list of links).
+fn xdr_stats(state: &NodeState, args: &str) -> String {
+    let mut context = None;
+    let mut dc = None;
+    for pair in args.split(';') {
+        match pair.split_once('=') {
+            Some(("context", value)) => context = Some(value),
+            Some(("dc", value)) => dc = Some(value),
+            _ => return format!("ERROR::bad parameter '{pair}'"),
+        }
+    }
+    if context != Some("xdr") {
+        return "ERROR::only context=xdr is supported".to_owned();
+    }
+    let registry = &state.xdr;
+    match dc {
+        Some(dc) => match registry.get(dc) {
+            Some(link) => ferry_xdr::stats::info_format(&link.snapshot()),
+            None => format!("ERROR::no link to dc '{dc}' ships from this node"),
+        },
+        None => {
+            let mut pairs = registry.receiver.snapshot();
+            pairs.push(("dcs", registry.dcs().join(",")));
+            ferry_xdr::stats::info_format(&pairs)
+        }
+    }
+}
+
+/// `verify-digest:namespace=NS`: what two sites compare to prove they converged. Each stored
+/// version (tombstones included: digest, generation, LUT, origin, bins) is hashed and the hashes
+/// XORed, so the digests of a site's nodes XOR into the site's, in any order.
+fn verify_digest(state: &NodeState, ns: &str) -> String {
+    let mut records = 0u64;
+    let mut tombstones = 0u64;
+    let mut xor = 0u64;
+    for partition in 0..ferry_topology::placement::PARTITIONS {
+        let scan = match state.store.scan_partition(ns, partition, None) {
+            Ok(scan) => scan,
+            Err(e) => return format!("ERROR::{e}"),
+        };
+        for item in scan {
+            let (digest, record) = match item {
+                Ok(item) => item,
+                Err(e) => return format!("ERROR::{e}"),
+            };
+            records += 1;
+            tombstones += u64::from(record.tombstone);
+            let encoded = crate::record::encode(&record);
+            xor ^= digest.iter().chain(&encoded).fold(0xcbf2_9ce4_8422_2325u64, |hash, &b| {
+                (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        }
+    }
+    format!("records={records};tombstones={tombstones};xor={xor:016x}")
 }

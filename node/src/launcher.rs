@@ -51,6 +51,11 @@ impl Launcher {
         self.state_root.join(node)
     }
 
+    /// Where the nodes find their XDR certificates: `<state_root>/certs`.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.state_root.join("certs")
+    }
+
     /// Spawns `ferry node run` for `node`; its output goes to its log file.
     pub fn start(&self, node: &str, client: SocketAddr) -> Result<NodeProcess, LaunchError> {
         let spawn_error = |source| LaunchError::Spawn { node: node.to_owned(), source };
@@ -68,6 +73,8 @@ impl Launcher {
             .arg(node)
             .arg("--dir")
             .arg(&dir)
+            .arg("--certs")
+            .arg(self.certs_dir())
             .args(&self.node_args)
             .stdin(Stdio::null())
             .stdout(out)

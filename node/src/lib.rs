@@ -22,3 +22,4 @@ pub mod reclaim;
 pub mod record;
 pub mod server;
 pub mod storage;
+pub mod xdr;

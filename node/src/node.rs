@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_topology::Topology;
@@ -71,6 +71,10 @@ impl Stats {
 #[derive(Debug)]
 pub struct NodeState {
     pub cluster: ClusterView,
+    /// The deployment's topology (XDR plans its links from it).
+    pub topology: Arc<Topology>,
+    /// XDR links' stats and controls, and the receiver's stats.
+    pub xdr: Arc<ferry_xdr::stats::Registry>,
     pub store: Store,
     pub stats: Stats,
     namespaces: HashMap<String, Namespace>,
@@ -89,6 +93,8 @@ impl NodeState {
         let log = if config.digest_log { Some(open_log(config, &namespaces)?) } else { None };
         Ok(Self {
             cluster,
+            topology: Arc::new(config.topology.clone()),
+            xdr: Arc::default(),
             store,
             stats: Stats::default(),
             namespaces: namespaces.into_iter().map(|ns| (ns.name.to_string(), ns)).collect(),
@@ -109,7 +115,7 @@ impl NodeState {
             if record.tombstone { ferry_digestlog::Op::Delete } else { ferry_digestlog::Op::Write };
         let entry = Entry {
             digest: *digest,
-            namespace: namespace_id(namespace),
+            namespace: ferry_digestlog::namespace_id(namespace),
             partition: partition_of(digest),
             generation: record.generation,
             lut_ms: record.last_update_ms,
@@ -118,6 +124,11 @@ impl NodeState {
             origin_site: record.origin_site,
         };
         log.append(entry).await.map(|_| ())
+    }
+
+    /// The node's digest log, unless it runs without one.
+    pub fn digest_log(&self) -> Option<&DigestLog> {
+        self.log.as_ref()
     }
 
     /// A namespace served by this node.
@@ -157,11 +168,6 @@ fn open_log(config: &NodeConfig, namespaces: &[Namespace]) -> Result<DigestLog, 
         .map_err(|source| NodeError::DigestLog { dir: log_dir.display().to_string(), source })?;
     tracing::info!(report = ?report, "digest log opened");
     Ok(log)
-}
-
-/// The digest log's id of a namespace: FNV-1a of its name, stable across topology edits.
-pub fn namespace_id(name: &str) -> u32 {
-    name.bytes().fold(0x811c_9dc5, |hash, b| (hash ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 /// Failure to forward a request to its owner.

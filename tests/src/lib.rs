@@ -130,17 +130,29 @@ pub fn free_ports(count: usize) -> Vec<u16> {
         .collect()
 }
 
-/// A one-site topology of `nodes` nodes on two racks, namespace `test` with `rf` copies, on free
-/// loopback ports. Returns the file text and each node's (id, client address).
-pub fn one_site_topology(nodes: usize, rf: u8) -> (String, Vec<(String, std::net::SocketAddr)>) {
+/// A node of a test topology.
+#[derive(Debug, Clone)]
+pub struct TestNode {
+    pub site: String,
+    pub id: String,
+    pub client: std::net::SocketAddr,
+}
+
+/// Writes one `[[sites]]` block of `nodes` nodes on two racks (ids `<prefix>-<i>`), namespace
+/// `test` with `rf` copies under `policy`, on free loopback ports.
+fn site_block(
+    text: &mut String,
+    (name, src_id, role): (&str, u8, &str),
+    nodes: usize,
+    rf: u8,
+    policy: &str,
+) -> Vec<TestNode> {
     use std::fmt::Write as _;
     let ports = free_ports(nodes * 4);
-    let mut text = String::from(
-        "name = \"test-site\"\n\n[[sites]]\nname = \"local\"\nsrc-id = 1\nrole = \"active\"\n",
-    );
-    let mut clients = Vec::new();
+    let _ = write!(text, "\n[[sites]]\nname = \"{name}\"\nsrc-id = {src_id}\nrole = \"{role}\"\n");
+    let mut members = Vec::new();
     for (i, p) in ports.chunks(4).enumerate() {
-        let id = format!("node-{i}");
+        let id = if name == "local" { format!("node-{i}") } else { format!("{name}-{i}") };
         let _ = write!(
             text,
             "\n[[sites.nodes]]\nid = \"{id}\"\nrack-id = {}\nclient = \"127.0.0.1:{}\"\n\
@@ -151,8 +163,211 @@ pub fn one_site_topology(nodes: usize, rf: u8) -> (String, Vec<(String, std::net
             p[2],
             p[3]
         );
-        clients.push((id, std::net::SocketAddr::from(([127, 0, 0, 1], p[0]))));
+        let client = std::net::SocketAddr::from(([127, 0, 0, 1], p[0]));
+        members.push(TestNode { site: name.to_owned(), id, client });
     }
-    let _ = write!(text, "\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = {rf}\n");
-    (text, clients)
+    let _ = write!(
+        text,
+        "\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = {rf}\n\
+         conflict-resolution-policy = \"{policy}\"\n"
+    );
+    members
+}
+
+/// A one-site topology of `nodes` nodes on two racks, namespace `test` with `rf` copies, on free
+/// loopback ports. Returns the file text and each node's (id, client address).
+pub fn one_site_topology(nodes: usize, rf: u8) -> (String, Vec<(String, std::net::SocketAddr)>) {
+    let mut text = String::from("name = \"test-site\"\n");
+    let members = site_block(&mut text, ("local", 1, "active"), nodes, rf, "generation");
+    (text, members.into_iter().map(|n| (n.id, n.client)).collect())
+}
+
+/// Sites `a` (src-id 1) and `b` (src-id 2) of `nodes` nodes each, namespace `test` under
+/// `policy`, and a link `a -> b` with the extra TOML `link_a_b`; with `b_to_a` set, also a link
+/// `b -> a` with the same settings (active-active).
+pub fn two_site_topology(
+    nodes: usize,
+    policy: &str,
+    link_a_b: &str,
+    b_to_a: bool,
+) -> (String, Vec<TestNode>) {
+    let mut text = String::from("name = \"two-sites-test\"\n");
+    let mut members = site_block(&mut text, ("a", 1, "active"), nodes, 1, policy);
+    let b_role = if b_to_a { "active" } else { "standby" };
+    members.extend(site_block(&mut text, ("b", 2, b_role), nodes, 1, policy));
+    let links: &[(&str, &str)] = if b_to_a { &[("a", "b"), ("b", "a")] } else { &[("a", "b")] };
+    for (from, to) in links {
+        text.push_str(&format!(
+            "\n[[links]]\nfrom = \"{from}\"\nto = \"{to}\"\nnamespaces = [\"test\"]\n{link_a_b}\n"
+        ));
+    }
+    (text, members)
+}
+
+/// Real node processes of a topology written to a temporary directory, with dev certificates;
+/// every process is killed when this is dropped.
+#[derive(Debug)]
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+    pub launcher: ferry_node::launcher::Launcher,
+    pub nodes: Vec<TestNode>,
+    pub processes: std::collections::BTreeMap<String, ferry_node::launcher::NodeProcess>,
+}
+
+impl Deployment {
+    /// Writes `topology`, creates certificates with `ferry certs init`, starts every node and
+    /// waits until each accepts clients.
+    ///
+    /// # Panics
+    ///
+    /// If any step fails (the message carries the failing node's log tail).
+    pub fn start(topology: &str, nodes: Vec<TestNode>) -> Deployment {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("topology.toml");
+        std::fs::write(&path, topology).unwrap_or_else(|e| panic!("write topology: {e}"));
+        let launcher = ferry_node::launcher::Launcher {
+            binary: ferry_bin(),
+            topology: path.clone(),
+            state_root: dir.path().join("state"),
+            node_args: Vec::new(),
+        };
+        let certs = Command::new(ferry_bin())
+            .args(["certs", "init", "--topology"])
+            .arg(&path)
+            .arg("--out")
+            .arg(launcher.certs_dir())
+            .output()
+            .unwrap_or_else(|e| panic!("run ferry certs init: {e}"));
+        assert!(certs.status.success(), "certs init: {}", String::from_utf8_lossy(&certs.stderr));
+        let mut deployment =
+            Deployment { dir, launcher, nodes, processes: std::collections::BTreeMap::new() };
+        let ids: Vec<String> = deployment.nodes.iter().map(|n| n.id.clone()).collect();
+        for id in &ids {
+            deployment.start_node(id);
+        }
+        deployment
+    }
+
+    /// Starts (or restarts) one node and waits until it accepts clients.
+    ///
+    /// # Panics
+    ///
+    /// If the node is unknown or does not come up.
+    pub fn start_node(&mut self, id: &str) {
+        let node = self.node(id).clone();
+        let mut process = self
+            .launcher
+            .start(&node.id, node.client)
+            .unwrap_or_else(|e| panic!("start {}: {e}", node.id));
+        process
+            .wait_ready(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{}: {e}", node.id));
+        self.processes.insert(node.id.clone(), process);
+    }
+
+    /// SIGKILLs one node.
+    pub fn kill_node(&mut self, id: &str) {
+        if let Some(mut process) = self.processes.remove(id) {
+            process.kill();
+        }
+    }
+
+    /// Warning and error lines of every node's log (the last 20 per node).
+    pub fn log_warnings(&self) -> String {
+        let mut out = String::new();
+        for process in self.processes.values() {
+            let text = std::fs::read_to_string(&process.log).unwrap_or_default();
+            let lines: Vec<&str> =
+                text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+            for line in &lines[lines.len().saturating_sub(20)..] {
+                out.push_str(&format!("{}: {line}\n", process.node));
+            }
+        }
+        out
+    }
+
+    /// The node `id`.
+    ///
+    /// # Panics
+    ///
+    /// If there is no such node.
+    pub fn node(&self, id: &str) -> &TestNode {
+        self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// The nodes of `site`.
+    pub fn site(&self, site: &str) -> Vec<&TestNode> {
+        self.nodes.iter().filter(|n| n.site == site).collect()
+    }
+
+    /// Info `name` from every node of `site`, in node order.
+    ///
+    /// # Panics
+    ///
+    /// If a node does not answer.
+    pub async fn info(&self, site: &str, name: &str) -> Vec<String> {
+        let mut values = Vec::new();
+        for node in self.site(site) {
+            let reply = ferry_node::proto::info::ask(node.client, &[name])
+                .await
+                .unwrap_or_else(|e| panic!("info {name} from {}: {e}", node.id));
+            values.push(reply.into_iter().next().map(|(_, v)| v).unwrap_or_default());
+        }
+        values
+    }
+
+    /// The site's combined `verify-digest` of namespace `test`: (records, XOR of versions).
+    pub async fn site_digest(&self, site: &str) -> (u64, u64) {
+        let mut records = 0;
+        let mut xor = 0;
+        for value in self.info(site, "verify-digest:namespace=test").await {
+            let fields = stat_fields(&value);
+            records += fields.get("records").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            xor ^= fields.get("xor").and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
+        }
+        (records, xor)
+    }
+
+    /// A link stat summed over the source site's nodes (`get-stats:context=xdr;dc=DC`).
+    pub async fn link_stat(&self, site: &str, dc: &str, stat: &str) -> u64 {
+        self.info(site, &format!("get-stats:context=xdr;dc={dc}"))
+            .await
+            .iter()
+            .map(|v| stat_fields(v).get(stat).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+            .sum()
+    }
+
+    /// Waits until sites `a` and `b` hold identical versions, or panics after `timeout`
+    /// with both digests.
+    ///
+    /// # Panics
+    ///
+    /// If the sites have not converged in time.
+    pub async fn wait_converged(&self, a: &str, b: &str, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let (da, db) = (self.site_digest(a).await, self.site_digest(b).await);
+            if da == db {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                let stats = self.info(a, &format!("get-stats:context=xdr;dc={b}")).await;
+                panic!(
+                    "sites {a} and {b} did not converge within {timeout:?}: {a} {da:?}, {b} {db:?}\n\
+                     link stats: {stats:#?}\nwarnings in node logs:\n{}",
+                    self.log_warnings()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// `a=1;b=2` as a map.
+pub fn stat_fields(value: &str) -> std::collections::HashMap<String, String> {
+    value
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }

@@ -1,10 +1,23 @@
 //! Cross-datacenter replication: one shipping pipeline per DR link and the receiver that applies
 //! remote versions under the namespace's conflict-resolution policy (see DESIGN.md §6–7).
 //!
+//! Pure parts, tested without I/O:
 //! - [`conflict`]: whether a shipped version replaces the local one.
-//! - [`batch`]: the versioned, zstd-compressed batch format shipped between sites.
+//! - [`batch`]: the versioned, zstd-compressed batch format shipped between sites; [`ack`] its
+//!   acknowledgement and the XDR frame types.
 //! - [`window`]: batches in flight and the ordered acknowledgement that moves a link's cursor.
+//! - [`link`]: link states, retry backoff, `max-throughput`, and lag that cannot lie.
+//! - [`plan`]: what a link ships and to which destination node (filters, loop prevention).
+//!
+//! I/O shells: [`ship::Shipper`] (digest-log cursor → QUIC) and [`receive::Receiver`] (QUIC →
+//! the node's store), with [`stats`] under Aerospike's names.
 
+pub mod ack;
 pub mod batch;
 pub mod conflict;
+pub mod link;
+pub mod plan;
+pub mod receive;
+pub mod ship;
+pub mod stats;
 pub mod window;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Subcommand;
 use ferry_node::node::{NodeConfig, NodeState};
+use ferry_node::xdr::XdrService;
 use ferry_topology::load_topology;
 
 #[derive(Debug, Subcommand)]
@@ -22,6 +23,10 @@ pub(crate) enum NodeCommand {
         /// State directory of the node. Default: ./ferry-data/<node>.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Certificates for XDR (`ferry certs init`): `<certs>/<site>/ca.pem`, `<node>.pem`.
+        /// Needed only when the node's site takes part in a DR link.
+        #[arg(long, default_value = "ferry-data/certs")]
+        certs: PathBuf,
         /// Run without a digest log, so nothing can ship from this node. For benchmarks that
         /// measure what logging costs.
         #[arg(long, hide = true)]
@@ -30,7 +35,7 @@ pub(crate) enum NodeCommand {
 }
 
 pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
-    let NodeCommand::Run { topology, node, dir, no_digest_log } = command;
+    let NodeCommand::Run { topology, node, dir, certs, no_digest_log } = command;
     let validated = load_topology(&topology)?;
     let topology = validated.topology;
     let site = topology
@@ -42,11 +47,11 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
     let data_dir = dir.unwrap_or_else(|| PathBuf::from("ferry-data").join(&node));
     let config = NodeConfig { topology, site, node, data_dir, digest_log: !no_digest_log };
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
-    runtime.block_on(serve(config))?;
+    runtime.block_on(serve(config, certs))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+async fn serve(config: NodeConfig, certs: PathBuf) -> anyhow::Result<()> {
     let state = Arc::new(NodeState::open(&config)?);
     let me = state.cluster.node().clone();
     let node = config.node.as_str();
@@ -57,6 +62,7 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     };
     let client = bind("client", me.client.addr()).await?;
     let fabric = bind("fabric", me.fabric.addr()).await?;
+    let xdr = XdrService::start(state.clone(), &certs).with_context(|| format!("node {node}"))?;
     tracing::info!(
         node = %me.id,
         site = %config.site,
@@ -68,6 +74,9 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let reclaim = tokio::spawn(ferry_node::reclaim::run(state.clone()));
     ferry_node::server::run(state, client, fabric, shutdown_signal()).await?;
     reclaim.abort();
+    if let Some(xdr) = xdr {
+        xdr.stop().await;
+    }
     tracing::info!(node = %me.id, "node stopped");
     Ok(())
 }

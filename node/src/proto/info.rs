@@ -22,6 +22,37 @@ pub fn reply<'a>(answers: impl IntoIterator<Item = (&'a str, String)>) -> Vec<u8
     out
 }
 
+/// The value of each `name\tvalue` line of a reply, keyed by name.
+pub fn parse_reply(body: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// Asks a node's client port for info `names`; the CLI's and the tests' way to read stats.
+pub async fn ask(
+    addr: std::net::SocketAddr,
+    names: &[&str],
+) -> std::io::Result<Vec<(String, String)>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let body: String = names.iter().map(|n| format!("{n}\n")).collect();
+        stream.write_all(&super::frame(super::TYPE_INFO, body.as_bytes())).await?;
+        let mut header = [0u8; 8];
+        stream.read_exact(&mut header).await?;
+        let parsed = super::ProtoHeader::parse(header).map_err(std::io::Error::other)?;
+        let mut reply = vec![0u8; parsed.size as usize];
+        stream.read_exact(&mut reply).await?;
+        Ok(parse_reply(&reply))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), exchange).await.map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("info from {addr}"))
+    })?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,184 @@
+//! Per-link shipping counters and the receiver's counters, under Aerospike's XDR stat names,
+//! and the registry the info protocol (`get-stats:context=xdr;dc=NAME`) reads them from.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::link::LinkState;
+use crate::ship::LinkControl;
+
+/// Counters of one link's shipper. Gauges (`lag`, `in_queue`, …) are set by the shipper.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Milliseconds: now − LUT of the oldest unacknowledged change (see [`crate::link`]).
+    pub lag: AtomicU64,
+    /// Logged changes not yet acknowledged by the destination.
+    pub in_queue: AtomicU64,
+    /// Records in batches sent and not yet acknowledged.
+    pub in_progress: AtomicU64,
+    /// Records the destination acknowledged (applied or already current there).
+    pub success: AtomicU64,
+    /// Records given up: the destination refused them permanently.
+    pub abandoned: AtomicU64,
+    /// Logged changes whose record was gone locally (no tombstone) at ship time.
+    pub not_found: AtomicU64,
+    /// Changes skipped by the link's filters or loop prevention.
+    pub filtered_out: AtomicU64,
+    /// Retries after a lost connection or timeout.
+    pub retry_conn_reset: AtomicU64,
+    /// Retries after the destination answered with a retryable error.
+    pub retry_dest: AtomicU64,
+    /// Overflow recoveries and rewinds run.
+    pub recoveries: AtomicU64,
+    /// Changes folded into a later change of the same key.
+    pub hot_keys: AtomicU64,
+    /// Milliseconds from send to acknowledgement of the last batch.
+    pub latency_ms: AtomicU64,
+    /// Records acknowledged per second, over the last second.
+    pub throughput: AtomicU64,
+    /// Raw bytes per 1000 bytes on the wire (1000 = no gain).
+    pub compression_ratio_milli: AtomicU64,
+    /// Payload bytes sent, after compression.
+    pub bytes_shipped: AtomicU64,
+    /// Payload bytes before compression.
+    pub bytes_raw: AtomicU64,
+    /// Entries read from the digest log.
+    pub entries_read: AtomicU64,
+    state: Mutex<Option<LinkState>>,
+}
+
+/// One counter.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// One gauge.
+pub fn set(gauge: &AtomicU64, value: u64) {
+    gauge.store(value, Ordering::Relaxed);
+}
+
+impl LinkStats {
+    pub fn set_state(&self, state: LinkState) {
+        if let Ok(mut slot) = self.state.lock() {
+            *slot = Some(state);
+        }
+    }
+
+    pub fn state(&self) -> Option<LinkState> {
+        self.state.lock().ok().and_then(|s| *s)
+    }
+
+    /// `name=value` pairs in Aerospike's order and naming.
+    pub fn snapshot(&self) -> Vec<(&'static str, String)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+        let ratio = self.compression_ratio_milli.load(Ordering::Relaxed);
+        vec![
+            ("state", self.state().map_or_else(|| "starting".to_owned(), |s| s.to_string())),
+            ("lag", get(&self.lag)),
+            ("in_queue", get(&self.in_queue)),
+            ("in_progress", get(&self.in_progress)),
+            ("success", get(&self.success)),
+            ("abandoned", get(&self.abandoned)),
+            ("not_found", get(&self.not_found)),
+            ("filtered_out", get(&self.filtered_out)),
+            ("retry_conn_reset", get(&self.retry_conn_reset)),
+            ("retry_dest", get(&self.retry_dest)),
+            ("recoveries", get(&self.recoveries)),
+            ("hot_keys", get(&self.hot_keys)),
+            ("latency_ms", get(&self.latency_ms)),
+            ("throughput", get(&self.throughput)),
+            ("compression_ratio", format!("{}.{:03}", ratio / 1000, ratio % 1000)),
+            ("bytes_shipped", get(&self.bytes_shipped)),
+            ("bytes_raw", get(&self.bytes_raw)),
+            ("entries_read", get(&self.entries_read)),
+        ]
+    }
+}
+
+/// Counters of the receiving side of a node.
+#[derive(Debug, Default)]
+pub struct ReceiverStats {
+    /// Records stored.
+    pub applied: AtomicU64,
+    /// Records that lost their conflict against the local version.
+    pub lost_conflict: AtomicU64,
+    /// Batches refused: malformed, from a site without a link, or for an unknown namespace.
+    pub rejected: AtomicU64,
+    /// Records that failed to apply here (e.g. partition owned by another node).
+    pub failed: AtomicU64,
+    /// Batches received.
+    pub batches: AtomicU64,
+}
+
+impl ReceiverStats {
+    pub fn snapshot(&self) -> Vec<(&'static str, String)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+        vec![
+            ("applied", get(&self.applied)),
+            ("lost_conflict", get(&self.lost_conflict)),
+            ("rejected", get(&self.rejected)),
+            ("failed", get(&self.failed)),
+            ("batches", get(&self.batches)),
+        ]
+    }
+}
+
+/// Every link's stats and operator controls on a node, by destination site (`dc`), and the
+/// receiver's stats.
+#[derive(Debug, Default)]
+pub struct Registry {
+    links: Mutex<BTreeMap<String, Arc<LinkStats>>>,
+    controls: Mutex<BTreeMap<String, watch::Sender<LinkControl>>>,
+    pub receiver: ReceiverStats,
+}
+
+impl Registry {
+    /// The stats of link `dc`, created on first use.
+    pub fn link(&self, dc: &str) -> Arc<LinkStats> {
+        match self.links.lock() {
+            Ok(mut links) => links.entry(dc.to_owned()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    /// The control channel of link `dc`, created on first use (the shipper subscribes).
+    pub fn control(&self, dc: &str) -> watch::Receiver<LinkControl> {
+        match self.controls.lock() {
+            Ok(mut controls) => controls
+                .entry(dc.to_owned())
+                .or_insert_with(|| watch::channel(LinkControl::default()).0)
+                .subscribe(),
+            Err(_) => watch::channel(LinkControl::default()).1,
+        }
+    }
+
+    /// Changes link `dc`'s controls; false if no such link runs here.
+    pub fn command(&self, dc: &str, change: impl FnOnce(&mut LinkControl)) -> bool {
+        let Ok(controls) = self.controls.lock() else { return false };
+        match controls.get(dc) {
+            Some(sender) => {
+                sender.send_modify(change);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The names of the links with stats.
+    pub fn dcs(&self) -> Vec<String> {
+        self.links.lock().map(|l| l.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The stats of link `dc`, if it exists.
+    pub fn get(&self, dc: &str) -> Option<Arc<LinkStats>> {
+        self.links.lock().ok()?.get(dc).cloned()
+    }
+}
+
+/// Formats pairs as the info protocol does: `a=1;b=2`.
+pub fn info_format(pairs: &[(&'static str, String)]) -> String {
+    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";")
+}
