@@ -5,6 +5,7 @@
 
 use ferry_xdr::batch::ShippedRecord;
 use ferry_xdr::conflict::{Resolution, VersionStamp, resolve};
+use ferry_xdr::stats::Conflict;
 
 use crate::node::NodeState;
 use crate::record::{Bin, Record, Value};
@@ -56,7 +57,19 @@ impl NodeState {
                 origin_site: r.origin_site,
             });
             match resolve(policy, local_stamp.as_ref(), &shipped.stamp) {
-                Resolution::Stale => counts.lost_conflict += 1,
+                Resolution::Stale => {
+                    counts.lost_conflict += 1;
+                    // A redelivery of the version already here is not a conflict.
+                    if let Some(local) = local_stamp.filter(|local| *local != shipped.stamp) {
+                        self.xdr.record_conflict(Conflict {
+                            namespace: namespace.to_owned(),
+                            digest: shipped.digest,
+                            local,
+                            incoming: shipped.stamp,
+                            at_ms: ferry_xdr::ship::now_ms(),
+                        });
+                    }
+                }
                 Resolution::Apply => {
                     let record = to_record(shipped);
                     self.log_change(namespace, &shipped.digest, &record).await?;
@@ -114,6 +127,7 @@ mod tests {
             node: "n".into(),
             data_dir: dir.to_path_buf(),
             digest_log: true,
+            digest_log_cap: None,
         };
         NodeState::open(&config).expect("open")
     }

@@ -64,6 +64,16 @@ fn parameterized(state: &NodeState, name: &str) -> String {
     if let Some(ns) = name.strip_prefix("verify-digest:namespace=") {
         return verify_digest(state, ns);
     }
+    if let Some(limit) = name.strip_prefix("xdr-conflicts:limit=") {
+        let Ok(limit) = limit.parse::<usize>() else {
+            return format!("ERROR::limit '{limit}' is not a number");
+        };
+        let conflicts = state.xdr.conflicts(limit);
+        return conflicts.iter().map(ToString::to_string).collect::<Vec<_>>().join(";");
+    }
+    if let Some(args) = name.strip_prefix("xdr-link:") {
+        return xdr_link_command(state, args);
+    }
     if let Some(args) = name.strip_prefix("get-stats:") {
         return xdr_stats(state, args);
     }
@@ -148,4 +158,36 @@ fn verify_digest(state: &NodeState, ns: &str) -> String {
         }
     }
     format!("records={records};tombstones={tombstones};xor={xor:016x}")
+}
+
+/// `xdr-link:dc=NAME;action=pause|resume|rewind[;from-ms=T]`: operator control of a link on
+/// this node. A rewind re-ships every record changed at or after `from-ms` (0 or absent: all).
+fn xdr_link_command(state: &NodeState, args: &str) -> String {
+    let (mut dc, mut action, mut from_ms) = (None, None, 0u64);
+    for pair in args.split(';') {
+        match pair.split_once('=') {
+            Some(("dc", value)) => dc = Some(value),
+            Some(("action", value)) => action = Some(value),
+            Some(("from-ms", value)) => match value.parse() {
+                Ok(ms) => from_ms = ms,
+                Err(_) => return format!("ERROR::from-ms '{value}' is not milliseconds"),
+            },
+            _ => return format!("ERROR::bad parameter '{pair}'"),
+        }
+    }
+    let Some(dc) = dc else { return "ERROR::missing dc=NAME".to_owned() };
+    let change: Box<dyn FnOnce(&mut ferry_xdr::ship::LinkControl)> = match action {
+        Some("pause") => Box::new(|c| c.paused = true),
+        Some("resume") => Box::new(|c| c.paused = false),
+        Some("rewind") => Box::new(move |c| {
+            c.rewind_seq += 1;
+            c.rewind_from_ms = from_ms;
+        }),
+        _ => return "ERROR::action must be pause, resume or rewind".to_owned(),
+    };
+    if state.xdr.command(dc, change) {
+        "ok".to_owned()
+    } else {
+        format!("ERROR::no link to dc '{dc}' ships from this node")
+    }
 }

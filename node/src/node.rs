@@ -34,6 +34,9 @@ pub struct NodeConfig {
     /// Keep a digest log. Only benchmarks turn it off (to measure what logging costs): a node
     /// without its log has nothing for XDR to ship.
     pub digest_log: bool,
+    /// Most bytes the digest log may use before links left behind overflow (default 4 GiB);
+    /// tests shrink it to exercise overflow recovery.
+    pub digest_log_cap: Option<u64>,
 }
 
 /// Why a node could not start.
@@ -163,6 +166,11 @@ fn open_log(config: &NodeConfig, namespaces: &[Namespace]) -> Result<DigestLog, 
             CommitPolicy::buffered(Duration::from_millis(50))
         },
         ..ferry_digestlog::Config::default()
+    };
+    let log_config = match config.digest_log_cap {
+        // Eight segments per cap keep deletion granular.
+        Some(cap) => ferry_digestlog::Config { size_cap: cap, segment_size: cap / 8, ..log_config },
+        None => log_config,
     };
     let (log, report) = ferry_digestlog::open_dir(&log_dir, log_config)
         .map_err(|source| NodeError::DigestLog { dir: log_dir.display().to_string(), source })?;

@@ -117,6 +117,7 @@ mod tests {
             node: "n".into(),
             data_dir: dir.path().to_path_buf(),
             digest_log: true,
+            digest_log_cap: None,
         };
         let state = NodeState::open(&config).expect("open");
         let now_ms = record::now_ms();

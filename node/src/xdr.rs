@@ -2,6 +2,8 @@
 //! sites, and one shipper per outgoing DR link reading the node's digest log. The XDR logic
 //! lives in `ferry-xdr`; this module plugs the node's store into it.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,6 +36,10 @@ pub enum XdrError {
     Cursor { dc: String, source: ferry_digestlog::CursorError },
 }
 
+/// Addresses to dial instead of a destination node's own XDR address (a WAN relay in front of
+/// it), by node id.
+pub type XdrRoutes = HashMap<String, SocketAddr>;
+
 /// A running XDR service.
 #[derive(Debug)]
 pub struct XdrService {
@@ -48,7 +54,11 @@ struct NodeRecords(Arc<NodeState>);
 
 impl XdrService {
     /// Starts XDR for the node when its site takes part in any DR link; `None` otherwise.
-    pub fn start(state: Arc<NodeState>, certs: &Path) -> Result<Option<XdrService>, XdrError> {
+    pub fn start(
+        state: Arc<NodeState>,
+        certs: &Path,
+        routes: &XdrRoutes,
+    ) -> Result<Option<XdrService>, XdrError> {
         let topology = state.topology.clone();
         let site = state.cluster.site().name.clone();
         let outgoing: Vec<_> =
@@ -77,8 +87,13 @@ impl XdrService {
         let mut shippers = JoinSet::new();
         for link in outgoing {
             let dc = link.to.to_string();
-            let plan = LinkPlan::new(&topology, link)
+            let mut plan = LinkPlan::new(&topology, link)
                 .map_err(|source| XdrError::Plan { dc: dc.clone(), source })?;
+            for destination in plan.remote_nodes.values_mut() {
+                if let Some(route) = routes.get(destination.id.as_str()) {
+                    destination.xdr = *route;
+                }
+            }
             let Some(log) = state.digest_log() else {
                 tracing::warn!(dc, "no digest log on this node: the link ships nothing from here");
                 continue;

@@ -136,6 +136,7 @@ pub struct TestNode {
     pub site: String,
     pub id: String,
     pub client: std::net::SocketAddr,
+    pub xdr: std::net::SocketAddr,
 }
 
 /// Writes one `[[sites]]` block of `nodes` nodes on two racks (ids `<prefix>-<i>`), namespace
@@ -164,7 +165,8 @@ fn site_block(
             p[3]
         );
         let client = std::net::SocketAddr::from(([127, 0, 0, 1], p[0]));
-        members.push(TestNode { site: name.to_owned(), id, client });
+        let xdr = std::net::SocketAddr::from(([127, 0, 0, 1], p[2]));
+        members.push(TestNode { site: name.to_owned(), id, client, xdr });
     }
     let _ = write!(
         text,
@@ -222,6 +224,15 @@ impl Deployment {
     ///
     /// If any step fails (the message carries the failing node's log tail).
     pub fn start(topology: &str, nodes: Vec<TestNode>) -> Deployment {
+        Deployment::start_with(topology, nodes, Vec::new())
+    }
+
+    /// [`Deployment::start`] with extra `ferry node run` arguments for every node.
+    ///
+    /// # Panics
+    ///
+    /// If any step fails.
+    pub fn start_with(topology: &str, nodes: Vec<TestNode>, node_args: Vec<String>) -> Deployment {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let path = dir.path().join("topology.toml");
         std::fs::write(&path, topology).unwrap_or_else(|e| panic!("write topology: {e}"));
@@ -229,7 +240,7 @@ impl Deployment {
             binary: ferry_bin(),
             topology: path.clone(),
             state_root: dir.path().join("state"),
-            node_args: Vec::new(),
+            node_args,
         };
         let certs = Command::new(ferry_bin())
             .args(["certs", "init", "--topology"])

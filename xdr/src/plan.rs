@@ -147,3 +147,311 @@ impl LinkPlan {
         self.remote_nodes.get(map.master(partition_of(digest)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::fmt::Write as _;
+
+    use ferry_digestlog::{Op, namespace_id};
+    use ferry_topology::placement::PARTITIONS;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Writes a `[[sites]]` block: `nodes` nodes on two racks with ids `<name>-<i>`, namespaces
+    /// `test` (two copies) and `other`, on ports derived from `src_id` so none collide.
+    fn site(text: &mut String, name: &str, src_id: u8, nodes: u16) {
+        let _ =
+            write!(text, "\n[[sites]]\nname = \"{name}\"\nsrc-id = {src_id}\nrole = \"active\"\n");
+        for i in 0..nodes {
+            let port = 10_000 + u16::from(src_id) * 100 + i * 4;
+            let _ = write!(
+                text,
+                "\n[[sites.nodes]]\nid = \"{name}-{i}\"\nrack-id = {}\n\
+                 client = \"127.0.0.1:{}\"\nfabric = \"127.0.0.1:{}\"\n\
+                 xdr = \"127.0.0.{src_id}:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+                i % 2,
+                port,
+                port + 1,
+                port + 2,
+                port + 3
+            );
+        }
+        text.push_str(
+            "\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 2\n\
+             \n[[sites.namespaces]]\nname = \"other\"\nreplication-factor = 1\n",
+        );
+    }
+
+    /// Sites `a` (src-id 1, 2 nodes), `b` (src-id 2, 3 nodes) and `c` (src-id 3, 2 nodes), and a
+    /// link `a -> b` shipping `test` with the extra TOML `settings`.
+    fn topology(settings: &str) -> Topology {
+        let mut text = String::from("name = \"plan-test\"\n");
+        site(&mut text, "a", 1, 2);
+        site(&mut text, "b", 2, 3);
+        site(&mut text, "c", 3, 2);
+        let _ = write!(
+            text,
+            "\n[[links]]\nfrom = \"a\"\nto = \"b\"\nnamespaces = [\"test\"]\n{settings}\n"
+        );
+        ferry_topology::parse_topology("t.toml", &text).expect("valid").topology
+    }
+
+    /// The plan of the only link of `topology(settings)`, with the topology.
+    fn plan_of(settings: &str) -> (Topology, LinkPlan) {
+        let topology = topology(settings);
+        let plan = LinkPlan::new(&topology, &topology.links[0]).expect("plan");
+        (topology, plan)
+    }
+
+    fn entry(namespace: &str, origin_site: u8) -> Entry {
+        Entry {
+            digest: [9; 20],
+            namespace: namespace_id(namespace),
+            partition: partition_of(&[9; 20]),
+            generation: 4,
+            lut_ms: 1_700_000_000_000,
+            op: Op::Write,
+            xdr_applied: origin_site != 1,
+            origin_site,
+        }
+    }
+
+    fn digest(i: u32) -> [u8; 20] {
+        let mut digest = [0x5a; 20];
+        digest[..4].copy_from_slice(&i.to_le_bytes());
+        digest[4..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9).to_be_bytes());
+        digest
+    }
+
+    #[test]
+    fn plan_takes_site_ids_namespaces_and_remote_nodes_from_the_topology() {
+        let (topology, plan) = plan_of("");
+        assert_eq!(plan.dc(), "b");
+        assert_eq!((plan.local_site_id, plan.remote_site_id), (1, 2));
+        assert_eq!(plan.link, topology.links[0]);
+        assert_eq!(plan.namespaces.len(), 1);
+        assert_eq!(plan.namespaces[0].name, "test");
+        assert_eq!(plan.namespaces[0].log_id, namespace_id("test"));
+        let expected = PartitionMap::for_namespace(&topology, "b", "test").expect("map");
+        assert_eq!(plan.namespaces[0].remote_map, expected);
+        let remote = topology.site("b").expect("site b");
+        assert_eq!(plan.remote_nodes.len(), remote.nodes.len());
+        for node in &remote.nodes {
+            let destination = &plan.remote_nodes[&node.id];
+            assert_eq!(destination, &DestinationNode { id: node.id.clone(), xdr: node.xdr.addr() });
+        }
+    }
+
+    #[test]
+    fn plan_fails_when_the_topology_no_longer_matches_the_link() {
+        let topology = topology("");
+        let mut gone = topology.links[0].clone();
+        gone.to = "zz".try_into().expect("site name");
+        match LinkPlan::new(&topology, &gone) {
+            Err(error @ PlanError::UnknownSite(..)) => {
+                assert_eq!(error.to_string(), "link a -> zz: site 'zz' is not in the topology");
+            }
+            other => panic!("expected UnknownSite, got {other:?}"),
+        }
+        let mut gone = topology.links[0].clone();
+        gone.from = "yy".try_into().expect("site name");
+        assert!(matches!(
+            LinkPlan::new(&topology, &gone),
+            Err(PlanError::UnknownSite(site, ..)) if site == "yy"
+        ));
+        let mut missing = topology.links[0].clone();
+        missing.namespaces.push("absent".try_into().expect("namespace name"));
+        assert!(matches!(
+            LinkPlan::new(&topology, &missing),
+            Err(PlanError::Placement(PlacementError::UnknownNamespace { .. }))
+        ));
+    }
+
+    #[test]
+    fn namespaces_the_link_does_not_ship_are_skipped() {
+        let (_, plan) = plan_of("");
+        assert_eq!(plan.admit_entry(&entry("test", 1)), Ok(0));
+        assert_eq!(plan.admit_entry(&entry("other", 1)), Err(Skip::Namespace));
+        assert_eq!(plan.admit_entry(&entry("nowhere", 1)), Err(Skip::Namespace));
+        // The namespace is decided first: a foreign namespace from the destination is still
+        // reported as a namespace skip.
+        assert_eq!(plan.admit_entry(&entry("other", 2)), Err(Skip::Namespace));
+    }
+
+    #[test]
+    fn admit_entry_returns_the_index_of_the_namespace() {
+        let topology = topology("");
+        let mut link = topology.links[0].clone();
+        link.namespaces.push("other".try_into().expect("namespace name"));
+        let plan = LinkPlan::new(&topology, &link).expect("plan");
+        assert_eq!(plan.admit_entry(&entry("test", 1)), Ok(0));
+        assert_eq!(plan.admit_entry(&entry("other", 1)), Ok(1));
+        assert_eq!(plan.namespaces[1].log_id, namespace_id("other"));
+    }
+
+    #[test]
+    fn local_writes_and_deletes_ship() {
+        let (_, plan) = plan_of("");
+        let mut delete = entry("test", 1);
+        delete.op = Op::Delete;
+        assert_eq!(plan.admit_entry(&delete), Ok(0));
+        assert_eq!(plan.admit_origin(1), Ok(()));
+    }
+
+    #[test]
+    fn versions_from_the_destination_never_ship_back() {
+        for settings in ["", "forward = true"] {
+            let (_, plan) = plan_of(settings);
+            assert_eq!(plan.admit_entry(&entry("test", 2)), Err(Skip::FromDestination));
+            assert_eq!(plan.admit_origin(2), Err(Skip::FromDestination));
+        }
+    }
+
+    #[test]
+    fn versions_from_a_third_site_ship_only_when_forwarding() {
+        let (_, plan) = plan_of("");
+        assert_eq!(plan.admit_entry(&entry("test", 3)), Err(Skip::NotForwarded));
+        assert_eq!(plan.admit_origin(3), Err(Skip::NotForwarded));
+        // A site id the topology does not know is foreign too.
+        assert_eq!(plan.admit_origin(200), Err(Skip::NotForwarded));
+        let (_, forwarding) = plan_of("forward = true");
+        assert_eq!(forwarding.admit_entry(&entry("test", 3)), Ok(0));
+        assert_eq!(forwarding.admit_origin(3), Ok(()));
+        assert_eq!(forwarding.admit_origin(1), Ok(()));
+    }
+
+    #[test]
+    fn all_sets_ship_without_set_filters() {
+        let (_, plan) = plan_of("");
+        for set in ["", "users", "carts"] {
+            assert_eq!(plan.admit_set(set), Ok(()), "set '{set}'");
+        }
+    }
+
+    #[test]
+    fn ignored_sets_are_skipped() {
+        let (_, plan) = plan_of("ignore-set = [\"audit\", \"tmp\"]");
+        assert_eq!(plan.admit_set("audit"), Err(Skip::Set));
+        assert_eq!(plan.admit_set("tmp"), Err(Skip::Set));
+        assert_eq!(plan.admit_set("users"), Ok(()));
+        assert_eq!(plan.admit_set(""), Ok(()));
+        // Set names match exactly.
+        assert_eq!(plan.admit_set("Audit"), Ok(()));
+        assert_eq!(plan.admit_set("audit2"), Ok(()));
+    }
+
+    #[test]
+    fn ship_set_alone_does_not_restrict() {
+        let (_, plan) = plan_of("ship-set = [\"users\"]");
+        assert_eq!(plan.admit_set("users"), Ok(()));
+        assert_eq!(plan.admit_set("carts"), Ok(()));
+        assert_eq!(plan.admit_set(""), Ok(()));
+    }
+
+    #[test]
+    fn ship_only_specified_sets_ships_only_the_listed_sets() {
+        let (_, plan) = plan_of(
+            "ship-only-specified-sets = true\nship-set = [\"users\", \"orders\"]\n\
+             ignore-set = [\"tmp\"]",
+        );
+        assert_eq!(plan.admit_set("users"), Ok(()));
+        assert_eq!(plan.admit_set("orders"), Ok(()));
+        assert_eq!(plan.admit_set("carts"), Err(Skip::Set));
+        assert_eq!(plan.admit_set("tmp"), Err(Skip::Set));
+        // Records without a set are not in any listed set.
+        assert_eq!(plan.admit_set(""), Err(Skip::Set));
+    }
+
+    #[test]
+    fn ship_only_specified_sets_with_no_listed_set_ships_nothing() {
+        // The validator refuses this configuration; the filter still fails closed.
+        let topology = topology("");
+        let mut link = topology.links[0].clone();
+        link.ship_only_specified_sets = true;
+        let plan = LinkPlan::new(&topology, &link).expect("plan");
+        for set in ["", "users"] {
+            assert_eq!(plan.admit_set(set), Err(Skip::Set), "set '{set}'");
+        }
+    }
+
+    #[test]
+    fn ignore_set_wins_over_ship_set() {
+        // The validator refuses a set in both lists; the filter still lets ignore-set win.
+        let topology = topology("");
+        for only in [false, true] {
+            let mut link = topology.links[0].clone();
+            link.ship_only_specified_sets = only;
+            link.ship_set = vec!["users".into(), "both".into()];
+            link.ignore_set = vec!["both".into()];
+            let plan = LinkPlan::new(&topology, &link).expect("plan");
+            assert_eq!(plan.admit_set("both"), Err(Skip::Set), "only = {only}");
+            assert_eq!(plan.admit_set("users"), Ok(()), "only = {only}");
+        }
+    }
+
+    #[test]
+    fn destination_is_the_remote_master_of_the_partition() {
+        let (topology, plan) = plan_of("");
+        let remote = topology.site("b").expect("site b");
+        let map = PartitionMap::for_namespace(&topology, "b", "test").expect("map");
+        for i in 0..512 {
+            let digest = digest(i * 7919);
+            let master = map.master(partition_of(&digest));
+            let node = remote.nodes.iter().find(|n| n.id == *master).expect("master is a node");
+            let destination = plan.destination(0, &digest).expect("destination");
+            assert_eq!(destination.id, node.id);
+            assert_eq!(destination.xdr, node.xdr.addr());
+        }
+    }
+
+    #[test]
+    fn destination_of_an_unshipped_namespace_index_is_none() {
+        let (_, plan) = plan_of("");
+        assert_eq!(plan.destination(1, &digest(1)), None);
+        assert_eq!(plan.destination(usize::MAX, &digest(1)), None);
+    }
+
+    #[test]
+    fn destinations_spread_over_all_remote_nodes() {
+        let (_, plan) = plan_of("");
+        let mut per_node: HashMap<NodeId, usize> = HashMap::new();
+        for partition in 0..u32::from(PARTITIONS) {
+            let destination = plan.destination(0, &digest(partition)).expect("destination");
+            *per_node.entry(destination.id.clone()).or_default() += 1;
+        }
+        let reached: BTreeSet<&NodeId> = per_node.keys().collect();
+        let all: BTreeSet<&NodeId> = plan.remote_nodes.keys().collect();
+        assert_eq!(reached, all);
+        // One digest per partition: every node masters about a third of them.
+        let share = usize::from(PARTITIONS) / plan.remote_nodes.len();
+        for (node, count) in &per_node {
+            assert!(count.abs_diff(share) <= share / 10, "{node} masters {count} of {PARTITIONS}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn admit_origin_is_loop_prevention(origin in any::<u8>(), forward in any::<bool>()) {
+            let settings = if forward { "forward = true" } else { "" };
+            let (_, plan) = plan_of(settings);
+            let expected = match origin {
+                2 => Err(Skip::FromDestination),
+                1 => Ok(()),
+                _ if forward => Ok(()),
+                _ => Err(Skip::NotForwarded),
+            };
+            prop_assert_eq!(plan.admit_origin(origin), expected);
+        }
+
+        #[test]
+        fn every_digest_has_a_remote_destination(digest in any::<[u8; 20]>()) {
+            let (_, plan) = plan_of("");
+            let destination = plan.destination(0, &digest).expect("destination");
+            let master = plan.namespaces[0].remote_map.master(partition_of(&digest));
+            prop_assert_eq!(&destination.id, master);
+            prop_assert_eq!(plan.remote_nodes.get(master), Some(destination));
+        }
+    }
+}

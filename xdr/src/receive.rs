@@ -131,3 +131,319 @@ impl<A: Applier> Handler for Receiver<A> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    use std::sync::atomic::Ordering;
+
+    use bytes::Bytes;
+    use ferry_transport::PeerIdentity;
+
+    use super::*;
+    use crate::batch::{Compression, ShippedBin};
+    use crate::conflict::VersionStamp;
+
+    /// An applier that records its calls and answers with a fixed result.
+    #[derive(Debug)]
+    struct FakeApplier {
+        calls: Mutex<Vec<(String, Vec<ShippedRecord>)>>,
+        answer: Result<ApplyOutcome, ApplyRefusal>,
+    }
+
+    impl FakeApplier {
+        fn answering(answer: Result<ApplyOutcome, ApplyRefusal>) -> Arc<FakeApplier> {
+            Arc::new(FakeApplier { calls: Mutex::new(Vec::new()), answer })
+        }
+
+        fn calls(&self) -> Vec<(String, Vec<ShippedRecord>)> {
+            self.calls.lock().expect("calls lock").clone()
+        }
+    }
+
+    impl Applier for FakeApplier {
+        async fn apply(
+            &self,
+            namespace: &str,
+            records: &[ShippedRecord],
+        ) -> Result<ApplyOutcome, ApplyRefusal> {
+            self.calls.lock().expect("calls lock").push((namespace.to_owned(), records.to_vec()));
+            self.answer.clone()
+        }
+    }
+
+    /// Sites `a` (1), `b` (2, the local site), `c` (3) and `d` (4), each of one node with
+    /// namespaces `test` and `other`; links `a -> b` (`test`), `c -> b` (disabled) and `b -> d`.
+    fn topology() -> Arc<Topology> {
+        let mut text = String::from("name = \"receive-test\"\n");
+        for (i, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            let port = 20_000 + i * 4;
+            let _ = write!(
+                text,
+                "\n[[sites]]\nname = \"{name}\"\nsrc-id = {}\nrole = \"active\"\n\
+                 \n[[sites.nodes]]\nid = \"{name}-0\"\nclient = \"127.0.0.1:{}\"\n\
+                 fabric = \"127.0.0.1:{}\"\nxdr = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n\
+                 \n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 1\n\
+                 \n[[sites.namespaces]]\nname = \"other\"\nreplication-factor = 1\n",
+                i + 1,
+                port,
+                port + 1,
+                port + 2,
+                port + 3
+            );
+        }
+        text.push_str(
+            "\n[[links]]\nfrom = \"a\"\nto = \"b\"\nnamespaces = [\"test\"]\n\
+             \n[[links]]\nfrom = \"c\"\nto = \"b\"\nnamespaces = [\"test\"]\nenabled = false\n\
+             \n[[links]]\nfrom = \"b\"\nto = \"d\"\nnamespaces = [\"test\"]\n",
+        );
+        Arc::new(ferry_topology::parse_topology("t.toml", &text).expect("valid").topology)
+    }
+
+    struct Fixture {
+        receiver: Receiver<FakeApplier>,
+        applier: Arc<FakeApplier>,
+        stats: Arc<Registry>,
+    }
+
+    fn fixture(answer: Result<ApplyOutcome, ApplyRefusal>) -> Fixture {
+        let applier = FakeApplier::answering(answer);
+        let stats: Arc<Registry> = Arc::default();
+        let local = SiteName::try_from("b").expect("site name");
+        let receiver = Receiver::new(topology(), local, applier.clone(), stats.clone());
+        Fixture { receiver, applier, stats }
+    }
+
+    fn applied(applied: u32, stale: u32, failed: u32) -> Result<ApplyOutcome, ApplyRefusal> {
+        Ok(ApplyOutcome { applied, stale, failed })
+    }
+
+    fn from(site: &str) -> RequestContext {
+        RequestContext {
+            peer: PeerIdentity::new(
+                site.try_into().expect("site name"),
+                format!("{site}-0").as_str().try_into().expect("node id"),
+            ),
+            remote: SocketAddr::from(([127, 0, 0, 1], 4_000)),
+        }
+    }
+
+    fn record(i: u8) -> ShippedRecord {
+        ShippedRecord {
+            digest: [i; 20],
+            stamp: VersionStamp {
+                generation: 3,
+                last_update_ms: 1_000 + u64::from(i),
+                origin_site: 1,
+            },
+            void_time: 0,
+            tombstone: false,
+            set: "demo".into(),
+            key: Some(Bytes::from_static(b"\x03k")),
+            bins: vec![ShippedBin {
+                name: "name".into(),
+                particle: 3,
+                data: Bytes::from(vec![i; 64]),
+            }],
+        }
+    }
+
+    fn batch(source_site: u8, namespace: &str, records: usize) -> Batch {
+        Batch {
+            id: 0x0102_0304_0506,
+            source_site,
+            namespace: namespace.into(),
+            records: (0..records).map(|i| record(i as u8)).collect(),
+        }
+    }
+
+    fn frame(batch: &Batch) -> Frame {
+        let (bytes, _) = batch.encode(Compression { level: 1, threshold: 128 });
+        Frame::new(ack::frame_type(ack::BATCH), bytes)
+    }
+
+    fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn a_batch_from_a_linked_site_is_applied_and_acknowledged_with_the_counts() {
+        let f = fixture(applied(2, 1, 1));
+        let sent = batch(1, "test", 4);
+        let request = frame(&sent);
+        assert_eq!(request.payload[5], 1, "flags: compressed");
+        let reply = f.receiver.handle(from("a"), request).await.expect("accepted");
+        assert_eq!(reply.frame_type, ack::frame_type(ack::ACK));
+        let ack = Ack::decode(&reply.payload).expect("ack");
+        assert_eq!(ack, Ack { batch: sent.id, applied: 2, stale: 1, failed: 1 });
+        assert_eq!(f.applier.calls(), vec![("test".to_owned(), sent.records.clone())]);
+        let r = &f.stats.receiver;
+        assert_eq!(
+            (load(&r.batches), load(&r.applied), load(&r.lost_conflict), load(&r.failed)),
+            (1, 2, 1, 1)
+        );
+        assert_eq!(load(&r.rejected), 0);
+    }
+
+    #[tokio::test]
+    async fn counters_accumulate_over_batches() {
+        let f = fixture(applied(3, 0, 0));
+        for records in [3, 1, 0] {
+            let sent = batch(1, "test", records);
+            let reply = f.receiver.handle(from("a"), frame(&sent)).await.expect("accepted");
+            assert_eq!(Ack::decode(&reply.payload).expect("ack").batch, sent.id);
+        }
+        let r = &f.stats.receiver;
+        assert_eq!((load(&r.batches), load(&r.applied), load(&r.rejected)), (3, 9, 0));
+        let sizes: Vec<usize> =
+            f.applier.calls().iter().map(|(_, records)| records.len()).collect();
+        assert_eq!(sizes, vec![3, 1, 0]);
+    }
+
+    #[tokio::test]
+    async fn uncompressed_batches_are_accepted_too() {
+        let f = fixture(applied(1, 0, 0));
+        let sent = batch(1, "test", 1);
+        let (bytes, _) = sent.encode(Compression { level: 1, threshold: usize::MAX });
+        assert_eq!(bytes[5], 0, "flags: not compressed");
+        let request = Frame::new(ack::frame_type(ack::BATCH), bytes);
+        let reply = f.receiver.handle(from("a"), request).await.expect("accepted");
+        assert_eq!(Ack::decode(&reply.payload).expect("ack").applied, 1);
+        assert_eq!(f.applier.calls()[0].1, sent.records);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_are_answered_with_an_empty_ack_frame() {
+        let f = fixture(applied(0, 0, 0));
+        let request = Frame::new(ack::frame_type(ack::HEARTBEAT), Bytes::new());
+        let reply = f.receiver.handle(from("a"), request).await.expect("answered");
+        assert_eq!(reply.frame_type, ack::frame_type(ack::ACK));
+        assert!(reply.payload.is_empty());
+        assert!(f.applier.calls().is_empty());
+        assert_eq!((load(&f.stats.receiver.batches), load(&f.stats.receiver.rejected)), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn malformed_batches_are_refused_for_good_without_applying() {
+        let f = fixture(applied(1, 0, 0));
+        let good = frame(&batch(1, "test", 2)).payload;
+        let mut corrupt = good.to_vec();
+        corrupt[0] ^= 0xff;
+        let cases: [&[u8]; 4] = [&[], b"not a batch", &good[..good.len() - 1], &corrupt];
+        for (i, bytes) in cases.into_iter().enumerate() {
+            let request = Frame::new(ack::frame_type(ack::BATCH), Bytes::copy_from_slice(bytes));
+            let error = f.receiver.handle(from("a"), request).await.expect_err("malformed");
+            assert!(!error.retryable, "case {i}: {error:?}");
+            assert!(error.message.contains("malformed batch"), "case {i}: {}", error.message);
+            assert!(error.message.contains("ferry://site/a/node/a-0"), "{}", error.message);
+            assert_eq!(load(&f.stats.receiver.rejected), i as u64 + 1);
+        }
+        assert!(f.applier.calls().is_empty());
+        assert_eq!(load(&f.stats.receiver.batches), 4);
+        assert_eq!(load(&f.stats.receiver.applied), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_claiming_another_src_id_than_its_sender_is_refused_for_good() {
+        let f = fixture(applied(1, 0, 0));
+        for claimed in [2, 3, 99] {
+            let error = f
+                .receiver
+                .handle(from("a"), frame(&batch(claimed, "test", 1)))
+                .await
+                .expect_err("src-id mismatch");
+            assert!(!error.retryable, "{error:?}");
+            assert!(error.message.contains(&format!("src-id {claimed}")), "{}", error.message);
+        }
+        assert!(f.applier.calls().is_empty());
+        assert_eq!(load(&f.stats.receiver.rejected), 3);
+    }
+
+    #[tokio::test]
+    async fn a_site_without_a_link_here_is_refused_for_good() {
+        let f = fixture(applied(1, 0, 0));
+        // `d` is in the topology and only receives from `b`; `b` itself has no link to itself.
+        for (site, src_id) in [("d", 4), ("b", 2)] {
+            let error = f
+                .receiver
+                .handle(from(site), frame(&batch(src_id, "test", 1)))
+                .await
+                .expect_err("no link");
+            assert!(!error.retryable, "{error:?}");
+            assert_eq!(error.message, format!("no link {site} -> b"));
+        }
+        assert!(f.applier.calls().is_empty());
+        assert_eq!(load(&f.stats.receiver.rejected), 2);
+    }
+
+    #[tokio::test]
+    async fn a_site_outside_the_topology_is_refused_for_good() {
+        let f = fixture(applied(1, 0, 0));
+        let error = f
+            .receiver
+            .handle(from("zz"), frame(&batch(1, "test", 1)))
+            .await
+            .expect_err("unknown site");
+        assert!(!error.retryable);
+        assert!(error.message.contains("'zz' is not in the topology"), "{}", error.message);
+        assert!(f.applier.calls().is_empty());
+        assert_eq!(load(&f.stats.receiver.rejected), 1);
+    }
+
+    #[tokio::test]
+    async fn a_disabled_link_is_refused_for_now() {
+        let f = fixture(applied(1, 0, 0));
+        let error =
+            f.receiver.handle(from("c"), frame(&batch(3, "test", 1))).await.expect_err("disabled");
+        assert!(error.retryable, "{error:?}");
+        assert_eq!(error.message, "link c -> b is disabled");
+        assert!(f.applier.calls().is_empty());
+        assert_eq!(load(&f.stats.receiver.rejected), 1);
+    }
+
+    #[tokio::test]
+    async fn a_namespace_the_link_does_not_carry_is_refused_for_now() {
+        let f = fixture(applied(1, 0, 0));
+        for namespace in ["other", "unknown"] {
+            let error = f
+                .receiver
+                .handle(from("a"), frame(&batch(1, namespace, 1)))
+                .await
+                .expect_err("namespace not carried");
+            assert!(error.retryable, "{error:?}");
+            assert!(error.message.contains(&format!("'{namespace}'")), "{}", error.message);
+        }
+        assert!(f.applier.calls().is_empty());
+        assert_eq!(load(&f.stats.receiver.rejected), 2);
+    }
+
+    #[tokio::test]
+    async fn an_applier_refusal_passes_its_retryability_through() {
+        for retryable in [true, false] {
+            let message = format!("fenced (retryable: {retryable})");
+            let f = fixture(Err(ApplyRefusal { retryable, message: message.clone() }));
+            let sent = batch(1, "test", 2);
+            let error = f.receiver.handle(from("a"), frame(&sent)).await.expect_err("refused");
+            assert_eq!(error, HandlerError { retryable, message });
+            assert_eq!(f.applier.calls(), vec![("test".to_owned(), sent.records)]);
+            let r = &f.stats.receiver;
+            assert_eq!((load(&r.rejected), load(&r.applied), load(&r.batches)), (1, 0, 1));
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_message_types_are_refused() {
+        let f = fixture(applied(1, 0, 0));
+        let good = frame(&batch(1, "test", 1));
+        for code in [ack::ACK, 0x13, 0xff] {
+            let request = Frame::new(ack::frame_type(code), good.payload.clone());
+            let error = f.receiver.handle(from("a"), request).await.expect_err("unknown type");
+            assert!(!error.retryable);
+            assert_eq!(error.message, format!("unknown XDR message type 0x{code:02x}"));
+        }
+        assert!(f.applier.calls().is_empty());
+        assert_eq!((load(&f.stats.receiver.rejected), load(&f.stats.receiver.batches)), (3, 0));
+    }
+}

@@ -1,12 +1,13 @@
 //! Per-link shipping counters and the receiver's counters, under Aerospike's XDR stat names,
 //! and the registry the info protocol (`get-stats:context=xdr;dc=NAME`) reads them from.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use crate::conflict::VersionStamp;
 use crate::link::LinkState;
 use crate::ship::LinkControl;
 
@@ -126,12 +127,46 @@ impl ReceiverStats {
     }
 }
 
-/// Every link's stats and operator controls on a node, by destination site (`dc`), and the
-/// receiver's stats.
+/// A shipped version that lost against the local one at this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub namespace: String,
+    pub digest: [u8; 20],
+    /// The version kept.
+    pub local: VersionStamp,
+    /// The version refused.
+    pub incoming: VersionStamp,
+    /// When it was refused, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl std::fmt::Display for Conflict {
+    /// `ns,digest-hex,at_ms,kept gen/lut/origin,lost gen/lut/origin`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let digest: String = self.digest.iter().map(|b| format!("{b:02x}")).collect();
+        let stamp =
+            |s: &VersionStamp| format!("{}/{}/{}", s.generation, s.last_update_ms, s.origin_site);
+        write!(
+            f,
+            "{},{digest},{},{},{}",
+            self.namespace,
+            self.at_ms,
+            stamp(&self.local),
+            stamp(&self.incoming)
+        )
+    }
+}
+
+/// Conflicts kept per node; older ones are dropped (and still counted in `lost_conflict`).
+pub const CONFLICT_LOG_LEN: usize = 1_000;
+
+/// Every link's stats and operator controls on a node, by destination site (`dc`), the
+/// receiver's stats and its bounded log of lost conflicts.
 #[derive(Debug, Default)]
 pub struct Registry {
     links: Mutex<BTreeMap<String, Arc<LinkStats>>>,
     controls: Mutex<BTreeMap<String, watch::Sender<LinkControl>>>,
+    conflicts: Mutex<VecDeque<Conflict>>,
     pub receiver: ReceiverStats,
 }
 
@@ -165,6 +200,22 @@ impl Registry {
             }
             None => false,
         }
+    }
+
+    /// Records a lost conflict, dropping the oldest beyond [`CONFLICT_LOG_LEN`].
+    pub fn record_conflict(&self, conflict: Conflict) {
+        if let Ok(mut log) = self.conflicts.lock() {
+            if log.len() == CONFLICT_LOG_LEN {
+                log.pop_front();
+            }
+            log.push_back(conflict);
+        }
+    }
+
+    /// The most recent `limit` conflicts, oldest first.
+    pub fn conflicts(&self, limit: usize) -> Vec<Conflict> {
+        let Ok(log) = self.conflicts.lock() else { return Vec::new() };
+        log.iter().skip(log.len().saturating_sub(limit)).cloned().collect()
     }
 
     /// The names of the links with stats.

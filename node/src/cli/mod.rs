@@ -2,6 +2,7 @@
 
 mod certs;
 mod digestlog;
+mod link;
 mod node;
 mod topology;
 mod wan;
@@ -31,6 +32,8 @@ enum Command {
     /// Inspect a node's digest log.
     #[command(subcommand)]
     Digestlog(digestlog::DigestLogCommand),
+    /// Operate DR links: status, pause, resume, rewind, conflicts.
+    Link(link::LinkArgs),
     /// Run storage nodes.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -46,6 +49,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Digestlog(command) => digestlog::run(command),
         Command::Certs(command) => certs::run(command),
         Command::Wan(args) => wan::run(args),
+        Command::Link(args) => link::run(args),
         Command::Up => {
             println!(
                 "ferry up: not yet — the node, digest log, transport and XDR shipping land first. \

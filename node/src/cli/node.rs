@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Subcommand;
 use ferry_node::node::{NodeConfig, NodeState};
-use ferry_node::xdr::XdrService;
+use ferry_node::xdr::{XdrRoutes, XdrService};
 use ferry_topology::load_topology;
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +27,14 @@ pub(crate) enum NodeCommand {
         /// Needed only when the node's site takes part in a DR link.
         #[arg(long, default_value = "ferry-data/certs")]
         certs: PathBuf,
+        /// Dial a destination node of a DR link at another address, e.g. a WAN relay in front
+        /// of it: `NODE=ADDR` (repeatable). The peer's certificate must still name NODE.
+        #[arg(long = "xdr-route", value_name = "NODE=ADDR", value_parser = parse_route)]
+        xdr_routes: Vec<(String, std::net::SocketAddr)>,
+        /// Most bytes the digest log may use before links left behind overflow and recover
+        /// from a store scan. Default: 4 GiB.
+        #[arg(long, value_name = "BYTES")]
+        digest_log_cap: Option<u64>,
         /// Run without a digest log, so nothing can ship from this node. For benchmarks that
         /// measure what logging costs.
         #[arg(long, hide = true)]
@@ -35,7 +43,8 @@ pub(crate) enum NodeCommand {
 }
 
 pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
-    let NodeCommand::Run { topology, node, dir, certs, no_digest_log } = command;
+    let NodeCommand::Run { topology, node, dir, certs, xdr_routes, digest_log_cap, no_digest_log } =
+        command;
     let validated = load_topology(&topology)?;
     let topology = validated.topology;
     let site = topology
@@ -45,13 +54,14 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         .map(|s| s.name.to_string())
         .with_context(|| format!("node '{node}' is in no site of the topology"))?;
     let data_dir = dir.unwrap_or_else(|| PathBuf::from("ferry-data").join(&node));
-    let config = NodeConfig { topology, site, node, data_dir, digest_log: !no_digest_log };
+    let config =
+        NodeConfig { topology, site, node, data_dir, digest_log: !no_digest_log, digest_log_cap };
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
-    runtime.block_on(serve(config, certs))?;
+    runtime.block_on(serve(config, certs, xdr_routes.into_iter().collect()))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: NodeConfig, certs: PathBuf) -> anyhow::Result<()> {
+async fn serve(config: NodeConfig, certs: PathBuf, routes: XdrRoutes) -> anyhow::Result<()> {
     let state = Arc::new(NodeState::open(&config)?);
     let me = state.cluster.node().clone();
     let node = config.node.as_str();
@@ -62,7 +72,8 @@ async fn serve(config: NodeConfig, certs: PathBuf) -> anyhow::Result<()> {
     };
     let client = bind("client", me.client.addr()).await?;
     let fabric = bind("fabric", me.fabric.addr()).await?;
-    let xdr = XdrService::start(state.clone(), &certs).with_context(|| format!("node {node}"))?;
+    let xdr = XdrService::start(state.clone(), &certs, &routes)
+        .with_context(|| format!("node {node}"))?;
     tracing::info!(
         node = %me.id,
         site = %config.site,
@@ -79,6 +90,12 @@ async fn serve(config: NodeConfig, certs: PathBuf) -> anyhow::Result<()> {
     }
     tracing::info!(node = %me.id, "node stopped");
     Ok(())
+}
+
+fn parse_route(text: &str) -> Result<(String, std::net::SocketAddr), String> {
+    let (node, addr) = text.split_once('=').ok_or("expected NODE=ADDR")?;
+    let addr = addr.parse().map_err(|e| format!("address '{addr}': {e}"))?;
+    Ok((node.to_owned(), addr))
 }
 
 /// Ctrl-C or SIGTERM.

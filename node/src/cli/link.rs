@@ -1,0 +1,176 @@
+//! `ferry link status|pause|resume|rewind|conflicts`: operate a DR link on every node of its
+//! source site through the nodes' info port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use ferry_node::proto::info;
+use ferry_topology::{Topology, load_topology};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LinkArgs {
+    #[command(subcommand)]
+    action: LinkAction,
+    /// The topology file naming the sites and their nodes.
+    #[arg(long, global = true, default_value = "examples/two-sites.toml")]
+    topology: PathBuf,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum LinkAction {
+    /// Per node: state, lag, queue and counters of the link.
+    Status { link: String },
+    /// Stop shipping; changes wait in the digest log.
+    Pause { link: String },
+    /// Ship again from where the link stopped.
+    Resume { link: String },
+    /// Re-ship every record changed since TIME: `all`, an age like `90s`, `15m`, `2h`, `1d`,
+    /// or milliseconds since the Unix epoch.
+    Rewind {
+        link: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Versions that lost a conflict at the link's destination site, newest last.
+    Conflicts {
+        link: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
+    let topology = load_topology(&args.topology)?.topology;
+    let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
+    runtime.block_on(async {
+        match args.action {
+            LinkAction::Status { link } => {
+                let (from, to) = resolve(&topology, &link)?;
+                let name = format!("get-stats:context=xdr;dc={to}");
+                for (node, value) in ask_site(&topology, &from, &name).await? {
+                    println!("{from} -> {to} on {node}: {}", value.replace(';', " "));
+                }
+            }
+            LinkAction::Pause { link } => command(&topology, &link, "pause", None).await?,
+            LinkAction::Resume { link } => command(&topology, &link, "resume", None).await?,
+            LinkAction::Rewind { link, to } => {
+                command(&topology, &link, "rewind", Some(rewind_from_ms(&to)?)).await?
+            }
+            LinkAction::Conflicts { link, limit } => {
+                let (_, to) = resolve(&topology, &link)?;
+                let name = format!("xdr-conflicts:limit={limit}");
+                println!("node namespace digest at_ms kept(gen/lut/origin) lost(gen/lut/origin)");
+                for (node, value) in ask_site(&topology, &to, &name).await? {
+                    for conflict in value.split(';').filter(|c| !c.is_empty()) {
+                        println!("{node} {}", conflict.replace(',', " "));
+                    }
+                }
+            }
+        }
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `FROM:TO`, or just `TO` when exactly one link leads there.
+fn resolve(topology: &Topology, link: &str) -> anyhow::Result<(String, String)> {
+    let matches: Vec<_> = topology
+        .links
+        .iter()
+        .filter(|l| match link.split_once(':') {
+            Some((from, to)) => l.from == *from && l.to == *to,
+            None => l.to == *link,
+        })
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok((one.from.to_string(), one.to.to_string())),
+        [] => {
+            let known: Vec<String> =
+                topology.links.iter().map(|l| format!("{}:{}", l.from, l.to)).collect();
+            bail!("no link '{link}' in the topology; links: {}", known.join(", "))
+        }
+        _ => bail!("'{link}' names several links; write it as FROM:TO"),
+    }
+}
+
+async fn command(
+    topology: &Topology,
+    link: &str,
+    action: &str,
+    from_ms: Option<u64>,
+) -> anyhow::Result<()> {
+    let (from, to) = resolve(topology, link)?;
+    let mut name = format!("xdr-link:dc={to};action={action}");
+    if let Some(ms) = from_ms {
+        name.push_str(&format!(";from-ms={ms}"));
+    }
+    let mut failed = false;
+    for (node, value) in ask_site(topology, &from, &name).await? {
+        failed |= value != "ok";
+        println!("{from} -> {to} on {node}: {value}");
+    }
+    if failed {
+        bail!("{action} did not succeed on every node of {from}");
+    }
+    Ok(())
+}
+
+/// Asks every node of `site` for one info name; unreachable nodes answer with the error.
+async fn ask_site(
+    topology: &Topology,
+    site: &str,
+    name: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let site = topology.site(site).with_context(|| format!("no site '{site}'"))?;
+    let mut answers = Vec::new();
+    for node in &site.nodes {
+        let addr: SocketAddr = node.client.addr();
+        let value = match info::ask(addr, &[name]).await {
+            Ok(reply) => reply.into_iter().next().map(|(_, v)| v).unwrap_or_default(),
+            Err(e) => format!("ERROR::unreachable at {addr}: {e}"),
+        };
+        answers.push((node.id.to_string(), value));
+    }
+    Ok(answers)
+}
+
+/// `all` → 0; `90s`/`15m`/`2h`/`1d` → that long ago; digits → ms since the Unix epoch.
+fn rewind_from_ms(text: &str) -> anyhow::Result<u64> {
+    if text == "all" {
+        return Ok(0);
+    }
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => bail!("--to '{text}': expected all, an age like 15m, or ms since the epoch"),
+    };
+    let count: u64 =
+        number.parse().with_context(|| format!("--to '{text}': '{number}' is not a number"))?;
+    let age = Duration::from_secs(count.saturating_mul(seconds));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).context("clock before 1970")?;
+    Ok(now.saturating_sub(age).as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewind_times_parse() {
+        assert_eq!(rewind_from_ms("all").expect("all"), 0);
+        assert_eq!(rewind_from_ms("1700000000000").expect("epoch ms"), 1_700_000_000_000);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64;
+        let ago = rewind_from_ms("15m").expect("age");
+        assert!((now - 15 * 60_000).abs_diff(ago) < 5_000, "{ago}");
+        assert!(rewind_from_ms("15w").is_err());
+        assert!(rewind_from_ms("xm").is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! XDR under faults, with real processes: SIGKILL of a source node mid-shipment and of a
+//! destination node mid-apply; active-active writes to the same keys under `last-update-time`;
+//! a link held paused until the digest log overflows, then recovered by a store scan; and a
+//! rewind that re-ships history. Each ends with both sites holding identical versions.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
+use ferry_tests::{Deployment, ferry_bin, two_site_topology};
+use futures::stream::{self, StreamExt};
+
+const LINK: &str = "period-ms = 20\nhot-key-ms = 20";
+
+async fn connect(deployment: &Deployment, site: &str) -> Client {
+    let seed = deployment.site(site)[0].client.to_string();
+    Client::new(&ClientPolicy::default(), &seed).await.expect("connect")
+}
+
+/// Writes keys `range` of set `set` with 16 in flight; returns how many were acknowledged.
+async fn write_keys(client: &Client, set: &str, range: std::ops::Range<i64>, tag: &str) -> usize {
+    let wp = WritePolicy::default();
+    let (wp, tag) = (&wp, tag);
+    stream::iter(range)
+        .map(|i| async move {
+            let key = as_key!("test", set, i);
+            client.put(wp, &key, &[as_bin!("v", i), as_bin!("tag", tag)]).await.is_ok()
+        })
+        .buffer_unordered(16)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await
+}
+
+fn ferry_link(deployment: &Deployment, args: &[&str]) -> String {
+    let output = Command::new(ferry_bin())
+        .arg("link")
+        .args(args)
+        .arg("--topology")
+        .arg(&deployment.launcher.topology)
+        .output()
+        .expect("run ferry link");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "ferry link {args:?}: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_source_and_destination_nodes_converge_after_restart() {
+    let (topology, nodes) = two_site_topology(3, "generation", LINK, false);
+    let mut deployment = Deployment::start(&topology, nodes);
+    let a = connect(&deployment, "a").await;
+    assert_eq!(write_keys(&a, "k", 0..1_500, "first").await, 1_500);
+
+    // Kill a destination node while batches are arriving and a source node while it ships.
+    let writes = {
+        let a = connect(&deployment, "a").await;
+        tokio::spawn(async move { write_keys(&a, "k", 1_500..4_000, "second").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| {
+        deployment.kill_node("b-2");
+        deployment.kill_node("a-1");
+    });
+    let acknowledged = writes.await.expect("writer");
+    assert!(acknowledged >= 1_000, "writes to the live source nodes go on: {acknowledged}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| {
+        deployment.start_node("b-2");
+        deployment.start_node("a-1");
+    });
+    deployment.wait_converged("a", "b", Duration::from_secs(90)).await;
+    let (records, _) = deployment.site_digest("a").await;
+    assert!(records >= 1_500 + acknowledged as u64, "{records} records for {acknowledged} acks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_active_writes_to_the_same_keys_converge_under_last_update_time() {
+    let (topology, nodes) = two_site_topology(3, "last-update-time", LINK, true);
+    let deployment = Deployment::start(&topology, nodes);
+    let (a, b) = (connect(&deployment, "a").await, connect(&deployment, "b").await);
+    for round in 0..3 {
+        let (tag_a, tag_b) = (format!("a{round}"), format!("b{round}"));
+        let (at_a, at_b) = tokio::join!(
+            write_keys(&a, "shared", 0..600, &tag_a),
+            write_keys(&b, "shared", 0..900, &tag_b),
+        );
+        assert_eq!((at_a, at_b), (600, 900));
+    }
+    deployment.wait_converged("a", "b", Duration::from_secs(90)).await;
+    assert_eq!(deployment.site_digest("a").await.0, 900);
+
+    // Converged means quiet: nothing ships back and forth any more.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let shipped = |d: &'static str, s: &'static str| deployment.link_stat(s, d, "success");
+    let before = (shipped("b", "a").await, shipped("a", "b").await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!((shipped("b", "a").await, shipped("a", "b").await), before, "ping-pong");
+    // Overlapping writes lost conflicts somewhere, and were recorded.
+    let mut receivers = deployment.info("a", "get-stats:context=xdr").await;
+    receivers.extend(deployment.info("b", "get-stats:context=xdr").await);
+    let lost: u64 = receivers
+        .iter()
+        .map(|v| ferry_tests::stat_fields(v)["lost_conflict"].parse::<u64>().expect("count"))
+        .sum();
+    assert!(lost > 0, "overlapping writes of both sites conflict");
+    let listed = ferry_link(&deployment, &["conflicts", "b:a", "--limit", "5"]);
+    assert!(listed.lines().count() > 1, "conflicts listed:\n{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_held_until_the_log_overflows_recovers_everything_and_rewind_reships() {
+    let (topology, nodes) = two_site_topology(3, "generation", LINK, false);
+    // 64 KiB of log per node: about 1 300 entries before the oldest segments go.
+    let args = vec!["--digest-log-cap".to_owned(), (64 * 1024).to_string()];
+    let deployment = Deployment::start_with(&topology, nodes, args);
+    let a = connect(&deployment, "a").await;
+    assert_eq!(write_keys(&a, "o", 0..300, "before").await, 300);
+    deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
+
+    let paused = ferry_link(&deployment, &["pause", "a:b"]);
+    assert_eq!(paused.matches(": ok").count(), 3, "{paused}");
+    let status = ferry_link(&deployment, &["status", "b"]);
+    assert_eq!(status.matches("state=paused").count(), 3, "{status}");
+    assert_eq!(write_keys(&a, "o", 300..9_000, "held").await, 8_700);
+    ferry_link(&deployment, &["resume", "a:b"]);
+    deployment.wait_converged("a", "b", Duration::from_secs(120)).await;
+    assert!(deployment.link_stat("a", "b", "recoveries").await >= 1, "overflow recovered");
+    assert_eq!(deployment.site_digest("b").await.0, 9_000);
+
+    // Rewind: everything is shipped again (the destination already has it: no change).
+    let shipped = deployment.link_stat("a", "b", "success").await;
+    ferry_link(&deployment, &["rewind", "a:b", "--to", "all"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while deployment.link_stat("a", "b", "success").await < shipped + 9_000 {
+        assert!(Instant::now() < deadline, "rewind did not re-ship every record");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
+}
