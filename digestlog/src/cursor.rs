@@ -108,7 +108,18 @@ impl Cursor {
 
     /// Flushed entries past the committed position: changes this consumer has not finished.
     pub fn backlog(&self) -> u64 {
-        self.flushed.borrow().0.saturating_sub(self.slot.committed().0)
+        self.flushed().0.saturating_sub(self.slot.committed().0)
+    }
+
+    /// About how many entries the log holds at its size cap: how far this cursor may fall
+    /// behind before it overflows.
+    pub fn capacity_entries(&self) -> u64 {
+        self.shared.config.size_cap / crate::entry::RECORD_LEN as u64
+    }
+
+    /// The last flushed LSN.
+    pub fn flushed(&self) -> Lsn {
+        *self.flushed.borrow()
     }
 
     /// Unacknowledged overflow, if any.

@@ -1,7 +1,8 @@
 //! Applying versions shipped from another site: each record competes with the local version
 //! under the namespace's conflict-resolution policy; winners are stored as they are (their
-//! generation, LUT and origin kept, no local bump) and logged, marked as XDR-applied, so they
-//! can be forwarded but never shipped back to where they came from.
+//! generation, LUT and origin kept, no local bump) and, when a link out of this site forwards,
+//! logged marked as XDR-applied, so they can be forwarded but never shipped back to where they
+//! came from.
 
 use ferry_xdr::batch::ShippedRecord;
 use ferry_xdr::conflict::{Resolution, VersionStamp, resolve};
@@ -72,7 +73,9 @@ impl NodeState {
                 }
                 Resolution::Apply => {
                     let record = to_record(shipped);
-                    self.log_change(namespace, &shipped.digest, &record).await?;
+                    if self.forwards_applied_versions() {
+                        self.log_change(namespace, &shipped.digest, &record).await?;
+                    }
                     self.store.put(namespace, &shipped.digest, &record)?;
                     counts.applied += 1;
                 }

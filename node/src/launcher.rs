@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -58,6 +59,18 @@ impl Launcher {
 
     /// Spawns `ferry node run` for `node`; its output goes to its log file.
     pub fn start(&self, node: &str, client: SocketAddr) -> Result<NodeProcess, LaunchError> {
+        self.start_with(node, client, &[])
+    }
+
+    /// [`Launcher::start`] with extra arguments for this node only (e.g. its `--xdr-route`s).
+    /// The node runs in its own process group, so a Ctrl-C at the terminal reaches only the
+    /// launching process, which stops its nodes in order.
+    pub fn start_with(
+        &self,
+        node: &str,
+        client: SocketAddr,
+        extra_args: &[String],
+    ) -> Result<NodeProcess, LaunchError> {
         let spawn_error = |source| LaunchError::Spawn { node: node.to_owned(), source };
         let dir = self.node_dir(node);
         std::fs::create_dir_all(&dir).map_err(spawn_error)?;
@@ -76,6 +89,8 @@ impl Launcher {
             .arg("--certs")
             .arg(self.certs_dir())
             .args(&self.node_args)
+            .args(extra_args)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -123,6 +138,13 @@ impl NodeProcess {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM without waiting (stop many nodes at once, then [`NodeProcess::stop`] each).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
     }
 

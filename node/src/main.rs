@@ -12,10 +12,9 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(
+            |_| tracing_subscriber::EnvFilter::new("info,aerospike_core=warn,aerospike=warn"),
+        ))
         .with_writer(std::io::stderr)
         .init();
     match cli::run(args) {

@@ -129,6 +129,14 @@ impl NodeState {
         log.append(entry).await.map(|_| ())
     }
 
+    /// Whether versions applied from other sites are logged: only a link out of this site with
+    /// `forward = true` can ship them (any other link filters them by origin), so without one
+    /// logging them would cost an fsync'd append per record for nothing.
+    pub fn forwards_applied_versions(&self) -> bool {
+        let site = &self.cluster.site().name;
+        self.topology.links.iter().any(|link| link.from == *site && link.forward)
+    }
+
     /// The node's digest log, unless it runs without one.
     pub fn digest_log(&self) -> Option<&DigestLog> {
         self.log.as_ref()

@@ -6,10 +6,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_digestlog::CursorStart;
 use ferry_topology::placement::partition_of;
-use ferry_transport::{Endpoint, LinkAuthorizer, NodeCredentials, TransportSettings, TrustStore};
+use ferry_transport::{
+    Backoff, Endpoint, LinkAuthorizer, NodeCredentials, TransportSettings, TrustStore,
+};
 use ferry_xdr::batch::{ShippedBin, ShippedRecord};
 use ferry_xdr::conflict::VersionStamp;
 use ferry_xdr::plan::LinkPlan;
@@ -74,9 +77,8 @@ impl XdrService {
         let authorizer = Arc::new(LinkAuthorizer::new(topology.clone(), site.clone()));
         let addr = node.xdr.addr();
         let endpoint_error = |source| XdrError::Endpoint { addr, source };
-        let endpoint =
-            Endpoint::bind(addr, &creds, trust, authorizer, TransportSettings::default())
-                .map_err(endpoint_error)?;
+        let endpoint = Endpoint::bind(addr, &creds, trust, authorizer, xdr_transport_settings())
+            .map_err(endpoint_error)?;
         let records = Arc::new(NodeRecords(state.clone()));
         if incoming {
             let receiver =
@@ -123,6 +125,17 @@ impl XdrService {
         while self.shippers.join_next().await.is_some() {}
         let report = self.endpoint.shutdown().await;
         tracing::info!(?report, "XDR stopped");
+    }
+}
+
+/// Transport settings for XDR: a lost batch is retried (idempotently) rather than waited for,
+/// and a healed link is redialed within two seconds.
+fn xdr_transport_settings() -> TransportSettings {
+    let defaults = TransportSettings::default();
+    TransportSettings {
+        request_timeout: Duration::from_secs(10),
+        backoff: Backoff { max: Duration::from_secs(2), ..defaults.backoff },
+        ..defaults
     }
 }
 

@@ -193,14 +193,33 @@ pub fn two_site_topology(
     link_a_b: &str,
     b_to_a: bool,
 ) -> (String, Vec<TestNode>) {
-    let mut text = String::from("name = \"two-sites-test\"\n");
-    let mut members = site_block(&mut text, ("a", 1, "active"), nodes, 1, policy);
-    let b_role = if b_to_a { "active" } else { "standby" };
-    members.extend(site_block(&mut text, ("b", 2, b_role), nodes, 1, policy));
-    let links: &[(&str, &str)] = if b_to_a { &[("a", "b"), ("b", "a")] } else { &[("a", "b")] };
-    for (from, to) in links {
+    let mut links = vec![("a", "b", link_a_b)];
+    if b_to_a {
+        links.push(("b", "a", link_a_b));
+    }
+    multi_site_topology(&["a", "b"], nodes, policy, &links)
+}
+
+/// Sites named `sites` (src-ids 1, 2, …; the first active, the others active only when they
+/// ship somewhere) of `nodes` nodes each, namespace `test` under `policy`, and links
+/// `(from, to, extra TOML)`.
+pub fn multi_site_topology(
+    sites: &[&str],
+    nodes: usize,
+    policy: &str,
+    links: &[(&str, &str, &str)],
+) -> (String, Vec<TestNode>) {
+    let mut text = String::from("name = \"xdr-test\"\n");
+    let mut members = Vec::new();
+    for (i, site) in sites.iter().enumerate() {
+        let ships = links.iter().any(|(from, _, _)| from == site);
+        let role = if i == 0 || ships { "active" } else { "standby" };
+        let src_id = u8::try_from(i + 1).unwrap_or(u8::MAX);
+        members.extend(site_block(&mut text, (site, src_id, role), nodes, 1, policy));
+    }
+    for (from, to, extra) in links {
         text.push_str(&format!(
-            "\n[[links]]\nfrom = \"{from}\"\nto = \"{to}\"\nnamespaces = [\"test\"]\n{link_a_b}\n"
+            "\n[[links]]\nfrom = \"{from}\"\nto = \"{to}\"\nnamespaces = [\"test\"]\n{extra}\n"
         ));
     }
     (text, members)

@@ -8,7 +8,7 @@ use aerospike::{Bins, Client, ClientPolicy, WritePolicy, as_bin, as_key};
 use ferry_tests::{Deployment, two_site_topology};
 use futures::stream::{self, StreamExt};
 
-const KEYS: i64 = 3_000;
+const KEYS: i64 = 100_000;
 
 async fn connect(deployment: &Deployment, site: &str) -> Client {
     let seed = deployment.site(site)[0].client.to_string();

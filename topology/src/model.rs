@@ -87,6 +87,15 @@ pub enum Role {
     Standby,
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+        })
+    }
+}
+
 /// Write fencing of a site: which writers it refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -98,6 +107,16 @@ pub enum WriteFence {
     ClientWrites,
     /// Refuses XDR writes, accepts client writes.
     XdrWrites,
+}
+
+impl std::fmt::Display for WriteFence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WriteFence::None => "none",
+            WriteFence::ClientWrites => "client-writes",
+            WriteFence::XdrWrites => "xdr-writes",
+        })
+    }
 }
 
 /// One storage node.

@@ -124,6 +124,21 @@ impl LinkMachine {
     }
 }
 
+/// Seconds until a link's backlog fills the digest log at the current rates (`log_time_left`);
+/// `None` while the backlog is not growing.
+pub fn log_time_left(
+    capacity_entries: u64,
+    backlog_entries: u64,
+    ingest_per_sec: f64,
+    shipped_per_sec: f64,
+) -> Option<u64> {
+    let growth = ingest_per_sec - shipped_per_sec;
+    if growth <= 0.0 || !growth.is_finite() {
+        return None;
+    }
+    Some((capacity_entries.saturating_sub(backlog_entries) as f64 / growth) as u64)
+}
+
 /// `max-throughput` as a token bucket of records per second, with one second of burst.
 #[derive(Debug, Clone)]
 pub struct Throttle {
@@ -210,6 +225,14 @@ mod tests {
         link.on_success(10_000);
         assert_eq!(link.lag_ms(12_000, None, 0), 0);
         assert_eq!(link.lag_ms(20_000, None, 0), 10_000, "silent for 10 s: not caught up");
+    }
+
+    #[test]
+    fn log_time_left_counts_down_only_while_the_backlog_grows() {
+        assert_eq!(log_time_left(10_000, 0, 100.0, 100.0), None, "keeping up");
+        assert_eq!(log_time_left(10_000, 0, 50.0, 100.0), None, "draining");
+        assert_eq!(log_time_left(10_000, 2_000, 300.0, 100.0), Some(40));
+        assert_eq!(log_time_left(10_000, 12_000, 300.0, 100.0), Some(0), "already past the cap");
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub struct ShipperSettings {
     pub heartbeat: Duration,
     /// Least time between two checkpoints of the cursor while batches are still in flight.
     pub commit_interval: Duration,
+    /// Retry schedule of a batch the destination did not acknowledge.
+    pub retry: ferry_transport::Backoff,
 }
 
 impl Default for ShipperSettings {
@@ -72,6 +74,11 @@ impl Default for ShipperSettings {
             batch_records: 512,
             heartbeat: Duration::from_millis(500),
             commit_interval: Duration::from_millis(100),
+            // A healed link resumes within two seconds; retries are idempotent and cheap.
+            retry: ferry_transport::Backoff {
+                max: Duration::from_secs(2),
+                ..ferry_transport::Backoff::default()
+            },
         }
     }
 }
@@ -176,7 +183,7 @@ impl<R: LocalRecords> Shipper<R> {
         };
         let shared = Shared {
             throttle: Mutex::new(Throttle::new(plan.link.max_throughput, started_ms)),
-            machine: Mutex::new(LinkMachine::new(ferry_transport::Backoff::default())),
+            machine: Mutex::new(LinkMachine::new(settings.retry)),
             plan,
             records,
             clients,
@@ -206,6 +213,7 @@ impl<R: LocalRecords> Shipper<R> {
         let mut last_commit = Instant::now();
         let mut rewind_seq = control.borrow().rewind_seq;
         let mut acked_window = ThroughputWindow::default();
+        let mut rates = LogRates::new(&cursor);
         let accumulate = Duration::from_millis(u64::from(
             shared.plan.link.period_ms.max(shared.plan.link.hot_key_ms),
         ));
@@ -217,7 +225,6 @@ impl<R: LocalRecords> Shipper<R> {
             let cut_deadline =
                 cut_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                biased;
                 _ = shutdown.changed() => break,
                 Some(joined) = in_flight.join_next() => {
                     let Ok((id, Some(outcome))) = joined else { break };
@@ -292,6 +299,7 @@ impl<R: LocalRecords> Shipper<R> {
                 }
                 _ = heartbeat.tick() => {
                     set(&shared.stats.throughput, acked_window.per_second());
+                    set(&shared.stats.log_time_left, rates.time_left(&cursor).unwrap_or(u64::MAX));
                     if in_flight.is_empty() && heartbeats.is_empty() {
                         let shared = Arc::clone(shared);
                         heartbeats.spawn(async move { send_heartbeat(&shared).await });
@@ -471,6 +479,45 @@ impl<R: LocalRecords> Shipper<R> {
         lock(&shared.machine).set_recovering(false);
         tracing::info!(dc = shared.plan.dc(), scanned, completed, "recovery scan finished");
         completed
+    }
+}
+
+/// Ingest and shipping rates of the link's log, sampled at heartbeats, for `log_time_left`.
+#[derive(Debug)]
+struct LogRates {
+    at: Instant,
+    flushed: u64,
+    committed: u64,
+    ingest: f64,
+    shipped: f64,
+}
+
+impl LogRates {
+    fn new(cursor: &Cursor) -> Self {
+        LogRates {
+            at: Instant::now(),
+            flushed: cursor.flushed().0,
+            committed: cursor.committed().0,
+            ingest: 0.0,
+            shipped: 0.0,
+        }
+    }
+
+    /// Samples the cursor and returns seconds left (smoothed over a few samples).
+    fn time_left(&mut self, cursor: &Cursor) -> Option<u64> {
+        let elapsed = self.at.elapsed().as_secs_f64().max(1e-3);
+        let (flushed, committed) = (cursor.flushed().0, cursor.committed().0);
+        let smooth = |old: f64, new: f64| 0.7 * old + 0.3 * new;
+        self.ingest = smooth(self.ingest, flushed.saturating_sub(self.flushed) as f64 / elapsed);
+        self.shipped =
+            smooth(self.shipped, committed.saturating_sub(self.committed) as f64 / elapsed);
+        (self.at, self.flushed, self.committed) = (Instant::now(), flushed, committed);
+        crate::link::log_time_left(
+            cursor.capacity_entries(),
+            cursor.backlog(),
+            self.ingest,
+            self.shipped,
+        )
     }
 }
 

@@ -48,6 +48,9 @@ pub struct LinkStats {
     pub bytes_raw: AtomicU64,
     /// Entries read from the digest log.
     pub entries_read: AtomicU64,
+    /// Seconds until the backlog would overflow the digest log at current rates; `u64::MAX`
+    /// while it is not growing (shown as `unbounded`).
+    pub log_time_left: AtomicU64,
     state: Mutex<Option<LinkState>>,
 }
 
@@ -95,6 +98,13 @@ impl LinkStats {
             ("bytes_shipped", get(&self.bytes_shipped)),
             ("bytes_raw", get(&self.bytes_raw)),
             ("entries_read", get(&self.entries_read)),
+            (
+                "log_time_left",
+                match self.log_time_left.load(Ordering::Relaxed) {
+                    u64::MAX => "unbounded".to_owned(),
+                    seconds => seconds.to_string(),
+                },
+            ),
         ]
     }
 }

@@ -1,10 +1,32 @@
 //! Command-line parsing and dispatch to the subcommands.
 
+/// `println!` that survives a closed stdout: `ferry up` keeps running (and must still stop its
+/// nodes cleanly) after whoever read its banner went away.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that survives a closed stderr.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod certs;
+mod data;
+mod demo;
 mod digestlog;
 mod link;
+mod logs;
 mod node;
+mod status;
 mod topology;
+mod up;
 mod wan;
 
 use std::process::ExitCode;
@@ -38,7 +60,15 @@ enum Command {
     #[command(subcommand)]
     Node(node::NodeCommand),
     /// Start paired clusters on this machine with a demo write crossing between them.
-    Up,
+    Up(up::UpArgs),
+    /// Stop the deployment `ferry up` runs from a state directory.
+    Down(up::DownArgs),
+    /// Sites, nodes and links of a running deployment.
+    Status(status::StatusArgs),
+    /// Print (and follow) one node's log.
+    Logs(logs::LogsArgs),
+    #[command(flatten)]
+    Data(data::DataCommand),
 }
 
 /// Runs the parsed command; the exit code tells scripts whether it succeeded.
@@ -50,12 +80,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(command) => certs::run(command),
         Command::Wan(args) => wan::run(args),
         Command::Link(args) => link::run(args),
-        Command::Up => {
-            println!(
-                "ferry up: not yet — the node, digest log, transport and XDR shipping land first. \
-                 Try `ferry topology validate examples/two-sites.toml`."
-            );
-            Ok(ExitCode::from(2))
-        }
+        Command::Up(args) => up::up(args),
+        Command::Down(args) => up::down(args),
+        Command::Status(args) => status::run(args),
+        Command::Logs(args) => logs::run(args),
+        Command::Data(command) => data::run(command),
     }
 }

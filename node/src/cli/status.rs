@@ -1,0 +1,250 @@
+//! `ferry status`: one screen (or one JSON document) for a deployment started by `ferry up`:
+//! sites, nodes (up/down, partitions owned, records) and links (state, lag, shipped, queue,
+//! errors), read from every node's info port. The JSON schema is in docs/ferry-up.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ferry_node::proto::info;
+use ferry_topology::Topology;
+use serde::Serialize;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    /// State directory of the deployment.
+    #[arg(long, default_value = "ferry-data")]
+    dir: PathBuf,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Refresh every second until Ctrl-C.
+    #[arg(long)]
+    watch: bool,
+}
+
+/// The JSON document (`"schema": 1`).
+#[derive(Debug, Serialize)]
+pub(crate) struct Status {
+    schema: u32,
+    dir: String,
+    sites: Vec<SiteStatus>,
+    links: Vec<LinkStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct SiteStatus {
+    name: String,
+    src_id: u8,
+    role: String,
+    write_fence: String,
+    nodes: Vec<NodeStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeStatus {
+    id: String,
+    client: String,
+    up: bool,
+    namespaces: Vec<NamespaceStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct NamespaceStatus {
+    name: String,
+    records: u64,
+    partitions_owned: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct LinkStatus {
+    from: String,
+    to: String,
+    enabled: bool,
+    /// Worst state over the source nodes (`active` only when all are).
+    state: String,
+    /// Largest lag over the source nodes, in ms.
+    lag_ms: u64,
+    shipped: u64,
+    in_queue: u64,
+    abandoned: u64,
+    retries: u64,
+    nodes: Vec<LinkNodeStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct LinkNodeStatus {
+    node: String,
+    state: String,
+    lag_ms: u64,
+    shipped: u64,
+    in_queue: u64,
+}
+
+/// One `name=value` field of an info answer.
+pub(crate) fn field(value: &str, name: &str) -> Option<String> {
+    value.split(';').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| value.to_owned())
+    })
+}
+
+fn number(value: &str, name: &str) -> u64 {
+    field(value, name).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+pub(crate) fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let path = args.dir.join("topology.toml");
+    let topology = ferry_topology::load_topology(&path)
+        .with_context(|| {
+            format!("no deployment in {} (start one with `ferry up`)", args.dir.display())
+        })?
+        .topology;
+    let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
+    loop {
+        let status = runtime.block_on(collect(&topology, &args.dir));
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&status).context("encode status")?);
+        } else {
+            if args.watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print_table(&status);
+        }
+        if !args.watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+pub(crate) async fn collect(topology: &Topology, dir: &std::path::Path) -> Status {
+    let mut sites = Vec::new();
+    for site in &topology.sites {
+        let mut nodes = Vec::new();
+        for node in &site.nodes {
+            let names: Vec<String> =
+                site.namespaces.iter().map(|ns| format!("namespace/{}", ns.name)).collect();
+            let asked: Vec<&str> = names.iter().map(String::as_str).collect();
+            let reply = info::ask(node.client.addr(), &asked).await.ok();
+            let namespaces = site
+                .namespaces
+                .iter()
+                .map(|ns| {
+                    let value = reply
+                        .as_ref()
+                        .and_then(|r| {
+                            r.iter().find(|(n, _)| *n == format!("namespace/{}", ns.name))
+                        })
+                        .map(|(_, v)| v.as_str())
+                        .unwrap_or_default();
+                    NamespaceStatus {
+                        name: ns.name.to_string(),
+                        records: number(value, "objects"),
+                        partitions_owned: number(value, "partitions-owned"),
+                    }
+                })
+                .collect();
+            nodes.push(NodeStatus {
+                id: node.id.to_string(),
+                client: node.client.to_string(),
+                up: reply.is_some(),
+                namespaces,
+            });
+        }
+        sites.push(SiteStatus {
+            name: site.name.to_string(),
+            src_id: site.src_id.get(),
+            role: site.role.to_string(),
+            write_fence: site.write_fence.to_string(),
+            nodes,
+        });
+    }
+    let mut links = Vec::new();
+    for link in &topology.links {
+        let mut nodes = Vec::new();
+        if let Some(site) = topology.site(link.from.as_str()) {
+            for node in &site.nodes {
+                let name = format!("get-stats:context=xdr;dc={}", link.to);
+                let value = match info::ask(node.client.addr(), &[&name]).await {
+                    Ok(reply) => reply.into_iter().next().map(|(_, v)| v).unwrap_or_default(),
+                    Err(_) => "state=unreachable".to_owned(),
+                };
+                let state = if !link.enabled {
+                    "disabled".to_owned()
+                } else {
+                    field(&value, "state").unwrap_or_else(|| "unknown".to_owned())
+                };
+                nodes.push((
+                    LinkNodeStatus {
+                        node: node.id.to_string(),
+                        state,
+                        lag_ms: number(&value, "lag"),
+                        shipped: number(&value, "success"),
+                        in_queue: number(&value, "in_queue"),
+                    },
+                    number(&value, "abandoned"),
+                    number(&value, "retry_conn_reset") + number(&value, "retry_dest"),
+                ));
+            }
+        }
+        let state = nodes
+            .iter()
+            .map(|(n, _, _)| n.state.clone())
+            .find(|s| s != "active")
+            .unwrap_or_else(|| "active".to_owned());
+        links.push(LinkStatus {
+            from: link.from.to_string(),
+            to: link.to.to_string(),
+            enabled: link.enabled,
+            state,
+            lag_ms: nodes.iter().map(|(n, _, _)| n.lag_ms).max().unwrap_or(0),
+            shipped: nodes.iter().map(|(n, _, _)| n.shipped).sum(),
+            in_queue: nodes.iter().map(|(n, _, _)| n.in_queue).sum(),
+            abandoned: nodes.iter().map(|(_, a, _)| a).sum(),
+            retries: nodes.iter().map(|(_, _, r)| r).sum(),
+            nodes: nodes.into_iter().map(|(n, _, _)| n).collect(),
+        });
+    }
+    Status { schema: 1, dir: dir.display().to_string(), sites, links }
+}
+
+fn print_table(status: &Status) {
+    for site in &status.sites {
+        println!(
+            "site {} (src-id {}, {}, fence {})",
+            site.name, site.src_id, site.role, site.write_fence
+        );
+        for node in &site.nodes {
+            let namespaces: Vec<String> = node
+                .namespaces
+                .iter()
+                .map(|ns| {
+                    format!(
+                        "{}: {} records, {} partitions",
+                        ns.name, ns.records, ns.partitions_owned
+                    )
+                })
+                .collect();
+            let up = if node.up { "up" } else { "DOWN" };
+            println!("  {:<10} {:<4} {:<18} {}", node.id, up, node.client, namespaces.join("; "));
+        }
+    }
+    println!(
+        "\n{:<24} {:<11} {:>8} {:>10} {:>9} {:>9} {:>8}",
+        "link", "state", "lag ms", "shipped", "in_queue", "abandoned", "retries"
+    );
+    for link in &status.links {
+        println!(
+            "{:<24} {:<11} {:>8} {:>10} {:>9} {:>9} {:>8}",
+            format!("{} -> {}", link.from, link.to),
+            link.state,
+            link.lag_ms,
+            link.shipped,
+            link.in_queue,
+            link.abandoned,
+            link.retries
+        );
+    }
+}
