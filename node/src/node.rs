@@ -74,8 +74,9 @@ impl Stats {
 #[derive(Debug)]
 pub struct NodeState {
     pub cluster: ClusterView,
-    /// The deployment's topology (XDR plans its links from it).
-    pub topology: Arc<Topology>,
+    /// The deployment's current topology (XDR plans its links from it; it follows the
+    /// topology service when the node watches one).
+    pub topology: ferry_topology::SharedTopology,
     /// XDR links' stats and controls, and the receiver's stats.
     pub xdr: Arc<ferry_xdr::stats::Registry>,
     pub store: Store,
@@ -96,7 +97,7 @@ impl NodeState {
         let log = if config.digest_log { Some(open_log(config, &namespaces)?) } else { None };
         Ok(Self {
             cluster,
-            topology: Arc::new(config.topology.clone()),
+            topology: ferry_topology::SharedTopology::new(Arc::new(config.topology.clone())),
             xdr: Arc::default(),
             store,
             stats: Stats::default(),
@@ -134,7 +135,7 @@ impl NodeState {
     /// logging them would cost an fsync'd append per record for nothing.
     pub fn forwards_applied_versions(&self) -> bool {
         let site = &self.cluster.site().name;
-        self.topology.links.iter().any(|link| link.from == *site && link.forward)
+        self.topology.get().links.iter().any(|link| link.from == *site && link.forward)
     }
 
     /// The node's digest log, unless it runs without one.

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{Deployment, stat_fields, two_site_topology};
-use ferry_transport::relay::{LinkShape, Relay, RelayConfig, RelayHandle};
+use ferry_tests::{Deployment, relays_in_front_of, stat_fields, two_site_topology};
+use ferry_transport::relay::{LinkShape, RelayHandle};
 
 const WRITERS: u64 = 64;
 
@@ -53,17 +53,12 @@ async fn start(link_enabled: bool, one_way_delay: Option<Duration>) -> Sites {
         "period-ms = 20\nhot-key-ms = 20\nmax-throughput = 1000000\nenabled = {link_enabled}"
     );
     let (topology, nodes) = two_site_topology(3, "generation", &link, false);
-    let mut relays = Vec::new();
-    let mut args = Vec::new();
-    if let Some(delay) = one_way_delay {
-        for node in nodes.iter().filter(|n| n.site == "b") {
-            let shape = LinkShape { delay, ..LinkShape::default() };
-            let config = RelayConfig::new("127.0.0.1:0".parse().expect("addr"), node.xdr);
-            let relay = Relay::start(config.with_shape(shape)).await.expect("relay");
-            args.extend(["--xdr-route".to_owned(), format!("{}={}", node.id, relay.listen_addr())]);
-            relays.push(relay);
+    let (relays, args) = match one_way_delay {
+        Some(delay) => {
+            relays_in_front_of(&nodes, "b", LinkShape { delay, ..LinkShape::default() }).await
         }
-    }
+        None => (Vec::new(), Vec::new()),
+    };
     let deployment =
         tokio::task::spawn_blocking(move || Deployment::start_with(&topology, nodes, args))
             .await

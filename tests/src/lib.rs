@@ -84,6 +84,29 @@ impl std::fmt::Display for BuildError {
 fn build_ferry(profile_dir: &Path) -> Result<(), BuildError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(&cargo);
+    // Cargo sets these for the running test; inherited, they would make build scripts that
+    // watch them (ring watches CARGO_MANIFEST_DIR) rerun, and everything above them rebuild,
+    // on every call and again on the next top-level `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_by_cargo_for_tests = name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || matches!(
+                name.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            );
+        if set_by_cargo_for_tests {
+            command.env_remove(name.as_ref());
+        }
+    }
     command.current_dir(workspace_root()).args([
         "build",
         "--quiet",
@@ -400,4 +423,29 @@ pub fn stat_fields(value: &str) -> std::collections::HashMap<String, String> {
         .filter_map(|pair| pair.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+}
+
+/// A WAN relay shaped by `shape` in front of every node of `site`; returns the relays and the
+/// `--xdr-route` arguments that make the other sites' nodes dial them.
+///
+/// # Panics
+///
+/// If a relay cannot start.
+pub async fn relays_in_front_of(
+    nodes: &[TestNode],
+    site: &str,
+    shape: ferry_transport::relay::LinkShape,
+) -> (Vec<ferry_transport::relay::RelayHandle>, Vec<String>) {
+    use ferry_transport::relay::{Relay, RelayConfig};
+    let mut relays = Vec::new();
+    let mut args = Vec::new();
+    for node in nodes.iter().filter(|n| n.site == site) {
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let relay = Relay::start(RelayConfig::new(listen, node.xdr).with_shape(shape))
+            .await
+            .unwrap_or_else(|e| panic!("start a relay for {}: {e}", node.id));
+        args.extend(["--xdr-route".to_owned(), format!("{}={}", node.id, relay.listen_addr())]);
+        relays.push(relay);
+    }
+    (relays, args)
 }

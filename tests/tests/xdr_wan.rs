@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{Deployment, stat_fields, two_site_topology};
-use ferry_transport::relay::{LinkShape, Relay, RelayConfig, RelayHandle};
+use ferry_tests::{Deployment, relays_in_front_of, stat_fields, two_site_topology};
+use ferry_transport::relay::LinkShape;
 
 const PARTITION: Duration = Duration::from_secs(30);
 
@@ -38,17 +38,7 @@ async fn shipping_rides_out_delay_loss_and_a_partition() {
     let (topology, nodes) =
         two_site_topology(3, "generation", "period-ms = 20\nhot-key-ms = 20", false);
     let shape = LinkShape { delay: Duration::from_millis(25), loss: 0.01, ..LinkShape::default() };
-    let mut relays: Vec<RelayHandle> = Vec::new();
-    let mut args = Vec::new();
-    for node in nodes.iter().filter(|n| n.site == "b") {
-        let listen = "127.0.0.1:0".parse().expect("address");
-        let relay = Relay::start(RelayConfig::new(listen, node.xdr).with_shape(shape))
-            .await
-            .expect("start relay");
-        args.push("--xdr-route".to_owned());
-        args.push(format!("{}={}", node.id, relay.listen_addr()));
-        relays.push(relay);
-    }
+    let (relays, args) = relays_in_front_of(&nodes, "b", shape).await;
     let deployment =
         tokio::task::spawn_blocking(move || Deployment::start_with(&topology, nodes, args))
             .await

@@ -10,6 +10,7 @@ pub mod diff;
 pub mod model;
 pub mod placement;
 pub mod service;
+mod shared;
 mod source;
 pub mod store;
 mod validate;
@@ -18,6 +19,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use model::Topology;
+pub use shared::SharedTopology;
 pub use source::{Diagnostic, Severity};
 
 /// A topology that passed validation, with the warnings it raised.

@@ -8,9 +8,8 @@
 //! read straight from the topology.
 
 use std::fmt;
-use std::sync::Arc;
 
-use ferry_topology::Topology;
+use ferry_topology::SharedTopology;
 use ferry_topology::model::{NodeId, SiteName};
 
 /// The URI scheme and prefix of a node identity.
@@ -86,13 +85,14 @@ impl PeerAuthorizer for AllowAll {
 /// the XDR layer refuses batches on a disabled link itself.
 #[derive(Debug, Clone)]
 pub struct LinkAuthorizer {
-    topology: Arc<Topology>,
+    topology: SharedTopology,
     local_site: SiteName,
 }
 
 impl LinkAuthorizer {
-    /// The link rule of `topology` for inbound connections to `local_site`.
-    pub fn new(topology: Arc<Topology>, local_site: SiteName) -> LinkAuthorizer {
+    /// The link rule of the current `topology` (followed as it changes) for inbound
+    /// connections to `local_site`.
+    pub fn new(topology: SharedTopology, local_site: SiteName) -> LinkAuthorizer {
         LinkAuthorizer { topology, local_site }
     }
 }
@@ -101,6 +101,7 @@ impl PeerAuthorizer for LinkAuthorizer {
     fn authorize(&self, peer: &PeerIdentity) -> Result<(), String> {
         let linked = self
             .topology
+            .get()
             .links
             .iter()
             .any(|link| link.from == peer.site && link.to == self.local_site);

@@ -273,34 +273,32 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A record for tests of this crate: digest `[i; 20]`, generation 3, one bin unless a tombstone.
+#[cfg(test)]
+pub(crate) fn sample_record(i: u8, tombstone: bool) -> ShippedRecord {
+    ShippedRecord {
+        digest: [i; 20],
+        stamp: VersionStamp { generation: 3, last_update_ms: 1_000 + u64::from(i), origin_site: 1 },
+        void_time: 0,
+        tombstone,
+        set: "demo".into(),
+        key: (!tombstone).then(|| Bytes::from_static(b"\x03k")),
+        bins: if tombstone {
+            Vec::new()
+        } else {
+            vec![ShippedBin {
+                name: "name".into(),
+                particle: 3,
+                data: Bytes::from_static(b"John Doe"),
+            }]
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn record(i: u8, tombstone: bool) -> ShippedRecord {
-        ShippedRecord {
-            digest: [i; 20],
-            stamp: VersionStamp {
-                generation: 3,
-                last_update_ms: 1_000 + u64::from(i),
-                origin_site: 1,
-            },
-            void_time: 0,
-            tombstone,
-            set: "demo".into(),
-            key: (!tombstone).then(|| Bytes::from_static(b"\x03k")),
-            bins: if tombstone {
-                Vec::new()
-            } else {
-                vec![ShippedBin {
-                    name: "name".into(),
-                    particle: 3,
-                    data: Bytes::from_static(b"John Doe"),
-                }]
-            },
-        }
-    }
 
     const RAW: Compression = Compression { level: 1, threshold: usize::MAX };
 
@@ -345,7 +343,7 @@ mod tests {
             id: 1,
             source_site: 2,
             namespace: "test".into(),
-            records: (0..200).map(|i| record(i, i % 10 == 0)).collect(),
+            records: (0..200).map(|i| sample_record(i, i % 10 == 0)).collect(),
         };
         let (bytes, size) = batch.encode(Compression { level: 3, threshold: 128 });
         assert!(size.wire * 3 < size.raw, "{size:?}");
@@ -354,8 +352,12 @@ mod tests {
 
     #[test]
     fn lies_about_sizes_are_refused() {
-        let batch =
-            Batch { id: 1, source_site: 2, namespace: "t".into(), records: vec![record(1, false)] };
+        let batch = Batch {
+            id: 1,
+            source_site: 2,
+            namespace: "t".into(),
+            records: vec![sample_record(1, false)],
+        };
         let (mut bytes, _) = batch.encode(RAW);
         bytes[4] = 9;
         assert_eq!(Batch::decode(&bytes), Err(BatchError::Version(9)));
@@ -394,7 +396,7 @@ mod tests {
 
         #[test]
         fn every_truncation_is_refused(cut in 0usize..120) {
-            let batch = Batch { id: 1, source_site: 2, namespace: "t".into(), records: vec![record(1, false)] };
+            let batch = Batch { id: 1, source_site: 2, namespace: "t".into(), records: vec![sample_record(1, false)] };
             let (bytes, _) = batch.encode(RAW);
             prop_assume!(cut < bytes.len());
             prop_assert!(Batch::decode(&bytes[..cut]).is_err());

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use ferry_topology::Topology;
+use ferry_topology::SharedTopology;
 use ferry_topology::model::SiteName;
 use ferry_transport::{Frame, Handler, HandlerError, RequestContext};
 
@@ -43,15 +43,16 @@ pub trait Applier: Send + Sync + 'static {
 /// The XDR request handler of a node's QUIC endpoint.
 #[derive(Debug)]
 pub struct Receiver<A> {
-    topology: Arc<Topology>,
+    topology: SharedTopology,
     local_site: SiteName,
     applier: Arc<A>,
     stats: Arc<Registry>,
 }
 
 impl<A: Applier> Receiver<A> {
+    /// A receiver for `local_site` that follows the current `topology`.
     pub fn new(
-        topology: Arc<Topology>,
+        topology: SharedTopology,
         local_site: SiteName,
         applier: Arc<A>,
         stats: Arc<Registry>,
@@ -68,7 +69,8 @@ impl<A: Applier> Receiver<A> {
     /// Checks the batch against the topology: the sender's site, its id, its link.
     fn admit(&self, ctx: &RequestContext, batch: &Batch) -> Result<(), HandlerError> {
         let site = &ctx.peer.site;
-        let Some(sender) = self.topology.site(site.as_str()) else {
+        let topology = self.topology.get();
+        let Some(sender) = topology.site(site.as_str()) else {
             return Err(self.reject(false, format!("site '{site}' is not in the topology")));
         };
         if sender.src_id.get() != batch.source_site {
@@ -81,7 +83,7 @@ impl<A: Applier> Receiver<A> {
                 ),
             ));
         }
-        let link = self.topology.links.iter().find(|l| l.from == *site && l.to == self.local_site);
+        let link = topology.links.iter().find(|l| l.from == *site && l.to == self.local_site);
         match link {
             None => Err(self.reject(false, format!("no link {site} -> {}", self.local_site))),
             Some(link) if !link.enabled => {
@@ -140,11 +142,11 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use bytes::Bytes;
+    use ferry_topology::Topology;
     use ferry_transport::PeerIdentity;
 
     use super::*;
-    use crate::batch::{Compression, ShippedBin};
-    use crate::conflict::VersionStamp;
+    use crate::batch::Compression;
 
     /// An applier that records its calls and answers with a fixed result.
     #[derive(Debug)]
@@ -212,7 +214,8 @@ mod tests {
         let applier = FakeApplier::answering(answer);
         let stats: Arc<Registry> = Arc::default();
         let local = SiteName::try_from("b").expect("site name");
-        let receiver = Receiver::new(topology(), local, applier.clone(), stats.clone());
+        let receiver =
+            Receiver::new(SharedTopology::new(topology()), local, applier.clone(), stats.clone());
         Fixture { receiver, applier, stats }
     }
 
@@ -230,24 +233,11 @@ mod tests {
         }
     }
 
+    /// A record with 64 bytes of bin data, so batches of a few compress.
     fn record(i: u8) -> ShippedRecord {
-        ShippedRecord {
-            digest: [i; 20],
-            stamp: VersionStamp {
-                generation: 3,
-                last_update_ms: 1_000 + u64::from(i),
-                origin_site: 1,
-            },
-            void_time: 0,
-            tombstone: false,
-            set: "demo".into(),
-            key: Some(Bytes::from_static(b"\x03k")),
-            bins: vec![ShippedBin {
-                name: "name".into(),
-                particle: 3,
-                data: Bytes::from(vec![i; 64]),
-            }],
-        }
+        let mut record = crate::batch::sample_record(i, false);
+        record.bins[0].data = Bytes::from(vec![i; 64]);
+        record
     }
 
     fn batch(source_site: u8, namespace: &str, records: usize) -> Batch {

@@ -35,6 +35,10 @@ pub(crate) enum NodeCommand {
         /// from a store scan. Default: 4 GiB.
         #[arg(long, value_name = "BYTES")]
         digest_log_cap: Option<u64>,
+        /// Follow the topology service at this URL (e.g. `http://127.0.0.1:7700`): DR link
+        /// changes apply without a restart.
+        #[arg(long, value_name = "URL")]
+        topology_service: Option<String>,
         /// Run without a digest log, so nothing can ship from this node. For benchmarks that
         /// measure what logging costs.
         #[arg(long, hide = true)]
@@ -43,8 +47,16 @@ pub(crate) enum NodeCommand {
 }
 
 pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
-    let NodeCommand::Run { topology, node, dir, certs, xdr_routes, digest_log_cap, no_digest_log } =
-        command;
+    let NodeCommand::Run {
+        topology,
+        node,
+        dir,
+        certs,
+        xdr_routes,
+        digest_log_cap,
+        topology_service,
+        no_digest_log,
+    } = command;
     let validated = load_topology(&topology)?;
     let topology = validated.topology;
     let site = topology
@@ -57,11 +69,17 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
     let config =
         NodeConfig { topology, site, node, data_dir, digest_log: !no_digest_log, digest_log_cap };
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
-    runtime.block_on(serve(config, certs, xdr_routes.into_iter().collect()))?;
+    let routes = xdr_routes.into_iter().collect();
+    runtime.block_on(serve(config, certs, routes, topology_service))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: NodeConfig, certs: PathBuf, routes: XdrRoutes) -> anyhow::Result<()> {
+async fn serve(
+    config: NodeConfig,
+    certs: PathBuf,
+    routes: XdrRoutes,
+    topology_service: Option<String>,
+) -> anyhow::Result<()> {
     let state = Arc::new(NodeState::open(&config)?);
     let me = state.cluster.node().clone();
     let node = config.node.as_str();
@@ -72,7 +90,8 @@ async fn serve(config: NodeConfig, certs: PathBuf, routes: XdrRoutes) -> anyhow:
     };
     let client = bind("client", me.client.addr()).await?;
     let fabric = bind("fabric", me.fabric.addr()).await?;
-    let xdr = XdrService::start(state.clone(), &certs, &routes)
+    let xdr = XdrService::start(state.clone(), &certs, &routes, topology_service.as_deref())
+        .await
         .with_context(|| format!("node {node}"))?;
     tracing::info!(
         node = %me.id,
@@ -83,7 +102,7 @@ async fn serve(config: NodeConfig, certs: PathBuf, routes: XdrRoutes) -> anyhow:
         "node ready"
     );
     let reclaim = tokio::spawn(ferry_node::reclaim::run(state.clone()));
-    ferry_node::server::run(state, client, fabric, shutdown_signal()).await?;
+    ferry_node::server::run(state, client, fabric, super::shutdown_signal()).await?;
     reclaim.abort();
     if let Some(xdr) = xdr {
         xdr.stop().await;
@@ -96,20 +115,4 @@ fn parse_route(text: &str) -> Result<(String, std::net::SocketAddr), String> {
     let (node, addr) = text.split_once('=').ok_or("expected NODE=ADDR")?;
     let addr = addr.parse().map_err(|e| format!("address '{addr}': {e}"))?;
     Ok((node.to_owned(), addr))
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }

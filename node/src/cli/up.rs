@@ -181,7 +181,8 @@ async fn run(
         binary: std::env::current_exe().context("locate the ferry binary")?,
         topology: state.topology().canonicalize().context("topology path")?,
         state_root: state.root.canonicalize().context("state path")?,
-        node_args: Vec::new(),
+        // Nodes follow the service, so `ferry topology apply --store …` changes links live.
+        node_args: vec!["--topology-service".to_owned(), service_url.clone()],
     };
     let mut running = Running { nodes: BTreeMap::new(), relays: Vec::new() };
     let routes = start_relays(topology, &mut running.relays).await?;
@@ -200,7 +201,7 @@ async fn run(
         say_err!("demo failed: {error:#}");
     }
     say!("\nRunning. Ctrl-C (or `ferry down --dir {}`) stops everything.", state.root.display());
-    shutdown_signal().await;
+    super::shutdown_signal().await;
     say!("\nstopping…");
     let stopped = running.stop().await;
     let _ = stop_service.send(());
@@ -371,22 +372,6 @@ fn print_summary(
             topology.sites[0].name,
             topology.sites.get(1).map_or(topology.sites[0].name.as_str(), |s| s.name.as_str())
         );
-    }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_topology::Topology;
 use ferry_topology::model::{NodeId, SiteName};
+use ferry_topology::{SharedTopology, Topology};
 use ferry_transport::certs::{CertificateAuthority, Validity};
 use ferry_transport::{
     AllowAll, Endpoint, Frame, FrameType, Handler, HandlerError, LinkAuthorizer, NodeCredentials,
@@ -139,8 +139,10 @@ impl Pki {
         node_name: &str,
         settings: TransportSettings,
     ) -> Endpoint {
-        let authorizer: Arc<dyn PeerAuthorizer> =
-            Arc::new(LinkAuthorizer::new(self.topology.clone(), site(site_name)));
+        let authorizer: Arc<dyn PeerAuthorizer> = Arc::new(LinkAuthorizer::new(
+            SharedTopology::new(self.topology.clone()),
+            site(site_name),
+        ));
         self.endpoint_with(self.creds(site_name, node_name), authorizer, settings)
     }
 

@@ -1,0 +1,95 @@
+//! DR link changes apply live: nodes follow the topology service, and applying a new version
+//! enables, reconfigures and disables a link without restarting any process. A disabled link
+//! keeps its place in the log, so enabling it ships what was written meanwhile.
+
+use std::time::{Duration, Instant};
+
+use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
+use ferry_tests::{Deployment, two_site_topology};
+use ferry_topology::store::{ApplyRequest, TopologyStore};
+
+async fn apply(store: &TopologyStore, content: &str, comment: &str) {
+    let request = ApplyRequest {
+        source: "live.toml".to_owned(),
+        content: content.to_owned(),
+        author: "test".to_owned(),
+        comment: comment.to_owned(),
+        expected_parent: None,
+    };
+    store.apply(request).await.expect("apply a topology version");
+}
+
+async fn put_range(client: &Client, keys: std::ops::Range<i64>) {
+    let wp = WritePolicy::default();
+    for i in keys {
+        client.put(&wp, &as_key!("test", "live", i), &[as_bin!("v", i)]).await.expect("put");
+    }
+}
+
+/// Waits until site `b` holds `records`, or panics after `timeout`.
+async fn wait_records(deployment: &Deployment, records: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (held, _) = deployment.site_digest("b").await;
+        if held == records {
+            return;
+        }
+        assert!(Instant::now() < deadline, "b holds {held} records, expected {records}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabling_reconfiguring_and_disabling_a_link_apply_without_restarts() {
+    let link = |enabled: bool, period: u32| format!("enabled = {enabled}\nperiod-ms = {period}");
+    let (disabled, nodes) = two_site_topology(2, "generation", &link(false, 20), false);
+    let enabled = disabled.replace(&link(false, 20), &link(true, 20));
+    let slower = disabled.replace(&link(false, 20), &link(true, 50));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("topology.db").display());
+    let store = TopologyStore::open(&url).await.expect("open store");
+    apply(&store, &disabled, "link disabled").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let service = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = store.clone();
+    tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        ferry_topology::service::serve(listener, served, shutdown).await.expect("serve");
+    });
+    let args = vec!["--topology-service".to_owned(), service];
+    let deployment =
+        tokio::task::spawn_blocking(move || Deployment::start_with(&disabled, nodes, args))
+            .await
+            .expect("start");
+    let seed = deployment.site("a")[0].client.to_string();
+    let a = Client::new(&ClientPolicy::default(), &seed).await.expect("connect");
+
+    // Disabled: nothing ships.
+    put_range(&a, 0..200).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(deployment.site_digest("b").await.0, 0, "a disabled link ships nothing");
+
+    // Enabled by a new version: what was written while disabled ships, and new writes too.
+    apply(&store, &enabled, "enable the link").await;
+    put_range(&a, 200..300).await;
+    wait_records(&deployment, 300, Duration::from_secs(60)).await;
+    deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
+
+    // A settings change restarts the link's shipper; nothing is lost across it.
+    apply(&store, &slower, "period-ms 50").await;
+    put_range(&a, 300..400).await;
+    wait_records(&deployment, 400, Duration::from_secs(60)).await;
+
+    // Disabled again: writes stay home.
+    let disabled_again = slower.replace("enabled = true", "enabled = false");
+    apply(&store, &disabled_again, "disable the link").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    put_range(&a, 400..450).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(deployment.site_digest("b").await.0, 400, "a disabled link stops shipping");
+    let _ = stop.send(());
+}
