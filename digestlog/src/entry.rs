@@ -41,6 +41,9 @@ pub enum Op {
     Write,
     /// A delete (durable or expunge).
     Delete,
+    /// An expiration or eviction by the namespace supervisor (nsup), logged as the tombstone
+    /// that replaced the record; links ship it only with `ship-nsup-deletes`.
+    Expire,
 }
 
 /// One change to one record, as the node appends it.
@@ -84,6 +87,7 @@ impl fmt::Display for LoggedEntry {
         let op = match e.op {
             Op::Write => "write",
             Op::Delete => "delete",
+            Op::Expire => "expire",
         };
         write!(
             f,
@@ -103,6 +107,7 @@ pub const RECORD_LEN: usize = RECORD_HEADER_LEN + PAYLOAD_LEN;
 const FLAG_WRITE: u8 = 0b001;
 const FLAG_DELETE: u8 = 0b010;
 const FLAG_XDR_APPLIED: u8 = 0b100;
+const FLAG_EXPIRE: u8 = 0b1000;
 
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -125,7 +130,7 @@ pub enum RecordError {
         /// CRC computed over the bytes read.
         computed: u32,
     },
-    /// The flags byte holds unknown bits or not exactly one of write/delete.
+    /// The flags byte holds unknown bits or not exactly one of write/delete/expire.
     #[error("record flags {0:#04x} are invalid")]
     BadFlags(u8),
 }
@@ -142,6 +147,7 @@ pub(crate) fn encode_record(lsn: Lsn, entry: &Entry, out: &mut Vec<u8>) {
     let op = match entry.op {
         Op::Write => FLAG_WRITE,
         Op::Delete => FLAG_DELETE,
+        Op::Expire => FLAG_EXPIRE,
     };
     payload[44] = op | if entry.xdr_applied { FLAG_XDR_APPLIED } else { 0 };
     payload[45] = entry.origin_site;
@@ -171,6 +177,7 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<LoggedEntry, RecordError> {
     let op = match flags & !FLAG_XDR_APPLIED {
         FLAG_WRITE => Op::Write,
         FLAG_DELETE => Op::Delete,
+        FLAG_EXPIRE => Op::Expire,
         _ => return Err(RecordError::BadFlags(flags)),
     };
     let mut digest = [0u8; 20];

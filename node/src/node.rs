@@ -114,9 +114,29 @@ impl NodeState {
         digest: &Digest,
         record: &Record,
     ) -> Result<(), AppendError> {
-        let Some(log) = &self.log else { return Ok(()) };
         let op =
             if record.tombstone { ferry_digestlog::Op::Delete } else { ferry_digestlog::Op::Write };
+        self.log_op(namespace, digest, record, op).await
+    }
+
+    /// Logs the tombstone an expiration left (see [`NodeState::ships_expirations`]).
+    pub async fn log_expiration(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        tombstone: &Record,
+    ) -> Result<(), AppendError> {
+        self.log_op(namespace, digest, tombstone, ferry_digestlog::Op::Expire).await
+    }
+
+    async fn log_op(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        record: &Record,
+        op: ferry_digestlog::Op,
+    ) -> Result<(), AppendError> {
+        let Some(log) = &self.log else { return Ok(()) };
         let entry = Entry {
             digest: *digest,
             namespace: ferry_digestlog::namespace_id(namespace),
@@ -136,6 +156,13 @@ impl NodeState {
     pub fn forwards_applied_versions(&self) -> bool {
         let site = &self.cluster.site().name;
         self.topology.get().links.iter().any(|link| link.from == *site && link.forward)
+    }
+
+    /// Whether expirations must ship: a link out of this site has `ship-nsup-deletes`. Then an
+    /// expired record becomes a logged tombstone instead of vanishing.
+    pub fn ships_expirations(&self) -> bool {
+        let site = &self.cluster.site().name;
+        self.topology.get().links.iter().any(|link| link.from == *site && link.ship_nsup_deletes)
     }
 
     /// The node's digest log, unless it runs without one.

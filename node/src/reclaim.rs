@@ -1,6 +1,8 @@
-//! Background reclaim: removes expired records (already invisible to clients) and tombstones
-//! older than the namespace's `tombstone-ttl` (kept that long so a delete still wins against
-//! late-arriving older versions shipped from another site).
+//! Background reclaim (Aerospike's nsup): removes expired records (already invisible to
+//! clients) and tombstones older than the namespace's `tombstone-ttl` (kept that long so a
+//! delete still wins against late-arriving older versions shipped from another site). When a
+//! link out of the site has `ship-nsup-deletes`, an expired record is replaced by a tombstone
+//! logged as an expiration instead, so the link ships it; the tombstone goes after its TTL.
 //!
 //! Each pass walks the partitions this node masters, one bounded chunk at a time, so a pass
 //! never holds the store for long.
@@ -14,7 +16,17 @@ use crate::node::NodeState;
 use crate::record::{self, Record};
 use crate::storage::{Digest, StoreError};
 
-/// Time between reclaim passes.
+/// Why a reclaim pass stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReclaimError {
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    #[error("log an expiration: {0}")]
+    Log(#[from] ferry_digestlog::AppendError),
+}
+
+/// Default time between reclaim passes (`ferry node run --nsup-period-secs`).
 pub const PASS_INTERVAL: Duration = Duration::from_secs(30);
 /// Records examined per storage read.
 const CHUNK: usize = 512;
@@ -28,9 +40,9 @@ pub fn reclaimable(record: &Record, now_secs: u32, now_ms: u64, tombstone_ttl_se
     record.expired(now_secs)
 }
 
-/// Runs reclaim passes until the task is dropped.
-pub async fn run(state: Arc<NodeState>) {
-    let mut interval = tokio::time::interval(PASS_INTERVAL);
+/// Runs reclaim passes every `period` until the task is dropped.
+pub async fn run(state: Arc<NodeState>, period: Duration) {
+    let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
@@ -43,8 +55,9 @@ pub async fn run(state: Arc<NodeState>) {
 }
 
 /// One pass over every namespace; returns how many records were removed.
-pub async fn pass(state: &NodeState) -> Result<usize, StoreError> {
+pub async fn pass(state: &NodeState) -> Result<usize, ReclaimError> {
     let mut removed = 0;
+    let ship_expirations = state.ships_expirations();
     for ns in state.store.namespace_names() {
         let tombstone_ttl = state.namespace(&ns).map_or(0, |n| n.tombstone_ttl);
         for partition in 0..PARTITIONS {
@@ -68,10 +81,19 @@ pub async fn pass(state: &NodeState) -> Result<usize, StoreError> {
                     // Re-check under the record's lock: a client may have rewritten it.
                     let _guard = state.store.lock(&digest).await;
                     let current = state.store.get(&ns, &digest)?;
-                    if current.is_some_and(|r| reclaimable(&r, now_secs, now_ms, tombstone_ttl)) {
+                    let Some(current) =
+                        current.filter(|r| reclaimable(r, now_secs, now_ms, tombstone_ttl))
+                    else {
+                        continue;
+                    };
+                    if ship_expirations && !current.tombstone {
+                        let tombstone = current.tombstone_after(state.site_id(), now_ms);
+                        state.log_expiration(&ns, &digest, &tombstone).await?;
+                        state.store.put(&ns, &digest, &tombstone)?;
+                    } else {
                         state.store.remove(&ns, &digest)?;
-                        removed += 1;
                     }
+                    removed += 1;
                 }
                 if exhausted {
                     break;
@@ -132,6 +154,49 @@ mod tests {
         let left: Vec<bool> =
             (1..=4u8).map(|i| state.store.get("test", &[i; 20]).expect("get").is_some()).collect();
         assert_eq!(left, [true, false, false, true]);
+    }
+
+    #[tokio::test]
+    async fn with_ship_nsup_deletes_an_expiration_becomes_a_logged_tombstone() {
+        let text = "[[sites]]\nname = \"a\"\nsrc-id = 1\nrole = \"active\"\n[[sites.nodes]]\nid = \"n\"\n\
+                    client = \"127.0.0.1:1\"\nfabric = \"127.0.0.1:2\"\nxdr = \"127.0.0.1:3\"\n\
+                    admin = \"127.0.0.1:4\"\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 1\n\
+                    [[sites]]\nname = \"b\"\nsrc-id = 2\nrole = \"standby\"\n[[sites.nodes]]\nid = \"m\"\n\
+                    client = \"127.0.0.1:5\"\nfabric = \"127.0.0.1:6\"\nxdr = \"127.0.0.1:7\"\n\
+                    admin = \"127.0.0.1:8\"\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 1\n\
+                    [[links]]\nfrom = \"a\"\nto = \"b\"\nnamespaces = [\"test\"]\nship-nsup-deletes = true\n";
+        let topology = ferry_topology::parse_topology("t.toml", text).expect("valid").topology;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = crate::node::NodeConfig {
+            topology,
+            site: "a".into(),
+            node: "n".into(),
+            data_dir: dir.path().to_path_buf(),
+            digest_log: true,
+            digest_log_cap: None,
+        };
+        let state = NodeState::open(&config).expect("open");
+        assert!(state.ships_expirations());
+        let expired = record(false, 1, record::now_ms() - 5_000);
+        state.store.put("test", &[1; 20], &expired).expect("put");
+        let log = state.digest_log().expect("log");
+        let mut cursor =
+            log.open_cursor("probe", ferry_digestlog::CursorStart::Latest).expect("cursor");
+        assert_eq!(pass(&state).await.expect("pass"), 1);
+        let tombstone = state.store.get("test", &[1; 20]).expect("get").expect("tombstone kept");
+        assert!(tombstone.tombstone);
+        assert_eq!(tombstone.generation, expired.generation + 1);
+        assert!(tombstone.last_update_ms > expired.last_update_ms);
+        let Some(ferry_digestlog::Batch::Entries(entries)) =
+            cursor.try_next_batch(10).expect("read")
+        else {
+            panic!("the expiration is logged");
+        };
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].entry.op, ferry_digestlog::Op::Expire);
+        assert_eq!(entries[0].entry.generation, tombstone.generation);
+        // The tombstone stays until its TTL; a second pass leaves it.
+        assert_eq!(pass(&state).await.expect("pass"), 0);
     }
 
     #[test]

@@ -107,6 +107,21 @@ impl Record {
     }
 
     /// The bin with this name.
+    /// The tombstone that replaces this version when site `site_id` deletes (or expires) it at
+    /// `now_ms`: the next generation and a later LUT, so it wins against this version anywhere.
+    pub fn tombstone_after(&self, site_id: u8, now_ms: u64) -> Record {
+        Record {
+            generation: next_generation(Some(self.generation)),
+            last_update_ms: next_last_update(Some(self.last_update_ms), now_ms),
+            void_time: 0,
+            origin_site: site_id,
+            tombstone: true,
+            set: self.set.clone(),
+            key: self.key.clone(),
+            bins: Vec::new(),
+        }
+    }
+
     pub fn bin(&self, name: &str) -> Option<&Bin> {
         self.bins.iter().find(|b| b.name == name)
     }

@@ -112,6 +112,24 @@ async fn until_converged(sites: &Sites) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// CPU seconds (user + system) the node processes of `site` used so far, from /proc (USER_HZ
+/// is 100 on Linux).
+fn site_cpu_seconds(sites: &Sites, site: &str) -> f64 {
+    let deployment = &sites.deployment;
+    deployment
+        .site(site)
+        .iter()
+        .filter_map(|node| deployment.processes.get(&node.id)?.pid())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks: u64 =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .sum()
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0)
 }
@@ -124,12 +142,25 @@ fn main() {
         println!("{records} JSON-like records (~{} B each), {WRITERS} writers", raw_record_bytes(1));
 
         let off = start(false, None).await;
+        let cpu_before = site_cpu_seconds(&off, "a");
         let ingest_off = write(&off.client, 0, records, None).await;
+        let cpu_off = site_cpu_seconds(&off, "a") - cpu_before;
         drop(off);
         let on = start(true, None).await;
+        let cpu_before = (site_cpu_seconds(&on, "a"), site_cpu_seconds(&on, "b"));
         let started = Instant::now();
         let ingest_on = write(&on.client, 0, records, None).await;
         let tail = until_converged(&on).await;
+        let cpu_on = site_cpu_seconds(&on, "a") - cpu_before.0;
+        let cpu_apply = site_cpu_seconds(&on, "b") - cpu_before.1;
+        let per_k = |cpu: f64| cpu * 1e6 / records as f64;
+        println!(
+            "source-site CPU per 1000 writes: link off {:.0} ms, link on {:.0} ms (off/on = {:.2}); destination CPU per 1000 applied: {:.0} ms",
+            per_k(cpu_off),
+            per_k(cpu_on),
+            cpu_off / cpu_on,
+            per_k(cpu_apply)
+        );
         let shipped = records as f64 / started.elapsed().as_secs_f64();
         let wire: u64 = stat(&on, "bytes_shipped").await.iter().sum();
         let raw: u64 = (0..records).map(raw_record_bytes).sum();

@@ -115,3 +115,32 @@ async fn max_throughput_paces_the_link() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1_400), "2 000 records at 400/s per node took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expirations_ship_as_tombstones_with_ship_nsup_deletes() {
+    let link = "period-ms = 20\nhot-key-ms = 20\nship-nsup-deletes = true";
+    let (topology, nodes) = multi_site_topology(&["a", "b"], 2, "generation", &[("a", "b", link)]);
+    let args = vec!["--nsup-period-secs".to_owned(), "1".to_owned()];
+    let deployment = Deployment::start_with(&topology, nodes, args);
+    let a = connect(&deployment, "a").await;
+    let short_lived =
+        WritePolicy { expiration: aerospike::Expiration::Seconds(2), ..WritePolicy::default() };
+    for i in 0..50 {
+        a.put(&short_lived, &as_key!("test", "ttl", i), &[as_bin!("v", i)]).await.expect("put");
+    }
+    // The source's nsup turns each expiration into a tombstone and the link ships it: both
+    // sites end with the same 50 tombstones (same generation and LUT, origin a).
+    eventually("the source expired all 50 into tombstones", Duration::from_secs(30), || async {
+        deployment
+            .info("a", "verify-digest:namespace=test")
+            .await
+            .iter()
+            .map(|v| ferry_tests::stat_fields(v)["tombstones"].parse::<u64>().expect("count"))
+            .sum::<u64>()
+            == 50
+    })
+    .await;
+    deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
+    assert!(deployment.link_stat("a", "b", "success").await >= 100, "writes and expirations");
+    assert_eq!(generation(&connect(&deployment, "b").await, "ttl", 0).await, None);
+}

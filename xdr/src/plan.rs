@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use ferry_digestlog::Entry;
+use ferry_digestlog::{Entry, Op};
 use ferry_topology::Topology;
 use ferry_topology::model::{Link, NodeId};
 use ferry_topology::placement::{PartitionMap, PlacementError, partition_of};
@@ -61,6 +61,8 @@ pub enum Skip {
     NotForwarded,
     /// A set filter (`ship-only-specified-sets`, `ship-set`, `ignore-set`).
     Set,
+    /// An expiration, and the link does not `ship-nsup-deletes`.
+    Expiration,
 }
 
 impl LinkPlan {
@@ -113,8 +115,10 @@ impl LinkPlan {
             .iter()
             .position(|ns| ns.log_id == entry.namespace)
             .ok_or(Skip::Namespace)?;
-        // Deletes need no filter here: only client (durable) deletes are logged, and they always
-        // ship; expirations are not logged yet, which is `ship-nsup-deletes = false`.
+        // Client (durable) deletes always ship; expirations only with `ship-nsup-deletes`.
+        if entry.op == Op::Expire && !self.link.ship_nsup_deletes {
+            return Err(Skip::Expiration);
+        }
         self.admit_origin(entry.origin_site)?;
         Ok(ns)
     }
@@ -298,6 +302,19 @@ mod tests {
         delete.op = Op::Delete;
         assert_eq!(plan.admit_entry(&delete), Ok(0));
         assert_eq!(plan.admit_origin(1), Ok(()));
+    }
+
+    #[test]
+    fn expirations_ship_only_with_ship_nsup_deletes() {
+        let mut expiration = entry("test", 1);
+        expiration.op = Op::Expire;
+        let (_, plan) = plan_of("");
+        assert_eq!(plan.admit_entry(&expiration), Err(Skip::Expiration));
+        let (_, plan) = plan_of("ship-nsup-deletes = true");
+        assert_eq!(plan.admit_entry(&expiration), Ok(0));
+        // Loop prevention still applies to a shipped expiration.
+        expiration.origin_site = 2;
+        assert_eq!(plan.admit_entry(&expiration), Err(Skip::FromDestination));
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub(crate) enum NodeCommand {
         /// changes apply without a restart.
         #[arg(long, value_name = "URL")]
         topology_service: Option<String>,
+        /// Seconds between passes that remove expired records and old tombstones (Aerospike's
+        /// `nsup-period`).
+        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+        nsup_period_secs: u64,
         /// Run without a digest log, so nothing can ship from this node. For benchmarks that
         /// measure what logging costs.
         #[arg(long, hide = true)]
@@ -55,6 +59,7 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         xdr_routes,
         digest_log_cap,
         topology_service,
+        nsup_period_secs,
         no_digest_log,
     } = command;
     let validated = load_topology(&topology)?;
@@ -70,7 +75,8 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         NodeConfig { topology, site, node, data_dir, digest_log: !no_digest_log, digest_log_cap };
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
     let routes = xdr_routes.into_iter().collect();
-    runtime.block_on(serve(config, certs, routes, topology_service))?;
+    let nsup_period = std::time::Duration::from_secs(nsup_period_secs.max(1));
+    runtime.block_on(serve(config, certs, routes, topology_service, nsup_period))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -79,6 +85,7 @@ async fn serve(
     certs: PathBuf,
     routes: XdrRoutes,
     topology_service: Option<String>,
+    nsup_period: std::time::Duration,
 ) -> anyhow::Result<()> {
     let state = Arc::new(NodeState::open(&config)?);
     let me = state.cluster.node().clone();
@@ -101,7 +108,7 @@ async fn serve(
         data = %config.data_dir.display(),
         "node ready"
     );
-    let reclaim = tokio::spawn(ferry_node::reclaim::run(state.clone()));
+    let reclaim = tokio::spawn(ferry_node::reclaim::run(state.clone(), nsup_period));
     ferry_node::server::run(state, client, fabric, super::shutdown_signal()).await?;
     reclaim.abort();
     if let Some(xdr) = xdr {

@@ -178,16 +178,7 @@ pub fn delete(msg: &Msg, existing: Option<&Record>, ctx: &Context) -> Result<Rec
     if !generation_admits(msg, Some(live)) {
         return Err(result::GENERATION_ERROR);
     }
-    Ok(Record {
-        generation: next_generation(Some(live.generation)),
-        last_update_ms: next_last_update(Some(live.last_update_ms), ctx.now_ms),
-        void_time: 0,
-        origin_site: ctx.site_id,
-        tombstone: true,
-        set: live.set.clone(),
-        key: live.key.clone(),
-        bins: Vec::new(),
-    })
+    Ok(live.tombstone_after(ctx.site_id, ctx.now_ms))
 }
 
 /// The bins a read answers with: all (GET_ALL), none (header only), or the named ones.
