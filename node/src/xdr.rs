@@ -243,7 +243,12 @@ fn xdr_transport_settings() -> TransportSettings {
 }
 
 impl LocalRecords for NodeRecords {
-    fn read(&self, namespace: &str, digest: &[u8; 20]) -> Result<Option<ShippedRecord>, String> {
+    async fn read(
+        &self,
+        namespace: &str,
+        digest: &[u8; 20],
+    ) -> Result<Option<ShippedRecord>, String> {
+        let _guard = self.0.store.lock(digest).await;
         let record = self.0.store.get(namespace, digest).map_err(|e| e.to_string())?;
         Ok(record.map(|r| to_shipped(*digest, r)))
     }

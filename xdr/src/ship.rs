@@ -29,8 +29,14 @@ use crate::window::AckWindow;
 /// The local side the shipper reads from: the node's store.
 pub trait LocalRecords: Send + Sync + 'static {
     /// The current version of a record, tombstones included; `None` when it is gone without a
-    /// trace (expired and reclaimed).
-    fn read(&self, namespace: &str, digest: &[u8; 20]) -> Result<Option<ShippedRecord>, String>;
+    /// trace (expired and reclaimed). Must wait for a write of the record in progress: a node
+    /// logs a change before it stores the version, both under the record's lock, so a read
+    /// under that lock never returns a version older than a logged change.
+    fn read(
+        &self,
+        namespace: &str,
+        digest: &[u8; 20],
+    ) -> impl Future<Output = Result<Option<ShippedRecord>, String>> + Send;
 
     /// Digests and LUTs of the records of one partition changed at or after `min_lut_ms`,
     /// tombstones included (overflow recovery and rewind).
@@ -90,16 +96,7 @@ struct Change {
     digest: [u8; 20],
     /// LUT of the oldest folded change (for lag).
     oldest_lut_ms: u64,
-    /// LUT of the newest folded change: the shipped version must be at least this new.
-    newest_lut_ms: u64,
 }
-
-/// A node logs a change durably before storing the record, so a change can be read from the
-/// log a moment before its version is readable. The shipper waits this long for the version
-/// to appear before it ships whatever is there (the write failed after logging).
-const WRITE_SETTLE_MS: u64 = 10_000;
-/// Wait before re-reading records whose logged version is not stored yet.
-const SETTLE_RETRY: Duration = Duration::from_millis(5);
 
 /// What the destination made of one batch, plus what never left.
 #[derive(Debug, Default, Clone, Copy)]
@@ -114,8 +111,6 @@ struct Outcome {
 
 /// Why an attempt must be retried.
 enum Retry {
-    /// A logged version is not stored yet (see [`WRITE_SETTLE_MS`]).
-    NotStoredYet,
     /// Connection lost, timed out, or unreachable.
     Connection(String),
     /// The destination (or the local store) answered with an error worth retrying.
@@ -347,18 +342,12 @@ impl<R: LocalRecords> Shipper<R> {
                 add(&stats.filtered_out, 1);
                 continue;
             };
-            let change = Change {
-                ns,
-                digest: entry.digest,
-                oldest_lut_ms: entry.lut_ms,
-                newest_lut_ms: entry.lut_ms,
-            };
+            let change = Change { ns, digest: entry.digest, oldest_lut_ms: entry.lut_ms };
             match latest.get(&(ns, entry.digest)) {
                 Some(&at) => {
                     add(&stats.hot_keys, 1);
                     let folded = &mut changes[at];
                     folded.oldest_lut_ms = folded.oldest_lut_ms.min(entry.lut_ms);
-                    folded.newest_lut_ms = folded.newest_lut_ms.max(entry.lut_ms);
                 }
                 None => {
                     latest.insert((ns, entry.digest), changes.len());
@@ -456,12 +445,7 @@ impl<R: LocalRecords> Shipper<R> {
                     }
                     let changes: Vec<Change> = chunk
                         .iter()
-                        .map(|&(digest, lut_ms)| Change {
-                            ns,
-                            digest,
-                            oldest_lut_ms: lut_ms,
-                            newest_lut_ms: lut_ms,
-                        })
+                        .map(|&(digest, lut_ms)| Change { ns, digest, oldest_lut_ms: lut_ms })
                         .collect();
                     let (id, shared) = (next_id, Arc::clone(shared));
                     next_id += 1;
@@ -565,12 +549,6 @@ async fn ship_until_acknowledged<R: LocalRecords>(
             Err(failure) => failure,
         };
         let (counter, reason) = match &failure {
-            Retry::NotStoredYet => {
-                if sleep_or_shutdown(SETTLE_RETRY, &mut shutdown).await {
-                    return None;
-                }
-                continue;
-            }
             Retry::Connection(reason) => (&shared.stats.retry_conn_reset, reason),
             Retry::Destination(reason) => (&shared.stats.retry_dest, reason),
         };
@@ -614,13 +592,8 @@ async fn attempt<R: LocalRecords>(
         let record = shared
             .records
             .read(namespace, &change.digest)
+            .await
             .map_err(|e| Retry::Destination(format!("read local record: {e}")))?;
-        let stored_lut = record.as_ref().map_or(0, |r| r.stamp.last_update_ms);
-        if stored_lut < change.newest_lut_ms
-            && now_ms().saturating_sub(change.newest_lut_ms) < WRITE_SETTLE_MS
-        {
-            return Err(Retry::NotStoredYet);
-        }
         let Some(record) = record else {
             outcome.not_found += 1;
             continue;
