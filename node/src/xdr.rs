@@ -13,12 +13,14 @@ use ferry_topology::Topology;
 use ferry_topology::model::Link;
 use ferry_topology::placement::partition_of;
 use ferry_transport::{
-    Backoff, Endpoint, LinkAuthorizer, NodeCredentials, TransportSettings, TrustStore,
+    Backoff, Client, Endpoint, Frame, LinkAuthorizer, NodeCredentials, PeerIdentity,
+    TransportSettings, TrustStore,
 };
-use ferry_xdr::batch::{ShippedBin, ShippedRecord};
+use ferry_xdr::ack::{self, Ack};
+use ferry_xdr::batch::{Batch, Compression, ShippedBin, ShippedRecord};
 use ferry_xdr::conflict::VersionStamp;
 use ferry_xdr::plan::LinkPlan;
-use ferry_xdr::receive::{Applier, ApplyOutcome, ApplyRefusal, Receiver};
+use ferry_xdr::receive::{Applier, ApplyOutcome, ApplyRefusal, Delivery, Receiver};
 use ferry_xdr::ship::{LocalRecords, Shipper, ShipperSettings};
 use tokio::sync::watch;
 
@@ -52,9 +54,15 @@ pub struct XdrService {
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// The node's store as the shipper and the receiver see it.
+/// The node's store as the shipper and the receiver see it, and the way to the other nodes of
+/// the site for records they own.
 #[derive(Debug)]
-struct NodeRecords(Arc<NodeState>);
+struct NodeRecords {
+    state: Arc<NodeState>,
+    endpoint: Endpoint,
+    /// Clients of the site's other nodes, by id, created on first use.
+    peers: std::sync::Mutex<HashMap<String, Client>>,
+}
 
 /// The shippers running on this node, one per enabled outgoing link.
 #[derive(Debug)]
@@ -99,7 +107,7 @@ impl XdrService {
         let endpoint_error = |source| XdrError::Endpoint { addr, source };
         let endpoint = Endpoint::bind(addr, &creds, trust, authorizer, xdr_transport_settings())
             .map_err(endpoint_error)?;
-        let records = Arc::new(NodeRecords(state.clone()));
+        let records = Arc::new(NodeRecords::new(state.clone(), endpoint.clone()));
         let receiver =
             Receiver::new(state.topology.clone(), site, records.clone(), state.xdr.clone());
         endpoint.serve(Arc::new(receiver)).map_err(endpoint_error)?;
@@ -248,8 +256,8 @@ impl LocalRecords for NodeRecords {
         namespace: &str,
         digest: &[u8; 20],
     ) -> Result<Option<ShippedRecord>, String> {
-        let _guard = self.0.store.lock(digest).await;
-        let record = self.0.store.get(namespace, digest).map_err(|e| e.to_string())?;
+        let _guard = self.state.store.lock(digest).await;
+        let record = self.state.store.get(namespace, digest).map_err(|e| e.to_string())?;
         Ok(record.map(|r| to_shipped(*digest, r)))
     }
 
@@ -259,8 +267,11 @@ impl LocalRecords for NodeRecords {
         partition: u16,
         min_lut_ms: u64,
     ) -> Result<Vec<([u8; 20], u64)>, String> {
-        let scan =
-            self.0.store.scan_partition(namespace, partition, None).map_err(|e| e.to_string())?;
+        let scan = self
+            .state
+            .store
+            .scan_partition(namespace, partition, None)
+            .map_err(|e| e.to_string())?;
         let mut changed = Vec::new();
         for item in scan {
             let (digest, record) = item.map_err(|e| e.to_string())?;
@@ -272,27 +283,98 @@ impl LocalRecords for NodeRecords {
     }
 }
 
-impl Applier for NodeRecords {
-    async fn apply(
+impl NodeRecords {
+    fn new(state: Arc<NodeState>, endpoint: Endpoint) -> Self {
+        NodeRecords { state, endpoint, peers: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// A client of `node` of this site.
+    fn peer(&self, node: &ferry_topology::model::Node) -> Client {
+        let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        peers
+            .entry(node.id.to_string())
+            .or_insert_with(|| {
+                let site = self.state.cluster.site().name.clone();
+                self.endpoint.client(PeerIdentity::new(site, node.id.clone()), node.xdr.addr())
+            })
+            .clone()
+    }
+
+    /// Hands `records` of `batch` to the nodes of this site that own them and sums their
+    /// acknowledgements. Any failure refuses the batch as retryable: the shipper sends it
+    /// again, and what was applied meanwhile loses its conflict against itself.
+    async fn forward(
         &self,
-        namespace: &str,
-        records: &[ShippedRecord],
+        batch: &Batch,
+        records: Vec<ShippedRecord>,
     ) -> Result<ApplyOutcome, ApplyRefusal> {
-        let state = &self.0;
-        // Records of partitions another node of this site masters are not applied here: the
-        // shipper groups by the owner, so these only come from a sender with a different map.
-        let (owned, foreign): (Vec<ShippedRecord>, Vec<ShippedRecord>) = records
-            .iter()
-            .cloned()
-            .partition(|r| state.cluster.is_master(namespace, partition_of(&r.digest)));
+        let namespace = &batch.namespace;
+        let mut outcome = ApplyOutcome::default();
+        let mut by_owner: BTreeMap<String, (ferry_topology::model::Node, Vec<ShippedRecord>)> =
+            BTreeMap::new();
+        for record in records {
+            match self.state.cluster.master(namespace, partition_of(&record.digest)) {
+                Some(owner) => {
+                    let entry = by_owner.entry(owner.id.to_string());
+                    entry.or_insert_with(|| (owner.clone(), Vec::new())).1.push(record);
+                }
+                None => outcome.failed += 1,
+            }
+        }
+        for (owner, (node, records)) in by_owner {
+            let count = records.len();
+            let forwarded = Batch {
+                id: batch.id,
+                source_site: batch.source_site,
+                namespace: namespace.clone(),
+                records,
+            };
+            let (bytes, _) = forwarded.encode(Compression { level: 1, threshold: 1024 });
+            let refusal = |message: String| ApplyRefusal {
+                retryable: true,
+                message: format!("forward {count} records to {owner}: {message}"),
+            };
+            let reply = self
+                .peer(&node)
+                .request(Frame::new(ack::frame_type(ack::FORWARD), bytes))
+                .await
+                .map_err(|e| refusal(e.to_string()))?;
+            let ack = Ack::decode(&reply.payload).map_err(|e| refusal(e.to_string()))?;
+            outcome.applied += ack.applied;
+            outcome.stale += ack.stale;
+            outcome.failed += ack.failed;
+        }
+        Ok(outcome)
+    }
+}
+
+impl Applier for NodeRecords {
+    async fn apply(&self, batch: &Batch, delivery: Delivery) -> Result<ApplyOutcome, ApplyRefusal> {
+        let state = &self.state;
+        let namespace = &batch.namespace;
+        // Over a link, records of partitions another node of this site owns go to that node
+        // (the sender's map of this site differs from ours); forwarded ones are applied here.
+        let (owned, foreign): (Vec<ShippedRecord>, Vec<ShippedRecord>) = match delivery {
+            Delivery::Forwarded => (batch.records.clone(), Vec::new()),
+            Delivery::Link => batch
+                .records
+                .iter()
+                .cloned()
+                .partition(|r| state.cluster.is_master(namespace, partition_of(&r.digest))),
+        };
         let counts = state.apply_remote(namespace, &owned).await.map_err(|e| ApplyRefusal {
             retryable: !matches!(e, ApplyError::UnknownNamespace(_)),
             message: e.to_string(),
         })?;
+        let forwarded = if foreign.is_empty() {
+            ApplyOutcome::default()
+        } else {
+            self.forward(batch, foreign).await?
+        };
         Ok(ApplyOutcome {
-            applied: counts.applied as u32,
-            stale: counts.lost_conflict as u32,
-            failed: foreign.len() as u32,
+            applied: counts.applied as u32 + forwarded.applied,
+            stale: counts.lost_conflict as u32 + forwarded.stale,
+            failed: forwarded.failed,
         })
     }
 }
@@ -315,5 +397,113 @@ fn to_shipped(digest: [u8; 20], record: Record) -> ShippedRecord {
             .into_iter()
             .map(|b| ShippedBin { name: b.name, particle: b.value.particle, data: b.value.data })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::NodeConfig;
+    use bytes::Bytes;
+
+    fn free_udp_port() -> u16 {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.local_addr().expect("addr").port()
+    }
+
+    /// Site `a` (one node) links into site `b` (nodes `b0`, `b1`), namespace `test`, one copy.
+    fn topology() -> Topology {
+        let mut text = String::new();
+        for (site, src_id, nodes) in [("a", 1u8, &["a0"][..]), ("b", 2, &["b0", "b1"][..])] {
+            text.push_str(&format!(
+                "[[sites]]\nname = \"{site}\"\nsrc-id = {src_id}\nrole = \"active\"\n"
+            ));
+            for (i, node) in nodes.iter().enumerate() {
+                let base = 20_000 + u16::from(src_id) * 100 + i as u16 * 10;
+                text.push_str(&format!(
+                    "[[sites.nodes]]\nid = \"{node}\"\nrack-id = {i}\nclient = \"127.0.0.1:{base}\"\n\
+                     fabric = \"127.0.0.1:{}\"\nxdr = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+                    base + 1,
+                    free_udp_port(),
+                    base + 3
+                ));
+            }
+            text.push_str("[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 1\n");
+        }
+        text.push_str("[[links]]\nfrom = \"a\"\nto = \"b\"\nnamespaces = [\"test\"]\n");
+        ferry_topology::parse_topology("t.toml", &text).expect("valid").topology
+    }
+
+    fn shipped(i: u32) -> ShippedRecord {
+        let mut digest = [0u8; 20];
+        digest[..4].copy_from_slice(&i.to_le_bytes());
+        digest[4..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9).to_le_bytes());
+        ShippedRecord {
+            digest,
+            stamp: VersionStamp { generation: 1, last_update_ms: 1_000, origin_site: 1 },
+            void_time: 0,
+            tombstone: false,
+            set: "s".into(),
+            key: None,
+            bins: vec![ShippedBin { name: "b".into(), particle: 1, data: Bytes::from(vec![0; 8]) }],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_another_node_owns_are_forwarded_to_it() {
+        let topology = topology();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        ferry_transport::certs::init(&topology, &certs).expect("certs");
+        let open = |node: &str| {
+            let config = NodeConfig {
+                topology: topology.clone(),
+                site: "b".into(),
+                node: node.into(),
+                data_dir: dir.path().join(node),
+                digest_log: true,
+                digest_log_cap: None,
+            };
+            Arc::new(NodeState::open(&config).expect("open node"))
+        };
+        let (b0, b1) = (open("b0"), open("b1"));
+        let owner = XdrService::start(b1.clone(), &certs, &XdrRoutes::new(), None)
+            .await
+            .expect("start XDR")
+            .expect("b takes part in a link");
+        let receiving = XdrService::start(b0.clone(), &certs, &XdrRoutes::new(), None)
+            .await
+            .expect("start XDR")
+            .expect("b takes part in a link");
+        let records = NodeRecords::new(b0.clone(), receiving.endpoint.clone());
+
+        let batch = Batch {
+            id: 7,
+            source_site: 1,
+            namespace: "test".into(),
+            records: (0..64).map(shipped).collect(),
+        };
+        let owned_by_b1: Vec<&ShippedRecord> = batch
+            .records
+            .iter()
+            .filter(|r| !b0.cluster.is_master("test", partition_of(&r.digest)))
+            .collect();
+        assert!(!owned_by_b1.is_empty() && owned_by_b1.len() < 64, "both nodes own some");
+
+        let outcome = records.apply(&batch, Delivery::Link).await.expect("apply");
+        assert_eq!(outcome, ApplyOutcome { applied: 64, stale: 0, failed: 0 });
+        for record in &batch.records {
+            let at_b0 = b0.store.get("test", &record.digest).expect("get").is_some();
+            let at_b1 = b1.store.get("test", &record.digest).expect("get").is_some();
+            let b1_owns = owned_by_b1.contains(&record);
+            assert_eq!((at_b0, at_b1), (!b1_owns, b1_owns), "stored only at the owner");
+        }
+        let forwarded = b1.xdr.receiver.forwarded_in.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(forwarded, owned_by_b1.len() as u64);
+        // Delivered again: every record loses against itself, wherever it lives.
+        let again = records.apply(&batch, Delivery::Link).await.expect("apply again");
+        assert_eq!(again, ApplyOutcome { applied: 0, stale: 64, failed: 0 });
+        receiving.stop().await;
+        owner.stop().await;
     }
 }

@@ -79,7 +79,8 @@ impl PeerAuthorizer for AllowAll {
     }
 }
 
-/// Admits peers whose site has a DR link (enabled or not) into `local_site`.
+/// Admits peers of `local_site` itself (a node forwards shipped records to the node of its
+/// site that owns them) and peers whose site has a DR link (enabled or not) into `local_site`.
 ///
 /// Disabled links are admitted because a failover enables them without restarting endpoints;
 /// the XDR layer refuses batches on a disabled link itself.
@@ -99,12 +100,13 @@ impl LinkAuthorizer {
 
 impl PeerAuthorizer for LinkAuthorizer {
     fn authorize(&self, peer: &PeerIdentity) -> Result<(), String> {
-        let linked = self
-            .topology
-            .get()
-            .links
-            .iter()
-            .any(|link| link.from == peer.site && link.to == self.local_site);
+        let linked = peer.site == self.local_site
+            || self
+                .topology
+                .get()
+                .links
+                .iter()
+                .any(|link| link.from == peer.site && link.to == self.local_site);
         if linked { Ok(()) } else { Err(format!("has no link into '{}'", self.local_site)) }
     }
 }

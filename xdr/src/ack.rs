@@ -12,6 +12,9 @@ pub const BATCH: u8 = 0x10;
 pub const ACK: u8 = 0x11;
 /// An idle link's heartbeat: empty payload, answered with an empty [`ACK`]-typed frame.
 pub const HEARTBEAT: u8 = 0x12;
+/// A [`crate::batch::Batch`] a node forwards to the node of its own site that owns the
+/// records' partitions; applied there as it is, never forwarded again. Answered with an [`ACK`].
+pub const FORWARD: u8 = 0x13;
 
 /// Acknowledgement format version.
 const ACK_VERSION: u8 = 1;

@@ -11,7 +11,7 @@ use ferry_topology::model::SiteName;
 use ferry_transport::{Frame, Handler, HandlerError, RequestContext};
 
 use crate::ack::{self, Ack};
-use crate::batch::{Batch, ShippedRecord};
+use crate::batch::Batch;
 use crate::stats::{Registry, add};
 
 /// What an apply did with a batch's records.
@@ -31,12 +31,23 @@ pub struct ApplyRefusal {
     pub message: String,
 }
 
+/// How a batch reached this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// From a site's shipper over a DR link: records of partitions another node of this site
+    /// owns are forwarded to it.
+    Link,
+    /// Forwarded by a node of this site: applied here as it is, never forwarded again (so a
+    /// stale map cannot bounce records between nodes).
+    Forwarded,
+}
+
 /// Applies shipped versions to local storage; resolves once the winners are durable.
 pub trait Applier: Send + Sync + 'static {
     fn apply(
         &self,
-        namespace: &str,
-        records: &[ShippedRecord],
+        batch: &Batch,
+        delivery: Delivery,
     ) -> impl Future<Output = Result<ApplyOutcome, ApplyRefusal>> + Send;
 }
 
@@ -102,33 +113,62 @@ impl<A: Applier> Receiver<A> {
     }
 }
 
+impl<A: Applier> Receiver<A> {
+    /// Validates, applies and acknowledges one batch.
+    async fn receive(
+        &self,
+        ctx: &RequestContext,
+        request: &Frame,
+        delivery: Delivery,
+    ) -> Result<Frame, HandlerError> {
+        add(&self.stats.receiver.batches, 1);
+        if delivery == Delivery::Forwarded && ctx.peer.site != self.local_site {
+            return Err(self.reject(
+                false,
+                format!(
+                    "{} is not a node of {}: only they forward",
+                    ctx.peer.uri(),
+                    self.local_site
+                ),
+            ));
+        }
+        let batch = Batch::decode(&request.payload).map_err(|e| {
+            self.reject(false, format!("malformed batch from {}: {e}", ctx.peer.uri()))
+        })?;
+        if delivery == Delivery::Link {
+            self.admit(ctx, &batch)?;
+        }
+        let outcome = self
+            .applier
+            .apply(&batch, delivery)
+            .await
+            .map_err(|refusal| self.reject(refusal.retryable, refusal.message))?;
+        // A forwarded batch was counted by the node that received it over the link, so a
+        // site's counters sum to what its links delivered.
+        let receiver = &self.stats.receiver;
+        if delivery == Delivery::Link {
+            add(&receiver.applied, u64::from(outcome.applied));
+            add(&receiver.lost_conflict, u64::from(outcome.stale));
+            add(&receiver.failed, u64::from(outcome.failed));
+        } else {
+            add(&receiver.forwarded_in, u64::from(outcome.applied + outcome.stale));
+        }
+        let ack = Ack {
+            batch: batch.id,
+            applied: outcome.applied,
+            stale: outcome.stale,
+            failed: outcome.failed,
+        };
+        Ok(Frame::new(ack::frame_type(ack::ACK), ack.encode()))
+    }
+}
+
 impl<A: Applier> Handler for Receiver<A> {
     async fn handle(&self, ctx: RequestContext, request: Frame) -> Result<Frame, HandlerError> {
         match request.frame_type.code() {
             ack::HEARTBEAT => Ok(Frame::new(ack::frame_type(ack::ACK), bytes::Bytes::new())),
-            ack::BATCH => {
-                add(&self.stats.receiver.batches, 1);
-                let batch = Batch::decode(&request.payload).map_err(|e| {
-                    self.reject(false, format!("malformed batch from {}: {e}", ctx.peer.uri()))
-                })?;
-                self.admit(&ctx, &batch)?;
-                let outcome = self
-                    .applier
-                    .apply(&batch.namespace, &batch.records)
-                    .await
-                    .map_err(|refusal| self.reject(refusal.retryable, refusal.message))?;
-                let receiver = &self.stats.receiver;
-                add(&receiver.applied, u64::from(outcome.applied));
-                add(&receiver.lost_conflict, u64::from(outcome.stale));
-                add(&receiver.failed, u64::from(outcome.failed));
-                let ack = Ack {
-                    batch: batch.id,
-                    applied: outcome.applied,
-                    stale: outcome.stale,
-                    failed: outcome.failed,
-                };
-                Ok(Frame::new(ack::frame_type(ack::ACK), ack.encode()))
-            }
+            ack::BATCH => self.receive(&ctx, &request, Delivery::Link).await,
+            ack::FORWARD => self.receive(&ctx, &request, Delivery::Forwarded).await,
             other => Err(self.reject(false, format!("unknown XDR message type 0x{other:02x}"))),
         }
     }
@@ -146,7 +186,7 @@ mod tests {
     use ferry_transport::PeerIdentity;
 
     use super::*;
-    use crate::batch::Compression;
+    use crate::batch::{Compression, ShippedRecord};
 
     /// An applier that records its calls and answers with a fixed result.
     #[derive(Debug)]
@@ -168,10 +208,11 @@ mod tests {
     impl Applier for FakeApplier {
         async fn apply(
             &self,
-            namespace: &str,
-            records: &[ShippedRecord],
+            batch: &Batch,
+            _delivery: Delivery,
         ) -> Result<ApplyOutcome, ApplyRefusal> {
-            self.calls.lock().expect("calls lock").push((namespace.to_owned(), records.to_vec()));
+            let call = (batch.namespace.clone(), batch.records.clone());
+            self.calls.lock().expect("calls lock").push(call);
             self.answer.clone()
         }
     }
@@ -427,7 +468,7 @@ mod tests {
     async fn unknown_message_types_are_refused() {
         let f = fixture(applied(1, 0, 0));
         let good = frame(&batch(1, "test", 1));
-        for code in [ack::ACK, 0x13, 0xff] {
+        for code in [ack::ACK, 0x14, 0xff] {
             let request = Frame::new(ack::frame_type(code), good.payload.clone());
             let error = f.receiver.handle(from("a"), request).await.expect_err("unknown type");
             assert!(!error.retryable);
@@ -435,5 +476,20 @@ mod tests {
         }
         assert!(f.applier.calls().is_empty());
         assert_eq!((load(&f.stats.receiver.rejected), load(&f.stats.receiver.batches)), (3, 0));
+    }
+
+    #[tokio::test]
+    async fn forwarded_batches_come_only_from_nodes_of_this_site() {
+        let f = fixture(applied(2, 0, 0));
+        let sent = batch(1, "test", 2);
+        let forward = |b: &Batch| Frame::new(ack::frame_type(ack::FORWARD), frame(b).payload);
+        let error = f.receiver.handle(from("a"), forward(&sent)).await.expect_err("not local");
+        assert!(!error.retryable);
+        assert!(error.message.contains("only they forward"), "{}", error.message);
+        assert!(f.applier.calls().is_empty());
+        // From a node of `b` itself: applied without any link check (src-id 1 is `a`'s).
+        let reply = f.receiver.handle(from("b"), forward(&sent)).await.expect("forwarded");
+        assert_eq!(Ack::decode(&reply.payload).expect("ack").applied, 2);
+        assert_eq!(f.applier.calls(), vec![("test".to_owned(), sent.records)]);
     }
 }

@@ -118,8 +118,11 @@ pub struct ReceiverStats {
     pub lost_conflict: AtomicU64,
     /// Batches refused: malformed, from a site without a link, or for an unknown namespace.
     pub rejected: AtomicU64,
-    /// Records that failed to apply here (e.g. partition owned by another node).
+    /// Records that could not be applied (e.g. no owner for their partition).
     pub failed: AtomicU64,
+    /// Records another node of this site forwarded here because this node owns them (already
+    /// counted in `applied`/`lost_conflict` at the node that received them over the link).
+    pub forwarded_in: AtomicU64,
     /// Batches received.
     pub batches: AtomicU64,
 }
@@ -132,6 +135,7 @@ impl ReceiverStats {
             ("lost_conflict", get(&self.lost_conflict)),
             ("rejected", get(&self.rejected)),
             ("failed", get(&self.failed)),
+            ("forwarded_in", get(&self.forwarded_in)),
             ("batches", get(&self.batches)),
         ]
     }
