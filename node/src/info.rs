@@ -176,16 +176,10 @@ fn xdr_link_command(state: &NodeState, args: &str) -> String {
         }
     }
     let Some(dc) = dc else { return "ERROR::missing dc=NAME".to_owned() };
-    let change: Box<dyn FnOnce(&mut ferry_xdr::ship::LinkControl)> = match action {
-        Some("pause") => Box::new(|c| c.paused = true),
-        Some("resume") => Box::new(|c| c.paused = false),
-        Some("rewind") => Box::new(move |c| {
-            c.rewind_seq += 1;
-            c.rewind_from_ms = from_ms;
-        }),
-        _ => return "ERROR::action must be pause, resume or rewind".to_owned(),
+    let Some(command) = action.and_then(|a| ferry_xdr::ship::LinkCommand::parse(a, from_ms)) else {
+        return "ERROR::action must be pause, resume or rewind".to_owned();
     };
-    if state.xdr.command(dc, change) {
+    if state.xdr.command(dc, command) {
         "ok".to_owned()
     } else {
         format!("ERROR::no link to dc '{dc}' ships from this node")

@@ -9,8 +9,10 @@
 //! - [`info`]: answers to info commands.
 //! - [`reclaim`]: background removal of expired records and old tombstones.
 //! - [`node`] and [`server`]: the node's state and its network shell.
+//! - [`admin`]: the admin HTTP API (status, XDR stats and link controls as JSON).
 //! - [`launcher`]: starts node processes for `ferry up` and the end-to-end tests.
 
+pub mod admin;
 pub mod apply;
 pub mod cluster;
 pub mod command;

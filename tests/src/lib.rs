@@ -160,6 +160,7 @@ pub struct TestNode {
     pub id: String,
     pub client: std::net::SocketAddr,
     pub xdr: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
 }
 
 /// Writes one `[[sites]]` block of `nodes` nodes on two racks (ids `<prefix>-<i>`), namespace
@@ -189,7 +190,8 @@ fn site_block(
         );
         let client = std::net::SocketAddr::from(([127, 0, 0, 1], p[0]));
         let xdr = std::net::SocketAddr::from(([127, 0, 0, 1], p[2]));
-        members.push(TestNode { site: name.to_owned(), id, client, xdr });
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], p[3]));
+        members.push(TestNode { site: name.to_owned(), id, client, xdr, admin });
     }
     let _ = write!(
         text,
@@ -448,4 +450,29 @@ pub async fn relays_in_front_of(
         relays.push(relay);
     }
     (relays, args)
+}
+
+/// One HTTP/1.1 request without a body to `addr` (the admin API); returns the status code and
+/// the body.
+///
+/// # Panics
+///
+/// If the server cannot be reached or answers something that is not HTTP.
+pub fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("connect to the admin API at {addr}: {e}"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap_or_else(|e| panic!("send to {addr}: {e}"));
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap_or_else(|e| panic!("read from {addr}: {e}"));
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response from {addr}: {response}"));
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }

@@ -58,6 +58,41 @@ pub struct LinkControl {
     pub rewind_from_ms: u64,
 }
 
+/// An operator command to a running link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkCommand {
+    Pause,
+    Resume,
+    /// Re-ship every record changed at or after `from_ms` (0: all).
+    Rewind {
+        from_ms: u64,
+    },
+}
+
+impl LinkCommand {
+    /// `pause`, `resume` or `rewind` (with `from_ms`); `None` for anything else.
+    pub fn parse(action: &str, from_ms: u64) -> Option<LinkCommand> {
+        match action {
+            "pause" => Some(LinkCommand::Pause),
+            "resume" => Some(LinkCommand::Resume),
+            "rewind" => Some(LinkCommand::Rewind { from_ms }),
+            _ => None,
+        }
+    }
+
+    /// The controls after this command.
+    pub fn apply(self, control: &mut LinkControl) {
+        match self {
+            LinkCommand::Pause => control.paused = true,
+            LinkCommand::Resume => control.paused = false,
+            LinkCommand::Rewind { from_ms } => {
+                control.rewind_seq += 1;
+                control.rewind_from_ms = from_ms;
+            }
+        }
+    }
+}
+
 /// Sizes and periods of the shipper.
 #[derive(Debug, Clone, Copy)]
 pub struct ShipperSettings {

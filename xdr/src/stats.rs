@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::conflict::VersionStamp;
 use crate::link::LinkState;
-use crate::ship::LinkControl;
+use crate::ship::{LinkCommand, LinkControl};
 
 /// Counters of one link's shipper. Gauges (`lag`, `in_queue`, …) are set by the shipper.
 #[derive(Debug, Default)]
@@ -204,12 +204,12 @@ impl Registry {
         }
     }
 
-    /// Changes link `dc`'s controls; false if no such link runs here.
-    pub fn command(&self, dc: &str, change: impl FnOnce(&mut LinkControl)) -> bool {
+    /// Sends `command` to link `dc`; false if no such link runs here.
+    pub fn command(&self, dc: &str, command: LinkCommand) -> bool {
         let Ok(controls) = self.controls.lock() else { return false };
         match controls.get(dc) {
             Some(sender) => {
-                sender.send_modify(change);
+                sender.send_modify(|control| command.apply(control));
                 true
             }
             None => false,

@@ -97,6 +97,7 @@ async fn serve(
     };
     let client = bind("client", me.client.addr()).await?;
     let fabric = bind("fabric", me.fabric.addr()).await?;
+    let admin = bind("admin", me.admin.addr()).await?;
     let xdr = XdrService::start(state.clone(), &certs, &routes, topology_service.as_deref())
         .await
         .with_context(|| format!("node {node}"))?;
@@ -108,9 +109,15 @@ async fn serve(
         data = %config.data_dir.display(),
         "node ready"
     );
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(ferry_node::admin::serve(state.clone(), admin, async {
+        let _ = admin_stopped.await;
+    }));
     let reclaim = tokio::spawn(ferry_node::reclaim::run(state.clone(), nsup_period));
     ferry_node::server::run(state, client, fabric, super::shutdown_signal()).await?;
     reclaim.abort();
+    let _ = stop_admin.send(());
+    let _ = admin.await;
     if let Some(xdr) = xdr {
         xdr.stop().await;
     }
