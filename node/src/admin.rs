@@ -4,7 +4,7 @@
 //! - `GET /v1/status`: node, site, per-namespace records and partitions owned, counters.
 //! - `GET /v1/xdr`: the receiver's counters and every link's stats.
 //! - `GET /v1/xdr/links/{dc}`: one link's stats (404 if no link to `dc` ships from here).
-//! - `POST /v1/xdr/links/{dc}/pause`, `…/resume`, `…/rewind?from_ms=T` (T = 0 or absent: all).
+//! - `POST /v1/xdr/links/{dc}/pause`, `…/resume`, `…/drain`, `…/rewind?from_ms=T` (T = 0 or absent: all).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -111,7 +111,7 @@ async fn control(
     Query(query): Query<RewindQuery>,
 ) -> Response {
     let Some(command) = LinkCommand::parse(&action, query.from_ms.unwrap_or(0)) else {
-        let message = format!("unknown action '{action}': pause, resume or rewind");
+        let message = format!("unknown action '{action}': pause, resume, rewind or drain");
         return (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response();
     };
     if state.xdr.command(&dc, command) {

@@ -160,7 +160,7 @@ fn verify_digest(state: &NodeState, ns: &str) -> String {
     format!("records={records};tombstones={tombstones};xor={xor:016x}")
 }
 
-/// `xdr-link:dc=NAME;action=pause|resume|rewind[;from-ms=T]`: operator control of a link on
+/// `xdr-link:dc=NAME;action=pause|resume|rewind|drain[;from-ms=T]`: operator control of a link on
 /// this node. A rewind re-ships every record changed at or after `from-ms` (0 or absent: all).
 fn xdr_link_command(state: &NodeState, args: &str) -> String {
     let (mut dc, mut action, mut from_ms) = (None, None, 0u64);
@@ -177,7 +177,7 @@ fn xdr_link_command(state: &NodeState, args: &str) -> String {
     }
     let Some(dc) = dc else { return "ERROR::missing dc=NAME".to_owned() };
     let Some(command) = action.and_then(|a| ferry_xdr::ship::LinkCommand::parse(a, from_ms)) else {
-        return "ERROR::action must be pause, resume or rewind".to_owned();
+        return "ERROR::action must be pause, resume, rewind or drain".to_owned();
     };
     if state.xdr.command(dc, command) {
         "ok".to_owned()

@@ -142,3 +142,18 @@ async fn a_link_held_until_the_log_overflows_recovers_everything_and_rewind_resh
     }
     deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_ships_everything_logged_and_waits_for_it() {
+    let (topology, nodes) = two_site_topology(2, "generation", LINK, false);
+    let deployment = Deployment::start(&topology, nodes);
+    let a = connect(&deployment, "a").await;
+    ferry_link(&deployment, &["pause", "a:b"]);
+    assert_eq!(write_keys(&a, "d", 0..500, "held").await, 500);
+    assert_eq!(deployment.site_digest("b").await.0, 0, "paused: nothing shipped yet");
+    // Drain resumes the link and returns only once every node had it all acknowledged.
+    let drained = ferry_link(&deployment, &["drain", "a:b"]);
+    assert!(drained.contains("drained on every node"), "{drained}");
+    assert_eq!(deployment.site_digest("b").await, deployment.site_digest("a").await);
+    assert_eq!(deployment.link_stat("a", "b", "drains").await, 2, "one per source node");
+}

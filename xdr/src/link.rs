@@ -19,7 +19,8 @@ pub enum LinkState {
     Down,
     /// Re-shipping from a store scan after the digest log overflowed or a rewind.
     Recovering,
-    /// Shipping what is left, taking no new changes (switchover).
+    /// Shipping everything logged before a drain request (switchover: writes are fenced, the
+    /// link drains, then roles switch); back to `active` once all of it is acknowledged.
     Draining,
 }
 

@@ -56,6 +56,9 @@ pub struct LinkControl {
     pub rewind_seq: u64,
     /// Re-ship records changed at or after this time (ms since the Unix epoch; 0 = all).
     pub rewind_from_ms: u64,
+    /// Bumped to ask for a drain: the link reports `draining` until every change logged
+    /// before the request is acknowledged (switchover: fence writes, drain, switch).
+    pub drain_seq: u64,
 }
 
 /// An operator command to a running link.
@@ -67,15 +70,18 @@ pub enum LinkCommand {
     Rewind {
         from_ms: u64,
     },
+    /// Resume if paused and ship everything logged so far (`draining` until done).
+    Drain,
 }
 
 impl LinkCommand {
-    /// `pause`, `resume` or `rewind` (with `from_ms`); `None` for anything else.
+    /// `pause`, `resume`, `rewind` (with `from_ms`) or `drain`; `None` for anything else.
     pub fn parse(action: &str, from_ms: u64) -> Option<LinkCommand> {
         match action {
             "pause" => Some(LinkCommand::Pause),
             "resume" => Some(LinkCommand::Resume),
             "rewind" => Some(LinkCommand::Rewind { from_ms }),
+            "drain" => Some(LinkCommand::Drain),
             _ => None,
         }
     }
@@ -88,6 +94,10 @@ impl LinkCommand {
             LinkCommand::Rewind { from_ms } => {
                 control.rewind_seq += 1;
                 control.rewind_from_ms = from_ms;
+            }
+            LinkCommand::Drain => {
+                control.paused = false;
+                control.drain_seq += 1;
             }
         }
     }
@@ -242,6 +252,9 @@ impl<R: LocalRecords> Shipper<R> {
         let mut heartbeats: JoinSet<bool> = JoinSet::new();
         let mut last_commit = Instant::now();
         let mut rewind_seq = control.borrow().rewind_seq;
+        let mut drain_seq = control.borrow().drain_seq;
+        // The log position a drain must see acknowledged.
+        let mut drain_target: Option<u64> = None;
         let mut acked_window = ThroughputWindow::default();
         let mut rates = LogRates::new(&cursor);
         let accumulate = Duration::from_millis(u64::from(
@@ -249,6 +262,14 @@ impl<R: LocalRecords> Shipper<R> {
         ));
         tracing::info!(dc, committed = %cursor.committed(), "link shipping");
         loop {
+            if let Some(target) = drain_target
+                && window.committable().max(cursor.committed().0) >= target
+            {
+                drain_target = None;
+                self.lock_machine().set_draining(false);
+                add(&shared.stats.drains, 1);
+                tracing::info!(dc, through = target, "link drained");
+            }
             self.publish_gauges(&cursor, &open, &pending);
             let may_read =
                 self.lock_machine().may_ship() && pending.len() < self.settings.batch_records;
@@ -283,6 +304,12 @@ impl<R: LocalRecords> Shipper<R> {
                     let now = *control.borrow_and_update();
                     self.lock_machine().set_paused(now.paused);
                     shared.stats.set_state(self.lock_machine().state());
+                    if now.drain_seq != drain_seq {
+                        drain_seq = now.drain_seq;
+                        drain_target = Some(cursor.flushed().0);
+                        self.lock_machine().set_draining(true);
+                        tracing::info!(dc, through = %cursor.flushed(), "drain requested");
+                    }
                     if now.rewind_seq != rewind_seq {
                         rewind_seq = now.rewind_seq;
                         tracing::info!(dc, from_ms = now.rewind_from_ms, "rewind requested");
@@ -718,4 +745,23 @@ async fn send_heartbeat<R>(shared: &Shared<R>) -> bool {
     let turn = shared.heartbeat_turn.fetch_add(1, Ordering::Relaxed) as usize;
     let client = clients[turn % clients.len()];
     client.request(Frame::new(ack::frame_type(ack::HEARTBEAT), bytes::Bytes::new())).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_commands_parse_and_change_the_controls() {
+        let mut control = LinkControl::default();
+        for (action, from_ms) in [("pause", 0), ("rewind", 1_700), ("drain", 0), ("rewind", 0)] {
+            LinkCommand::parse(action, from_ms).expect("known action").apply(&mut control);
+        }
+        let expected =
+            LinkControl { paused: false, rewind_seq: 2, rewind_from_ms: 0, drain_seq: 1 };
+        assert_eq!(control, expected, "drain resumes a paused link");
+        LinkCommand::Pause.apply(&mut control);
+        assert!(control.paused);
+        assert_eq!(LinkCommand::parse("stop", 0), None);
+    }
 }

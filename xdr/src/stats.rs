@@ -34,6 +34,8 @@ pub struct LinkStats {
     pub retry_dest: AtomicU64,
     /// Overflow recoveries and rewinds run.
     pub recoveries: AtomicU64,
+    /// Drains completed (everything logged before the request acknowledged).
+    pub drains: AtomicU64,
     /// Changes folded into a later change of the same key.
     pub hot_keys: AtomicU64,
     /// Milliseconds from send to acknowledgement of the last batch.
@@ -91,6 +93,7 @@ impl LinkStats {
             ("retry_conn_reset", get(&self.retry_conn_reset)),
             ("retry_dest", get(&self.retry_dest)),
             ("recoveries", get(&self.recoveries)),
+            ("drains", get(&self.drains)),
             ("hot_keys", get(&self.hot_keys)),
             ("latency_ms", get(&self.latency_ms)),
             ("throughput", get(&self.throughput)),

@@ -34,6 +34,14 @@ enum LinkAction {
         #[arg(long)]
         to: String,
     },
+    /// Ship everything logged so far and wait until every node of the source site has it
+    /// acknowledged (resumes a paused link). For switchover: fence writes first.
+    Drain {
+        link: String,
+        /// Longest wait, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Versions that lost a conflict at the link's destination site, newest last.
     Conflicts {
         link: String,
@@ -59,6 +67,37 @@ pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
             LinkAction::Rewind { link, to } => {
                 command(&topology, &link, "rewind", Some(rewind_from_ms(&to)?)).await?
             }
+            LinkAction::Drain { link, timeout } => {
+                let (from, to) = resolve(&topology, &link)?;
+                let name = format!("get-stats:context=xdr;dc={to}");
+                let drains = |answers: &[(String, String)]| -> Vec<u64> {
+                    answers.iter().map(|(_, v)| drains_done(v)).collect()
+                };
+                let before = drains(&ask_site(&topology, &from, &name).await?);
+                command(&topology, &link, "drain", None).await?;
+                let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
+                loop {
+                    let answers = ask_site(&topology, &from, &name).await?;
+                    let now = drains(&answers);
+                    let draining: Vec<&str> = answers
+                        .iter()
+                        .zip(now.iter().zip(&before))
+                        .filter(|(_, (now, before))| now <= before)
+                        .map(|((node, _), _)| node.as_str())
+                        .collect();
+                    if draining.is_empty() {
+                        println!("{from} -> {to}: drained on every node");
+                        break;
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        bail!(
+                            "{from} -> {to} not drained after {timeout} s on {}",
+                            draining.join(", ")
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
             LinkAction::Conflicts { link, limit } => {
                 let (_, to) = resolve(&topology, &link)?;
                 let name = format!("xdr-conflicts:limit={limit}");
@@ -72,6 +111,11 @@ pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The `drains` counter of a link's stats answer (0 when absent).
+fn drains_done(stats: &str) -> u64 {
+    stats.split(';').find_map(|f| f.strip_prefix("drains=")?.parse().ok()).unwrap_or(0)
 }
 
 /// `FROM:TO`, or just `TO` when exactly one link leads there.
