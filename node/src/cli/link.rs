@@ -14,9 +14,13 @@ use ferry_topology::{Topology, load_topology};
 pub(crate) struct LinkArgs {
     #[command(subcommand)]
     action: LinkAction,
-    /// The topology file naming the sites and their nodes.
-    #[arg(long, global = true, default_value = "examples/two-sites.toml")]
-    topology: PathBuf,
+    /// The topology file naming the sites and their nodes. Default: the one `ferry up` runs
+    /// from `--dir`.
+    #[arg(long, global = true)]
+    topology: Option<PathBuf>,
+    /// State directory of a `ferry up` deployment (its `topology.toml` is used).
+    #[arg(long, global = true, default_value = "ferry-data")]
+    dir: PathBuf,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -51,7 +55,15 @@ enum LinkAction {
 }
 
 pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
-    let topology = load_topology(&args.topology)?.topology;
+    let path = args.topology.unwrap_or_else(|| args.dir.join("topology.toml"));
+    let topology = load_topology(&path)
+        .with_context(|| {
+            format!(
+                "read the topology {} (start a deployment with `ferry up`, or pass --topology)",
+                path.display()
+            )
+        })?
+        .topology;
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
     runtime.block_on(async {
         match args.action {
