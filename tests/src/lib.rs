@@ -163,17 +163,18 @@ pub struct TestNode {
     pub admin: std::net::SocketAddr,
 }
 
-/// Writes one `[[sites]]` block of `nodes` nodes on two racks (ids `<prefix>-<i>`), namespace
-/// `test` with `rf` copies under `policy`, on free loopback ports.
+/// Writes one `[[sites]]` block of one node per four `ports` (client, fabric, xdr, admin), on
+/// two racks (ids `<prefix>-<i>`), namespace `test` with `rf` copies under `policy`. The
+/// caller takes every port of a topology in one [`free_ports`] call: ports taken in separate
+/// calls may be handed out twice.
 fn site_block(
     text: &mut String,
     (name, src_id, role): (&str, u8, &str),
-    nodes: usize,
+    ports: &[u16],
     rf: u8,
     policy: &str,
 ) -> Vec<TestNode> {
     use std::fmt::Write as _;
-    let ports = free_ports(nodes * 4);
     let _ = write!(text, "\n[[sites]]\nname = \"{name}\"\nsrc-id = {src_id}\nrole = \"{role}\"\n");
     let mut members = Vec::new();
     for (i, p) in ports.chunks(4).enumerate() {
@@ -205,7 +206,8 @@ fn site_block(
 /// loopback ports. Returns the file text and each node's (id, client address).
 pub fn one_site_topology(nodes: usize, rf: u8) -> (String, Vec<(String, std::net::SocketAddr)>) {
     let mut text = String::from("name = \"test-site\"\n");
-    let members = site_block(&mut text, ("local", 1, "active"), nodes, rf, "generation");
+    let ports = free_ports(nodes * 4);
+    let members = site_block(&mut text, ("local", 1, "active"), &ports, rf, "generation");
     (text, members.into_iter().map(|n| (n.id, n.client)).collect())
 }
 
@@ -236,11 +238,13 @@ pub fn multi_site_topology(
 ) -> (String, Vec<TestNode>) {
     let mut text = String::from("name = \"xdr-test\"\n");
     let mut members = Vec::new();
+    let all_ports = free_ports(sites.len() * nodes * 4);
     for (i, site) in sites.iter().enumerate() {
         let ships = links.iter().any(|(from, _, _)| from == site);
         let role = if i == 0 || ships { "active" } else { "standby" };
         let src_id = u8::try_from(i + 1).unwrap_or(u8::MAX);
-        members.extend(site_block(&mut text, (site, src_id, role), nodes, 1, policy));
+        let ports = &all_ports[i * nodes * 4..(i + 1) * nodes * 4];
+        members.extend(site_block(&mut text, (site, src_id, role), ports, 1, policy));
     }
     for (from, to, extra) in links {
         text.push_str(&format!(
