@@ -125,23 +125,28 @@ mod tests {
         }
     }
 
+    /// Node `n` of site `a` in the topology `text`, its state under `dir`.
+    fn node_n_of_site_a(text: &str, dir: &std::path::Path) -> NodeState {
+        let topology = ferry_topology::parse_topology("t.toml", text).expect("valid").topology;
+        let config = crate::node::NodeConfig {
+            topology,
+            site: "a".into(),
+            node: "n".into(),
+            data_dir: dir.to_path_buf(),
+            digest_log: true,
+            digest_log_cap: None,
+        };
+        NodeState::open(&config).expect("open")
+    }
+
     #[tokio::test]
     async fn a_pass_removes_only_what_is_reclaimable() {
         let text = "[[sites]]\nname = \"a\"\nsrc-id = 1\nrole = \"active\"\n[[sites.nodes]]\nid = \"n\"\n\
                     client = \"127.0.0.1:1\"\nfabric = \"127.0.0.1:2\"\nxdr = \"127.0.0.1:3\"\n\
                     admin = \"127.0.0.1:4\"\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 1\n\
                     tombstone-ttl = 60\n";
-        let topology = ferry_topology::parse_topology("t.toml", text).expect("valid").topology;
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = crate::node::NodeConfig {
-            topology,
-            site: "a".into(),
-            node: "n".into(),
-            data_dir: dir.path().to_path_buf(),
-            digest_log: true,
-            digest_log_cap: None,
-        };
-        let state = NodeState::open(&config).expect("open");
+        let state = node_n_of_site_a(text, dir.path());
         let now_ms = record::now_ms();
         let live = record(false, 0, now_ms);
         let expired = record(false, 1, now_ms);
@@ -165,17 +170,8 @@ mod tests {
                     client = \"127.0.0.1:5\"\nfabric = \"127.0.0.1:6\"\nxdr = \"127.0.0.1:7\"\n\
                     admin = \"127.0.0.1:8\"\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 1\n\
                     [[links]]\nfrom = \"a\"\nto = \"b\"\nnamespaces = [\"test\"]\nship-nsup-deletes = true\n";
-        let topology = ferry_topology::parse_topology("t.toml", text).expect("valid").topology;
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = crate::node::NodeConfig {
-            topology,
-            site: "a".into(),
-            node: "n".into(),
-            data_dir: dir.path().to_path_buf(),
-            digest_log: true,
-            digest_log_cap: None,
-        };
-        let state = NodeState::open(&config).expect("open");
+        let state = node_n_of_site_a(text, dir.path());
         assert!(state.ships_expirations());
         let expired = record(false, 1, record::now_ms() - 5_000);
         state.store.put("test", &[1; 20], &expired).expect("put");
