@@ -124,14 +124,7 @@ mod tests {
              replication-factor = 1\nconflict-resolution-policy = \"{policy}\"\n"
         );
         let topology = ferry_topology::parse_topology("t.toml", &text).expect("valid").topology;
-        let config = NodeConfig {
-            topology,
-            site: "a".into(),
-            node: "n".into(),
-            data_dir: dir.to_path_buf(),
-            digest_log: true,
-            digest_log_cap: None,
-        };
+        let config = NodeConfig::new(topology, "a", "n", dir.to_path_buf());
         NodeState::open(&config).expect("open")
     }
 

@@ -10,18 +10,20 @@
 //! - [`reclaim`]: background removal of expired records and old tombstones.
 //! - [`node`] and [`server`]: the node's state and its network shell.
 //! - [`admin`]: the admin HTTP API (status, XDR stats and link controls as JSON).
-//! - [`launcher`]: starts node processes for `ferry up` and the end-to-end tests.
+//! - [`start`]: the whole node as one value: [`Node::start`] on bound [`Listeners`].
 
 pub mod admin;
 pub mod apply;
 pub mod cluster;
 pub mod command;
 pub mod info;
-pub mod launcher;
 pub mod node;
 pub mod proto;
 pub mod reclaim;
 pub mod record;
 pub mod server;
+mod start;
 pub mod storage;
 pub mod xdr;
+
+pub use start::{Listeners, Node, NodeHandle, StartError};

@@ -37,6 +37,35 @@ pub struct NodeConfig {
     /// Most bytes the digest log may use before links left behind overflow (default 4 GiB);
     /// tests shrink it to exercise overflow recovery.
     pub digest_log_cap: Option<u64>,
+    /// XDR certificates (`ferry certs init`): `<certs>/<site>/ca.pem`, `<node>.pem`. Read only
+    /// when the node's site takes part in a DR link or the node follows a topology service.
+    pub certs: PathBuf,
+    /// Addresses to dial instead of destination nodes' own XDR addresses (WAN relays).
+    pub xdr_routes: crate::xdr::XdrRoutes,
+    /// Follow the topology service at this URL: DR link changes apply without a restart.
+    pub topology_service: Option<String>,
+    /// Time between passes that remove expired records and old tombstones (`nsup-period`).
+    pub nsup_period: Duration,
+}
+
+impl NodeConfig {
+    /// Node `node` of `site` in `topology`, keeping its state in `data_dir`, with the defaults:
+    /// a digest log of the default cap, certificates in `<data_dir>/certs`, no routes, no
+    /// topology service, reclaim every 30 s.
+    pub fn new(topology: Topology, site: &str, node: &str, data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            topology,
+            site: site.to_owned(),
+            node: node.to_owned(),
+            certs: data_dir.join("certs"),
+            data_dir,
+            digest_log: true,
+            digest_log_cap: None,
+            xdr_routes: crate::xdr::XdrRoutes::new(),
+            topology_service: None,
+            nsup_period: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Why a node could not start.

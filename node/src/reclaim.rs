@@ -128,14 +128,7 @@ mod tests {
     /// Node `n` of site `a` in the topology `text`, its state under `dir`.
     fn node_n_of_site_a(text: &str, dir: &std::path::Path) -> NodeState {
         let topology = ferry_topology::parse_topology("t.toml", text).expect("valid").topology;
-        let config = crate::node::NodeConfig {
-            topology,
-            site: "a".into(),
-            node: "n".into(),
-            data_dir: dir.to_path_buf(),
-            digest_log: true,
-            digest_log_cap: None,
-        };
+        let config = crate::node::NodeConfig::new(topology, "a", "n", dir.to_path_buf());
         NodeState::open(&config).expect("open")
     }
 

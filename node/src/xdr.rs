@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +12,10 @@ use ferry_topology::Topology;
 use ferry_topology::model::Link;
 use ferry_topology::placement::partition_of;
 use ferry_transport::{
-    Backoff, Client, Endpoint, Frame, LinkAuthorizer, NodeCredentials, PeerIdentity,
-    TransportSettings, TrustStore,
+    Backoff, Client, Endpoint, Frame, InvalidName, NodeCredentials, TransportSettings, TrustStore,
 };
 use ferry_xdr::ack::{self, Ack};
+use ferry_xdr::admission::{LinkAuthorizer, peer_identity, site_members};
 use ferry_xdr::batch::{Batch, Compression, ShippedBin, ShippedRecord};
 use ferry_xdr::conflict::VersionStamp;
 use ferry_xdr::plan::LinkPlan;
@@ -25,7 +24,7 @@ use ferry_xdr::ship::{LocalRecords, Shipper, ShipperSettings};
 use tokio::sync::watch;
 
 use crate::apply::ApplyError;
-use crate::node::NodeState;
+use crate::node::{NodeConfig, NodeState};
 use crate::record::Record;
 
 /// Why XDR could not start on this node.
@@ -38,6 +37,8 @@ pub enum XdrError {
     Endpoint { addr: std::net::SocketAddr, source: ferry_transport::TransportError },
     #[error("link to {dc}: {source}")]
     Plan { dc: String, source: ferry_xdr::plan::PlanError },
+    #[error("a name of the topology is no certificate identity: {0}")]
+    Identity(#[from] InvalidName),
     #[error("link to {dc}: open the digest-log cursor: {source}")]
     Cursor { dc: String, source: ferry_digestlog::CursorError },
 }
@@ -88,10 +89,11 @@ impl XdrService {
     /// link changes (added, removed, enabled, disabled, settings) apply live.
     pub async fn start(
         state: Arc<NodeState>,
-        certs: &Path,
-        routes: &XdrRoutes,
-        topology_service: Option<&str>,
+        config: &NodeConfig,
+        socket: std::net::UdpSocket,
     ) -> Result<Option<XdrService>, XdrError> {
+        let (certs, routes) = (config.certs.as_path(), &config.xdr_routes);
+        let topology_service = config.topology_service.as_deref();
         let topology = state.topology.get();
         let site = state.cluster.site().name.clone();
         let linked = topology.links.iter().any(|l| l.from == site || l.to == site);
@@ -100,13 +102,16 @@ impl XdrService {
         }
         let node = state.cluster.node().clone();
         let certs_error = |source| XdrError::Certs { dir: certs.display().to_string(), source };
-        let creds = NodeCredentials::load(certs, &site, &node.id).map_err(certs_error)?;
-        let trust = TrustStore::load(&topology, certs).map_err(certs_error)?;
+        let identity = peer_identity(&site, &node.id)?;
+        let creds =
+            NodeCredentials::load(certs, &identity.site, &identity.node).map_err(certs_error)?;
+        let trust = TrustStore::load(&site_members(&topology)?, certs).map_err(certs_error)?;
         let authorizer = Arc::new(LinkAuthorizer::new(state.topology.clone(), site.clone()));
-        let addr = node.xdr.addr();
+        let addr = socket.local_addr().unwrap_or_else(|_| node.xdr.addr());
         let endpoint_error = |source| XdrError::Endpoint { addr, source };
-        let endpoint = Endpoint::bind(addr, &creds, trust, authorizer, xdr_transport_settings())
-            .map_err(endpoint_error)?;
+        let endpoint =
+            Endpoint::from_socket(socket, &creds, trust, authorizer, transport_settings())
+                .map_err(endpoint_error)?;
         let records = Arc::new(NodeRecords::new(state.clone(), endpoint.clone()));
         let receiver =
             Receiver::new(state.topology.clone(), site, records.clone(), state.xdr.clone());
@@ -241,7 +246,7 @@ impl Links {
 
 /// Transport settings for XDR: a lost batch is retried (idempotently) rather than waited for,
 /// and a healed link is redialed within two seconds.
-fn xdr_transport_settings() -> TransportSettings {
+pub(crate) fn transport_settings() -> TransportSettings {
     let defaults = TransportSettings::default();
     TransportSettings {
         request_timeout: Duration::from_secs(10),
@@ -289,15 +294,15 @@ impl NodeRecords {
     }
 
     /// A client of `node` of this site.
-    fn peer(&self, node: &ferry_topology::model::Node) -> Client {
+    fn peer(&self, node: &ferry_topology::model::Node) -> Result<Client, InvalidName> {
         let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        peers
-            .entry(node.id.to_string())
-            .or_insert_with(|| {
-                let site = self.state.cluster.site().name.clone();
-                self.endpoint.client(PeerIdentity::new(site, node.id.clone()), node.xdr.addr())
-            })
-            .clone()
+        if let Some(client) = peers.get(node.id.as_str()) {
+            return Ok(client.clone());
+        }
+        let identity = peer_identity(&self.state.cluster.site().name, &node.id)?;
+        let client = self.endpoint.client(identity, node.xdr.addr());
+        peers.insert(node.id.to_string(), client.clone());
+        Ok(client)
     }
 
     /// Hands `records` of `batch` to the nodes of this site that own them and sums their
@@ -336,6 +341,7 @@ impl NodeRecords {
             };
             let reply = self
                 .peer(&node)
+                .map_err(|e| refusal(e.to_string()))?
                 .request(Frame::new(ack::frame_type(ack::FORWARD), bytes))
                 .await
                 .map_err(|e| refusal(e.to_string()))?;
@@ -403,7 +409,6 @@ fn to_shipped(digest: [u8; 20], record: Record) -> ShippedRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::NodeConfig;
     use bytes::Bytes;
 
     fn free_udp_port() -> u16 {
@@ -454,27 +459,27 @@ mod tests {
         let topology = topology();
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = dir.path().join("certs");
-        ferry_transport::certs::init(&topology, &certs).expect("certs");
-        let open = |node: &str| {
+        let members = site_members(&topology).expect("names fit");
+        ferry_transport::certs::init(&members, &certs).expect("certs");
+        let start = |node: &'static str| {
             let config = NodeConfig {
-                topology: topology.clone(),
-                site: "b".into(),
-                node: node.into(),
-                data_dir: dir.path().join(node),
-                digest_log: true,
-                digest_log_cap: None,
+                certs: certs.clone(),
+                ..NodeConfig::new(topology.clone(), "b", node, dir.path().join(node))
             };
-            Arc::new(NodeState::open(&config).expect("open node"))
+            let state = Arc::new(NodeState::open(&config).expect("open node"));
+            async move {
+                let node = state.cluster.node().clone();
+                let socket = Endpoint::bind_socket(node.xdr.addr(), &transport_settings())
+                    .expect("bind XDR");
+                let xdr = XdrService::start(state.clone(), &config, socket)
+                    .await
+                    .expect("start XDR")
+                    .expect("b takes part in a link");
+                (state, xdr)
+            }
         };
-        let (b0, b1) = (open("b0"), open("b1"));
-        let owner = XdrService::start(b1.clone(), &certs, &XdrRoutes::new(), None)
-            .await
-            .expect("start XDR")
-            .expect("b takes part in a link");
-        let receiving = XdrService::start(b0.clone(), &certs, &XdrRoutes::new(), None)
-            .await
-            .expect("start XDR")
-            .expect("b takes part in a link");
+        let (b1, owner) = start("b1").await;
+        let (b0, receiving) = start("b0").await;
         let records = NodeRecords::new(b0.clone(), receiving.endpoint.clone());
 
         let batch = Batch {

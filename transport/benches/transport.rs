@@ -14,48 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_topology::model::{NodeId, SiteName};
 use ferry_transport::certs::{CertificateAuthority, Validity};
 use ferry_transport::relay::{LinkShape, Relay, RelayConfig};
 use ferry_transport::{
-    AllowAll, Congestion, Endpoint, Frame, FrameType, Handler, HandlerError, PeerIdentity,
-    RequestContext, TransportSettings, TrustStore,
+    AllowAll, Congestion, Endpoint, Frame, FrameType, Handler, HandlerError, NodeMember,
+    PeerIdentity, RequestContext, SiteMembers, TransportSettings, TrustStore,
 };
-
-const TOPOLOGY: &str = r#"
-[[sites]]
-name = "us-east"
-src-id = 1
-role = "active"
-[[sites.nodes]]
-id = "use-a"
-client = "127.0.0.1:3000"
-fabric = "127.0.0.1:3001"
-xdr = "127.0.0.1:3002"
-admin = "127.0.0.1:3003"
-[[sites.namespaces]]
-name = "test"
-replication-factor = 1
-
-[[sites]]
-name = "eu-west"
-src-id = 2
-role = "standby"
-[[sites.nodes]]
-id = "euw-a"
-client = "127.0.0.1:4000"
-fabric = "127.0.0.1:4001"
-xdr = "127.0.0.1:4002"
-admin = "127.0.0.1:4003"
-[[sites.namespaces]]
-name = "test"
-replication-factor = 1
-
-[[links]]
-from = "eu-west"
-to = "us-east"
-namespaces = ["test"]
-"#;
 
 const SINK: u8 = 0x20;
 const ECHO: u8 = 0x21;
@@ -85,22 +49,21 @@ struct Pair {
     sender: Endpoint,
 }
 
-fn ident(site: &str, node: &str) -> Result<PeerIdentity, String> {
-    Ok(PeerIdentity::new(SiteName::try_from(site)?, NodeId::try_from(node)?))
-}
-
 fn pair(congestion: Congestion) -> Result<Pair, Box<dyn std::error::Error>> {
-    let topology =
-        ferry_topology::parse_topology("bench.toml", TOPOLOGY).map_err(|e| e.to_string())?.topology;
+    let mut members = Vec::new();
     let mut cas = Vec::new();
     let mut creds = Vec::new();
     for (site, node) in [("us-east", "use-a"), ("eu-west", "euw-a")] {
-        let id = ident(site, node)?;
+        let id = PeerIdentity::named(site, node)?;
         let ca = CertificateAuthority::generate(&id.site, Validity::days_from_now(1))?;
         creds.push(ca.issue(&id.node, &[], Validity::days_from_now(1))?);
-        cas.push((id.site, ca.cert_der().clone()));
+        cas.push((id.site.clone(), ca.cert_der().clone()));
+        members.push(SiteMembers {
+            site: id.site,
+            nodes: vec![NodeMember { id: id.node, ips: vec![] }],
+        });
     }
-    let trust = TrustStore::new(&topology, cas);
+    let trust = TrustStore::new(&members, cas);
     let settings = TransportSettings { congestion, ..TransportSettings::default() };
     let bind = |c| {
         Endpoint::bind(
@@ -179,7 +142,7 @@ struct Cell {
 }
 
 async fn measure(pair: &Pair, target: SocketAddr) -> Result<Cell, Box<dyn std::error::Error>> {
-    let client = pair.sender.client(ident("us-east", "use-a")?, target);
+    let client = pair.sender.client(PeerIdentity::named("us-east", "use-a")?, target);
     let ty = |c| FrameType::application(c).ok_or("bad type");
     let big = Frame::new(ty(SINK)?, Bytes::from(vec![7u8; MIB]));
 

@@ -23,8 +23,6 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ferry_topology::Topology;
-use ferry_topology::model::{NodeId, SiteName};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -34,7 +32,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
-use crate::identity::PeerIdentity;
+use crate::identity::{NodeId, PeerIdentity, SiteName};
 
 /// Validity of a site CA: 10 years.
 pub const CA_VALIDITY_DAYS: i64 = 3650;
@@ -56,9 +54,6 @@ pub enum CertError {
     /// A PEM file holds no usable certificate or key.
     #[error("parse {path}: {reason}")]
     Parse { path: PathBuf, reason: String },
-    /// The topology has no such site or node.
-    #[error("the topology has no {0}")]
-    NotInTopology(String),
     /// A directory has no site CAs at all.
     #[error("{0} holds no site CA (expected <dir>/<site>/ca.pem); run `ferry certs init`")]
     Empty(PathBuf),
@@ -277,7 +272,23 @@ impl NodeCredentials {
     }
 }
 
-/// The site CAs a node trusts and the nodes the topology knows, keyed by site.
+/// A site and its nodes, with the addresses each node's certificate must be valid for: what
+/// [`init`] issues certificates for and what a [`TrustStore`] admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteMembers {
+    pub site: SiteName,
+    pub nodes: Vec<NodeMember>,
+}
+
+/// A node of a [`SiteMembers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeMember {
+    pub id: NodeId,
+    /// Addresses the node's certificate names besides its identity.
+    pub ips: Vec<IpAddr>,
+}
+
+/// The site CAs a node trusts and the nodes each site has, keyed by site.
 #[derive(Debug, Clone)]
 pub struct TrustStore {
     pub(crate) sites: BTreeMap<SiteName, TrustedSite>,
@@ -290,32 +301,32 @@ pub(crate) struct TrustedSite {
 }
 
 impl TrustStore {
-    /// Trusts the given CA of each site; a site of the topology without a CA is not trusted.
+    /// Trusts the given CA of each site, for that site's nodes; a site without a CA is not
+    /// trusted.
     pub fn new(
-        topology: &Topology,
+        sites: &[SiteMembers],
         cas: impl IntoIterator<Item = (SiteName, CertificateDer<'static>)>,
     ) -> TrustStore {
         let cas: BTreeMap<_, _> = cas.into_iter().collect();
-        let sites = topology
-            .sites
+        let sites = sites
             .iter()
-            .filter_map(|site| {
-                let ca = cas.get(&site.name)?.clone();
-                let nodes = site.nodes.iter().map(|n| n.id.clone()).collect();
-                Some((site.name.clone(), TrustedSite { ca, nodes }))
+            .filter_map(|members| {
+                let ca = cas.get(&members.site)?.clone();
+                let nodes = members.nodes.iter().map(|n| n.id.clone()).collect();
+                Some((members.site.clone(), TrustedSite { ca, nodes }))
             })
             .collect();
         TrustStore { sites }
     }
 
-    /// Loads `<dir>/<site>/ca.pem` for every site of the topology.
-    pub fn load(topology: &Topology, dir: &Path) -> Result<TrustStore, CertError> {
+    /// Loads `<dir>/<site>/ca.pem` for every site of `sites`.
+    pub fn load(sites: &[SiteMembers], dir: &Path) -> Result<TrustStore, CertError> {
         let mut cas = Vec::new();
-        for site in &topology.sites {
-            let path = dir.join(site.name.as_str()).join("ca.pem");
-            cas.push((site.name.clone(), read_cert(&path)?));
+        for members in sites {
+            let path = dir.join(members.site.as_str()).join("ca.pem");
+            cas.push((members.site.clone(), read_cert(&path)?));
         }
-        Ok(TrustStore::new(topology, cas))
+        Ok(TrustStore::new(sites, cas))
     }
 
     /// The trusted sites.
@@ -368,48 +379,40 @@ fn join(ids: &[NodeId]) -> String {
     ids.iter().map(NodeId::as_str).collect::<Vec<_>>().join(", ")
 }
 
-/// Creates or completes the certificate directory `out` for every site and node of `topology`.
-pub fn init(topology: &Topology, out: &Path) -> Result<CertsSummary, CertError> {
-    let mut sites = Vec::new();
-    for site in &topology.sites {
-        let site_dir = out.join(site.name.as_str());
+/// Creates or completes the certificate directory `out` for every site and node of `sites`.
+pub fn init(sites: &[SiteMembers], out: &Path) -> Result<CertsSummary, CertError> {
+    let mut summaries = Vec::new();
+    for members in sites {
+        let site = &members.site;
+        let site_dir = out.join(site.as_str());
         fs::create_dir_all(&site_dir).map_err(io_err("create directory", &site_dir))?;
         let (ca, ca_created) = if site_dir.join("ca.pem").exists() {
-            (CertificateAuthority::load(out, &site.name)?, false)
+            (CertificateAuthority::load(out, site)?, false)
         } else {
-            let ca = CertificateAuthority::generate(
-                &site.name,
-                Validity::days_from_now(CA_VALIDITY_DAYS),
-            )?;
+            let ca =
+                CertificateAuthority::generate(site, Validity::days_from_now(CA_VALIDITY_DAYS))?;
             ca.write(&site_dir)?;
             (ca, true)
         };
-        let mut summary = SiteSummary {
-            site: site.name.clone(),
-            ca_created,
-            issued: Vec::new(),
-            kept: Vec::new(),
-        };
-        for node in &site.nodes {
-            let identity = PeerIdentity::new(site.name.clone(), node.id.clone());
+        let mut summary =
+            SiteSummary { site: site.clone(), ca_created, issued: Vec::new(), kept: Vec::new() };
+        for node in &members.nodes {
+            let identity = PeerIdentity::new(site.clone(), node.id.clone());
             let cert_path = site_dir.join(format!("{}.pem", node.id));
             if !ca_created && still_good(&cert_path, &identity) {
                 summary.kept.push(node.id.clone());
                 continue;
             }
-            let mut ips: Vec<IpAddr> = [node.xdr, node.client, node.fabric, node.admin]
-                .iter()
-                .map(|e| e.addr().ip())
-                .collect();
+            let mut ips = node.ips.clone();
             ips.sort_unstable();
             ips.dedup();
             let creds = ca.issue(&node.id, &ips, Validity::days_from_now(NODE_VALIDITY_DAYS))?;
             creds.write(&site_dir)?;
             summary.issued.push(node.id.clone());
         }
-        sites.push(summary);
+        summaries.push(summary);
     }
-    Ok(CertsSummary { out: out.to_path_buf(), sites })
+    Ok(CertsSummary { out: out.to_path_buf(), sites: summaries })
 }
 
 fn still_good(cert_path: &Path, identity: &PeerIdentity) -> bool {

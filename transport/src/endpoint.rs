@@ -163,8 +163,17 @@ impl Endpoint {
         authorizer: Arc<dyn PeerAuthorizer>,
         settings: TransportSettings,
     ) -> Result<Endpoint, TransportError> {
-        let socket = bind_udp(addr, settings.socket_buffer)?;
+        let socket = Endpoint::bind_socket(addr, &settings)?;
         Endpoint::from_socket(socket, creds, trust, authorizer, settings)
+    }
+
+    /// Binds the UDP socket an endpoint with `settings` wants on `addr` (socket buffers sized
+    /// for the long fat pipe), for [`Endpoint::from_socket`].
+    pub fn bind_socket(
+        addr: SocketAddr,
+        settings: &TransportSettings,
+    ) -> Result<std::net::UdpSocket, TransportError> {
+        bind_udp(addr, settings.socket_buffer)
     }
 
     /// Builds the endpoint on an already bound socket (tests pass one bound to port 0).

@@ -7,10 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ferry_topology::model::SiteName;
-
 use crate::frame::FrameError;
-use crate::identity::PeerIdentity;
+use crate::identity::{PeerIdentity, SiteName};
 
 /// Why a peer certificate was refused. Displays as a phrase after "certificate of ADDR".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,18 +4,75 @@
 //! authoritative name) and a DNS name `<node>.<site>.ferry` (the TLS server name a dialer asks
 //! for). Verification maps a certificate that chains to its site's CA to a [`PeerIdentity`];
 //! a [`PeerAuthorizer`] then decides whether that peer may talk to this node at all — the XDR
-//! layer plugs in its "has a DR link into this site" rule, and [`LinkAuthorizer`] is that rule
-//! read straight from the topology.
+//! layer plugs in its "has a DR link into this site" rule.
+//!
+//! The names are the transport's own ([`SiteName`], [`NodeId`]): whatever names sites and
+//! nodes elsewhere converts into them, so this crate needs nothing from the topology.
 
 use std::fmt;
-
-use ferry_topology::SharedTopology;
-use ferry_topology::model::{NodeId, SiteName};
 
 /// The URI scheme and prefix of a node identity.
 const URI_PREFIX: &str = "ferry://site/";
 /// The DNS suffix of node server names.
 const DNS_SUFFIX: &str = "ferry";
+
+/// Longest site or node name: a DNS label.
+const MAX_NAME: usize = 63;
+
+/// A name that is not usable in a certificate identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} '{value}' is not 1 to {MAX_NAME} bytes of letters, digits, '-' and '_'")]
+pub struct InvalidName {
+    what: &'static str,
+    value: String,
+}
+
+fn check_name(what: &'static str, value: &str) -> Result<(), InvalidName> {
+    let valid = !value.is_empty()
+        && value.len() <= MAX_NAME
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid { Ok(()) } else { Err(InvalidName { what, value: value.to_owned() }) }
+}
+
+macro_rules! identity_name {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = InvalidName;
+            fn try_from(value: &str) -> Result<Self, InvalidName> {
+                check_name($what, value)?;
+                Ok(Self(value.to_owned()))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+identity_name!(
+    /// A site as certificates name it: 1..=63 bytes of `[A-Za-z0-9_-]`.
+    SiteName,
+    "site name"
+);
+identity_name!(
+    /// A node as certificates name it: 1..=63 bytes of `[A-Za-z0-9_-]`.
+    NodeId,
+    "node id"
+);
 
 /// The verified identity of a peer node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -30,6 +87,11 @@ impl PeerIdentity {
     /// The identity of `node` in `site`.
     pub fn new(site: SiteName, node: NodeId) -> PeerIdentity {
         PeerIdentity { site, node }
+    }
+
+    /// The identity of the node named `node` in the site named `site`.
+    pub fn named(site: &str, node: &str) -> Result<PeerIdentity, InvalidName> {
+        Ok(PeerIdentity { site: SiteName::try_from(site)?, node: NodeId::try_from(node)? })
     }
 
     /// The SAN URI naming this identity: `ferry://site/<site>/node/<node>`.
@@ -79,47 +141,21 @@ impl PeerAuthorizer for AllowAll {
     }
 }
 
-/// Admits peers of `local_site` itself (a node forwards shipped records to the node of its
-/// site that owns them) and peers whose site has a DR link (enabled or not) into `local_site`.
-///
-/// Disabled links are admitted because a failover enables them without restarting endpoints;
-/// the XDR layer refuses batches on a disabled link itself.
-#[derive(Debug, Clone)]
-pub struct LinkAuthorizer {
-    topology: SharedTopology,
-    local_site: SiteName,
-}
-
-impl LinkAuthorizer {
-    /// The link rule of the current `topology` (followed as it changes) for inbound
-    /// connections to `local_site`.
-    pub fn new(topology: SharedTopology, local_site: SiteName) -> LinkAuthorizer {
-        LinkAuthorizer { topology, local_site }
-    }
-}
-
-impl PeerAuthorizer for LinkAuthorizer {
-    fn authorize(&self, peer: &PeerIdentity) -> Result<(), String> {
-        let linked = peer.site == self.local_site
-            || self
-                .topology
-                .get()
-                .links
-                .iter()
-                .any(|link| link.from == peer.site && link.to == self.local_site);
-        if linked { Ok(()) } else { Err(format!("has no link into '{}'", self.local_site)) }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn id(site: &str, node: &str) -> PeerIdentity {
-        PeerIdentity::new(
-            SiteName::try_from(site).expect("site"),
-            NodeId::try_from(node).expect("node"),
-        )
+        PeerIdentity::named(site, node).expect("valid names")
+    }
+
+    #[test]
+    fn names_fit_a_uri_segment_and_a_dns_label() {
+        assert!(SiteName::try_from("eu-west_2").is_ok());
+        for bad in ["", "eu west", "eu/west", "ü", &"x".repeat(64)] {
+            assert!(SiteName::try_from(bad).is_err(), "{bad:?}");
+        }
+        assert!(NodeId::try_from(&*"n".repeat(63)).is_ok());
     }
 
     #[test]

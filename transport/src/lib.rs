@@ -5,8 +5,9 @@
 //! - [`frame`]: the pure wire format of one message (version, type, length, payload).
 //! - [`certs`]: per-site CAs and per-node certificates (`ferry certs init/show`), and the
 //!   [`TrustStore`] / [`NodeCredentials`] an endpoint loads.
-//! - [`identity`]: the [`PeerIdentity`] a verified certificate names and the [`PeerAuthorizer`]
-//!   hook the XDR layer plugs its DR-link rule into.
+//! - [`identity`]: the [`PeerIdentity`] a verified certificate names (the transport's own
+//!   [`SiteName`] and [`NodeId`]) and the [`PeerAuthorizer`] hook the XDR layer plugs its
+//!   DR-link rule into.
 //! - [`Endpoint`]: serve requests with a [`Handler`], call peers with a [`Client`] (reconnect
 //!   with backoff and jitter), drain on [`Endpoint::shutdown`].
 //! - [`TransportSettings`]: timeouts and windows sized for a 150 ms long fat pipe.
@@ -26,7 +27,9 @@ pub mod relay;
 mod tls;
 
 pub use backoff::Backoff;
-pub use certs::{CertError, CertsReport, CertsSummary, NodeCredentials, TrustStore};
+pub use certs::{
+    CertError, CertsReport, CertsSummary, NodeCredentials, NodeMember, SiteMembers, TrustStore,
+};
 pub use config::{Congestion, TransportSettings, Windows};
 pub use endpoint::{
     Client, ClientStatus, Endpoint, EndpointStats, Handler, HandlerError, RequestContext,
@@ -34,5 +37,5 @@ pub use endpoint::{
 };
 pub use error::{PeerRejection, TransportError};
 pub use frame::{Frame, FrameError, FrameType};
-pub use identity::{AllowAll, LinkAuthorizer, PeerAuthorizer, PeerIdentity};
+pub use identity::{AllowAll, InvalidName, NodeId, PeerAuthorizer, PeerIdentity, SiteName};
 pub use tls::ALPN;

@@ -59,7 +59,7 @@ pub(crate) struct TlsContext {
     key: Arc<CertifiedKey>,
     local: PeerIdentity,
     trust: TrustStore,
-    sites: std::collections::BTreeMap<ferry_topology::model::SiteName, SiteVerifiers>,
+    sites: std::collections::BTreeMap<crate::identity::SiteName, SiteVerifiers>,
     hints: Vec<DistinguishedName>,
     authorizer: Arc<dyn PeerAuthorizer>,
 }

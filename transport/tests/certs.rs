@@ -13,7 +13,7 @@ use ferry_transport::{AllowAll, Endpoint, Frame, NodeCredentials, TrustStore};
 fn init_writes_a_ca_per_site_and_a_private_key_per_node() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let summary = certs::init(&pki.topology, dir.path()).expect("init");
+    let summary = certs::init(&pki.members, dir.path()).expect("init");
     assert_eq!(summary.sites.len(), 3);
     assert!(summary.sites.iter().all(|s| s.ca_created && s.issued.len() == 1));
     for file in ["us-east/ca.pem", "us-east/ca.key", "us-east/use-a.pem", "us-east/use-a.key"] {
@@ -31,12 +31,12 @@ fn init_writes_a_ca_per_site_and_a_private_key_per_node() {
     assert!(text.contains("site eu-west: CA created; issued euw_a"), "{text}");
 
     // A second run keeps everything.
-    let again = certs::init(&pki.topology, dir.path()).expect("init again");
+    let again = certs::init(&pki.members, dir.path()).expect("init again");
     assert!(again.sites.iter().all(|s| !s.ca_created && s.issued.is_empty() && s.kept.len() == 1));
 
     // A removed node certificate is reissued by the existing CA.
     std::fs::remove_file(dir.path().join("us-east/use-a.pem")).expect("rm");
-    let third = certs::init(&pki.topology, dir.path()).expect("init third");
+    let third = certs::init(&pki.members, dir.path()).expect("init third");
     let us = third.sites.iter().find(|s| s.site == site("us-east")).expect("us-east");
     assert!(!us.ca_created);
     assert_eq!(us.issued, vec![node("use-a")]);
@@ -61,7 +61,7 @@ fn show_warns_about_readable_keys_and_refuses_an_empty_directory() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
     assert!(matches!(certs::show(dir.path()), Err(CertError::Empty(_))));
-    certs::init(&pki.topology, dir.path()).expect("init");
+    certs::init(&pki.members, dir.path()).expect("init");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -76,8 +76,8 @@ fn show_warns_about_readable_keys_and_refuses_an_empty_directory() {
 async fn endpoints_run_on_the_files_init_wrote() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    certs::init(&pki.topology, dir.path()).expect("init");
-    let trust = TrustStore::load(&pki.topology, dir.path()).expect("trust");
+    certs::init(&pki.members, dir.path()).expect("init");
+    let trust = TrustStore::load(&pki.members, dir.path()).expect("trust");
     let endpoint = |site_name: &str, node_name: &str| {
         let creds =
             NodeCredentials::load(dir.path(), &site(site_name), &node(node_name)).expect("creds");
@@ -108,10 +108,10 @@ async fn endpoints_run_on_the_files_init_wrote() {
 fn init_refuses_a_ca_whose_key_does_not_match() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    certs::init(&pki.topology, dir.path()).expect("init");
+    certs::init(&pki.members, dir.path()).expect("init");
     std::fs::copy(dir.path().join("eu-west/ca.key"), dir.path().join("us-east/ca.key"))
         .expect("swap key");
     std::fs::remove_file(dir.path().join("us-east/use-a.pem")).expect("rm");
-    let err = certs::init(&pki.topology, dir.path()).expect_err("mismatched key");
+    let err = certs::init(&pki.members, dir.path()).expect_err("mismatched key");
     assert!(err.to_string().contains("does not match the key"), "{err}");
 }

@@ -6,15 +6,23 @@
 //! - [`batch`]: the versioned, zstd-compressed batch format shipped between sites; [`ack`] its
 //!   acknowledgement and the XDR frame types.
 //! - [`window`]: batches in flight and the ordered acknowledgement that moves a link's cursor.
-//! - [`link`]: link states, retry backoff, `max-throughput`, and lag that cannot lie.
+//! - [`link`]: operator controls, link states, retry backoff, `max-throughput`, and lag that
+//!   cannot lie.
 //! - [`plan`]: what a link ships and to which destination node (filters, loop prevention).
+//! - [`engine`]: every decision of a link's shipper (fold, cut, send, retry, commit, drain,
+//!   pause, rewind, overflow recovery, heartbeat) as events in, actions out.
 //!
-//! I/O shells: [`ship::Shipper`] (digest-log cursor → QUIC) and [`receive::Receiver`] (QUIC →
-//! the node's store), with [`stats`] under Aerospike's names.
+//! Glue: [`admission`] (which peers may connect, and the topology's sites as the transport
+//! names them).
+//!
+//! I/O shells: [`ship::Shipper`] (digest-log cursor → QUIC, driving the [`engine`]) and
+//! [`receive::Receiver`] (QUIC → the node's store), with [`stats`] under Aerospike's names.
 
 pub mod ack;
+pub mod admission;
 pub mod batch;
 pub mod conflict;
+pub mod engine;
 pub mod link;
 pub mod plan;
 pub mod receive;

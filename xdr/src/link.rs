@@ -1,12 +1,68 @@
-//! A link's control state as a pure state machine: its public state (`active`, `paused`,
-//! `down`, `recovering`, `draining`), retry backoff, the `max-throughput` token bucket and the
-//! lag it reports. Time is passed in (milliseconds), so every rule is unit-tested without a
-//! clock; the async shipper only feeds events in and sleeps for the waits it gets back.
+//! A link's control state as a pure state machine: the operator's controls and commands, its
+//! public state (`active`, `paused`, `down`, `recovering`, `draining`), retry backoff, the
+//! `max-throughput` token bucket, the lag it reports and the log's time left. Time is passed in
+//! (milliseconds), so every rule is unit-tested without a clock; the shipper's engine feeds
+//! events in and turns the waits it gets back into timers.
 
 use std::fmt;
 use std::time::Duration;
 
 use ferry_transport::Backoff;
+
+/// Operator commands to a running link, published on a watch channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkControl {
+    pub paused: bool,
+    /// Bumped to ask for a rewind; the shipper runs one scan per new value.
+    pub rewind_seq: u64,
+    /// Re-ship records changed at or after this time (ms since the Unix epoch; 0 = all).
+    pub rewind_from_ms: u64,
+    /// Bumped to ask for a drain: the link reports `draining` until every change logged
+    /// before the request is acknowledged (switchover: fence writes, drain, switch).
+    pub drain_seq: u64,
+}
+
+/// An operator command to a running link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkCommand {
+    Pause,
+    Resume,
+    /// Re-ship every record changed at or after `from_ms` (0: all).
+    Rewind {
+        from_ms: u64,
+    },
+    /// Resume if paused and ship everything logged so far (`draining` until done).
+    Drain,
+}
+
+impl LinkCommand {
+    /// `pause`, `resume`, `rewind` (with `from_ms`) or `drain`; `None` for anything else.
+    pub fn parse(action: &str, from_ms: u64) -> Option<LinkCommand> {
+        match action {
+            "pause" => Some(LinkCommand::Pause),
+            "resume" => Some(LinkCommand::Resume),
+            "rewind" => Some(LinkCommand::Rewind { from_ms }),
+            "drain" => Some(LinkCommand::Drain),
+            _ => None,
+        }
+    }
+
+    /// The controls after this command.
+    pub fn apply(self, control: &mut LinkControl) {
+        match self {
+            LinkCommand::Pause => control.paused = true,
+            LinkCommand::Resume => control.paused = false,
+            LinkCommand::Rewind { from_ms } => {
+                control.rewind_seq += 1;
+                control.rewind_from_ms = from_ms;
+            }
+            LinkCommand::Drain => {
+                control.paused = false;
+                control.drain_seq += 1;
+            }
+        }
+    }
+}
 
 /// A link's state as operators see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,20 +105,29 @@ pub struct LinkMachine {
     recovering: bool,
     /// Consecutive failed attempts since the last success.
     failures: u32,
+    /// Wall time (ms) the link started: lag counts from here until it first hears back.
+    started_ms: u64,
     /// Wall time (ms) of the last answer from the destination: an ack or a heartbeat reply.
     last_contact_ms: Option<u64>,
+    /// Wall time (ms) an operator paused the link.
+    paused_since_ms: Option<u64>,
+    /// Wall time (ms) the link was last seen with nothing logged left to acknowledge.
+    caught_up_ms: u64,
 }
 
 impl LinkMachine {
-    /// A link that has not talked to its destination yet.
-    pub fn new(backoff: Backoff) -> Self {
+    /// A link started at `started_ms` that has not talked to its destination yet.
+    pub fn new(backoff: Backoff, started_ms: u64) -> Self {
         LinkMachine {
             backoff,
             paused: false,
             draining: false,
             recovering: false,
             failures: 0,
+            started_ms,
             last_contact_ms: None,
+            paused_since_ms: None,
+            caught_up_ms: started_ms,
         }
     }
 
@@ -86,7 +151,13 @@ impl LinkMachine {
         !self.paused
     }
 
-    pub fn set_paused(&mut self, paused: bool) {
+    /// Pauses or resumes at `now_ms` (lag counts from the first pause).
+    pub fn set_paused(&mut self, paused: bool, now_ms: u64) {
+        if paused && !self.paused {
+            self.paused_since_ms = Some(now_ms);
+        } else if !paused {
+            self.paused_since_ms = None;
+        }
         self.paused = paused;
     }
 
@@ -112,16 +183,26 @@ impl LinkMachine {
         delay
     }
 
-    /// Lag in milliseconds that cannot lie: the age of the oldest change not yet acknowledged,
-    /// or, with nothing pending, the time since the destination last answered when that is
+    /// Lag in milliseconds that cannot lie, at `now_ms`: the age of the oldest change read and
+    /// not yet acknowledged; else, while `behind` (the log holds changes not yet acknowledged,
+    /// unread so far), the time since the link was last caught up; else, while paused, the
+    /// time since the pause; else the time since the destination last answered when that is
     /// longer than [`SILENCE_MS`] (a dead idle link is not "caught up"). A link that never
-    /// reached its destination counts from `started_ms`.
-    pub fn lag_ms(&self, now_ms: u64, oldest_pending_lut_ms: Option<u64>, started_ms: u64) -> u64 {
-        if let Some(lut) = oldest_pending_lut_ms {
-            return now_ms.saturating_sub(lut);
+    /// reached its destination counts from its start. Never 0 while behind or paused.
+    pub fn lag_ms(&mut self, now_ms: u64, oldest_pending_lut_ms: Option<u64>, behind: bool) -> u64 {
+        if !behind {
+            self.caught_up_ms = now_ms;
         }
-        let since = now_ms.saturating_sub(self.last_contact_ms.unwrap_or(started_ms));
-        if since > SILENCE_MS { since } else { 0 }
+        let lag = match (oldest_pending_lut_ms, self.paused_since_ms) {
+            (Some(lut), _) => now_ms.saturating_sub(lut),
+            (None, _) if behind => now_ms.saturating_sub(self.caught_up_ms),
+            (None, Some(paused)) => now_ms.saturating_sub(paused),
+            (None, None) => {
+                let since = now_ms.saturating_sub(self.last_contact_ms.unwrap_or(self.started_ms));
+                if since > SILENCE_MS { since } else { 0 }
+            }
+        };
+        if behind || self.paused { lag.max(1) } else { lag }
     }
 }
 
@@ -138,6 +219,46 @@ pub fn log_time_left(
         return None;
     }
     Some((capacity_entries.saturating_sub(backlog_entries) as f64 / growth) as u64)
+}
+
+/// Ingest and shipping rates of a link's log, smoothed over a few samples taken at least
+/// `every_ms` apart, for `log_time_left`.
+#[derive(Debug, Clone)]
+pub struct LogRates {
+    every_ms: u64,
+    at_ms: u64,
+    flushed: u64,
+    committed: u64,
+    ingest: f64,
+    shipped: f64,
+}
+
+impl LogRates {
+    /// Rates from the cursor's positions at `now_ms`.
+    pub fn new(every_ms: u64, now_ms: u64, flushed: u64, committed: u64) -> Self {
+        LogRates { every_ms, at_ms: now_ms, flushed, committed, ingest: 0.0, shipped: 0.0 }
+    }
+
+    /// Samples the cursor's positions at `now_ms`; `None` until `every_ms` has passed since the
+    /// last sample, else the seconds left before the backlog fills the log (`Some(None)`: not
+    /// growing).
+    pub fn sample(
+        &mut self,
+        now_ms: u64,
+        flushed: u64,
+        committed: u64,
+        capacity_entries: u64,
+    ) -> Option<Option<u64>> {
+        let elapsed_ms = now_ms.checked_sub(self.at_ms).filter(|&e| e >= self.every_ms)?;
+        let elapsed = (elapsed_ms as f64 / 1000.0).max(1e-3);
+        let smooth = |old: f64, new: f64| 0.7 * old + 0.3 * new;
+        self.ingest = smooth(self.ingest, flushed.saturating_sub(self.flushed) as f64 / elapsed);
+        self.shipped =
+            smooth(self.shipped, committed.saturating_sub(self.committed) as f64 / elapsed);
+        (self.at_ms, self.flushed, self.committed) = (now_ms, flushed, committed);
+        let backlog = flushed.saturating_sub(committed);
+        Some(log_time_left(capacity_entries, backlog, self.ingest, self.shipped))
+    }
 }
 
 /// `max-throughput` as a token bucket of records per second, with one second of burst.
@@ -175,11 +296,28 @@ mod tests {
     use super::*;
 
     fn machine() -> LinkMachine {
-        LinkMachine::new(Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            jitter: 0.0,
-        })
+        LinkMachine::new(
+            Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+                jitter: 0.0,
+            },
+            0,
+        )
+    }
+
+    #[test]
+    fn link_commands_parse_and_change_the_controls() {
+        let mut control = LinkControl::default();
+        for (action, from_ms) in [("pause", 0), ("rewind", 1_700), ("drain", 0), ("rewind", 0)] {
+            LinkCommand::parse(action, from_ms).expect("known action").apply(&mut control);
+        }
+        let expected =
+            LinkControl { paused: false, rewind_seq: 2, rewind_from_ms: 0, drain_seq: 1 };
+        assert_eq!(control, expected, "drain resumes a paused link");
+        LinkCommand::Pause.apply(&mut control);
+        assert!(control.paused);
+        assert_eq!(LinkCommand::parse("stop", 0), None);
     }
 
     #[test]
@@ -203,29 +341,61 @@ mod tests {
         assert_eq!(link.state(), LinkState::Down);
         link.set_draining(true);
         assert_eq!(link.state(), LinkState::Draining);
-        link.set_paused(true);
+        link.set_paused(true, 0);
         assert_eq!(link.state(), LinkState::Paused);
         assert!(!link.may_ship());
-        link.set_paused(false);
+        link.set_paused(false, 0);
         assert!(link.may_ship());
         assert_eq!(link.state().to_string(), "draining");
     }
 
     #[test]
     fn lag_counts_from_the_oldest_pending_change() {
-        let link = machine();
-        assert_eq!(link.lag_ms(10_000, Some(9_250), 0), 750);
-        assert_eq!(link.lag_ms(10_000, Some(11_000), 0), 0, "clock skew never underflows");
+        let mut link = machine();
+        assert_eq!(link.lag_ms(10_000, Some(9_250), true), 750);
+        assert_eq!(link.lag_ms(10_000, Some(11_000), true), 1, "clock skew: behind, never 0");
     }
 
     #[test]
     fn an_idle_link_is_caught_up_only_while_its_destination_answers() {
         let mut link = machine();
-        assert_eq!(link.lag_ms(1_000, None, 0), 0, "just started");
-        assert_eq!(link.lag_ms(10_000, None, 0), 10_000, "never reached the destination");
+        assert_eq!(link.lag_ms(1_000, None, false), 0, "just started");
+        assert_eq!(link.lag_ms(10_000, None, false), 10_000, "never reached the destination");
         link.on_success(10_000);
-        assert_eq!(link.lag_ms(12_000, None, 0), 0);
-        assert_eq!(link.lag_ms(20_000, None, 0), 10_000, "silent for 10 s: not caught up");
+        assert_eq!(link.lag_ms(12_000, None, false), 0);
+        assert_eq!(link.lag_ms(20_000, None, false), 10_000, "silent for 10 s: not caught up");
+    }
+
+    #[test]
+    fn unread_changes_count_from_when_the_link_was_last_caught_up() {
+        let mut link = machine();
+        link.on_success(1_000);
+        assert_eq!(link.lag_ms(1_000, None, false), 0);
+        assert_eq!(link.lag_ms(1_000, None, true), 1, "behind: never 0");
+        assert_eq!(link.lag_ms(1_400, None, true), 400);
+        assert_eq!(link.lag_ms(1_500, Some(1_450), true), 50, "a read change is more precise");
+    }
+
+    #[test]
+    fn a_paused_link_never_reports_lag_0() {
+        let mut link = machine();
+        link.on_success(1_000);
+        link.set_paused(true, 1_000);
+        assert_eq!(link.lag_ms(1_000, None, false), 1);
+        link.on_success(1_500);
+        link.set_paused(true, 1_700);
+        assert_eq!(link.lag_ms(2_000, None, false), 1_000, "counts from the first pause");
+        link.set_paused(false, 2_000);
+        assert_eq!(link.lag_ms(2_000, None, false), 0);
+    }
+
+    #[test]
+    fn log_rates_sample_no_faster_than_asked() {
+        let mut rates = LogRates::new(500, 0, 0, 0);
+        assert_eq!(rates.sample(100, 50, 0, 10_000), None, "too soon");
+        // 1000 entries/s in, nothing shipped: smoothed to 300/s, 9000 entries of room left.
+        assert_eq!(rates.sample(1_000, 1_000, 0, 10_000), Some(Some(30)));
+        assert_eq!(rates.sample(2_000, 1_000, 1_000, 10_000), Some(None), "backlog shrinking");
     }
 
     #[test]

@@ -9,6 +9,9 @@ use ferry_digestlog::{Entry, Op};
 use ferry_topology::Topology;
 use ferry_topology::model::{Link, NodeId};
 use ferry_topology::placement::{PartitionMap, PlacementError, partition_of};
+use ferry_transport::{InvalidName, PeerIdentity};
+
+use crate::admission::peer_identity;
 
 /// A namespace the link ships, with the remote site's map of it.
 #[derive(Debug, Clone)]
@@ -20,10 +23,11 @@ pub struct ShippedNamespace {
     pub remote_map: PartitionMap,
 }
 
-/// A destination node: its identity and XDR address.
+/// A destination node: its id, the identity its certificate must name, its XDR address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationNode {
     pub id: NodeId,
+    pub identity: PeerIdentity,
     pub xdr: SocketAddr,
 }
 
@@ -48,6 +52,8 @@ pub enum PlanError {
     UnknownSite(String, String, String),
     #[error(transparent)]
     Placement(#[from] PlacementError),
+    #[error("link {from} -> {to}: {source}")]
+    Identity { from: String, to: String, source: InvalidName },
 }
 
 /// Why a logged change or a record is not shipped.
@@ -92,8 +98,19 @@ impl LinkPlan {
         let remote_nodes = remote
             .nodes
             .iter()
-            .map(|n| (n.id.clone(), DestinationNode { id: n.id.clone(), xdr: n.xdr.addr() }))
-            .collect();
+            .map(|n| {
+                let identity =
+                    peer_identity(&remote.name, &n.id).map_err(|source| PlanError::Identity {
+                        from: link.from.to_string(),
+                        to: link.to.to_string(),
+                        source,
+                    })?;
+                Ok((
+                    n.id.clone(),
+                    DestinationNode { id: n.id.clone(), identity, xdr: n.xdr.addr() },
+                ))
+            })
+            .collect::<Result<_, PlanError>>()?;
         Ok(LinkPlan {
             link: link.clone(),
             local_site_id: local.src_id.get(),
@@ -152,16 +169,14 @@ impl LinkPlan {
     }
 }
 
+/// Test topologies and plans, shared by the tests of the plan and of the shipper's engine.
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
+pub(crate) mod testing {
     use std::fmt::Write as _;
 
-    use ferry_digestlog::{Op, namespace_id};
-    use ferry_topology::placement::PARTITIONS;
-    use proptest::prelude::*;
+    use ferry_topology::Topology;
 
-    use super::*;
+    use super::LinkPlan;
 
     /// Writes a `[[sites]]` block: `nodes` nodes on two racks with ids `<name>-<i>`, namespaces
     /// `test` (two copies) and `other`, on ports derived from `src_id` so none collide.
@@ -190,7 +205,7 @@ mod tests {
 
     /// Sites `a` (src-id 1, 2 nodes), `b` (src-id 2, 3 nodes) and `c` (src-id 3, 2 nodes), and a
     /// link `a -> b` shipping `test` with the extra TOML `settings`.
-    fn topology(settings: &str) -> Topology {
+    pub(crate) fn topology(settings: &str) -> Topology {
         let mut text = String::from("name = \"plan-test\"\n");
         site(&mut text, "a", 1, 2);
         site(&mut text, "b", 2, 3);
@@ -203,11 +218,23 @@ mod tests {
     }
 
     /// The plan of the only link of `topology(settings)`, with the topology.
-    fn plan_of(settings: &str) -> (Topology, LinkPlan) {
+    pub(crate) fn plan_of(settings: &str) -> (Topology, LinkPlan) {
         let topology = topology(settings);
         let plan = LinkPlan::new(&topology, &topology.links[0]).expect("plan");
         (topology, plan)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use ferry_digestlog::{Op, namespace_id};
+    use ferry_topology::placement::PARTITIONS;
+    use proptest::prelude::*;
+
+    use super::testing::{plan_of, topology};
+    use super::*;
 
     fn entry(namespace: &str, origin_site: u8) -> Entry {
         Entry {
@@ -244,7 +271,9 @@ mod tests {
         assert_eq!(plan.remote_nodes.len(), remote.nodes.len());
         for node in &remote.nodes {
             let destination = &plan.remote_nodes[&node.id];
-            assert_eq!(destination, &DestinationNode { id: node.id.clone(), xdr: node.xdr.addr() });
+            let identity = peer_identity(&remote.name, &node.id).expect("identity");
+            let expected = DestinationNode { id: node.id.clone(), identity, xdr: node.xdr.addr() };
+            assert_eq!(destination, &expected);
         }
     }
 

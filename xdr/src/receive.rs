@@ -94,7 +94,10 @@ impl<A: Applier> Receiver<A> {
                 ),
             ));
         }
-        let link = topology.links.iter().find(|l| l.from == *site && l.to == self.local_site);
+        let link = topology
+            .links
+            .iter()
+            .find(|l| l.from.as_str() == site.as_str() && l.to == self.local_site);
         match link {
             None => Err(self.reject(false, format!("no link {site} -> {}", self.local_site))),
             Some(link) if !link.enabled => {
@@ -122,7 +125,7 @@ impl<A: Applier> Receiver<A> {
         delivery: Delivery,
     ) -> Result<Frame, HandlerError> {
         add(&self.stats.receiver.batches, 1);
-        if delivery == Delivery::Forwarded && ctx.peer.site != self.local_site {
+        if delivery == Delivery::Forwarded && ctx.peer.site.as_str() != self.local_site.as_str() {
             return Err(self.reject(
                 false,
                 format!(
@@ -266,10 +269,7 @@ mod tests {
 
     fn from(site: &str) -> RequestContext {
         RequestContext {
-            peer: PeerIdentity::new(
-                site.try_into().expect("site name"),
-                format!("{site}-0").as_str().try_into().expect("node id"),
-            ),
+            peer: PeerIdentity::named(site, &format!("{site}-0")).expect("identity"),
             remote: SocketAddr::from(([127, 0, 0, 1], 4_000)),
         }
     }

@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::conflict::VersionStamp;
-use crate::link::LinkState;
-use crate::ship::{LinkCommand, LinkControl};
+use crate::link::{LinkCommand, LinkControl, LinkState};
 
 /// Counters of one link's shipper. Gauges (`lag`, `in_queue`, …) are set by the shipper.
 #[derive(Debug, Default)]

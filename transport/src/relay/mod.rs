@@ -17,13 +17,11 @@ mod shaper;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_topology::model::SimulatedWan;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
@@ -40,9 +38,6 @@ const MAX_DATAGRAM: usize = 65_535;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayError {
-    /// A command-line style argument is missing or malformed.
-    #[error("{0}")]
-    Args(String),
     /// A socket failed.
     #[error("{action}: {source}")]
     Io { action: String, source: std::io::Error },
@@ -120,57 +115,6 @@ impl RelayConfig {
         self.reverse_shape = shape;
         self
     }
-
-    /// Parses `ferry wan` style arguments:
-    /// `--listen ADDR --forward ADDR [--control ADDR] [--delay-ms N] [--jitter-ms N]
-    /// [--loss P] [--rate-mbit N] [--partition] [--seed N]`. Delay, jitter, loss and rate apply
-    /// to each direction (so the RTT grows by twice `--delay-ms`).
-    pub fn parse_args<I, S>(args: I) -> Result<RelayConfig, RelayError>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let mut listen = None;
-        let mut forward = None;
-        let mut control = None;
-        let mut seed = None;
-        let mut shape = LinkShape::default();
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let arg = arg.as_ref();
-            if arg == "--partition" {
-                shape.partitioned = true;
-                continue;
-            }
-            let value =
-                args.next().ok_or_else(|| RelayError::Args(format!("{arg} needs a value")))?;
-            let value = value.as_ref();
-            match arg {
-                "--listen" => listen = Some(parse_value(arg, value)?),
-                "--forward" => forward = Some(parse_value(arg, value)?),
-                "--control" => control = Some(parse_value(arg, value)?),
-                "--seed" => seed = Some(parse_value(arg, value)?),
-                other => {
-                    let key = other.strip_prefix("--").unwrap_or(other);
-                    apply_setting(&mut shape, key, value).map_err(RelayError::Args)?;
-                }
-            }
-        }
-        let listen = listen.ok_or_else(|| RelayError::Args("--listen ADDR is required".into()))?;
-        let forward =
-            forward.ok_or_else(|| RelayError::Args("--forward ADDR is required".into()))?;
-        let mut config = RelayConfig::new(listen, forward).with_shape(shape);
-        config.control = control;
-        config.seed = seed;
-        Ok(config)
-    }
-}
-
-fn parse_value<T: FromStr>(arg: &str, value: &str) -> Result<T, RelayError>
-where
-    T::Err: std::fmt::Display,
-{
-    value.parse().map_err(|e| RelayError::Args(format!("{arg} {value}: {e}")))
 }
 
 /// Applies one `key=value` setting (`delay-ms`, `jitter-ms`, `loss`, `rate-mbit`, `burst-kb`,
@@ -212,18 +156,6 @@ pub fn apply_setting(shape: &mut LinkShape, key: &str, value: &str) -> Result<()
         }
     }
     Ok(())
-}
-
-impl From<&SimulatedWan> for LinkShape {
-    fn from(wan: &SimulatedWan) -> LinkShape {
-        LinkShape {
-            delay: Duration::from_millis(u64::from(wan.delay_ms)),
-            jitter: Duration::from_millis(u64::from(wan.jitter_ms)),
-            loss: wan.loss.clamp(0.0, 1.0),
-            rate: wan.rate_mbit.map(|m| u64::from(m) * 125_000),
-            ..LinkShape::default()
-        }
-    }
 }
 
 /// Counters of one direction.
@@ -741,63 +673,4 @@ async fn delay_line(
     }
     counters.queued.fetch_sub(heap.len() as u64, Ordering::Relaxed);
     counters.dropped_overflow.fetch_add(heap.len() as u64, Ordering::Relaxed);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ferry_wan_arguments() {
-        let config = RelayConfig::parse_args([
-            "--listen",
-            "127.0.0.1:7000",
-            "--forward",
-            "127.0.0.1:4002",
-            "--delay-ms",
-            "25",
-            "--loss",
-            "0.01",
-            "--rate-mbit",
-            "100",
-            "--control",
-            "127.0.0.1:7001",
-            "--seed",
-            "9",
-        ])
-        .expect("parse");
-        assert_eq!(config.listen, "127.0.0.1:7000".parse().expect("addr"));
-        assert_eq!(config.forward, "127.0.0.1:4002".parse().expect("addr"));
-        assert_eq!(config.control, Some("127.0.0.1:7001".parse().expect("addr")));
-        assert_eq!(config.seed, Some(9));
-        for shape in [config.forward_shape, config.reverse_shape] {
-            assert_eq!(shape.delay, Duration::from_millis(25));
-            assert_eq!(shape.loss, 0.01);
-            assert_eq!(shape.rate, Some(12_500_000));
-            assert!(!shape.partitioned);
-        }
-    }
-
-    #[test]
-    fn refuses_bad_arguments() {
-        let cases: [&[&str]; 5] = [
-            &["--forward", "127.0.0.1:1"],
-            &["--listen", "127.0.0.1:1"],
-            &["--listen", "nowhere", "--forward", "127.0.0.1:1"],
-            &["--listen", "127.0.0.1:1", "--forward", "127.0.0.1:2", "--loss"],
-            &["--listen", "127.0.0.1:1", "--forward", "127.0.0.1:2", "--volume", "11"],
-        ];
-        for args in cases {
-            assert!(RelayConfig::parse_args(args).is_err(), "{args:?}");
-        }
-    }
-
-    #[test]
-    fn a_topology_wan_becomes_a_shape() {
-        let wan = SimulatedWan { delay_ms: 75, jitter_ms: 5, loss: 0.01, rate_mbit: Some(100) };
-        let shape = LinkShape::from(&wan);
-        assert_eq!(shape.delay, Duration::from_millis(75));
-        assert_eq!(shape.jitter, Duration::from_millis(5));
-        assert_eq!(shape.rate, Some(12_500_000));
-    }
 }

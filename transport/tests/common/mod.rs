@@ -1,4 +1,4 @@
-//! Shared fixtures: a three-site topology, in-memory CAs and endpoints on loopback port 0.
+//! Shared fixtures: three sites, in-memory CAs and endpoints on loopback port 0.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -8,74 +8,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_topology::model::{NodeId, SiteName};
-use ferry_topology::{SharedTopology, Topology};
 use ferry_transport::certs::{CertificateAuthority, Validity};
 use ferry_transport::{
-    AllowAll, Endpoint, Frame, FrameType, Handler, HandlerError, LinkAuthorizer, NodeCredentials,
-    PeerAuthorizer, PeerIdentity, RequestContext, TransportSettings, TrustStore,
+    AllowAll, Endpoint, Frame, FrameType, Handler, HandlerError, NodeCredentials, NodeId,
+    NodeMember, PeerAuthorizer, PeerIdentity, RequestContext, SiteMembers, SiteName,
+    TransportSettings, TrustStore,
 };
 
-pub const TOPOLOGY: &str = r#"
-name = "transport-tests"
+/// Three sites of one node each.
+pub const SITES: [(&str, &str); 3] =
+    [("us-east", "use-a"), ("eu-west", "euw_a"), ("ap-south", "aps-a")];
 
-[[sites]]
-name = "us-east"
-src-id = 1
-role = "active"
-[[sites.nodes]]
-id = "use-a"
-client = "127.0.0.1:3000"
-fabric = "127.0.0.1:3001"
-xdr = "127.0.0.1:3002"
-admin = "127.0.0.1:3003"
-[[sites.namespaces]]
-name = "test"
-replication-factor = 1
+/// DR links `from -> to` between them.
+pub const LINKS: [(&str, &str); 3] =
+    [("us-east", "eu-west"), ("eu-west", "us-east"), ("us-east", "ap-south")];
 
-[[sites]]
-name = "eu-west"
-src-id = 2
-role = "standby"
-[[sites.nodes]]
-id = "euw_a"
-client = "127.0.0.1:4000"
-fabric = "127.0.0.1:4001"
-xdr = "127.0.0.1:4002"
-admin = "127.0.0.1:4003"
-[[sites.namespaces]]
-name = "test"
-replication-factor = 1
+/// Admits the node's own site and sites with a link into it (the XDR layer's rule, restated
+/// over [`LINKS`] so these tests need no topology).
+#[derive(Debug)]
+pub struct Linked {
+    local: String,
+}
 
-[[sites]]
-name = "ap-south"
-src-id = 3
-role = "standby"
-[[sites.nodes]]
-id = "aps-a"
-client = "127.0.0.1:5000"
-fabric = "127.0.0.1:5001"
-xdr = "127.0.0.1:5002"
-admin = "127.0.0.1:5003"
-[[sites.namespaces]]
-name = "test"
-replication-factor = 1
-
-[[links]]
-from = "us-east"
-to = "eu-west"
-namespaces = ["test"]
-
-[[links]]
-from = "eu-west"
-to = "us-east"
-namespaces = ["test"]
-
-[[links]]
-from = "us-east"
-to = "ap-south"
-namespaces = ["test"]
-"#;
+impl PeerAuthorizer for Linked {
+    fn authorize(&self, peer: &PeerIdentity) -> Result<(), String> {
+        let site = peer.site.as_str();
+        let linked =
+            site == self.local || LINKS.iter().any(|(from, to)| *from == site && *to == self.local);
+        if linked { Ok(()) } else { Err(format!("has no link into '{}'", self.local)) }
+    }
+}
 
 pub fn site(name: &str) -> SiteName {
     SiteName::try_from(name).expect("site name")
@@ -89,31 +51,38 @@ pub fn id(site_name: &str, node_name: &str) -> PeerIdentity {
     PeerIdentity::new(site(site_name), node(node_name))
 }
 
-/// The topology and one CA per site.
+/// The sites' members and one CA per site.
 pub struct Pki {
-    pub topology: Arc<Topology>,
+    pub members: Vec<SiteMembers>,
     pub cas: BTreeMap<String, CertificateAuthority>,
 }
 
 impl Pki {
     pub fn new() -> Pki {
-        let topology =
-            ferry_topology::parse_topology("test.toml", TOPOLOGY).expect("topology").topology;
-        let cas = topology
-            .sites
+        let members: Vec<SiteMembers> = SITES
             .iter()
-            .map(|s| {
-                let ca = CertificateAuthority::generate(&s.name, Validity::days_from_now(30))
-                    .expect("CA");
-                (s.name.to_string(), ca)
+            .map(|(s, n)| SiteMembers {
+                site: site(s),
+                nodes: vec![NodeMember {
+                    id: node(n),
+                    ips: vec!["127.0.0.1".parse().expect("ip")],
+                }],
             })
             .collect();
-        Pki { topology: Arc::new(topology), cas }
+        let cas = members
+            .iter()
+            .map(|m| {
+                let ca = CertificateAuthority::generate(&m.site, Validity::days_from_now(30))
+                    .expect("CA");
+                (m.site.to_string(), ca)
+            })
+            .collect();
+        Pki { members, cas }
     }
 
     pub fn trust(&self) -> TrustStore {
         TrustStore::new(
-            &self.topology,
+            &self.members,
             self.cas.iter().map(|(s, ca)| (site(s), ca.cert_der().clone())),
         )
     }
@@ -139,10 +108,7 @@ impl Pki {
         node_name: &str,
         settings: TransportSettings,
     ) -> Endpoint {
-        let authorizer: Arc<dyn PeerAuthorizer> = Arc::new(LinkAuthorizer::new(
-            SharedTopology::new(self.topology.clone()),
-            site(site_name),
-        ));
+        let authorizer: Arc<dyn PeerAuthorizer> = Arc::new(Linked { local: site_name.to_owned() });
         self.endpoint_with(self.creds(site_name, node_name), authorizer, settings)
     }
 

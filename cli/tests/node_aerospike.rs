@@ -2,6 +2,8 @@
 //! `aerospike` client: connect and tend, every single-record operation, batch reads across
 //! nodes, full scans, and durability across SIGKILL.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -11,9 +13,10 @@ use aerospike::{
     GenerationPolicy, QueryPolicy, ReadPolicy, RecordExistsAction, ResultCode, Statement, Value,
     WritePolicy, as_bin, as_key, operations,
 };
-use ferry_node::launcher::{Launcher, NodeProcess};
-use ferry_tests::{ferry_bin, one_site_topology};
+use ferry::launcher::{Launcher, NodeProcess};
+use ferry_tests::one_site_topology;
 use futures::StreamExt;
+use support::ferry_bin;
 
 struct Site {
     _dir: tempfile::TempDir,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ferry::deploy::field;
 use ferry_node::proto::info;
 use ferry_topology::Topology;
 use serde::Serialize;
@@ -80,14 +81,6 @@ struct LinkNodeStatus {
     lag_ms: u64,
     shipped: u64,
     in_queue: u64,
-}
-
-/// One `name=value` field of an info answer.
-pub(crate) fn field(value: &str, name: &str) -> Option<String> {
-    value.split(';').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == name).then(|| value.to_owned())
-    })
 }
 
 fn number(value: &str, name: &str) -> u64 {

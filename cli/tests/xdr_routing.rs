@@ -1,11 +1,14 @@
 //! What ships where, with real processes on three sites: set filters, loop prevention,
 //! forwarding along a chain a → b → c, hot-key folding, and `max-throughput`.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use aerospike::{Bins, Client, ClientPolicy, ReadPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{Deployment, multi_site_topology};
+use ferry_tests::multi_site_topology;
 use futures::stream::{self, StreamExt};
+use support::Deployment;
 
 async fn connect(deployment: &Deployment, site: &str) -> Client {
     let seed = deployment.site(site)[0].client.to_string();
@@ -55,7 +58,7 @@ async fn filters_loops_forwarding_and_hot_keys() {
         "generation",
         &[("a", "b", &a_to_b), ("b", "c", &b_to_c), ("b", "a", fast)],
     );
-    let deployment = Deployment::start(&topology, nodes);
+    let deployment = Deployment::start(&topology, nodes).await;
     let (a, b, c) = (
         connect(&deployment, "a").await,
         connect(&deployment, "b").await,
@@ -106,7 +109,7 @@ async fn filters_loops_forwarding_and_hot_keys() {
 async fn max_throughput_paces_the_link() {
     let link = "period-ms = 20\nhot-key-ms = 20\nmax-throughput = 400";
     let (topology, nodes) = multi_site_topology(&["a", "b"], 2, "generation", &[("a", "b", link)]);
-    let deployment = Deployment::start(&topology, nodes);
+    let deployment = Deployment::start(&topology, nodes).await;
     let a = connect(&deployment, "a").await;
     let started = Instant::now();
     put_all(&a, "paced", 0..2_000).await;
@@ -121,7 +124,7 @@ async fn expirations_ship_as_tombstones_with_ship_nsup_deletes() {
     let link = "period-ms = 20\nhot-key-ms = 20\nship-nsup-deletes = true";
     let (topology, nodes) = multi_site_topology(&["a", "b"], 2, "generation", &[("a", "b", link)]);
     let args = vec!["--nsup-period-secs".to_owned(), "1".to_owned()];
-    let deployment = Deployment::start_with(&topology, nodes, args);
+    let deployment = Deployment::start_with(&topology, nodes, args).await;
     let a = connect(&deployment, "a").await;
     let short_lived =
         WritePolicy { expiration: aerospike::Expiration::Seconds(2), ..WritePolicy::default() };

@@ -1,11 +1,14 @@
 //! `ferry certs init|show` and `ferry wan` as real processes.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_tests::{ferry_bin, free_ports, workspace_root};
+use ferry_tests::{free_ports, workspace_root};
+use support::ferry_bin;
 
 #[test]
 fn certs_init_writes_private_keys_and_show_reads_them_back() {

@@ -14,13 +14,17 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{Deployment, relays_in_front_of, stat_fields, two_site_topology};
-use ferry_transport::relay::{LinkShape, RelayHandle};
+use ferry_tests::{stat_fields, two_site_topology};
+use ferry_transport::relay::LinkShape;
+use support::Deployment;
 
 const WRITERS: u64 = 64;
 
@@ -44,7 +48,6 @@ fn raw_record_bytes(i: u64) -> u64 {
 
 struct Sites {
     deployment: Deployment,
-    relays: Vec<RelayHandle>,
     client: Arc<Client>,
 }
 
@@ -53,19 +56,15 @@ async fn start(link_enabled: bool, one_way_delay: Option<Duration>) -> Sites {
         "period-ms = 20\nhot-key-ms = 20\nmax-throughput = 1000000\nenabled = {link_enabled}"
     );
     let (topology, nodes) = two_site_topology(3, "generation", &link, false);
-    let (relays, args) = match one_way_delay {
-        Some(delay) => {
-            relays_in_front_of(&nodes, "b", LinkShape { delay, ..LinkShape::default() }).await
+    let deployment = Deployment::start_spec(&topology, nodes, |spec| {
+        if let Some(delay) = one_way_delay {
+            spec.relays = vec![("b".to_owned(), LinkShape { delay, ..LinkShape::default() })];
         }
-        None => (Vec::new(), Vec::new()),
-    };
-    let deployment =
-        tokio::task::spawn_blocking(move || Deployment::start_with(&topology, nodes, args))
-            .await
-            .expect("start");
+    })
+    .await;
     let seed = deployment.site("a")[0].client.to_string();
     let client = Arc::new(Client::new(&ClientPolicy::default(), &seed).await.expect("connect"));
-    Sites { deployment, relays, client }
+    Sites { deployment, client }
 }
 
 /// Writes keys `from..to`, paced to `rate` per second when given; returns writes per second.
@@ -119,7 +118,7 @@ fn site_cpu_seconds(sites: &Sites, site: &str) -> f64 {
     deployment
         .site(site)
         .iter()
-        .filter_map(|node| deployment.processes.get(&node.id)?.pid())
+        .filter_map(|node| deployment.pid(&node.id))
         .filter_map(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -209,13 +208,13 @@ fn main() {
 
         // Outage under half load, then catch-up.
         let base = records + (half * 10.0) as u64;
-        for relay in &wan.relays {
+        for relay in wan.deployment.running.relays_into("b") {
             relay.set_partitioned(true);
         }
         let during = (half * outage.as_secs_f64()) as u64;
         write(&wan.client, base, base + during, Some(half)).await;
         let backlog: u64 = stat(&wan, "in_queue").await.iter().sum();
-        for relay in &wan.relays {
+        for relay in wan.deployment.running.relays_into("b") {
             relay.set_partitioned(false);
         }
         let drain = until_converged(&wan).await;

@@ -3,13 +3,16 @@
 //! a second `ferry up` refused, Ctrl-C (SIGINT) leaving no process, a restart that finds the
 //! records, the Python seed example unchanged, and `ferry down`.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aerospike::{Bins, Client, ClientPolicy, ReadPolicy, Value, WritePolicy, as_bin, as_key};
-use ferry_tests::{ferry_bin, workspace_root};
+use ferry_tests::workspace_root;
+use support::ferry_bin;
 
 const US_EAST: &str = "127.0.0.1:3000";
 const EU_WEST: &str = "127.0.0.1:4000";

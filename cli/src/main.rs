@@ -1,23 +1,23 @@
-//! `ferry`: the one binary of Ferry. Each subcommand lives in its own module under `cli/`.
+//! `ferry`: the one binary of Ferry. Each subcommand lives in its own module under `cmd/`.
 
 // Printing to the terminal is this binary's job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod cli;
+mod cmd;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = cmd::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(
             |_| tracing_subscriber::EnvFilter::new("info,aerospike_core=warn,aerospike=warn"),
         ))
         .with_writer(std::io::stderr)
         .init();
-    match cli::run(args) {
+    match cmd::run(args) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("ferry: {error:#}");

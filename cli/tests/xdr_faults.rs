@@ -3,12 +3,15 @@
 //! a link held paused until the digest log overflows, then recovered by a store scan; and a
 //! rewind that re-ships history. Each ends with both sites holding identical versions.
 
+mod support;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{Deployment, ferry_bin, two_site_topology};
+use ferry_tests::two_site_topology;
 use futures::stream::{self, StreamExt};
+use support::{Deployment, ferry_bin};
 
 const LINK: &str = "period-ms = 20\nhot-key-ms = 20";
 
@@ -37,7 +40,7 @@ fn ferry_link(deployment: &Deployment, args: &[&str]) -> String {
         .arg("link")
         .args(args)
         .arg("--topology")
-        .arg(&deployment.launcher.topology)
+        .arg(deployment.topology_file())
         .output()
         .expect("run ferry link");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -52,7 +55,7 @@ fn ferry_link(deployment: &Deployment, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_source_and_destination_nodes_converge_after_restart() {
     let (topology, nodes) = two_site_topology(3, "generation", LINK, false);
-    let mut deployment = Deployment::start(&topology, nodes);
+    let mut deployment = Deployment::start(&topology, nodes).await;
     let a = connect(&deployment, "a").await;
     assert_eq!(write_keys(&a, "k", 0..1_500, "first").await, 1_500);
 
@@ -69,10 +72,8 @@ async fn sigkilled_source_and_destination_nodes_converge_after_restart() {
     let acknowledged = writes.await.expect("writer");
     assert!(acknowledged >= 1_000, "writes to the live source nodes go on: {acknowledged}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    tokio::task::block_in_place(|| {
-        deployment.start_node("b-2");
-        deployment.start_node("a-1");
-    });
+    deployment.start_node("b-2").await;
+    deployment.start_node("a-1").await;
     deployment.wait_converged("a", "b", Duration::from_secs(90)).await;
     let (records, _) = deployment.site_digest("a").await;
     assert!(records >= 1_500 + acknowledged as u64, "{records} records for {acknowledged} acks");
@@ -81,7 +82,7 @@ async fn sigkilled_source_and_destination_nodes_converge_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_active_writes_to_the_same_keys_converge_under_last_update_time() {
     let (topology, nodes) = two_site_topology(3, "last-update-time", LINK, true);
-    let deployment = Deployment::start(&topology, nodes);
+    let deployment = Deployment::start(&topology, nodes).await;
     let (a, b) = (connect(&deployment, "a").await, connect(&deployment, "b").await);
     for round in 0..3 {
         let (tag_a, tag_b) = (format!("a{round}"), format!("b{round}"));
@@ -117,7 +118,7 @@ async fn a_link_held_until_the_log_overflows_recovers_everything_and_rewind_resh
     let (topology, nodes) = two_site_topology(3, "generation", LINK, false);
     // 64 KiB of log per node: about 1 300 entries before the oldest segments go.
     let args = vec!["--digest-log-cap".to_owned(), (64 * 1024).to_string()];
-    let deployment = Deployment::start_with(&topology, nodes, args);
+    let deployment = Deployment::start_with(&topology, nodes, args).await;
     let a = connect(&deployment, "a").await;
     assert_eq!(write_keys(&a, "o", 0..300, "before").await, 300);
     deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
@@ -146,7 +147,7 @@ async fn a_link_held_until_the_log_overflows_recovers_everything_and_rewind_resh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_ships_everything_logged_and_waits_for_it() {
     let (topology, nodes) = two_site_topology(2, "generation", LINK, false);
-    let deployment = Deployment::start(&topology, nodes);
+    let deployment = Deployment::start(&topology, nodes).await;
     let a = connect(&deployment, "a").await;
     ferry_link(&deployment, &["pause", "a:b"]);
     assert_eq!(write_keys(&a, "d", 0..500, "held").await, 500);

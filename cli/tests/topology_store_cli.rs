@@ -1,11 +1,14 @@
 //! `ferry topology apply/history/diff/rollback/show/serve` as real processes over a real store.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use ferry_tests::{ferry_bin, workspace_root};
+use ferry_tests::workspace_root;
 use ferry_topology::service::TopologyClient;
+use support::ferry_bin;
 
 fn ferry(store: &str, args: &[&str]) -> Output {
     Command::new(ferry_bin())

@@ -3,11 +3,14 @@
 //! under load the link's lag rises and the link reports itself down; after healing it drains,
 //! lag returns to 0 and both sites hold identical versions.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{Deployment, relays_in_front_of, stat_fields, two_site_topology};
+use ferry_tests::{stat_fields, two_site_topology};
 use ferry_transport::relay::LinkShape;
+use support::Deployment;
 
 const PARTITION: Duration = Duration::from_secs(30);
 
@@ -38,11 +41,11 @@ async fn shipping_rides_out_delay_loss_and_a_partition() {
     let (topology, nodes) =
         two_site_topology(3, "generation", "period-ms = 20\nhot-key-ms = 20", false);
     let shape = LinkShape { delay: Duration::from_millis(25), loss: 0.01, ..LinkShape::default() };
-    let (relays, args) = relays_in_front_of(&nodes, "b", shape).await;
-    let deployment =
-        tokio::task::spawn_blocking(move || Deployment::start_with(&topology, nodes, args))
-            .await
-            .expect("start deployment");
+    let deployment = Deployment::start_spec(&topology, nodes, |spec| {
+        spec.relays = vec![("b".to_owned(), shape)];
+    })
+    .await;
+    let relays: Vec<_> = deployment.running.relays_into("b").collect();
     let seed = deployment.site("a")[0].client.to_string();
     let client = Client::new(&ClientPolicy::default(), &seed).await.expect("connect");
 
@@ -86,7 +89,4 @@ async fn shipping_rides_out_delay_loss_and_a_partition() {
     assert_eq!(deployment.link_stat("a", "b", "abandoned").await, 0);
     assert!(deployment.link_stat("a", "b", "retry_conn_reset").await > 0);
     eprintln!("backlog of {} s drained in {drained_in:?}", PARTITION.as_secs());
-    for relay in relays {
-        relay.shutdown().await;
-    }
 }

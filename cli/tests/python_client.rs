@@ -2,11 +2,14 @@
 //! put/get/remove, exists, touch, operate, batch and scan, with int, str and bytes keys.
 //! The Python environment is `.venv` at the workspace root (`bash .ci/test` creates it).
 
+mod support;
+
 use std::process::Command;
 use std::time::Duration;
 
-use ferry_node::launcher::Launcher;
-use ferry_tests::{ferry_bin, one_site_topology, workspace_root};
+use ferry::launcher::Launcher;
+use ferry_tests::{one_site_topology, workspace_root};
+use support::ferry_bin;
 
 #[test]
 fn python_client_works_against_a_three_node_site() {

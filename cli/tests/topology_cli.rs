@@ -1,8 +1,11 @@
 //! `ferry topology validate`, run as a real process.
 
+mod support;
+
 use std::process::{Command, Output};
 
-use ferry_tests::{ferry_bin, workspace_root};
+use ferry_tests::workspace_root;
+use support::ferry_bin;
 
 fn ferry(args: &[&str]) -> Output {
     Command::new(ferry_bin())

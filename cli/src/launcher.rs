@@ -1,5 +1,5 @@
-//! Starts and stops real node processes (`ferry node run`): the one launcher shared by
-//! `ferry up` and the end-to-end tests. Each node gets its own state directory and log file;
+//! Starts and stops real node processes (`ferry node run`): the one launcher under
+//! [`crate::deploy`], which `ferry up` and the end-to-end tests share. Each node gets its own state directory and log file;
 //! a dropped [`NodeProcess`] is killed, so no test leaves a process behind.
 
 use std::fs::File;
@@ -149,20 +149,33 @@ impl NodeProcess {
     }
 
     /// Asks the node to stop (SIGTERM), escalating to SIGKILL after `grace`.
-    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).ok()?);
-        let _ = kill(pid, Signal::SIGTERM);
+    pub fn stop(&mut self, grace: Duration) -> Stopped {
+        let Some(mut child) = self.child.take() else { return Stopped::NotRunning };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
+                return Stopped::Exited(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
-        child.wait().ok()
+        let _ = child.wait();
+        Stopped::Killed
     }
+}
+
+/// How [`NodeProcess::stop`] ended a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// It exited within the grace period.
+    Exited(ExitStatus),
+    /// It was still running after the grace period and was killed.
+    Killed,
+    /// It had already been killed or stopped.
+    NotRunning,
 }
 
 impl Drop for NodeProcess {

@@ -2,11 +2,14 @@
 //! every write, update and delete at the active site arrives at the standby with the same
 //! generation, LUT and bins, and the link's stats say so.
 
+mod support;
+
 use std::time::Duration;
 
 use aerospike::{Bins, Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{Deployment, two_site_topology};
+use ferry_tests::two_site_topology;
 use futures::stream::{self, StreamExt};
+use support::Deployment;
 
 const KEYS: i64 = 100_000;
 
@@ -19,7 +22,7 @@ async fn connect(deployment: &Deployment, site: &str) -> Client {
 async fn writes_updates_and_deletes_at_the_active_site_arrive_at_the_standby() {
     let (topology, nodes) =
         two_site_topology(3, "generation", "period-ms = 20\nhot-key-ms = 20", false);
-    let deployment = Deployment::start(&topology, nodes);
+    let deployment = Deployment::start(&topology, nodes).await;
     let a = connect(&deployment, "a").await;
     let wp = WritePolicy::default();
     let wp = &wp;

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use ferry_node::node::{NodeConfig, NodeState};
-use ferry_node::xdr::{XdrRoutes, XdrService};
+use ferry_node::node::NodeConfig;
+use ferry_node::{Listeners, Node};
 use ferry_topology::load_topology;
 
 #[derive(Debug, Subcommand)]
@@ -62,67 +62,33 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         nsup_period_secs,
         no_digest_log,
     } = command;
-    let validated = load_topology(&topology)?;
-    let topology = validated.topology;
-    let site = topology
+    let topology = load_topology(&topology)?.topology;
+    let (site, me) = topology
         .sites
         .iter()
-        .find(|s| s.nodes.iter().any(|n| n.id == *node.as_str()))
-        .map(|s| s.name.to_string())
+        .find_map(|s| {
+            Some((s.name.to_string(), s.nodes.iter().find(|n| n.id == *node.as_str())?.clone()))
+        })
         .with_context(|| format!("node '{node}' is in no site of the topology"))?;
     let data_dir = dir.unwrap_or_else(|| PathBuf::from("ferry-data").join(&node));
-    let config =
-        NodeConfig { topology, site, node, data_dir, digest_log: !no_digest_log, digest_log_cap };
-    let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
-    let routes = xdr_routes.into_iter().collect();
-    let nsup_period = std::time::Duration::from_secs(nsup_period_secs.max(1));
-    runtime.block_on(serve(config, certs, routes, topology_service, nsup_period))?;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn serve(
-    config: NodeConfig,
-    certs: PathBuf,
-    routes: XdrRoutes,
-    topology_service: Option<String>,
-    nsup_period: std::time::Duration,
-) -> anyhow::Result<()> {
-    let state = Arc::new(NodeState::open(&config)?);
-    let me = state.cluster.node().clone();
-    let node = config.node.as_str();
-    let bind = |what: &'static str, addr: std::net::SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("node {node}: bind {what} address {addr} (in use?)"))
+    let config = NodeConfig {
+        certs,
+        digest_log: !no_digest_log,
+        digest_log_cap,
+        xdr_routes: xdr_routes.into_iter().collect(),
+        topology_service,
+        nsup_period: Duration::from_secs(nsup_period_secs.max(1)),
+        ..NodeConfig::new(topology, &site, &node, data_dir)
     };
-    let client = bind("client", me.client.addr()).await?;
-    let fabric = bind("fabric", me.fabric.addr()).await?;
-    let admin = bind("admin", me.admin.addr()).await?;
-    let xdr = XdrService::start(state.clone(), &certs, &routes, topology_service.as_deref())
-        .await
-        .with_context(|| format!("node {node}"))?;
-    tracing::info!(
-        node = %me.id,
-        site = %config.site,
-        client = %me.client,
-        fabric = %me.fabric,
-        data = %config.data_dir.display(),
-        "node ready"
-    );
-    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(ferry_node::admin::serve(state.clone(), admin, async {
-        let _ = admin_stopped.await;
-    }));
-    let reclaim = tokio::spawn(ferry_node::reclaim::run(state.clone(), nsup_period));
-    ferry_node::server::run(state, client, fabric, super::shutdown_signal()).await?;
-    reclaim.abort();
-    let _ = stop_admin.send(());
-    let _ = admin.await;
-    if let Some(xdr) = xdr {
-        xdr.stop().await;
-    }
-    tracing::info!(node = %me.id, "node stopped");
-    Ok(())
+    let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
+    runtime.block_on(async {
+        let listeners = Listeners::bind(&me).await.with_context(|| format!("node {node}"))?;
+        let handle = Node::start(config, listeners, super::shutdown_signal())
+            .await
+            .with_context(|| format!("node {node}"))?;
+        handle.wait().await.with_context(|| format!("node {node}"))
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_route(text: &str) -> Result<(String, std::net::SocketAddr), String> {

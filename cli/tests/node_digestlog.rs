@@ -1,12 +1,15 @@
 //! Every client write, touch and delete on a real node lands in its digest log, durably: after
 //! SIGKILL and restart, `ferry digestlog dump` lists an entry for every acknowledged change.
 
+mod support;
+
 use std::process::Command;
 use std::time::Duration;
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_node::launcher::Launcher;
-use ferry_tests::{ferry_bin, one_site_topology};
+use ferry::launcher::Launcher;
+use ferry_tests::one_site_topology;
+use support::ferry_bin;
 
 fn dump(dir: &std::path::Path) -> Vec<String> {
     let output = Command::new(ferry_bin())

@@ -8,13 +8,17 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aerospike::{Bins, Client, ClientPolicy, ReadPolicy, WritePolicy, as_bin, as_key};
-use ferry_node::launcher::{Launcher, NodeProcess};
-use ferry_tests::{ferry_bin, one_site_topology};
+use ferry::launcher::{Launcher, NodeProcess};
+use ferry_tests::one_site_topology;
+use support::ferry_bin;
 
 const CELL: Duration = Duration::from_secs(3);
 const MAX_OPS_PER_TASK: usize = 200_000;

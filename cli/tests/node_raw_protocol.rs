@@ -3,16 +3,19 @@
 //! frames get a parameter error or a closed connection and never harm the node; unsupported
 //! features answer result code 16; info replies follow request order.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_node::launcher::{Launcher, NodeProcess};
+use ferry::launcher::{Launcher, NodeProcess};
 use ferry_node::proto::msg::{Field, Msg, Op, field, info1, info2, op};
 use ferry_node::proto::{ProtoHeader, TYPE_INFO, TYPE_MSG, frame};
-use ferry_tests::{ferry_bin, one_site_topology};
+use ferry_tests::one_site_topology;
 use ferry_topology::placement::{PartitionMap, partition_of};
+use support::ferry_bin;
 
 struct Site {
     _dir: tempfile::TempDir,

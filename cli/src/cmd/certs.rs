@@ -26,7 +26,8 @@ pub(crate) fn run(command: CertsCommand) -> anyhow::Result<ExitCode> {
     match command {
         CertsCommand::Init { topology, out } => {
             let topology = load_topology(&topology)?.topology;
-            print!("{}", ferry_transport::certs::init(&topology, &out)?);
+            let members = ferry_xdr::admission::site_members(&topology)?;
+            print!("{}", ferry_transport::certs::init(&members, &out)?);
         }
         CertsCommand::Show { dir } => print!("{}", ferry_transport::certs::show(&dir)?),
     }

@@ -2,11 +2,14 @@
 //! enables, reconfigures and disables a link without restarting any process. A disabled link
 //! keeps its place in the log, so enabling it ships what was written meanwhile.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{Deployment, two_site_topology};
+use ferry_tests::two_site_topology;
 use ferry_topology::store::{ApplyRequest, TopologyStore};
+use support::Deployment;
 
 async fn apply(store: &TopologyStore, content: &str, comment: &str) {
     let request = ApplyRequest {
@@ -61,10 +64,7 @@ async fn enabling_reconfiguring_and_disabling_a_link_apply_without_restarts() {
         ferry_topology::service::serve(listener, served, shutdown).await.expect("serve");
     });
     let args = vec!["--topology-service".to_owned(), service];
-    let deployment =
-        tokio::task::spawn_blocking(move || Deployment::start_with(&disabled, nodes, args))
-            .await
-            .expect("start");
+    let deployment = Deployment::start_with(&disabled, nodes, args).await;
     let seed = deployment.site("a")[0].client.to_string();
     let a = Client::new(&ClientPolicy::default(), &seed).await.expect("connect");
 

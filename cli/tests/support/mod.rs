@@ -1,0 +1,149 @@
+//! What the end-to-end tests share: the `ferry` binary Cargo built for them, and a test's view
+//! of a [`ferry::deploy::Deployment`] (the same deployment `ferry up` runs) in a temporary
+//! directory, whose queries panic with the nodes' warnings instead of returning errors.
+
+// Each test binary uses its own part of this module, and none of it leaves the test crate.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferry::deploy::{DeploySpec, Deployment as Running};
+use ferry_tests::{TestNode, stat_fields};
+
+/// The `ferry` binary of this build.
+pub fn ferry_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// A running deployment of a test topology; every node is killed when it is dropped.
+#[derive(Debug)]
+pub struct Deployment {
+    pub running: Running,
+    pub nodes: Vec<TestNode>,
+    /// Holds the state directory until the deployment is dropped.
+    pub dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// Deploys `topology` (its nodes are `nodes`) and waits until every node accepts clients.
+    pub async fn start(topology: &str, nodes: Vec<TestNode>) -> Deployment {
+        Deployment::start_spec(topology, nodes, |_| {}).await
+    }
+
+    /// [`Deployment::start`] with extra `ferry node run` arguments for every node.
+    pub async fn start_with(
+        topology: &str,
+        nodes: Vec<TestNode>,
+        node_args: Vec<String>,
+    ) -> Deployment {
+        Deployment::start_spec(topology, nodes, |spec| spec.node_args = node_args).await
+    }
+
+    /// [`Deployment::start`] with the spec adjusted by `adjust` (relays, a topology service).
+    pub async fn start_spec(
+        topology: &str,
+        nodes: Vec<TestNode>,
+        adjust: impl FnOnce(&mut DeploySpec),
+    ) -> Deployment {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut spec = DeploySpec::new(ferry_bin(), dir.path().join("state"), topology);
+        adjust(&mut spec);
+        let running = Running::start(spec).await.unwrap_or_else(|e| panic!("deploy: {e}"));
+        Deployment { running, nodes, dir }
+    }
+
+    /// The topology file the nodes run.
+    pub fn topology_file(&self) -> PathBuf {
+        self.running.state.topology()
+    }
+
+    /// The pid of node `id`, while it runs.
+    pub fn pid(&self, id: &str) -> Option<u32> {
+        self.running.processes().get(id)?.pid()
+    }
+
+    /// Starts (or restarts) one node and waits until it accepts clients.
+    pub async fn start_node(&mut self, id: &str) {
+        self.running.start_node(id).await.unwrap_or_else(|e| panic!("start {id}: {e}"));
+    }
+
+    /// SIGKILLs one node.
+    pub fn kill_node(&mut self, id: &str) {
+        self.running.kill_node(id);
+    }
+
+    /// Warning and error lines of every node's log (the last 20 per node).
+    pub fn log_warnings(&self) -> String {
+        let mut out = String::new();
+        for process in self.running.processes().values() {
+            let text = std::fs::read_to_string(&process.log).unwrap_or_default();
+            let lines: Vec<&str> =
+                text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+            for line in &lines[lines.len().saturating_sub(20)..] {
+                out.push_str(&format!("{}: {line}\n", process.node));
+            }
+        }
+        out
+    }
+
+    /// The node `id`.
+    pub fn node(&self, id: &str) -> &TestNode {
+        self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// The nodes of `site`.
+    pub fn site(&self, site: &str) -> Vec<&TestNode> {
+        self.nodes.iter().filter(|n| n.site == site).collect()
+    }
+
+    /// Info `name` from every node of `site`, in node order.
+    pub async fn info(&self, site: &str, name: &str) -> Vec<String> {
+        self.running
+            .info(site, name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nwarnings in node logs:\n{}", self.log_warnings()))
+    }
+
+    /// The site's combined `verify-digest` of namespace `test`: (records, XOR of versions).
+    pub async fn site_digest(&self, site: &str) -> (u64, u64) {
+        let mut records = 0;
+        let mut xor = 0;
+        for value in self.info(site, "verify-digest:namespace=test").await {
+            let fields = stat_fields(&value);
+            records += fields.get("records").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            xor ^= fields.get("xor").and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
+        }
+        (records, xor)
+    }
+
+    /// A link stat summed over the source site's nodes (`get-stats:context=xdr;dc=DC`).
+    pub async fn link_stat(&self, site: &str, dc: &str, stat: &str) -> u64 {
+        self.info(site, &format!("get-stats:context=xdr;dc={dc}"))
+            .await
+            .iter()
+            .map(|v| stat_fields(v).get(stat).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+            .sum()
+    }
+
+    /// Waits until sites `a` and `b` hold identical versions, or panics after `timeout` with
+    /// both digests, the link's stats and the nodes' warnings.
+    pub async fn wait_converged(&self, a: &str, b: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (da, db) = (self.site_digest(a).await, self.site_digest(b).await);
+            if da == db {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let stats = self.info(a, &format!("get-stats:context=xdr;dc={b}")).await;
+                panic!(
+                    "sites {a} and {b} did not converge within {timeout:?}: {a} {da:?}, {b} {db:?}\n\
+                     link stats: {stats:#?}\nwarnings in node logs:\n{}",
+                    self.log_warnings()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
