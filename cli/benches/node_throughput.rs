@@ -3,7 +3,7 @@
 //! rate measured in the same run (every durable put needs a share of one fsync); then what the
 //! digest log costs: 1-node puts at 128 concurrent writers with the log on and off.
 //!
-//! Run: `cargo bench -p ferry-tests --bench node_throughput` (release build of `ferry`).
+//! Run: `cargo bench -p ferry --bench node_throughput` (release build of `ferry`).
 //! Each cell is bounded in time and count.
 
 #![allow(clippy::print_stdout)]
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use aerospike::{Bins, Client, ClientPolicy, ReadPolicy, WritePolicy, as_bin, as_key};
 use ferry::launcher::{Launcher, NodeProcess};
-use ferry_tests::one_site_topology;
+use ferry_tests::{Namespace, TopologyBuilder};
 use support::ferry_bin;
 
 const CELL: Duration = Duration::from_secs(3);
@@ -81,7 +81,11 @@ fn start(
     name: &str,
     node_args: &[String],
 ) -> (Launcher, Vec<NodeProcess>, String) {
-    let (text, clients) = one_site_topology(nodes, if nodes == 1 { 1 } else { 2 });
+    let built = TopologyBuilder::new("test-site")
+        .site("local", nodes)
+        .namespace(Namespace::new("test").replication_factor(if nodes == 1 { 1 } else { 2 }))
+        .build();
+    let (text, clients) = (built.text.clone(), built.clients());
     let dir = root.join(name.replace(' ', "-"));
     std::fs::create_dir_all(&dir).expect("site dir");
     let topology = dir.join("site.toml");

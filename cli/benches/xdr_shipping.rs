@@ -9,7 +9,7 @@
 //!   ingest rate (target ≥ 2×).
 //! - Bytes on the wire per record vs raw record bytes (target ≤ 0.4).
 //!
-//! Run: `cargo bench -p ferry-tests --bench xdr_shipping` (release build of `ferry`).
+//! Run: `cargo bench -p ferry --bench xdr_shipping` (release build of `ferry`).
 //! `FERRY_BENCH_RECORDS` (default 30000) and `FERRY_BENCH_OUTAGE_S` (default 30) size it.
 
 #![allow(clippy::print_stdout)]
@@ -22,8 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{stat_fields, two_site_topology};
+use ferry_tests::{Link, TestTopology, TopologyBuilder};
 use ferry_transport::relay::LinkShape;
+use ferry_xdr::stats::LinkCounters;
 use support::Deployment;
 
 const WRITERS: u64 = 64;
@@ -52,10 +53,13 @@ struct Sites {
 }
 
 async fn start(link_enabled: bool, one_way_delay: Option<Duration>) -> Sites {
-    let link = format!(
-        "period-ms = 20\nhot-key-ms = 20\nmax-throughput = 1000000\nenabled = {link_enabled}"
-    );
-    let (topology, nodes) = two_site_topology(3, "generation", &link, false);
+    let link = Link::new("a", "b")
+        .period_ms(20)
+        .hot_key_ms(20)
+        .max_throughput(1_000_000)
+        .enabled(link_enabled);
+    let TestTopology { text: topology, nodes } =
+        TopologyBuilder::new("xdr-test").sites(&["a", "b"], 3).link(link).build();
     let deployment = Deployment::start_spec(&topology, nodes, |spec| {
         if let Some(delay) = one_way_delay {
             spec.relays = vec![("b".to_owned(), LinkShape { delay, ..LinkShape::default() })];
@@ -94,14 +98,9 @@ async fn write(client: &Arc<Client>, from: u64, to: u64, rate: Option<f64>) -> f
     (to - from) as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn stat(sites: &Sites, name: &str) -> Vec<u64> {
-    sites
-        .deployment
-        .info("a", "get-stats:context=xdr;dc=b")
-        .await
-        .iter()
-        .map(|v| stat_fields(v).get(name).and_then(|s| s.parse().ok()).unwrap_or(0))
-        .collect()
+/// A counter of link `a -> b` summed over the source nodes.
+async fn stat(sites: &Sites, counter: fn(&LinkCounters) -> u64) -> u64 {
+    sites.deployment.link_sum("a", "b", counter).await
 }
 
 /// Seconds from now until site b holds everything site a holds.
@@ -161,7 +160,7 @@ fn main() {
             per_k(cpu_apply)
         );
         let shipped = records as f64 / started.elapsed().as_secs_f64();
-        let wire: u64 = stat(&on, "bytes_shipped").await.iter().sum();
+        let wire = stat(&on, |c| c.bytes_shipped).await;
         let raw: u64 = (0..records).map(raw_record_bytes).sum();
         println!("source writes/s, link off: {ingest_off:.0}; link on: {ingest_on:.0}; on/off = {:.2}", ingest_on / ingest_off);
         println!("0 ms RTT: shipping rate {shipped:.0}/s vs ingest {ingest_on:.0}/s = {:.2}; converged {tail:.2} s after the last write", shipped / ingest_on);
@@ -188,10 +187,8 @@ fn main() {
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     for addr in &deployment_a {
-                        if let Ok(reply) = ferry_node::proto::info::ask(*addr, &["get-stats:context=xdr;dc=b"]).await
-                            && let Some(lag) = reply.first().and_then(|(_, v)| stat_fields(v).get("lag")?.parse::<u64>().ok())
-                        {
-                            lags.lock().expect("lags").push(lag);
+                        if let Ok(stats) = ferry::client::link_stats(*addr, "b").await {
+                            lags.lock().expect("lags").push(stats.counters.lag);
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -213,7 +210,7 @@ fn main() {
         }
         let during = (half * outage.as_secs_f64()) as u64;
         write(&wan.client, base, base + during, Some(half)).await;
-        let backlog: u64 = stat(&wan, "in_queue").await.iter().sum();
+        let backlog = stat(&wan, |c| c.in_queue).await;
         for relay in wan.deployment.running.relays_into("b") {
             relay.set_partitioned(false);
         }

@@ -14,12 +14,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferry_node::proto::info;
 use ferry_topology::Topology;
 use ferry_topology::model::SimulatedWan;
 use ferry_transport::relay::{LinkShape, Relay, RelayConfig, RelayHandle};
 use ferry_xdr::admission::site_members;
+use ferry_xdr::stats::LinkSnapshot;
 
+use crate::client::{self, ClientError, VersionDigest};
 use crate::launcher::{LaunchError, Launcher, NodeProcess, Stopped};
 
 /// How long a node has to stop after SIGTERM before it is killed.
@@ -120,8 +121,8 @@ pub enum DeployError {
     UnknownNode(String),
     #[error("the topology has no site '{0}'")]
     UnknownSite(String),
-    #[error("info {name} from node {node}: {source}")]
-    Info { node: String, name: String, source: std::io::Error },
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DeployError {
@@ -380,18 +381,39 @@ impl Deployment {
         killed
     }
 
-    /// Info `name` from every node of `site`, in topology order.
-    pub async fn info(&self, site: &str, name: &str) -> Result<Vec<String>, DeployError> {
+    /// The client addresses of the nodes of `site`, in topology order.
+    pub fn clients(&self, site: &str) -> Result<Vec<SocketAddr>, DeployError> {
         let site =
             self.topology.site(site).ok_or_else(|| DeployError::UnknownSite(site.to_owned()))?;
-        let mut values = Vec::with_capacity(site.nodes.len());
-        for node in &site.nodes {
-            let reply = info::ask(node.client.addr(), &[name]).await.map_err(|source| {
-                DeployError::Info { node: node.id.to_string(), name: name.to_owned(), source }
-            })?;
-            values.push(reply.into_iter().next().map(|(_, v)| v).unwrap_or_default());
+        Ok(site.nodes.iter().map(|n| n.client.addr()).collect())
+    }
+
+    /// Info `name` from every node of `site`, in topology order.
+    pub async fn info(&self, site: &str, name: &str) -> Result<Vec<String>, DeployError> {
+        let mut values = Vec::new();
+        for addr in self.clients(site)? {
+            values.push(client::ask(addr, name).await?);
         }
         Ok(values)
+    }
+
+    /// The stats of the link `site -> dc` on every node of `site`, in topology order.
+    pub async fn link_stats(&self, site: &str, dc: &str) -> Result<Vec<LinkSnapshot>, DeployError> {
+        let mut stats = Vec::new();
+        for addr in self.clients(site)? {
+            stats.push(client::link_stats(addr, dc).await?);
+        }
+        Ok(stats)
+    }
+
+    /// The site's combined [`VersionDigest`] of namespace `ns`: equal at two sites when they
+    /// hold the same versions.
+    pub async fn site_digest(&self, site: &str, ns: &str) -> Result<VersionDigest, DeployError> {
+        let mut digest = VersionDigest::default();
+        for addr in self.clients(site)? {
+            digest = digest.combine(client::verify_digest(addr, ns).await?);
+        }
+        Ok(digest)
     }
 
     /// Waits (up to `timeout`) until every enabled link reports `active` on every source node;
@@ -416,13 +438,10 @@ pub async fn link_states(topology: &Topology) -> Vec<(String, String)> {
         let Some(site) = topology.site(link.from.as_str()) else { continue };
         let mut worst = "active".to_owned();
         for node in &site.nodes {
-            let name = format!("get-stats:context=xdr;dc={}", link.to);
-            let state = match info::ask(node.client.addr(), &[&name]).await {
-                Ok(reply) => reply
-                    .first()
-                    .and_then(|(_, v)| field(v, "state"))
-                    .unwrap_or_else(|| "unknown".to_owned()),
-                Err(_) => "unreachable".to_owned(),
+            let state = match client::link_stats(node.client.addr(), link.to.as_str()).await {
+                Ok(stats) => stats.state.map_or_else(|| "starting".to_owned(), |s| s.to_string()),
+                Err(ClientError::Unreachable { .. }) => "unreachable".to_owned(),
+                Err(ClientError::Answer { .. }) => "unknown".to_owned(),
             };
             if state != "active" {
                 worst = state;
@@ -431,14 +450,6 @@ pub async fn link_states(topology: &Topology) -> Vec<(String, String)> {
         states.push((format!("{} -> {}", link.from, link.to), worst));
     }
     states
-}
-
-/// The value of `key` in an info answer of the form `a=1;b=2`.
-pub fn field(value: &str, key: &str) -> Option<String> {
-    value.split(';').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == key).then(|| v.to_owned())
-    })
 }
 
 /// The relay shape a topology's `simulate-wan` asks for.
@@ -499,11 +510,5 @@ mod tests {
         assert_eq!(shape.jitter, Duration::from_millis(5));
         assert!((shape.loss - 0.01).abs() < 1e-12);
         assert_eq!(shape.rate, Some(12_500_000));
-    }
-
-    #[test]
-    fn fields_are_read_from_info_answers() {
-        assert_eq!(field("state=active;lag=3", "lag").as_deref(), Some("3"));
-        assert_eq!(field("state=active;lag=3", "in_queue"), None);
     }
 }

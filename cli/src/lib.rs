@@ -1,10 +1,13 @@
 //! The library half of the `ferry` package: what the binary's subcommands and the end-to-end
 //! tests share, so that the tests start deployments exactly the way `ferry up` does.
 //!
+//! - [`client`]: typed questions to a node over its info port (link and receiver stats,
+//!   namespace counts, version digests).
 //! - [`launcher`]: starts and stops `ferry node run` processes, one state directory each.
 //! - [`deploy`]: a whole deployment of a topology on this machine — dev certificates, the
 //!   topology service on SQLite, a WAN relay per simulated link, every node — and the queries
 //!   an operator (or a test) asks of it while it runs.
 
+pub mod client;
 pub mod deploy;
 pub mod launcher;

@@ -9,53 +9,12 @@ use std::time::Duration;
 
 use aerospike::query::PartitionFilter;
 use aerospike::{
-    BatchOperation, BatchPolicy, BatchReadPolicy, Bins, Client, ClientPolicy, Expiration,
-    GenerationPolicy, QueryPolicy, ReadPolicy, RecordExistsAction, ResultCode, Statement, Value,
-    WritePolicy, as_bin, as_key, operations,
+    BatchOperation, BatchPolicy, BatchReadPolicy, Bins, Expiration, GenerationPolicy, QueryPolicy,
+    ReadPolicy, RecordExistsAction, ResultCode, Statement, Value, WritePolicy, as_bin, as_key,
+    operations,
 };
-use ferry::launcher::{Launcher, NodeProcess};
-use ferry_tests::one_site_topology;
 use futures::StreamExt;
-use support::ferry_bin;
-
-struct Site {
-    _dir: tempfile::TempDir,
-    launcher: Launcher,
-    nodes: Vec<NodeProcess>,
-    clients: Vec<(String, std::net::SocketAddr)>,
-}
-
-impl Site {
-    fn start(nodes: usize, rf: u8) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (text, clients) = one_site_topology(nodes, rf);
-        let topology = dir.path().join("site.toml");
-        std::fs::write(&topology, text).expect("write topology");
-        let launcher = Launcher {
-            binary: ferry_bin(),
-            topology,
-            state_root: dir.path().join("state"),
-            node_args: Vec::new(),
-        };
-        let mut site = Site { _dir: dir, launcher, nodes: Vec::new(), clients };
-        for i in 0..nodes {
-            site.nodes.push(site.spawn(i));
-        }
-        site
-    }
-
-    fn spawn(&self, i: usize) -> NodeProcess {
-        let (id, addr) = &self.clients[i];
-        let mut node = self.launcher.start(id, *addr).expect("start node");
-        node.wait_ready(Duration::from_secs(20)).expect("node ready");
-        node
-    }
-
-    async fn client(&self) -> Client {
-        let seed = self.clients[0].1.to_string();
-        Client::new(&ClientPolicy::default(), &seed).await.expect("client connects and tends")
-    }
-}
+use support::Deployment;
 
 fn code(error: &aerospike::Error) -> Option<ResultCode> {
     error.server_result_code()
@@ -63,8 +22,8 @@ fn code(error: &aerospike::Error) -> Option<ResultCode> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_record_operations_behave_like_aerospike() {
-    let site = Site::start(3, 2);
-    let client = site.client().await;
+    let site = Deployment::one_site(3, 2).await;
+    let client = site.client("local").await;
     assert_eq!(client.nodes().len(), 3, "client discovered every node through peers");
     let wp = WritePolicy::default();
     let rp = ReadPolicy::default();
@@ -183,8 +142,8 @@ async fn single_record_operations_behave_like_aerospike() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_reads_span_nodes_and_scans_return_every_record_once() {
-    let site = Site::start(3, 2);
-    let client = site.client().await;
+    let site = Deployment::one_site(3, 2).await;
+    let client = site.client("local").await;
     let wp = WritePolicy::default();
     const RECORDS: i64 = 500;
     for i in 0..RECORDS {
@@ -242,8 +201,8 @@ async fn batch_reads_span_nodes_and_scans_return_every_record_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill() {
-    let mut site = Site::start(3, 2);
-    let client = site.client().await;
+    let mut site = Deployment::one_site(3, 2).await;
+    let client = site.client("local").await;
     let wp = WritePolicy::default();
     // Concurrent writers; every acknowledged key is remembered.
     let mut tasks = Vec::new();
@@ -263,8 +222,8 @@ async fn acknowledged_writes_survive_sigkill() {
     }
     // Crash every node while writes are in flight.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    for node in &mut site.nodes {
-        node.kill();
+    for id in site.ids("local") {
+        site.kill_node(&id);
     }
     let mut acked = Vec::new();
     for task in tasks {
@@ -273,8 +232,10 @@ async fn acknowledged_writes_survive_sigkill() {
     client.close().await.expect("close");
     assert!(!acked.is_empty(), "some writes were acknowledged before the crash");
 
-    site.nodes = (0..3).map(|i| site.spawn(i)).collect();
-    let client = site.client().await;
+    for id in site.ids("local") {
+        site.start_node(&id).await;
+    }
+    let client = site.client("local").await;
     let rp = ReadPolicy::default();
     for n in &acked {
         let record = client

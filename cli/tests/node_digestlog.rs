@@ -4,12 +4,9 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
-use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry::launcher::Launcher;
-use ferry_tests::one_site_topology;
-use support::ferry_bin;
+use aerospike::{WritePolicy, as_bin, as_key};
+use support::{Deployment, ferry_bin};
 
 fn dump(dir: &std::path::Path) -> Vec<String> {
     let output = Command::new(ferry_bin())
@@ -23,21 +20,9 @@ fn dump(dir: &std::path::Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_changes_are_in_the_digest_log_after_a_crash() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (text, clients) = one_site_topology(1, 1);
-    let topology = dir.path().join("site.toml");
-    std::fs::write(&topology, text).expect("write topology");
-    let launcher = Launcher {
-        binary: ferry_bin(),
-        topology,
-        state_root: dir.path().join("s"),
-        node_args: Vec::new(),
-    };
-    let (id, addr) = &clients[0];
-    let mut node = launcher.start(id, *addr).expect("start");
-    node.wait_ready(Duration::from_secs(20)).expect("ready");
-
-    let client = Client::new(&ClientPolicy::default(), &addr.to_string()).await.expect("connect");
+    let mut site = Deployment::one_site(1, 1).await;
+    let id = site.ids("local").remove(0);
+    let client = site.client("local").await;
     let wp = WritePolicy::default();
     for i in 0..50i64 {
         client.put(&wp, &as_key!("test", "log", i), &[as_bin!("i", i)]).await.expect("put");
@@ -49,21 +34,20 @@ async fn acknowledged_changes_are_in_the_digest_log_after_a_crash() {
         assert!(client.delete(&wp, &as_key!("test", "log", i)).await.expect("delete"));
     }
     client.close().await.expect("close");
-    node.kill();
+    site.kill_node(&id);
 
-    let log_dir = launcher.node_dir(id).join("digestlog");
+    let log_dir = site.running.launcher().node_dir(&id).join("digestlog");
     let entries = dump(&log_dir);
     assert_eq!(entries.len(), 65, "50 puts + 5 touches + 10 deletes:\n{}", entries.join("\n"));
     let deletes = entries.iter().filter(|e| e.contains("delete")).count();
     assert_eq!(deletes, 10, "{}", entries.join("\n"));
 
     // The node restarts on the same log and keeps appending after it.
-    let mut node = launcher.start(id, *addr).expect("restart");
-    node.wait_ready(Duration::from_secs(20)).expect("ready again");
-    let client = Client::new(&ClientPolicy::default(), &addr.to_string()).await.expect("connect");
+    site.start_node(&id).await;
+    let client = site.client("local").await;
     client.put(&wp, &as_key!("test", "log", 99), &[as_bin!("i", 99)]).await.expect("put");
     client.close().await.expect("close");
-    node.kill();
+    site.kill_node(&id);
     assert_eq!(dump(&log_dir).len(), 66);
 
     let inspect = Command::new(ferry_bin()).args(["digestlog", "inspect"]).arg(&log_dir).output();

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use ferry::launcher::{Launcher, NodeProcess};
 use ferry_node::proto::msg::{Field, Msg, Op, field, info1, info2, op};
 use ferry_node::proto::{ProtoHeader, TYPE_INFO, TYPE_MSG, frame};
-use ferry_tests::one_site_topology;
+use ferry_tests::TopologyBuilder;
 use ferry_topology::placement::{PartitionMap, partition_of};
 use support::ferry_bin;
 
@@ -26,7 +26,8 @@ struct Site {
 
 fn start_site() -> Site {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (text, clients) = one_site_topology(3, 1);
+    let built = TopologyBuilder::new("test-site").site("local", 3).build();
+    let (text, clients) = (built.text.clone(), built.clients());
     let topology = ferry_topology::parse_topology("site.toml", &text).expect("valid").topology;
     let map = PartitionMap::for_namespace(&topology, "local", "test").expect("map");
     let path = dir.path().join("site.toml");

@@ -4,43 +4,24 @@
 
 mod support;
 
-use std::process::Command;
-use std::time::Duration;
+use ferry_tests::workspace_root;
+use support::Deployment;
 
-use ferry::launcher::Launcher;
-use ferry_tests::{one_site_topology, workspace_root};
-use support::ferry_bin;
-
-#[test]
-fn python_client_works_against_a_three_node_site() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_works_against_a_three_node_site() {
     let python = workspace_root().join(".venv/bin/python");
     assert!(
         python.is_file(),
         "{} is missing: run `bash .ci/test` (it creates the venv with the aerospike package)",
         python.display()
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (text, clients) = one_site_topology(3, 2);
-    let topology = dir.path().join("site.toml");
-    std::fs::write(&topology, text).expect("write topology");
-    let launcher = Launcher {
-        binary: ferry_bin(),
-        topology,
-        state_root: dir.path().join("state"),
-        node_args: Vec::new(),
-    };
-    let _nodes: Vec<_> = clients
-        .iter()
-        .map(|(id, addr)| {
-            let mut node = launcher.start(id, *addr).expect("start node");
-            node.wait_ready(Duration::from_secs(20)).expect("node ready");
-            node
-        })
-        .collect();
-    let output = Command::new(&python)
+    let site = Deployment::one_site(3, 2).await;
+    let seed = site.site("local")[1].client;
+    let output = tokio::process::Command::new(&python)
         .arg(workspace_root().join("tests/python/client_check.py"))
-        .arg(clients[1].1.to_string())
+        .arg(seed.to_string())
         .output()
+        .await
         .expect("run the Python client check");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

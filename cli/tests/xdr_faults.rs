@@ -9,11 +9,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::two_site_topology;
+use ferry_tests::{ConflictPolicy, Link, Namespace, TestTopology, TopologyBuilder};
 use futures::stream::{self, StreamExt};
 use support::{Deployment, ferry_bin};
 
-const LINK: &str = "period-ms = 20\nhot-key-ms = 20";
+/// The link `from -> to`, shipping every 20 ms with a 20 ms hot-key window.
+fn link(from: &str, to: &str) -> Link {
+    Link::new(from, to).period_ms(20).hot_key_ms(20)
+}
 
 async fn connect(deployment: &Deployment, site: &str) -> Client {
     let seed = deployment.site(site)[0].client.to_string();
@@ -54,7 +57,8 @@ fn ferry_link(deployment: &Deployment, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_source_and_destination_nodes_converge_after_restart() {
-    let (topology, nodes) = two_site_topology(3, "generation", LINK, false);
+    let TestTopology { text: topology, nodes } =
+        TopologyBuilder::new("xdr-test").sites(&["a", "b"], 3).link(link("a", "b")).build();
     let mut deployment = Deployment::start(&topology, nodes).await;
     let a = connect(&deployment, "a").await;
     assert_eq!(write_keys(&a, "k", 0..1_500, "first").await, 1_500);
@@ -75,13 +79,18 @@ async fn sigkilled_source_and_destination_nodes_converge_after_restart() {
     deployment.start_node("b-2").await;
     deployment.start_node("a-1").await;
     deployment.wait_converged("a", "b", Duration::from_secs(90)).await;
-    let (records, _) = deployment.site_digest("a").await;
+    let records = deployment.site_digest("a").await.records;
     assert!(records >= 1_500 + acknowledged as u64, "{records} records for {acknowledged} acks");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_active_writes_to_the_same_keys_converge_under_last_update_time() {
-    let (topology, nodes) = two_site_topology(3, "last-update-time", LINK, true);
+    let TestTopology { text: topology, nodes } = TopologyBuilder::new("xdr-test")
+        .sites(&["a", "b"], 3)
+        .namespace(Namespace::new("test").conflict_policy(ConflictPolicy::LastUpdateTime))
+        .link(link("a", "b"))
+        .link(link("b", "a"))
+        .build();
     let deployment = Deployment::start(&topology, nodes).await;
     let (a, b) = (connect(&deployment, "a").await, connect(&deployment, "b").await);
     for round in 0..3 {
@@ -93,21 +102,17 @@ async fn active_active_writes_to_the_same_keys_converge_under_last_update_time()
         assert_eq!((at_a, at_b), (600, 900));
     }
     deployment.wait_converged("a", "b", Duration::from_secs(90)).await;
-    assert_eq!(deployment.site_digest("a").await.0, 900);
+    assert_eq!(deployment.site_digest("a").await.records, 900);
 
     // Converged means quiet: nothing ships back and forth any more.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let shipped = |d: &'static str, s: &'static str| deployment.link_stat(s, d, "success");
+    let shipped = |d: &'static str, s: &'static str| deployment.link_sum(s, d, |c| c.success);
     let before = (shipped("b", "a").await, shipped("a", "b").await);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!((shipped("b", "a").await, shipped("a", "b").await), before, "ping-pong");
     // Overlapping writes lost conflicts somewhere, and were recorded.
-    let mut receivers = deployment.info("a", "get-stats:context=xdr").await;
-    receivers.extend(deployment.info("b", "get-stats:context=xdr").await);
-    let lost: u64 = receivers
-        .iter()
-        .map(|v| ferry_tests::stat_fields(v)["lost_conflict"].parse::<u64>().expect("count"))
-        .sum();
+    let lost = deployment.receiver_sum("a", |c| c.lost_conflict).await
+        + deployment.receiver_sum("b", |c| c.lost_conflict).await;
     assert!(lost > 0, "overlapping writes of both sites conflict");
     let listed = ferry_link(&deployment, &["conflicts", "b:a", "--limit", "5"]);
     assert!(listed.lines().count() > 1, "conflicts listed:\n{listed}");
@@ -115,7 +120,8 @@ async fn active_active_writes_to_the_same_keys_converge_under_last_update_time()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_held_until_the_log_overflows_recovers_everything_and_rewind_reships() {
-    let (topology, nodes) = two_site_topology(3, "generation", LINK, false);
+    let TestTopology { text: topology, nodes } =
+        TopologyBuilder::new("xdr-test").sites(&["a", "b"], 3).link(link("a", "b")).build();
     // 64 KiB of log per node: about 1 300 entries before the oldest segments go.
     let args = vec!["--digest-log-cap".to_owned(), (64 * 1024).to_string()];
     let deployment = Deployment::start_with(&topology, nodes, args).await;
@@ -130,14 +136,14 @@ async fn a_link_held_until_the_log_overflows_recovers_everything_and_rewind_resh
     assert_eq!(write_keys(&a, "o", 300..9_000, "held").await, 8_700);
     ferry_link(&deployment, &["resume", "a:b"]);
     deployment.wait_converged("a", "b", Duration::from_secs(120)).await;
-    assert!(deployment.link_stat("a", "b", "recoveries").await >= 1, "overflow recovered");
-    assert_eq!(deployment.site_digest("b").await.0, 9_000);
+    assert!(deployment.link_sum("a", "b", |c| c.recoveries).await >= 1, "overflow recovered");
+    assert_eq!(deployment.site_digest("b").await.records, 9_000);
 
     // Rewind: everything is shipped again (the destination already has it: no change).
-    let shipped = deployment.link_stat("a", "b", "success").await;
+    let shipped = deployment.link_sum("a", "b", |c| c.success).await;
     ferry_link(&deployment, &["rewind", "a:b", "--to", "all"]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while deployment.link_stat("a", "b", "success").await < shipped + 9_000 {
+    while deployment.link_sum("a", "b", |c| c.success).await < shipped + 9_000 {
         assert!(Instant::now() < deadline, "rewind did not re-ship every record");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -146,15 +152,16 @@ async fn a_link_held_until_the_log_overflows_recovers_everything_and_rewind_resh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_ships_everything_logged_and_waits_for_it() {
-    let (topology, nodes) = two_site_topology(2, "generation", LINK, false);
+    let TestTopology { text: topology, nodes } =
+        TopologyBuilder::new("xdr-test").sites(&["a", "b"], 2).link(link("a", "b")).build();
     let deployment = Deployment::start(&topology, nodes).await;
     let a = connect(&deployment, "a").await;
     ferry_link(&deployment, &["pause", "a:b"]);
     assert_eq!(write_keys(&a, "d", 0..500, "held").await, 500);
-    assert_eq!(deployment.site_digest("b").await.0, 0, "paused: nothing shipped yet");
+    assert_eq!(deployment.site_digest("b").await.records, 0, "paused: nothing shipped yet");
     // Drain resumes the link and returns only once every node had it all acknowledged.
     let drained = ferry_link(&deployment, &["drain", "a:b"]);
     assert!(drained.contains("drained on every node"), "{drained}");
     assert_eq!(deployment.site_digest("b").await, deployment.site_digest("a").await);
-    assert_eq!(deployment.link_stat("a", "b", "drains").await, 2, "one per source node");
+    assert_eq!(deployment.link_sum("a", "b", |c| c.drains).await, 2, "one per source node");
 }

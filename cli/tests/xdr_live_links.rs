@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::two_site_topology;
+use ferry_tests::{Link, TopologyBuilder};
 use ferry_topology::store::{ApplyRequest, TopologyStore};
 use support::Deployment;
 
@@ -33,7 +33,7 @@ async fn put_range(client: &Client, keys: std::ops::Range<i64>) {
 async fn wait_records(deployment: &Deployment, records: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let (held, _) = deployment.site_digest("b").await;
+        let held = deployment.site_digest("b").await.records;
         if held == records {
             return;
         }
@@ -44,10 +44,17 @@ async fn wait_records(deployment: &Deployment, records: u64, timeout: Duration) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enabling_reconfiguring_and_disabling_a_link_apply_without_restarts() {
-    let link = |enabled: bool, period: u32| format!("enabled = {enabled}\nperiod-ms = {period}");
-    let (disabled, nodes) = two_site_topology(2, "generation", &link(false, 20), false);
-    let enabled = disabled.replace(&link(false, 20), &link(true, 20));
-    let slower = disabled.replace(&link(false, 20), &link(true, 50));
+    // One deployment on the same addresses, with the link a -> b set four ways.
+    let sites = |enabled: bool, period: u32| {
+        TopologyBuilder::new("xdr-test")
+            .sites(&["a", "b"], 2)
+            .link(Link::new("a", "b").enabled(enabled).period_ms(period))
+    };
+    let first = sites(false, 20).build();
+    let (disabled, nodes) = (first.text.clone(), first.nodes.clone());
+    let enabled = sites(true, 20).build_like(&first).text;
+    let slower = sites(true, 50).build_like(&first).text;
+    let disabled_again = sites(false, 50).build_like(&first).text;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("topology.db").display());
@@ -71,7 +78,7 @@ async fn enabling_reconfiguring_and_disabling_a_link_apply_without_restarts() {
     // Disabled: nothing ships.
     put_range(&a, 0..200).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(deployment.site_digest("b").await.0, 0, "a disabled link ships nothing");
+    assert_eq!(deployment.site_digest("b").await.records, 0, "a disabled link ships nothing");
 
     // Enabled by a new version: what was written while disabled ships, and new writes too.
     apply(&store, &enabled, "enable the link").await;
@@ -85,11 +92,10 @@ async fn enabling_reconfiguring_and_disabling_a_link_apply_without_restarts() {
     wait_records(&deployment, 400, Duration::from_secs(60)).await;
 
     // Disabled again: writes stay home.
-    let disabled_again = slower.replace("enabled = true", "enabled = false");
     apply(&store, &disabled_again, "disable the link").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     put_range(&a, 400..450).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(deployment.site_digest("b").await.0, 400, "a disabled link stops shipping");
+    assert_eq!(deployment.site_digest("b").await.records, 400, "a disabled link stops shipping");
     let _ = stop.send(());
 }

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use aerospike::{Bins, Client, ClientPolicy, ReadPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::multi_site_topology;
+use ferry_tests::{Link, TestTopology, TopologyBuilder};
 use futures::stream::{self, StreamExt};
 use support::Deployment;
 
@@ -49,15 +49,13 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_loops_forwarding_and_hot_keys() {
-    let fast = "period-ms = 20\nhot-key-ms = 300";
-    let a_to_b = format!("{fast}\nignore-set = [\"private\"]");
-    let b_to_c = format!("{fast}\nforward = true");
-    let (topology, nodes) = multi_site_topology(
-        &["a", "b", "c"],
-        2,
-        "generation",
-        &[("a", "b", &a_to_b), ("b", "c", &b_to_c), ("b", "a", fast)],
-    );
+    let fast = |from, to| Link::new(from, to).period_ms(20).hot_key_ms(300);
+    let TestTopology { text: topology, nodes } = TopologyBuilder::new("xdr-test")
+        .sites(&["a", "b", "c"], 2)
+        .link(fast("a", "b").ignore_set(&["private"]))
+        .link(fast("b", "c").forward(true))
+        .link(fast("b", "a"))
+        .build();
     let deployment = Deployment::start(&topology, nodes).await;
     let (a, b, c) = (
         connect(&deployment, "a").await,
@@ -95,20 +93,21 @@ async fn filters_loops_forwarding_and_hot_keys() {
         assert_eq!(generation(&b, "private", key).await, None);
         assert_eq!(generation(&c, "private", key).await, None);
     }
-    let filtered = deployment.link_stat("a", "b", "filtered_out").await;
+    let filtered = deployment.link_sum("a", "b", |c| c.filtered_out).await;
     assert_eq!(filtered, 50, "the private set is filtered at the source");
     // What b applied from a (300 public records and the hot key's versions) never ships back.
-    assert!(deployment.link_stat("b", "a", "filtered_out").await > 300);
-    assert!(deployment.link_stat("b", "a", "success").await <= 100, "only b's own writes");
+    assert!(deployment.link_sum("b", "a", |c| c.filtered_out).await > 300);
+    assert!(deployment.link_sum("b", "a", |c| c.success).await <= 100, "only b's own writes");
     // 200 writes of one key inside the hot-key window ship as a few versions.
-    let hot = deployment.link_stat("a", "b", "hot_keys").await;
+    let hot = deployment.link_sum("a", "b", |c| c.hot_keys).await;
     assert!(hot >= 150, "hot-key folding: {hot} of 199 repeats folded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_throughput_paces_the_link() {
-    let link = "period-ms = 20\nhot-key-ms = 20\nmax-throughput = 400";
-    let (topology, nodes) = multi_site_topology(&["a", "b"], 2, "generation", &[("a", "b", link)]);
+    let link = Link::new("a", "b").period_ms(20).hot_key_ms(20).max_throughput(400);
+    let TestTopology { text: topology, nodes } =
+        TopologyBuilder::new("xdr-test").sites(&["a", "b"], 2).link(link).build();
     let deployment = Deployment::start(&topology, nodes).await;
     let a = connect(&deployment, "a").await;
     let started = Instant::now();
@@ -121,8 +120,9 @@ async fn max_throughput_paces_the_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expirations_ship_as_tombstones_with_ship_nsup_deletes() {
-    let link = "period-ms = 20\nhot-key-ms = 20\nship-nsup-deletes = true";
-    let (topology, nodes) = multi_site_topology(&["a", "b"], 2, "generation", &[("a", "b", link)]);
+    let link = Link::new("a", "b").period_ms(20).hot_key_ms(20).ship_nsup_deletes(true);
+    let TestTopology { text: topology, nodes } =
+        TopologyBuilder::new("xdr-test").sites(&["a", "b"], 2).link(link).build();
     let args = vec!["--nsup-period-secs".to_owned(), "1".to_owned()];
     let deployment = Deployment::start_with(&topology, nodes, args).await;
     let a = connect(&deployment, "a").await;
@@ -134,16 +134,10 @@ async fn expirations_ship_as_tombstones_with_ship_nsup_deletes() {
     // The source's nsup turns each expiration into a tombstone and the link ships it: both
     // sites end with the same 50 tombstones (same generation and LUT, origin a).
     eventually("the source expired all 50 into tombstones", Duration::from_secs(30), || async {
-        deployment
-            .info("a", "verify-digest:namespace=test")
-            .await
-            .iter()
-            .map(|v| ferry_tests::stat_fields(v)["tombstones"].parse::<u64>().expect("count"))
-            .sum::<u64>()
-            == 50
+        deployment.site_digest("a").await.tombstones == 50
     })
     .await;
     deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
-    assert!(deployment.link_stat("a", "b", "success").await >= 100, "writes and expirations");
+    assert!(deployment.link_sum("a", "b", |c| c.success).await >= 100, "writes and expirations");
     assert_eq!(generation(&connect(&deployment, "b").await, "ttl", 0).await, None);
 }

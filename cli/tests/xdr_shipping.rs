@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use aerospike::{Bins, Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::two_site_topology;
+use ferry_tests::{Link, TestTopology, TopologyBuilder};
 use futures::stream::{self, StreamExt};
 use support::Deployment;
 
@@ -20,8 +20,10 @@ async fn connect(deployment: &Deployment, site: &str) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_updates_and_deletes_at_the_active_site_arrive_at_the_standby() {
-    let (topology, nodes) =
-        two_site_topology(3, "generation", "period-ms = 20\nhot-key-ms = 20", false);
+    let TestTopology { text: topology, nodes } = TopologyBuilder::new("xdr-test")
+        .sites(&["a", "b"], 3)
+        .link(Link::new("a", "b").period_ms(20).hot_key_ms(20))
+        .build();
     let deployment = Deployment::start(&topology, nodes).await;
     let a = connect(&deployment, "a").await;
     let wp = WritePolicy::default();
@@ -48,7 +50,7 @@ async fn writes_updates_and_deletes_at_the_active_site_arrive_at_the_standby() {
         .await;
 
     deployment.wait_converged("a", "b", Duration::from_secs(120)).await;
-    let (records, _) = deployment.site_digest("b").await;
+    let records = deployment.site_digest("b").await.records;
     assert_eq!(records, KEYS as u64, "every key, deleted ones as tombstones");
 
     let b = connect(&deployment, "b").await;
@@ -61,21 +63,16 @@ async fn writes_updates_and_deletes_at_the_active_site_arrive_at_the_standby() {
     assert!(deleted.is_err(), "a deleted record is gone at the standby too: {deleted:?}");
 
     // The source's stats agree: every change shipped, nothing lost or pending.
-    let shipped = deployment.link_stat("a", "b", "success").await;
+    let shipped = deployment.link_sum("a", "b", |c| c.success).await;
     assert!(shipped >= KEYS as u64, "success = {shipped}");
-    assert_eq!(deployment.link_stat("a", "b", "abandoned").await, 0);
+    assert_eq!(deployment.link_sum("a", "b", |c| c.abandoned).await, 0);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while deployment.link_stat("a", "b", "in_queue").await > 0 {
+    while deployment.link_sum("a", "b", |c| c.in_queue).await > 0 {
         assert!(std::time::Instant::now() < deadline, "in_queue never drained");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(deployment.link_stat("a", "b", "lag").await, 0);
-    let applied: u64 = deployment
-        .info("b", "get-stats:context=xdr")
-        .await
-        .iter()
-        .map(|v| ferry_tests::stat_fields(v)["applied"].parse::<u64>().expect("applied"))
-        .sum();
+    assert_eq!(deployment.link_sum("a", "b", |c| c.lag).await, 0);
+    let applied = deployment.receiver_sum("b", |c| c.applied).await;
     assert!(applied >= KEYS as u64, "applied = {applied}");
 
     // The admin API shows the same link as JSON, and pauses it.

@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{stat_fields, two_site_topology};
+use ferry_tests::{Link, TestTopology, TopologyBuilder};
 use ferry_transport::relay::LinkShape;
 use support::Deployment;
 
@@ -30,16 +30,19 @@ async fn write_range(client: &Client, keys: std::ops::Range<i64>, pace: Duration
 
 /// The largest lag and the states the source nodes report for link `b`.
 async fn link_view(deployment: &Deployment) -> (u64, Vec<String>) {
-    let values = deployment.info("a", "get-stats:context=xdr;dc=b").await;
-    let fields: Vec<_> = values.iter().map(|v| stat_fields(v)).collect();
-    let lag = fields.iter().filter_map(|f| f.get("lag")?.parse::<u64>().ok()).max().unwrap_or(0);
-    (lag, fields.iter().filter_map(|f| f.get("state").cloned()).collect())
+    let stats = deployment.link_stats("a", "b").await;
+    let lag = stats.iter().map(|s| s.counters.lag).max().unwrap_or(0);
+    let states =
+        stats.iter().map(|s| s.state.map_or_else(|| "starting".to_owned(), |s| s.to_string()));
+    (lag, states.collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipping_rides_out_delay_loss_and_a_partition() {
-    let (topology, nodes) =
-        two_site_topology(3, "generation", "period-ms = 20\nhot-key-ms = 20", false);
+    let TestTopology { text: topology, nodes } = TopologyBuilder::new("xdr-test")
+        .sites(&["a", "b"], 3)
+        .link(Link::new("a", "b").period_ms(20).hot_key_ms(20))
+        .build();
     let shape = LinkShape { delay: Duration::from_millis(25), loss: 0.01, ..LinkShape::default() };
     let deployment = Deployment::start_spec(&topology, nodes, |spec| {
         spec.relays = vec![("b".to_owned(), shape)];
@@ -66,7 +69,7 @@ async fn shipping_rides_out_delay_loss_and_a_partition() {
     let (lag, states) = link_view(&deployment).await;
     assert!(lag >= 20_000, "lag during a {PARTITION:?} partition under load: {lag} ms");
     assert!(states.iter().any(|s| s == "down"), "a partitioned link reports down: {states:?}");
-    let queued = deployment.link_stat("a", "b", "in_queue").await;
+    let queued = deployment.link_sum("a", "b", |c| c.in_queue).await;
     assert!(queued > 0, "changes wait in the log during the partition");
 
     // Heal: the backlog drains, lag returns to 0, both sites agree.
@@ -85,8 +88,8 @@ async fn shipping_rides_out_delay_loss_and_a_partition() {
         assert!(Instant::now() < deadline, "after healing: lag {lag} ms, states {states:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(deployment.site_digest("b").await.0, 3_000);
-    assert_eq!(deployment.link_stat("a", "b", "abandoned").await, 0);
-    assert!(deployment.link_stat("a", "b", "retry_conn_reset").await > 0);
+    assert_eq!(deployment.site_digest("b").await.records, 3_000);
+    assert_eq!(deployment.link_sum("a", "b", |c| c.abandoned).await, 0);
+    assert!(deployment.link_sum("a", "b", |c| c.retry_conn_reset).await > 0);
     eprintln!("backlog of {} s drained in {drained_in:?}", PARTITION.as_secs());
 }

@@ -6,6 +6,7 @@
 //! - `GET /v1/xdr/links/{dc}`: one link's stats (404 if no link to `dc` ships from here).
 //! - `POST /v1/xdr/links/{dc}/pause`, `…/resume`, `…/drain`, `…/rewind?from_ms=T` (T = 0 or absent: all).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,10 +16,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use ferry_xdr::ship::LinkCommand;
+use ferry_xdr::stats::LinkSnapshot;
 
 use crate::node::NodeState;
 
@@ -35,18 +37,6 @@ pub async fn serve(
         .route("/v1/xdr/links/{dc}/{action}", post(control))
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-}
-
-/// `name=value` pairs as a JSON object, numbers as numbers.
-fn object(pairs: &[(&'static str, String)]) -> Value {
-    let map: Map<String, Value> = pairs
-        .iter()
-        .map(|(name, value)| {
-            let value = value.parse::<u64>().map_or_else(|_| json!(value), |n| json!(n));
-            ((*name).to_owned(), value)
-        })
-        .collect();
-    Value::Object(map)
 }
 
 async fn status(State(state): State<Arc<NodeState>>) -> Json<Value> {
@@ -80,12 +70,12 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<Value> {
 
 async fn xdr(State(state): State<Arc<NodeState>>) -> Json<Value> {
     let registry = &state.xdr;
-    let links: Map<String, Value> = registry
+    let links: BTreeMap<String, LinkSnapshot> = registry
         .dcs()
         .into_iter()
-        .filter_map(|dc| Some((dc.clone(), object(&registry.get(&dc)?.snapshot()))))
+        .filter_map(|dc| Some((dc.clone(), registry.get(&dc)?.snapshot())))
         .collect();
-    Json(json!({ "receiver": object(&registry.receiver.snapshot()), "links": links }))
+    Json(json!({ "receiver": registry.receiver_snapshot(), "links": links }))
 }
 
 fn no_link(dc: &str) -> Response {
@@ -95,7 +85,7 @@ fn no_link(dc: &str) -> Response {
 
 async fn link(State(state): State<Arc<NodeState>>, Path(dc): Path<String>) -> Response {
     match state.xdr.get(&dc) {
-        Some(stats) => Json(object(&stats.snapshot())).into_response(),
+        Some(stats) => Json(stats.snapshot()).into_response(),
         None => no_link(&dc),
     }
 }

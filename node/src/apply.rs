@@ -114,15 +114,16 @@ mod tests {
     use super::*;
     use crate::node::NodeConfig;
     use bytes::Bytes;
+    use ferry_tests::{ConflictPolicy, Namespace, Role, Site, TopologyBuilder};
     use ferry_xdr::batch::ShippedBin;
 
-    fn state(dir: &std::path::Path, policy: &str) -> NodeState {
-        let text = format!(
-            "[[sites]]\nname = \"a\"\nsrc-id = 1\nrole = \"standby\"\n[[sites.nodes]]\nid = \"n\"\n\
-             client = \"127.0.0.1:1\"\nfabric = \"127.0.0.1:2\"\nxdr = \"127.0.0.1:3\"\n\
-             admin = \"127.0.0.1:4\"\n[[sites.namespaces]]\nname = \"test\"\n\
-             replication-factor = 1\nconflict-resolution-policy = \"{policy}\"\n"
-        );
+    fn state(dir: &std::path::Path, policy: ConflictPolicy) -> NodeState {
+        let text = TopologyBuilder::new("ferry")
+            .add_site(Site::new("a", 1).node_ids(&["n"]).role(Role::Standby))
+            .namespace(Namespace::new("test").conflict_policy(policy))
+            .ports_from(1)
+            .build()
+            .text;
         let topology = ferry_topology::parse_topology("t.toml", &text).expect("valid").topology;
         let config = NodeConfig::new(topology, "a", "n", dir.to_path_buf());
         NodeState::open(&config).expect("open")
@@ -147,7 +148,7 @@ mod tests {
     #[tokio::test]
     async fn newer_versions_win_older_and_repeated_ones_lose() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let node = state(dir.path(), "generation");
+        let node = state(dir.path(), ConflictPolicy::Generation);
         let batch = [shipped(2, 10, b"two"), shipped(1, 20, b"one"), shipped(2, 10, b"two")];
         let counts = node.apply_remote("test", &batch).await.expect("apply");
         assert_eq!(counts, ApplyCounts { applied: 1, lost_conflict: 2 });
@@ -163,7 +164,7 @@ mod tests {
     #[tokio::test]
     async fn last_update_time_policy_keeps_the_latest_write() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let node = state(dir.path(), "last-update-time");
+        let node = state(dir.path(), ConflictPolicy::LastUpdateTime);
         let batch = [shipped(5, 30, b"late"), shipped(9, 20, b"early-but-higher-generation")];
         let counts = node.apply_remote("test", &batch).await.expect("apply");
         assert_eq!(counts, ApplyCounts { applied: 1, lost_conflict: 1 });

@@ -121,14 +121,10 @@ fn xdr_stats(state: &NodeState, args: &str) -> String {
     let registry = &state.xdr;
     match dc {
         Some(dc) => match registry.get(dc) {
-            Some(link) => ferry_xdr::stats::info_format(&link.snapshot()),
+            Some(link) => link.snapshot().to_info(),
             None => format!("ERROR::no link to dc '{dc}' ships from this node"),
         },
-        None => {
-            let mut pairs = registry.receiver.snapshot();
-            pairs.push(("dcs", registry.dcs().join(",")));
-            ferry_xdr::stats::info_format(&pairs)
-        }
+        None => registry.receiver_snapshot().to_info(),
     }
 }
 

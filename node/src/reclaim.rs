@@ -110,6 +110,8 @@ pub async fn pass(state: &NodeState) -> Result<usize, ReclaimError> {
 
 #[cfg(test)]
 mod tests {
+    use ferry_tests::{Link, Namespace, Site, TopologyBuilder};
+
     use super::*;
 
     fn record(tombstone: bool, void_time: u32, lut: u64) -> Record {
@@ -125,21 +127,24 @@ mod tests {
         }
     }
 
-    /// Node `n` of site `a` in the topology `text`, its state under `dir`.
-    fn node_n_of_site_a(text: &str, dir: &std::path::Path) -> NodeState {
-        let topology = ferry_topology::parse_topology("t.toml", text).expect("valid").topology;
+    /// Site `a` of one node `n`, on fixed ports.
+    fn site_a() -> TopologyBuilder {
+        TopologyBuilder::new("ferry").add_site(Site::new("a", 1).node_ids(&["n"])).ports_from(1)
+    }
+
+    /// Node `n` of site `a` in `topology`, its state under `dir`.
+    fn node_n_of_site_a(topology: TopologyBuilder, dir: &std::path::Path) -> NodeState {
+        let text = topology.build().text;
+        let topology = ferry_topology::parse_topology("t.toml", &text).expect("valid").topology;
         let config = crate::node::NodeConfig::new(topology, "a", "n", dir.to_path_buf());
         NodeState::open(&config).expect("open")
     }
 
     #[tokio::test]
     async fn a_pass_removes_only_what_is_reclaimable() {
-        let text = "[[sites]]\nname = \"a\"\nsrc-id = 1\nrole = \"active\"\n[[sites.nodes]]\nid = \"n\"\n\
-                    client = \"127.0.0.1:1\"\nfabric = \"127.0.0.1:2\"\nxdr = \"127.0.0.1:3\"\n\
-                    admin = \"127.0.0.1:4\"\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 1\n\
-                    tombstone-ttl = 60\n";
+        let topology = site_a().namespace(Namespace::new("test").tombstone_ttl(60));
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = node_n_of_site_a(text, dir.path());
+        let state = node_n_of_site_a(topology, dir.path());
         let now_ms = record::now_ms();
         let live = record(false, 0, now_ms);
         let expired = record(false, 1, now_ms);
@@ -156,15 +161,11 @@ mod tests {
 
     #[tokio::test]
     async fn with_ship_nsup_deletes_an_expiration_becomes_a_logged_tombstone() {
-        let text = "[[sites]]\nname = \"a\"\nsrc-id = 1\nrole = \"active\"\n[[sites.nodes]]\nid = \"n\"\n\
-                    client = \"127.0.0.1:1\"\nfabric = \"127.0.0.1:2\"\nxdr = \"127.0.0.1:3\"\n\
-                    admin = \"127.0.0.1:4\"\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 1\n\
-                    [[sites]]\nname = \"b\"\nsrc-id = 2\nrole = \"standby\"\n[[sites.nodes]]\nid = \"m\"\n\
-                    client = \"127.0.0.1:5\"\nfabric = \"127.0.0.1:6\"\nxdr = \"127.0.0.1:7\"\n\
-                    admin = \"127.0.0.1:8\"\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 1\n\
-                    [[links]]\nfrom = \"a\"\nto = \"b\"\nnamespaces = [\"test\"]\nship-nsup-deletes = true\n";
+        let topology = site_a()
+            .add_site(Site::new("b", 1).node_ids(&["m"]))
+            .link(Link::new("a", "b").ship_nsup_deletes(true));
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = node_n_of_site_a(text, dir.path());
+        let state = node_n_of_site_a(topology, dir.path());
         assert!(state.ships_expirations());
         let expired = record(false, 1, record::now_ms() - 5_000);
         state.store.put("test", &[1; 20], &expired).expect("put");

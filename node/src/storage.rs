@@ -332,13 +332,15 @@ fn sync_loop(
 mod tests {
     use super::*;
     use crate::record::{Bin, Value};
+    use ferry_tests::{Site, TopologyBuilder};
 
     fn namespace(name: &str) -> Namespace {
-        let text = format!(
-            "[[sites]]\nname = \"a\"\nsrc-id = 1\nrole = \"active\"\n[[sites.nodes]]\nid = \"n\"\n\
-             client = \"127.0.0.1:1\"\nfabric = \"127.0.0.1:2\"\nxdr = \"127.0.0.1:3\"\n\
-             admin = \"127.0.0.1:4\"\n[[sites.namespaces]]\nname = \"{name}\"\nreplication-factor = 1\n"
-        );
+        let text = TopologyBuilder::new("ferry")
+            .add_site(Site::new("a", 1).node_ids(&["n"]))
+            .namespace(ferry_tests::Namespace::new(name))
+            .ports_from(1)
+            .build()
+            .text;
         let topology = ferry_topology::parse_topology("t.toml", &text).expect("valid").topology;
         topology.sites[0].namespaces[0].clone()
     }

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use crate::apply::ApplyError;
 use crate::node::{NodeConfig, NodeState};
 use crate::record::Record;
+use crate::storage::StoreError;
 
 /// Why XDR could not start on this node.
 #[derive(Debug, thiserror::Error)]
@@ -256,13 +257,15 @@ pub(crate) fn transport_settings() -> TransportSettings {
 }
 
 impl LocalRecords for NodeRecords {
+    type Error = StoreError;
+
     async fn read(
         &self,
         namespace: &str,
         digest: &[u8; 20],
-    ) -> Result<Option<ShippedRecord>, String> {
+    ) -> Result<Option<ShippedRecord>, StoreError> {
         let _guard = self.state.store.lock(digest).await;
-        let record = self.state.store.get(namespace, digest).map_err(|e| e.to_string())?;
+        let record = self.state.store.get(namespace, digest)?;
         Ok(record.map(|r| to_shipped(*digest, r)))
     }
 
@@ -271,15 +274,11 @@ impl LocalRecords for NodeRecords {
         namespace: &str,
         partition: u16,
         min_lut_ms: u64,
-    ) -> Result<Vec<([u8; 20], u64)>, String> {
-        let scan = self
-            .state
-            .store
-            .scan_partition(namespace, partition, None)
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Vec<([u8; 20], u64)>, StoreError> {
+        let scan = self.state.store.scan_partition(namespace, partition, None)?;
         let mut changed = Vec::new();
         for item in scan {
-            let (digest, record) = item.map_err(|e| e.to_string())?;
+            let (digest, record) = item?;
             if record.last_update_ms >= min_lut_ms {
                 changed.push((digest, record.last_update_ms));
             }
@@ -410,32 +409,17 @@ fn to_shipped(digest: [u8; 20], record: Record) -> ShippedRecord {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use ferry_tests::{Link, Role, Site, TopologyBuilder};
 
-    fn free_udp_port() -> u16 {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.local_addr().expect("addr").port()
-    }
-
-    /// Site `a` (one node) links into site `b` (nodes `b0`, `b1`), namespace `test`, one copy.
+    /// Site `a` (one node) links into site `b` (nodes `b0`, `b1`), namespace `test`, one copy,
+    /// on free ports.
     fn topology() -> Topology {
-        let mut text = String::new();
-        for (site, src_id, nodes) in [("a", 1u8, &["a0"][..]), ("b", 2, &["b0", "b1"][..])] {
-            text.push_str(&format!(
-                "[[sites]]\nname = \"{site}\"\nsrc-id = {src_id}\nrole = \"active\"\n"
-            ));
-            for (i, node) in nodes.iter().enumerate() {
-                let base = 20_000 + u16::from(src_id) * 100 + i as u16 * 10;
-                text.push_str(&format!(
-                    "[[sites.nodes]]\nid = \"{node}\"\nrack-id = {i}\nclient = \"127.0.0.1:{base}\"\n\
-                     fabric = \"127.0.0.1:{}\"\nxdr = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
-                    base + 1,
-                    free_udp_port(),
-                    base + 3
-                ));
-            }
-            text.push_str("[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 1\n");
-        }
-        text.push_str("[[links]]\nfrom = \"a\"\nto = \"b\"\nnamespaces = [\"test\"]\n");
+        let text = TopologyBuilder::new("ferry")
+            .add_site(Site::new("a", 1).node_ids(&["a0"]).role(Role::Active))
+            .add_site(Site::new("b", 2).node_ids(&["b0", "b1"]).role(Role::Active))
+            .link(Link::new("a", "b"))
+            .build()
+            .text;
         ferry_topology::parse_topology("t.toml", &text).expect("valid").topology
     }
 

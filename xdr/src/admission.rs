@@ -76,24 +76,22 @@ impl PeerAuthorizer for LinkAuthorizer {
 mod tests {
     use std::sync::Arc;
 
+    use ferry_tests::{AddressKind, Link, Role, Site, TopologyBuilder};
+
     use super::*;
 
+    /// Sites `a`, `b` and `c` of one node each (`a0`, `b0`, `c0`, admin API on 127.0.0.2),
+    /// namespace `test`, and a link `a -> b`.
     fn topology() -> Topology {
-        let mut text = String::new();
-        for (i, site) in ["a", "b", "c"].iter().enumerate() {
-            let port = 4000 + i * 10;
-            text.push_str(&format!(
-                "[[sites]]\nname = \"{site}\"\nsrc-id = {}\nrole = \"active\"\n[[sites.nodes]]\n\
-                 id = \"{site}0\"\nclient = \"127.0.0.1:{port}\"\nfabric = \"127.0.0.1:{}\"\n\
-                 xdr = \"127.0.0.1:{}\"\nadmin = \"127.0.0.2:{}\"\n[[sites.namespaces]]\n\
-                 name = \"test\"\nreplication-factor = 1\n",
-                i + 1,
-                port + 1,
-                port + 2,
-                port + 3
-            ));
-        }
-        text.push_str("[[links]]\nfrom = \"a\"\nto = \"b\"\nnamespaces = [\"test\"]\n");
+        let builder = ["a", "b", "c"].into_iter().fold(TopologyBuilder::new("ferry"), |b, site| {
+            b.add_site(Site::new(site, 1).node_ids(&[&format!("{site}0")]).role(Role::Active))
+        });
+        let text = builder
+            .link(Link::new("a", "b"))
+            .ports_from(4000)
+            .ip(AddressKind::Admin, [127, 0, 0, 2])
+            .build()
+            .text;
         ferry_topology::parse_topology("t.toml", &text).expect("valid").topology
     }
 

@@ -663,7 +663,10 @@ fn ceil_ms(duration: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::convert::identity;
+
     use ferry_digestlog::{Entry, Lsn, Op, namespace_id};
+    use ferry_tests::Link;
     use ferry_topology::placement::partition_of;
 
     use super::*;
@@ -685,9 +688,9 @@ mod tests {
         }
     }
 
-    /// An engine for the link `a -> b` (shipping `test`) with the extra TOML `link`, started at
-    /// `T0` with its start-up actions checked.
-    fn started(link: &str) -> Engine {
+    /// An engine for the link `a -> b` (shipping `test`) with `link` applied to its settings,
+    /// started at `T0` with its start-up actions checked.
+    fn started(link: impl FnOnce(Link) -> Link) -> Engine {
         let plan = Arc::new(plan_of(link).1);
         let mut engine = Engine::new(plan, settings(), 0, LinkControl::default(), T0);
         assert_eq!(
@@ -763,7 +766,7 @@ mod tests {
 
     #[test]
     fn a_hot_key_folds_into_one_change_cut_after_the_accumulation_window() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         let read = vec![write(1, 7, T0 - 50), write(2, 8, T0 - 20), write(3, 7, T0 - 10)];
         assert_eq!(
             engine.handle(T0, Event::Read(read)),
@@ -785,7 +788,7 @@ mod tests {
 
     #[test]
     fn a_full_batch_is_cut_at_once() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         assert_eq!(
             engine.handle(T0, Event::Read(writes(1..=4))),
             [Action::Send { id: 0, changes: changes(1..=4) }, Action::Read { max: 4 }]
@@ -794,21 +797,21 @@ mod tests {
 
     #[test]
     fn the_longest_of_period_and_hot_key_window_holds_a_batch() {
-        let mut engine = started("period-ms = 300\nhot-key-ms = 50");
+        let mut engine = started(|l| l.period_ms(300).hot_key_ms(50));
         let actions = engine.handle(T0, Event::Read(writes(1..=1)));
         assert_eq!(actions, [Action::Read { max: 3 }, Action::WakeAt(T0 + 300)]);
     }
 
     #[test]
     fn delay_ms_holds_a_change_until_it_is_old_enough() {
-        let mut engine = started("delay-ms = 400");
+        let mut engine = started(|l| l.delay_ms(400));
         let actions = engine.handle(T0, Event::Read(vec![write(1, 1, T0 - 100)]));
         assert_eq!(actions, [Action::Read { max: 3 }, Action::WakeAt(T0 + 300)]);
     }
 
     #[test]
     fn a_batch_of_filtered_changes_commits_without_a_send() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         let read = vec![write_in("other", 1, 1, T0), write_in("other", 2, 2, T0)];
         assert_eq!(
             engine.handle(T0, Event::Read(read)),
@@ -823,7 +826,7 @@ mod tests {
 
     #[test]
     fn acks_in_any_order_commit_only_the_contiguous_prefix() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         engine.handle(T0, Event::Read(writes(1..=4)));
         engine.handle(T0, Event::Read(writes(5..=8)));
         assert_eq!(engine.handle(T0 + 200, acked(1)), [], "batch 0 still out");
@@ -832,7 +835,7 @@ mod tests {
 
     #[test]
     fn commits_wait_for_the_commit_interval_while_batches_are_in_flight() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         engine.handle(T0, Event::Read(writes(1..=4)));
         engine.handle(T0, Event::Read(writes(5..=8)));
         assert_eq!(engine.handle(T0 + 50, acked(0)), [], "last commit 50 ms ago");
@@ -841,7 +844,7 @@ mod tests {
             [Action::Commit { through: 4 }],
             "stopping commits what is acknowledged"
         );
-        let mut engine = started("");
+        let mut engine = started(identity);
         engine.handle(T0, Event::Read(writes(1..=4)));
         engine.handle(T0, Event::Read(writes(5..=8)));
         assert_eq!(engine.handle(T0 + 100, acked(0)), [Action::Commit { through: 4 }]);
@@ -851,7 +854,7 @@ mod tests {
 
     #[test]
     fn a_full_window_holds_the_next_cut_until_an_ack() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         engine.handle(T0, Event::Read(writes(1..=4)));
         engine.handle(T0, Event::Read(writes(5..=8)));
         assert_eq!(
@@ -867,7 +870,7 @@ mod tests {
 
     #[test]
     fn a_retryable_failure_resends_the_batch_after_a_growing_backoff() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         engine.handle(T0, Event::Read(writes(1..=4)));
         let failed = |cause| Event::Failed { id: 0, cause, jitter: 0.5 };
         assert_eq!(
@@ -896,7 +899,7 @@ mod tests {
 
     #[test]
     fn max_throughput_paces_sends() {
-        let mut engine = started("max-throughput = 2");
+        let mut engine = started(|l| l.max_throughput(2));
         assert_eq!(
             engine.handle(T0, Event::Read(writes(1..=4))),
             [Action::Read { max: 4 }],
@@ -911,7 +914,7 @@ mod tests {
 
     #[test]
     fn only_an_idle_link_heartbeats_and_a_lost_heartbeat_takes_it_down() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         assert_eq!(
             engine.handle(T0 + 500, Event::Tick),
             [Action::Heartbeat, Action::WakeAt(T0 + 1_000)]
@@ -941,7 +944,7 @@ mod tests {
 
     #[test]
     fn pause_stops_reading_and_resume_restarts_it() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         assert_eq!(
             engine.handle(T0, control(|c| c.paused = true)),
             [Action::StopReading, Action::SetState(LinkState::Paused)]
@@ -954,7 +957,7 @@ mod tests {
 
     #[test]
     fn a_link_paused_before_it_started_does_not_read() {
-        let plan = Arc::new(plan_of("").1);
+        let plan = Arc::new(plan_of(identity).1);
         let paused = LinkControl { paused: true, ..LinkControl::default() };
         let mut engine = Engine::new(plan, settings(), 0, paused, T0);
         assert_eq!(
@@ -965,7 +968,7 @@ mod tests {
 
     #[test]
     fn a_drain_lasts_until_everything_logged_before_it_is_acknowledged() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         engine.handle(T0, control(|c| c.paused = true));
         engine.handle(T0, Event::Tick);
         let drain = LinkControl { drain_seq: 1, ..LinkControl::default() };
@@ -988,14 +991,14 @@ mod tests {
 
     #[test]
     fn a_drain_with_nothing_logged_is_done_at_once() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         assert_eq!(engine.handle(T0, control(|c| c.drain_seq = 1)), []);
         assert_eq!(engine.take_counts().drains, 1);
     }
 
     #[test]
     fn a_rewind_scans_every_partition_and_ships_what_it_finds() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         let rewind = |c: &mut LinkControl| (c.rewind_seq, c.rewind_from_ms) = (1, 5);
         assert_eq!(
             engine.handle(T0, control(rewind)),
@@ -1026,7 +1029,7 @@ mod tests {
 
     #[test]
     fn a_recovery_keeps_the_window_of_batches_in_flight() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         engine.handle(T0, control(|c| c.rewind_seq = 1));
         let found: Scanned = (1..=12).map(|key| (digest(key), T0)).collect();
         assert_eq!(
@@ -1048,7 +1051,7 @@ mod tests {
 
     #[test]
     fn an_overflow_is_acknowledged_after_its_recovery_and_before_reading_on() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         let overflow = Overflow { committed: Lsn(0), lost_through: Lsn(10), min_lut_ms: 7 };
         assert_eq!(
             engine.handle(T0, Event::Overflowed(overflow)),
@@ -1075,7 +1078,7 @@ mod tests {
 
     #[test]
     fn a_pause_stops_store_scans_too() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         engine.handle(T0, control(|c| c.rewind_seq = 1));
         let paused = |c: &mut LinkControl| (c.rewind_seq, c.paused) = (1, true);
         assert_eq!(engine.handle(T0, control(paused)), [Action::SetState(LinkState::Paused)]);
@@ -1091,7 +1094,7 @@ mod tests {
 
     #[test]
     fn a_rewind_asked_during_a_recovery_runs_after_it_from_the_lowest_time() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         engine.handle(T0, control(|c| (c.rewind_seq, c.rewind_from_ms) = (1, 50)));
         assert_eq!(engine.handle(T0, control(|c| (c.rewind_seq, c.rewind_from_ms) = (2, 90))), []);
         assert_eq!(engine.handle(T0, control(|c| (c.rewind_seq, c.rewind_from_ms) = (3, 20))), []);
@@ -1104,7 +1107,7 @@ mod tests {
 
     #[test]
     fn lag_is_never_0_while_paused_or_behind() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         assert_eq!(engine.gauges(T0, 0).lag_ms, 0, "caught up");
         assert_eq!(engine.gauges(T0, 3).lag_ms, 1, "behind, nothing read yet");
         assert_eq!(engine.gauges(T0 + 40, 3).lag_ms, 40, "since last caught up");
@@ -1121,7 +1124,7 @@ mod tests {
 
     #[test]
     fn acknowledgements_count_into_stats_and_gauges() {
-        let mut engine = started("");
+        let mut engine = started(identity);
         engine.handle(T0, Event::Read(writes(1..=4)));
         assert_eq!(engine.gauges(T0, 4).in_progress, 4);
         let outcome = Outcome {

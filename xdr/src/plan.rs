@@ -172,53 +172,30 @@ impl LinkPlan {
 /// Test topologies and plans, shared by the tests of the plan and of the shipper's engine.
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::fmt::Write as _;
-
+    use ferry_tests::{Link, Namespace, Role, Site, TopologyBuilder};
     use ferry_topology::Topology;
 
     use super::LinkPlan;
 
-    /// Writes a `[[sites]]` block: `nodes` nodes on two racks with ids `<name>-<i>`, namespaces
-    /// `test` (two copies) and `other`, on ports derived from `src_id` so none collide.
-    fn site(text: &mut String, name: &str, src_id: u8, nodes: u16) {
-        let _ =
-            write!(text, "\n[[sites]]\nname = \"{name}\"\nsrc-id = {src_id}\nrole = \"active\"\n");
-        for i in 0..nodes {
-            let port = 10_000 + u16::from(src_id) * 100 + i * 4;
-            let _ = write!(
-                text,
-                "\n[[sites.nodes]]\nid = \"{name}-{i}\"\nrack-id = {}\n\
-                 client = \"127.0.0.1:{}\"\nfabric = \"127.0.0.1:{}\"\n\
-                 xdr = \"127.0.0.{src_id}:{}\"\nadmin = \"127.0.0.1:{}\"\n",
-                i % 2,
-                port,
-                port + 1,
-                port + 2,
-                port + 3
-            );
-        }
-        text.push_str(
-            "\n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 2\n\
-             \n[[sites.namespaces]]\nname = \"other\"\nreplication-factor = 1\n",
-        );
-    }
-
-    /// Sites `a` (src-id 1, 2 nodes), `b` (src-id 2, 3 nodes) and `c` (src-id 3, 2 nodes), and a
-    /// link `a -> b` shipping `test` with the extra TOML `settings`.
-    pub(crate) fn topology(settings: &str) -> Topology {
-        let mut text = String::from("name = \"plan-test\"\n");
-        site(&mut text, "a", 1, 2);
-        site(&mut text, "b", 2, 3);
-        site(&mut text, "c", 3, 2);
-        let _ = write!(
-            text,
-            "\n[[links]]\nfrom = \"a\"\nto = \"b\"\nnamespaces = [\"test\"]\n{settings}\n"
-        );
+    /// Sites `a` (src-id 1, 2 nodes), `b` (src-id 2, 3 nodes) and `c` (src-id 3, 2 nodes), all
+    /// active, on two racks, with namespaces `test` (two copies) and `other`, on fixed ports;
+    /// and a link `a -> b` shipping `test` with `settings` applied.
+    pub(crate) fn topology(settings: impl FnOnce(Link) -> Link) -> Topology {
+        let sites = ["a", "b", "c"].into_iter().zip([2, 3, 2]);
+        let builder = sites
+            .fold(TopologyBuilder::new("plan-test"), |b, (name, nodes)| {
+                b.add_site(Site::new(name, nodes).role(Role::Active))
+            })
+            .namespace(Namespace::new("test").replication_factor(2))
+            .namespace(Namespace::new("other"))
+            .link(settings(Link::new("a", "b")))
+            .ports_from(10_000);
+        let text = builder.build().text;
         ferry_topology::parse_topology("t.toml", &text).expect("valid").topology
     }
 
     /// The plan of the only link of `topology(settings)`, with the topology.
-    pub(crate) fn plan_of(settings: &str) -> (Topology, LinkPlan) {
+    pub(crate) fn plan_of(settings: impl FnOnce(Link) -> Link) -> (Topology, LinkPlan) {
         let topology = topology(settings);
         let plan = LinkPlan::new(&topology, &topology.links[0]).expect("plan");
         (topology, plan)
@@ -228,6 +205,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::convert::identity;
 
     use ferry_digestlog::{Op, namespace_id};
     use ferry_topology::placement::PARTITIONS;
@@ -258,7 +236,7 @@ mod tests {
 
     #[test]
     fn plan_takes_site_ids_namespaces_and_remote_nodes_from_the_topology() {
-        let (topology, plan) = plan_of("");
+        let (topology, plan) = plan_of(identity);
         assert_eq!(plan.dc(), "b");
         assert_eq!((plan.local_site_id, plan.remote_site_id), (1, 2));
         assert_eq!(plan.link, topology.links[0]);
@@ -279,7 +257,7 @@ mod tests {
 
     #[test]
     fn plan_fails_when_the_topology_no_longer_matches_the_link() {
-        let topology = topology("");
+        let topology = topology(identity);
         let mut gone = topology.links[0].clone();
         gone.to = "zz".try_into().expect("site name");
         match LinkPlan::new(&topology, &gone) {
@@ -304,7 +282,7 @@ mod tests {
 
     #[test]
     fn namespaces_the_link_does_not_ship_are_skipped() {
-        let (_, plan) = plan_of("");
+        let (_, plan) = plan_of(identity);
         assert_eq!(plan.admit_entry(&entry("test", 1)), Ok(0));
         assert_eq!(plan.admit_entry(&entry("other", 1)), Err(Skip::Namespace));
         assert_eq!(plan.admit_entry(&entry("nowhere", 1)), Err(Skip::Namespace));
@@ -315,7 +293,7 @@ mod tests {
 
     #[test]
     fn admit_entry_returns_the_index_of_the_namespace() {
-        let topology = topology("");
+        let topology = topology(identity);
         let mut link = topology.links[0].clone();
         link.namespaces.push("other".try_into().expect("namespace name"));
         let plan = LinkPlan::new(&topology, &link).expect("plan");
@@ -326,7 +304,7 @@ mod tests {
 
     #[test]
     fn local_writes_and_deletes_ship() {
-        let (_, plan) = plan_of("");
+        let (_, plan) = plan_of(identity);
         let mut delete = entry("test", 1);
         delete.op = Op::Delete;
         assert_eq!(plan.admit_entry(&delete), Ok(0));
@@ -337,9 +315,9 @@ mod tests {
     fn expirations_ship_only_with_ship_nsup_deletes() {
         let mut expiration = entry("test", 1);
         expiration.op = Op::Expire;
-        let (_, plan) = plan_of("");
+        let (_, plan) = plan_of(identity);
         assert_eq!(plan.admit_entry(&expiration), Err(Skip::Expiration));
-        let (_, plan) = plan_of("ship-nsup-deletes = true");
+        let (_, plan) = plan_of(|l| l.ship_nsup_deletes(true));
         assert_eq!(plan.admit_entry(&expiration), Ok(0));
         // Loop prevention still applies to a shipped expiration.
         expiration.origin_site = 2;
@@ -348,8 +326,8 @@ mod tests {
 
     #[test]
     fn versions_from_the_destination_never_ship_back() {
-        for settings in ["", "forward = true"] {
-            let (_, plan) = plan_of(settings);
+        for forward in [false, true] {
+            let (_, plan) = plan_of(|l| l.forward(forward));
             assert_eq!(plan.admit_entry(&entry("test", 2)), Err(Skip::FromDestination));
             assert_eq!(plan.admit_origin(2), Err(Skip::FromDestination));
         }
@@ -357,12 +335,12 @@ mod tests {
 
     #[test]
     fn versions_from_a_third_site_ship_only_when_forwarding() {
-        let (_, plan) = plan_of("");
+        let (_, plan) = plan_of(identity);
         assert_eq!(plan.admit_entry(&entry("test", 3)), Err(Skip::NotForwarded));
         assert_eq!(plan.admit_origin(3), Err(Skip::NotForwarded));
         // A site id the topology does not know is foreign too.
         assert_eq!(plan.admit_origin(200), Err(Skip::NotForwarded));
-        let (_, forwarding) = plan_of("forward = true");
+        let (_, forwarding) = plan_of(|l| l.forward(true));
         assert_eq!(forwarding.admit_entry(&entry("test", 3)), Ok(0));
         assert_eq!(forwarding.admit_origin(3), Ok(()));
         assert_eq!(forwarding.admit_origin(1), Ok(()));
@@ -370,7 +348,7 @@ mod tests {
 
     #[test]
     fn all_sets_ship_without_set_filters() {
-        let (_, plan) = plan_of("");
+        let (_, plan) = plan_of(identity);
         for set in ["", "users", "carts"] {
             assert_eq!(plan.admit_set(set), Ok(()), "set '{set}'");
         }
@@ -378,7 +356,7 @@ mod tests {
 
     #[test]
     fn ignored_sets_are_skipped() {
-        let (_, plan) = plan_of("ignore-set = [\"audit\", \"tmp\"]");
+        let (_, plan) = plan_of(|l| l.ignore_set(&["audit", "tmp"]));
         assert_eq!(plan.admit_set("audit"), Err(Skip::Set));
         assert_eq!(plan.admit_set("tmp"), Err(Skip::Set));
         assert_eq!(plan.admit_set("users"), Ok(()));
@@ -390,7 +368,7 @@ mod tests {
 
     #[test]
     fn ship_set_alone_does_not_restrict() {
-        let (_, plan) = plan_of("ship-set = [\"users\"]");
+        let (_, plan) = plan_of(|l| l.ship_set(&["users"]));
         assert_eq!(plan.admit_set("users"), Ok(()));
         assert_eq!(plan.admit_set("carts"), Ok(()));
         assert_eq!(plan.admit_set(""), Ok(()));
@@ -398,10 +376,9 @@ mod tests {
 
     #[test]
     fn ship_only_specified_sets_ships_only_the_listed_sets() {
-        let (_, plan) = plan_of(
-            "ship-only-specified-sets = true\nship-set = [\"users\", \"orders\"]\n\
-             ignore-set = [\"tmp\"]",
-        );
+        let (_, plan) = plan_of(|l| {
+            l.ship_only_specified_sets(true).ship_set(&["users", "orders"]).ignore_set(&["tmp"])
+        });
         assert_eq!(plan.admit_set("users"), Ok(()));
         assert_eq!(plan.admit_set("orders"), Ok(()));
         assert_eq!(plan.admit_set("carts"), Err(Skip::Set));
@@ -413,7 +390,7 @@ mod tests {
     #[test]
     fn ship_only_specified_sets_with_no_listed_set_ships_nothing() {
         // The validator refuses this configuration; the filter still fails closed.
-        let topology = topology("");
+        let topology = topology(identity);
         let mut link = topology.links[0].clone();
         link.ship_only_specified_sets = true;
         let plan = LinkPlan::new(&topology, &link).expect("plan");
@@ -425,7 +402,7 @@ mod tests {
     #[test]
     fn ignore_set_wins_over_ship_set() {
         // The validator refuses a set in both lists; the filter still lets ignore-set win.
-        let topology = topology("");
+        let topology = topology(identity);
         for only in [false, true] {
             let mut link = topology.links[0].clone();
             link.ship_only_specified_sets = only;
@@ -439,7 +416,7 @@ mod tests {
 
     #[test]
     fn destination_is_the_remote_master_of_the_partition() {
-        let (topology, plan) = plan_of("");
+        let (topology, plan) = plan_of(identity);
         let remote = topology.site("b").expect("site b");
         let map = PartitionMap::for_namespace(&topology, "b", "test").expect("map");
         for i in 0..512 {
@@ -454,14 +431,14 @@ mod tests {
 
     #[test]
     fn destination_of_an_unshipped_namespace_index_is_none() {
-        let (_, plan) = plan_of("");
+        let (_, plan) = plan_of(identity);
         assert_eq!(plan.destination(1, &digest(1)), None);
         assert_eq!(plan.destination(usize::MAX, &digest(1)), None);
     }
 
     #[test]
     fn destinations_spread_over_all_remote_nodes() {
-        let (_, plan) = plan_of("");
+        let (_, plan) = plan_of(identity);
         let mut per_node: HashMap<NodeId, usize> = HashMap::new();
         for partition in 0..u32::from(PARTITIONS) {
             let destination = plan.destination(0, &digest(partition)).expect("destination");
@@ -480,8 +457,7 @@ mod tests {
     proptest! {
         #[test]
         fn admit_origin_is_loop_prevention(origin in any::<u8>(), forward in any::<bool>()) {
-            let settings = if forward { "forward = true" } else { "" };
-            let (_, plan) = plan_of(settings);
+            let (_, plan) = plan_of(|l| l.forward(forward));
             let expected = match origin {
                 2 => Err(Skip::FromDestination),
                 1 => Ok(()),
@@ -493,7 +469,7 @@ mod tests {
 
         #[test]
         fn every_digest_has_a_remote_destination(digest in any::<[u8; 20]>()) {
-            let (_, plan) = plan_of("");
+            let (_, plan) = plan_of(identity);
             let destination = plan.destination(0, &digest).expect("destination");
             let master = plan.namespaces[0].remote_map.master(partition_of(&digest));
             prop_assert_eq!(&destination.id, master);

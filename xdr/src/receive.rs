@@ -179,12 +179,12 @@ impl<A: Applier> Handler for Receiver<A> {
 
 #[cfg(test)]
 mod tests {
-    use std::fmt::Write as _;
     use std::net::SocketAddr;
     use std::sync::Mutex;
     use std::sync::atomic::Ordering;
 
     use bytes::Bytes;
+    use ferry_tests::{Link, Namespace, Role, Site, TopologyBuilder};
     use ferry_topology::Topology;
     use ferry_transport::PeerIdentity;
 
@@ -223,28 +223,18 @@ mod tests {
     /// Sites `a` (1), `b` (2, the local site), `c` (3) and `d` (4), each of one node with
     /// namespaces `test` and `other`; links `a -> b` (`test`), `c -> b` (disabled) and `b -> d`.
     fn topology() -> Arc<Topology> {
-        let mut text = String::from("name = \"receive-test\"\n");
-        for (i, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
-            let port = 20_000 + i * 4;
-            let _ = write!(
-                text,
-                "\n[[sites]]\nname = \"{name}\"\nsrc-id = {}\nrole = \"active\"\n\
-                 \n[[sites.nodes]]\nid = \"{name}-0\"\nclient = \"127.0.0.1:{}\"\n\
-                 fabric = \"127.0.0.1:{}\"\nxdr = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n\
-                 \n[[sites.namespaces]]\nname = \"test\"\nreplication-factor = 1\n\
-                 \n[[sites.namespaces]]\nname = \"other\"\nreplication-factor = 1\n",
-                i + 1,
-                port,
-                port + 1,
-                port + 2,
-                port + 3
-            );
-        }
-        text.push_str(
-            "\n[[links]]\nfrom = \"a\"\nto = \"b\"\nnamespaces = [\"test\"]\n\
-             \n[[links]]\nfrom = \"c\"\nto = \"b\"\nnamespaces = [\"test\"]\nenabled = false\n\
-             \n[[links]]\nfrom = \"b\"\nto = \"d\"\nnamespaces = [\"test\"]\n",
-        );
+        let builder = ["a", "b", "c", "d"]
+            .into_iter()
+            .fold(TopologyBuilder::new("receive-test"), |b, name| {
+                b.add_site(Site::new(name, 1).role(Role::Active))
+            })
+            .namespace(Namespace::new("test"))
+            .namespace(Namespace::new("other"))
+            .link(Link::new("a", "b"))
+            .link(Link::new("c", "b").enabled(false))
+            .link(Link::new("b", "d"))
+            .ports_from(20_000);
+        let text = builder.build().text;
         Arc::new(ferry_topology::parse_topology("t.toml", &text).expect("valid").topology)
     }
 

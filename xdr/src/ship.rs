@@ -33,6 +33,9 @@ pub use crate::link::{LinkCommand, LinkControl};
 
 /// The local side the shipper reads from: the node's store.
 pub trait LocalRecords: Send + Sync + 'static {
+    /// Why the store could not answer.
+    type Error: std::error::Error + Send + Sync + 'static;
+
     /// The current version of a record, tombstones included; `None` when it is gone without a
     /// trace (expired and reclaimed). Must wait for a write of the record in progress: a node
     /// logs a change before it stores the version, both under the record's lock, so a read
@@ -41,7 +44,7 @@ pub trait LocalRecords: Send + Sync + 'static {
         &self,
         namespace: &str,
         digest: &[u8; 20],
-    ) -> impl Future<Output = Result<Option<ShippedRecord>, String>> + Send;
+    ) -> impl Future<Output = Result<Option<ShippedRecord>, Self::Error>> + Send;
 
     /// Digests and LUTs of the records of one partition changed at or after `min_lut_ms`,
     /// tombstones included (overflow recovery and rewind). Blocking: runs on the blocking pool.
@@ -50,8 +53,11 @@ pub trait LocalRecords: Send + Sync + 'static {
         namespace: &str,
         partition: u16,
         min_lut_ms: u64,
-    ) -> Result<Vec<([u8; 20], u64)>, String>;
+    ) -> Result<Vec<([u8; 20], u64)>, Self::Error>;
 }
+
+/// A store error, once the shell no longer needs its type.
+type StoreFailure = Box<dyn std::error::Error + Send + Sync>;
 
 /// Wall-clock milliseconds since the Unix epoch (record LUTs use the same clock).
 pub fn now_ms() -> u64 {
@@ -62,7 +68,7 @@ pub fn now_ms() -> u64 {
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
     #[error("read local record: {0}")]
-    ReadRecord(String),
+    ReadRecord(#[source] StoreFailure),
     #[error("send task failed")]
     SendTask,
     #[error(
@@ -96,7 +102,7 @@ enum StopError {
     #[error("acknowledge the overflow: {0}")]
     AcknowledgeOverflow(#[source] CursorError),
     #[error("scan the store for recovery: {0}")]
-    Scan(String),
+    Scan(#[source] StoreFailure),
     #[error("open a batch: {0}")]
     Window(#[source] WindowError),
     #[error("a shipper task failed")]
@@ -134,7 +140,7 @@ struct InProgress {
     wake_at_ms: Option<u64>,
     sends: JoinSet<(u64, Result<Outcome, AttemptError>)>,
     heartbeats: JoinSet<bool>,
-    scans: JoinSet<Result<Scanned, String>>,
+    scans: JoinSet<Result<Scanned, StoreFailure>>,
     /// Which destination the next heartbeat goes to.
     heartbeat_turn: usize,
 }
@@ -240,7 +246,10 @@ impl<R: LocalRecords> Shipper<R> {
                     let shared = Arc::clone(&self.shared);
                     io.scans.spawn_blocking(move || {
                         let namespace = &shared.plan.namespaces[ns].name;
-                        shared.records.changed_since(namespace, partition, min_lut_ms)
+                        shared
+                            .records
+                            .changed_since(namespace, partition, min_lut_ms)
+                            .map_err(|e| StoreFailure::from(Box::new(e)))
                     });
                 }
                 Action::AcknowledgeOverflow(overflow) => {
@@ -335,7 +344,7 @@ impl<R: LocalRecords> Shipper<R> {
         let (raw, wire) =
             (stats.bytes_raw.load(Ordering::Relaxed), stats.bytes_shipped.load(Ordering::Relaxed));
         if let Some(ratio) = raw.saturating_mul(1000).checked_div(wire) {
-            set(&stats.compression_ratio_milli, ratio);
+            set(&stats.compression_ratio, ratio);
         }
         let (now, flushed, committed) = (now_ms(), cursor.flushed().0, cursor.committed().0);
         let gauges = engine.gauges(now, flushed);
@@ -365,7 +374,7 @@ async fn attempt<R: LocalRecords>(
             .records
             .read(namespace, &change.digest)
             .await
-            .map_err(AttemptError::ReadRecord)?;
+            .map_err(|e| AttemptError::ReadRecord(Box::new(e)))?;
         let Some(record) = record else {
             outcome.not_found += 1;
             continue;

@@ -5,54 +5,183 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::conflict::VersionStamp;
 use crate::link::{LinkCommand, LinkControl, LinkState};
 
-/// Counters of one link's shipper. Gauges (`lag`, `in_queue`, …) are set by the shipper.
-#[derive(Debug, Default)]
-pub struct LinkStats {
-    /// Milliseconds: now − LUT of the oldest unacknowledged change (see [`crate::link`]).
-    pub lag: AtomicU64,
-    /// Logged changes not yet acknowledged by the destination.
-    pub in_queue: AtomicU64,
-    /// Records in batches sent and not yet acknowledged.
-    pub in_progress: AtomicU64,
-    /// Records the destination acknowledged (applied or already current there).
-    pub success: AtomicU64,
-    /// Records given up: the destination refused them permanently.
-    pub abandoned: AtomicU64,
-    /// Logged changes whose record was gone locally (no tombstone) at ship time.
-    pub not_found: AtomicU64,
-    /// Changes skipped by the link's filters or loop prevention.
-    pub filtered_out: AtomicU64,
-    /// Retries after a lost connection or timeout.
-    pub retry_conn_reset: AtomicU64,
-    /// Retries after the destination answered with a retryable error.
-    pub retry_dest: AtomicU64,
-    /// Overflow recoveries and rewinds run.
-    pub recoveries: AtomicU64,
-    /// Drains completed (everything logged before the request acknowledged).
-    pub drains: AtomicU64,
-    /// Changes folded into a later change of the same key.
-    pub hot_keys: AtomicU64,
-    /// Milliseconds from send to acknowledgement of the last batch.
-    pub latency_ms: AtomicU64,
-    /// Records acknowledged per second, over the last second.
-    pub throughput: AtomicU64,
-    /// Raw bytes per 1000 bytes on the wire (1000 = no gain).
-    pub compression_ratio_milli: AtomicU64,
-    /// Payload bytes sent, after compression.
-    pub bytes_shipped: AtomicU64,
-    /// Payload bytes before compression.
-    pub bytes_raw: AtomicU64,
-    /// Entries read from the digest log.
-    pub entries_read: AtomicU64,
-    /// Seconds until the backlog would overflow the digest log at current rates; `u64::MAX`
-    /// while it is not growing (shown as `unbounded`).
-    pub log_time_left: AtomicU64,
-    state: Mutex<Option<LinkState>>,
+/// How a stat reads in the info protocol.
+#[derive(Debug, Clone, Copy)]
+enum Shown {
+    /// A plain number.
+    Number,
+    /// Thousandths shown as a decimal (`1.234`).
+    Milli,
+    /// A number, with `u64::MAX` shown as `unbounded`.
+    Bounded,
+}
+
+impl Shown {
+    fn show(self, value: u64) -> String {
+        match self {
+            Shown::Number => value.to_string(),
+            Shown::Milli => format!("{}.{:03}", value / 1000, value % 1000),
+            Shown::Bounded if value == u64::MAX => "unbounded".to_owned(),
+            Shown::Bounded => value.to_string(),
+        }
+    }
+
+    fn read(self, name: &str, fields: &BTreeMap<&str, &str>) -> Result<u64, StatsError> {
+        let text = *fields.get(name).ok_or(StatsError::Missing(name.to_owned()))?;
+        let bad = || StatsError::Bad { name: name.to_owned(), value: text.to_owned() };
+        match self {
+            Shown::Bounded if text == "unbounded" => Ok(u64::MAX),
+            Shown::Number | Shown::Bounded => text.parse().map_err(|_| bad()),
+            Shown::Milli => {
+                let (whole, fraction) = text.split_once('.').ok_or_else(bad)?;
+                let whole: u64 = whole.parse().map_err(|_| bad())?;
+                let fraction: u64 = fraction.parse().map_err(|_| bad())?;
+                (fraction < 1000 && text.len() - whole.to_string().len() == 4)
+                    .then(|| whole.saturating_mul(1000).saturating_add(fraction))
+                    .ok_or_else(bad)
+            }
+        }
+    }
+}
+
+/// An info answer that is not the stats it should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatsError {
+    #[error("the stats have no '{0}'")]
+    Missing(String),
+    #[error("stat '{name}' is '{value}', not what it should be")]
+    Bad { name: String, value: String },
+    #[error("the node answered an error: {0}")]
+    Refused(String),
+}
+
+/// `a=1;b=2` as a map; an `ERROR::…` answer is refused.
+fn info_fields(text: &str) -> Result<BTreeMap<&str, &str>, StatsError> {
+    if let Some(message) = text.strip_prefix("ERROR:") {
+        return Err(StatsError::Refused(message.trim_start_matches(':').to_owned()));
+    }
+    Ok(text.split(';').filter_map(|pair| pair.split_once('=')).collect())
+}
+
+/// Declares a family of stats once: the live counters (atomics the I/O shells bump), the
+/// snapshot they read into (serde for JSON), and its info-protocol form in both directions.
+macro_rules! stats_family {
+    (
+        $(#[$live_doc:meta])* $live:ident $({ $( $(#[$extra_doc:meta])* $extra:ident: $extra_ty:ty, )* })?
+        => $(#[$snap_doc:meta])* $snap:ident {
+            $( $(#[$doc:meta])* $name:ident: $shown:ident, )*
+        }
+    ) => {
+        $(#[$live_doc])*
+        #[derive(Debug, Default)]
+        pub struct $live {
+            $( $(#[$doc])* pub $name: AtomicU64, )*
+            $( $( $(#[$extra_doc])* $extra: $extra_ty, )* )?
+        }
+
+        $(#[$snap_doc])*
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct $snap {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl $live {
+            /// The counters now.
+            pub fn counters(&self) -> $snap {
+                $snap { $( $name: self.$name.load(Ordering::Relaxed), )* }
+            }
+        }
+
+        impl $snap {
+            /// `name=value` pairs in the info protocol's form.
+            fn info_pairs(&self) -> Vec<String> {
+                vec![$( format!("{}={}", stringify!($name), Shown::$shown.show(self.$name)), )*]
+            }
+
+            /// Reads the pairs [`Self::info_pairs`] wrote.
+            fn from_fields(fields: &BTreeMap<&str, &str>) -> Result<$snap, StatsError> {
+                Ok($snap { $( $name: Shown::$shown.read(stringify!($name), fields)?, )* })
+            }
+        }
+    };
+}
+
+stats_family! {
+    /// Counters and gauges of one link's shipper, under Aerospike's XDR stat names. Gauges
+    /// (`lag`, `in_queue`, …) are set by the shipper.
+    LinkStats {
+        /// Published by the shipper; `None` until it starts.
+        state: Mutex<Option<LinkState>>,
+    } => /// [`LinkStats`] read at one instant.
+    LinkCounters {
+        /// Milliseconds: now − LUT of the oldest unacknowledged change (see [`crate::link`]).
+        lag: Number,
+        /// Logged changes not yet acknowledged by the destination.
+        in_queue: Number,
+        /// Records in batches sent and not yet acknowledged.
+        in_progress: Number,
+        /// Records the destination acknowledged (applied or already current there).
+        success: Number,
+        /// Records given up: the destination refused them permanently.
+        abandoned: Number,
+        /// Logged changes whose record was gone locally (no tombstone) at ship time.
+        not_found: Number,
+        /// Changes skipped by the link's filters or loop prevention.
+        filtered_out: Number,
+        /// Retries after a lost connection or timeout.
+        retry_conn_reset: Number,
+        /// Retries after the destination answered with a retryable error.
+        retry_dest: Number,
+        /// Overflow recoveries and rewinds run.
+        recoveries: Number,
+        /// Drains completed (everything logged before the request acknowledged).
+        drains: Number,
+        /// Changes folded into a later change of the same key.
+        hot_keys: Number,
+        /// Milliseconds from send to acknowledgement of the last batch.
+        latency_ms: Number,
+        /// Records acknowledged per second, over the last second.
+        throughput: Number,
+        /// Raw bytes per 1000 bytes on the wire (1000 = no gain); info shows `1.000`.
+        compression_ratio: Milli,
+        /// Payload bytes sent, after compression.
+        bytes_shipped: Number,
+        /// Payload bytes before compression.
+        bytes_raw: Number,
+        /// Entries read from the digest log.
+        entries_read: Number,
+        /// Seconds until the backlog would overflow the digest log at current rates; `u64::MAX`
+        /// (info: `unbounded`) while it is not growing.
+        log_time_left: Bounded,
+    }
+}
+
+stats_family! {
+    /// Counters of the receiving side of a node.
+    ReceiverStats => /// [`ReceiverStats`] read at one instant.
+    ReceiverCounters {
+        /// Records stored.
+        applied: Number,
+        /// Records that lost their conflict against the local version.
+        lost_conflict: Number,
+        /// Batches refused: malformed, from a site without a link, or for an unknown namespace.
+        rejected: Number,
+        /// Records that could not be applied (e.g. no owner for their partition).
+        failed: Number,
+        /// Records another node of this site forwarded here because this node owns them
+        /// (already counted in `applied`/`lost_conflict` at the node that received them over
+        /// the link).
+        forwarded_in: Number,
+        /// Batches received.
+        batches: Number,
+    }
 }
 
 /// One counter.
@@ -65,81 +194,120 @@ pub fn set(gauge: &AtomicU64, value: u64) {
     gauge.store(value, Ordering::Relaxed);
 }
 
+/// One link's stats as `get-stats:context=xdr;dc=NAME` answers them and the admin API shows
+/// them: `state` (`starting` until the shipper published one), then the counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkSnapshot {
+    /// `None` while the shipper starts (shown as `starting`).
+    #[serde(with = "state_or_starting")]
+    pub state: Option<LinkState>,
+    #[serde(flatten)]
+    pub counters: LinkCounters,
+}
+
+impl LinkSnapshot {
+    /// The info protocol's form: `state=active;lag=0;…`.
+    pub fn to_info(&self) -> String {
+        let state = format!("state={}", state_or_starting::name(self.state));
+        std::iter::once(state).chain(self.counters.info_pairs()).collect::<Vec<_>>().join(";")
+    }
+
+    /// Reads an info answer written by [`LinkSnapshot::to_info`].
+    pub fn from_info(text: &str) -> Result<LinkSnapshot, StatsError> {
+        let fields = info_fields(text)?;
+        let state = fields.get("state").ok_or(StatsError::Missing("state".to_owned()))?;
+        let state = state_or_starting::parse(state).ok_or_else(|| StatsError::Bad {
+            name: "state".to_owned(),
+            value: (*state).to_owned(),
+        })?;
+        Ok(LinkSnapshot { state, counters: LinkCounters::from_fields(&fields)? })
+    }
+}
+
+/// The receiver's stats and the links that ship from the node, as `get-stats:context=xdr`
+/// answers them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiverSnapshot {
+    #[serde(flatten)]
+    pub counters: ReceiverCounters,
+    /// The destinations of the links with stats on this node.
+    pub dcs: Vec<String>,
+}
+
+impl ReceiverSnapshot {
+    /// The info protocol's form: `applied=…;…;dcs=a,b`.
+    pub fn to_info(&self) -> String {
+        let mut pairs = self.counters.info_pairs();
+        pairs.push(format!("dcs={}", self.dcs.join(",")));
+        pairs.join(";")
+    }
+
+    /// Reads an info answer written by [`ReceiverSnapshot::to_info`].
+    pub fn from_info(text: &str) -> Result<ReceiverSnapshot, StatsError> {
+        let fields = info_fields(text)?;
+        let dcs = fields.get("dcs").ok_or(StatsError::Missing("dcs".to_owned()))?;
+        let dcs = dcs.split(',').filter(|dc| !dc.is_empty()).map(str::to_owned).collect();
+        Ok(ReceiverSnapshot { counters: ReceiverCounters::from_fields(&fields)?, dcs })
+    }
+}
+
 impl LinkStats {
+    /// Publishes the link's state.
     pub fn set_state(&self, state: LinkState) {
         if let Ok(mut slot) = self.state.lock() {
             *slot = Some(state);
         }
     }
 
+    /// The state the shipper published last.
     pub fn state(&self) -> Option<LinkState> {
         self.state.lock().ok().and_then(|s| *s)
     }
 
-    /// `name=value` pairs in Aerospike's order and naming.
-    pub fn snapshot(&self) -> Vec<(&'static str, String)> {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
-        let ratio = self.compression_ratio_milli.load(Ordering::Relaxed);
-        vec![
-            ("state", self.state().map_or_else(|| "starting".to_owned(), |s| s.to_string())),
-            ("lag", get(&self.lag)),
-            ("in_queue", get(&self.in_queue)),
-            ("in_progress", get(&self.in_progress)),
-            ("success", get(&self.success)),
-            ("abandoned", get(&self.abandoned)),
-            ("not_found", get(&self.not_found)),
-            ("filtered_out", get(&self.filtered_out)),
-            ("retry_conn_reset", get(&self.retry_conn_reset)),
-            ("retry_dest", get(&self.retry_dest)),
-            ("recoveries", get(&self.recoveries)),
-            ("drains", get(&self.drains)),
-            ("hot_keys", get(&self.hot_keys)),
-            ("latency_ms", get(&self.latency_ms)),
-            ("throughput", get(&self.throughput)),
-            ("compression_ratio", format!("{}.{:03}", ratio / 1000, ratio % 1000)),
-            ("bytes_shipped", get(&self.bytes_shipped)),
-            ("bytes_raw", get(&self.bytes_raw)),
-            ("entries_read", get(&self.entries_read)),
-            (
-                "log_time_left",
-                match self.log_time_left.load(Ordering::Relaxed) {
-                    u64::MAX => "unbounded".to_owned(),
-                    seconds => seconds.to_string(),
-                },
-            ),
-        ]
+    /// The link's state and counters now.
+    pub fn snapshot(&self) -> LinkSnapshot {
+        LinkSnapshot { state: self.state(), counters: self.counters() }
     }
 }
 
-/// Counters of the receiving side of a node.
-#[derive(Debug, Default)]
-pub struct ReceiverStats {
-    /// Records stored.
-    pub applied: AtomicU64,
-    /// Records that lost their conflict against the local version.
-    pub lost_conflict: AtomicU64,
-    /// Batches refused: malformed, from a site without a link, or for an unknown namespace.
-    pub rejected: AtomicU64,
-    /// Records that could not be applied (e.g. no owner for their partition).
-    pub failed: AtomicU64,
-    /// Records another node of this site forwarded here because this node owns them (already
-    /// counted in `applied`/`lost_conflict` at the node that received them over the link).
-    pub forwarded_in: AtomicU64,
-    /// Batches received.
-    pub batches: AtomicU64,
-}
+/// A link state in stats: its name, or `starting` before the shipper published one.
+mod state_or_starting {
+    use serde::{Deserialize as _, Deserializer, Serializer};
 
-impl ReceiverStats {
-    pub fn snapshot(&self) -> Vec<(&'static str, String)> {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
-        vec![
-            ("applied", get(&self.applied)),
-            ("lost_conflict", get(&self.lost_conflict)),
-            ("rejected", get(&self.rejected)),
-            ("failed", get(&self.failed)),
-            ("forwarded_in", get(&self.forwarded_in)),
-            ("batches", get(&self.batches)),
-        ]
+    use crate::link::LinkState;
+
+    const STARTING: &str = "starting";
+    const STATES: [LinkState; 5] = [
+        LinkState::Active,
+        LinkState::Paused,
+        LinkState::Down,
+        LinkState::Recovering,
+        LinkState::Draining,
+    ];
+
+    pub(super) fn name(state: Option<LinkState>) -> String {
+        state.map_or_else(|| STARTING.to_owned(), |s| s.to_string())
+    }
+
+    pub(super) fn parse(text: &str) -> Option<Option<LinkState>> {
+        if text == STARTING {
+            return Some(None);
+        }
+        STATES.into_iter().find(|s| s.to_string() == text).map(Some)
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        state: &Option<LinkState>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&name(*state))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<LinkState>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse(&text).ok_or_else(|| serde::de::Error::custom(format!("unknown link state '{text}'")))
     }
 }
 
@@ -245,7 +413,93 @@ impl Registry {
     }
 }
 
-/// Formats pairs as the info protocol does: `a=1;b=2`.
-pub fn info_format(pairs: &[(&'static str, String)]) -> String {
-    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";")
+impl Registry {
+    /// The receiver's counters and the links with stats.
+    pub fn receiver_snapshot(&self) -> ReceiverSnapshot {
+        ReceiverSnapshot { counters: self.receiver.counters(), dcs: self.dcs() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busy_link() -> LinkSnapshot {
+        let stats = LinkStats::default();
+        stats.set_state(LinkState::Down);
+        set(&stats.lag, 1_500);
+        add(&stats.success, 42);
+        set(&stats.compression_ratio, 3_075);
+        set(&stats.log_time_left, u64::MAX);
+        stats.snapshot()
+    }
+
+    #[test]
+    fn link_stats_read_back_from_their_info_form() {
+        let snapshot = busy_link();
+        let info = snapshot.to_info();
+        assert!(info.starts_with("state=down;lag=1500;in_queue=0;"), "{info}");
+        assert!(info.contains(";success=42;"), "{info}");
+        assert!(info.contains(";compression_ratio=3.075;"), "{info}");
+        assert!(info.ends_with(";log_time_left=unbounded"), "{info}");
+        assert_eq!(LinkSnapshot::from_info(&info), Ok(snapshot));
+    }
+
+    #[test]
+    fn a_starting_link_says_so() {
+        let snapshot = LinkStats::default().snapshot();
+        assert!(snapshot.to_info().starts_with("state=starting;"));
+        assert_eq!(LinkSnapshot::from_info(&snapshot.to_info()).map(|s| s.state), Ok(None));
+    }
+
+    #[test]
+    fn the_json_form_has_the_same_names() {
+        let json = serde_json::to_value(busy_link()).expect("json");
+        assert_eq!(json["state"], "down");
+        assert_eq!(json["lag"], 1_500);
+        assert_eq!(json["success"], 42);
+        let back: LinkSnapshot = serde_json::from_value(json).expect("from json");
+        assert_eq!(back, busy_link());
+    }
+
+    #[test]
+    fn receiver_stats_carry_the_links() {
+        let registry = Registry::default();
+        add(&registry.receiver.applied, 7);
+        let _ = registry.link("eu-west");
+        let _ = registry.link("ap-south");
+        let snapshot = registry.receiver_snapshot();
+        assert_eq!(snapshot.dcs, ["ap-south", "eu-west"]);
+        let info = snapshot.to_info();
+        assert!(info.starts_with("applied=7;"), "{info}");
+        assert!(info.ends_with(";dcs=ap-south,eu-west"), "{info}");
+        assert_eq!(ReceiverSnapshot::from_info(&info), Ok(snapshot));
+        let none = ReceiverSnapshot::from_info(&Registry::default().receiver_snapshot().to_info());
+        assert_eq!(none.map(|s| s.dcs), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn answers_that_are_not_stats_are_refused_with_the_reason() {
+        assert_eq!(
+            LinkSnapshot::from_info("ERROR::no link to dc 'x' ships from this node"),
+            Err(StatsError::Refused("no link to dc 'x' ships from this node".to_owned()))
+        );
+        let info = busy_link().to_info();
+        let missing = info.replace(";success=42", "");
+        assert_eq!(LinkSnapshot::from_info(&missing), Err(StatsError::Missing("success".into())));
+        for (bad, name) in [
+            (info.replace("lag=1500", "lag=soon"), "lag"),
+            (info.replace("state=down", "state=sleepy"), "state"),
+            (
+                info.replace("compression_ratio=3.075", "compression_ratio=3.75"),
+                "compression_ratio",
+            ),
+            (info.replace("compression_ratio=3.075", "compression_ratio=3"), "compression_ratio"),
+        ] {
+            assert!(
+                matches!(LinkSnapshot::from_info(&bad), Err(StatsError::Bad { name: n, .. }) if n == name),
+                "{bad}"
+            );
+        }
+    }
 }

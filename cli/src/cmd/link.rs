@@ -1,14 +1,14 @@
 //! `ferry link status|pause|resume|rewind|conflicts`: operate a DR link on every node of its
 //! source site through the nodes' info port.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use ferry_node::proto::info;
+use ferry::client::{self, ClientError};
 use ferry_topology::{Topology, load_topology};
+use ferry_xdr::stats::LinkSnapshot;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct LinkArgs {
@@ -69,9 +69,16 @@ pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
         match args.action {
             LinkAction::Status { link } => {
                 let (from, to) = resolve(&topology, &link)?;
-                let name = format!("get-stats:context=xdr;dc={to}");
-                for (node, value) in ask_site(&topology, &from, &name).await? {
-                    println!("{from} -> {to} on {node}: {}", value.replace(';', " "));
+                for (node, stats) in link_stats(&topology, &from, &to).await? {
+                    match stats {
+                        Ok(stats) => {
+                            println!(
+                                "{from} -> {to} on {node}: {}",
+                                stats.to_info().replace(';', " ")
+                            )
+                        }
+                        Err(error) => println!("{from} -> {to} on {node}: {error}"),
+                    }
                 }
             }
             LinkAction::Pause { link } => command(&topology, &link, "pause", None).await?,
@@ -81,15 +88,18 @@ pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
             }
             LinkAction::Drain { link, timeout } => {
                 let (from, to) = resolve(&topology, &link)?;
-                let name = format!("get-stats:context=xdr;dc={to}");
-                let drains = |answers: &[(String, String)]| -> Vec<u64> {
-                    answers.iter().map(|(_, v)| drains_done(v)).collect()
+                // A node that does not answer counts as not drained (0 drains so far).
+                let drains = |answers: &[(String, Result<LinkSnapshot, ClientError>)]| -> Vec<u64> {
+                    answers
+                        .iter()
+                        .map(|(_, stats)| stats.as_ref().map_or(0, |s| s.counters.drains))
+                        .collect()
                 };
-                let before = drains(&ask_site(&topology, &from, &name).await?);
+                let before = drains(&link_stats(&topology, &from, &to).await?);
                 command(&topology, &link, "drain", None).await?;
                 let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
                 loop {
-                    let answers = ask_site(&topology, &from, &name).await?;
+                    let answers = link_stats(&topology, &from, &to).await?;
                     let now = drains(&answers);
                     let draining: Vec<&str> = answers
                         .iter()
@@ -125,9 +135,18 @@ pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The `drains` counter of a link's stats answer (0 when absent).
-fn drains_done(stats: &str) -> u64 {
-    stats.split(';').find_map(|f| f.strip_prefix("drains=")?.parse().ok()).unwrap_or(0)
+/// The stats of link `from -> to` on every node of `from`.
+async fn link_stats(
+    topology: &Topology,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<Vec<(String, Result<LinkSnapshot, ClientError>)>> {
+    let site = topology.site(from).with_context(|| format!("no site '{from}'"))?;
+    let mut answers = Vec::new();
+    for node in &site.nodes {
+        answers.push((node.id.to_string(), client::link_stats(node.client.addr(), to).await));
+    }
+    Ok(answers)
 }
 
 /// `FROM:TO`, or just `TO` when exactly one link leads there.
@@ -182,11 +201,9 @@ async fn ask_site(
     let site = topology.site(site).with_context(|| format!("no site '{site}'"))?;
     let mut answers = Vec::new();
     for node in &site.nodes {
-        let addr: SocketAddr = node.client.addr();
-        let value = match info::ask(addr, &[name]).await {
-            Ok(reply) => reply.into_iter().next().map(|(_, v)| v).unwrap_or_default(),
-            Err(e) => format!("ERROR::unreachable at {addr}: {e}"),
-        };
+        let value = client::ask(node.client.addr(), name)
+            .await
+            .unwrap_or_else(|error| format!("ERROR::{error}"));
         answers.push((node.id.to_string(), value));
     }
     Ok(answers)

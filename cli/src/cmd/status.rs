@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ferry::deploy::field;
-use ferry_node::proto::info;
+use ferry::client::{self, ClientError, NamespaceCounts};
 use ferry_topology::Topology;
+use ferry_xdr::stats::LinkCounters;
 use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
@@ -83,10 +83,6 @@ struct LinkNodeStatus {
     in_queue: u64,
 }
 
-fn number(value: &str, name: &str) -> u64 {
-    field(value, name).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
 pub(crate) fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let path = args.dir.join("topology.toml");
     let topology = ferry_topology::load_topology(&path)
@@ -117,32 +113,27 @@ pub(crate) async fn collect(topology: &Topology, dir: &std::path::Path) -> Statu
     for site in &topology.sites {
         let mut nodes = Vec::new();
         for node in &site.nodes {
-            let names: Vec<String> =
-                site.namespaces.iter().map(|ns| format!("namespace/{}", ns.name)).collect();
-            let asked: Vec<&str> = names.iter().map(String::as_str).collect();
-            let reply = info::ask(node.client.addr(), &asked).await.ok();
-            let namespaces = site
-                .namespaces
-                .iter()
-                .map(|ns| {
-                    let value = reply
-                        .as_ref()
-                        .and_then(|r| {
-                            r.iter().find(|(n, _)| *n == format!("namespace/{}", ns.name))
-                        })
-                        .map(|(_, v)| v.as_str())
-                        .unwrap_or_default();
-                    NamespaceStatus {
-                        name: ns.name.to_string(),
-                        records: number(value, "objects"),
-                        partitions_owned: number(value, "partitions-owned"),
-                    }
-                })
-                .collect();
+            let mut up = true;
+            let mut namespaces = Vec::new();
+            for ns in &site.namespaces {
+                let counts =
+                    match client::namespace_counts(node.client.addr(), ns.name.as_str()).await {
+                        Ok(counts) => counts,
+                        Err(error) => {
+                            up &= !matches!(error, ClientError::Unreachable { .. });
+                            NamespaceCounts::default()
+                        }
+                    };
+                namespaces.push(NamespaceStatus {
+                    name: ns.name.to_string(),
+                    records: counts.objects,
+                    partitions_owned: counts.partitions_owned,
+                });
+            }
             nodes.push(NodeStatus {
                 id: node.id.to_string(),
                 client: node.client.to_string(),
-                up: reply.is_some(),
+                up,
                 namespaces,
             });
         }
@@ -159,26 +150,28 @@ pub(crate) async fn collect(topology: &Topology, dir: &std::path::Path) -> Statu
         let mut nodes = Vec::new();
         if let Some(site) = topology.site(link.from.as_str()) {
             for node in &site.nodes {
-                let name = format!("get-stats:context=xdr;dc={}", link.to);
-                let value = match info::ask(node.client.addr(), &[&name]).await {
-                    Ok(reply) => reply.into_iter().next().map(|(_, v)| v).unwrap_or_default(),
-                    Err(_) => "state=unreachable".to_owned(),
-                };
-                let state = if !link.enabled {
-                    "disabled".to_owned()
-                } else {
-                    field(&value, "state").unwrap_or_else(|| "unknown".to_owned())
-                };
+                let (state, counters) =
+                    match client::link_stats(node.client.addr(), link.to.as_str()).await {
+                        Ok(stats) => (
+                            stats.state.map_or_else(|| "starting".to_owned(), |s| s.to_string()),
+                            stats.counters,
+                        ),
+                        Err(ClientError::Unreachable { .. }) => {
+                            ("unreachable".to_owned(), LinkCounters::default())
+                        }
+                        Err(_) => ("unknown".to_owned(), LinkCounters::default()),
+                    };
+                let state = if link.enabled { state } else { "disabled".to_owned() };
                 nodes.push((
                     LinkNodeStatus {
                         node: node.id.to_string(),
                         state,
-                        lag_ms: number(&value, "lag"),
-                        shipped: number(&value, "success"),
-                        in_queue: number(&value, "in_queue"),
+                        lag_ms: counters.lag,
+                        shipped: counters.success,
+                        in_queue: counters.in_queue,
                     },
-                    number(&value, "abandoned"),
-                    number(&value, "retry_conn_reset") + number(&value, "retry_dest"),
+                    counters.abandoned,
+                    counters.retry_conn_reset + counters.retry_dest,
                 ));
             }
         }

@@ -8,8 +8,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use ferry::client::{self, VersionDigest};
 use ferry::deploy::{DeploySpec, Deployment as Running};
-use ferry_tests::{TestNode, stat_fields};
+use ferry_tests::{Namespace, TestNode, TopologyBuilder};
+use ferry_xdr::stats::{LinkCounters, LinkSnapshot, ReceiverCounters};
 
 /// The `ferry` binary of this build.
 pub fn ferry_bin() -> PathBuf {
@@ -51,6 +53,28 @@ impl Deployment {
         adjust(&mut spec);
         let running = Running::start(spec).await.unwrap_or_else(|e| panic!("deploy: {e}"));
         Deployment { running, nodes, dir }
+    }
+
+    /// One site (`local`) of `nodes` nodes with namespace `test` of `rf` copies, no links.
+    pub async fn one_site(nodes: usize, rf: u8) -> Deployment {
+        let built = TopologyBuilder::new("test-site")
+            .site("local", nodes)
+            .namespace(Namespace::new("test").replication_factor(rf))
+            .build();
+        Deployment::start(&built.text, built.nodes).await
+    }
+
+    /// An `aerospike` client of `site`, seeded with its first node, once it has tended.
+    pub async fn client(&self, site: &str) -> aerospike::Client {
+        let seed = self.site(site)[0].client.to_string();
+        aerospike::Client::new(&aerospike::ClientPolicy::default(), &seed)
+            .await
+            .unwrap_or_else(|e| self.fail(format!("connect a client to {site}: {e}")))
+    }
+
+    /// The ids of the nodes of `site`.
+    pub fn ids(&self, site: &str) -> Vec<String> {
+        self.site(site).iter().map(|n| n.id.clone()).collect()
     }
 
     /// The topology file the nodes run.
@@ -99,31 +123,36 @@ impl Deployment {
 
     /// Info `name` from every node of `site`, in node order.
     pub async fn info(&self, site: &str, name: &str) -> Vec<String> {
-        self.running
-            .info(site, name)
-            .await
-            .unwrap_or_else(|e| panic!("{e}\nwarnings in node logs:\n{}", self.log_warnings()))
+        self.running.info(site, name).await.unwrap_or_else(|e| self.fail(e))
     }
 
-    /// The site's combined `verify-digest` of namespace `test`: (records, XOR of versions).
-    pub async fn site_digest(&self, site: &str) -> (u64, u64) {
-        let mut records = 0;
-        let mut xor = 0;
-        for value in self.info(site, "verify-digest:namespace=test").await {
-            let fields = stat_fields(&value);
-            records += fields.get("records").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            xor ^= fields.get("xor").and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
+    /// The site's combined `verify-digest` of namespace `test`.
+    pub async fn site_digest(&self, site: &str) -> VersionDigest {
+        self.running.site_digest(site, "test").await.unwrap_or_else(|e| self.fail(e))
+    }
+
+    /// The stats of link `site -> dc` on every node of `site`.
+    pub async fn link_stats(&self, site: &str, dc: &str) -> Vec<LinkSnapshot> {
+        self.running.link_stats(site, dc).await.unwrap_or_else(|e| self.fail(e))
+    }
+
+    /// A counter of link `site -> dc` summed over the nodes of `site`.
+    pub async fn link_sum(&self, site: &str, dc: &str, counter: fn(&LinkCounters) -> u64) -> u64 {
+        self.link_stats(site, dc).await.iter().map(|s| counter(&s.counters)).sum()
+    }
+
+    /// A receiver counter summed over the nodes of `site`.
+    pub async fn receiver_sum(&self, site: &str, counter: fn(&ReceiverCounters) -> u64) -> u64 {
+        let mut sum = 0;
+        for addr in self.running.clients(site).unwrap_or_else(|e| self.fail(e)) {
+            let stats = client::receiver_stats(addr).await.unwrap_or_else(|e| self.fail(e));
+            sum += counter(&stats.counters);
         }
-        (records, xor)
+        sum
     }
 
-    /// A link stat summed over the source site's nodes (`get-stats:context=xdr;dc=DC`).
-    pub async fn link_stat(&self, site: &str, dc: &str, stat: &str) -> u64 {
-        self.info(site, &format!("get-stats:context=xdr;dc={dc}"))
-            .await
-            .iter()
-            .map(|v| stat_fields(v).get(stat).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
-            .sum()
+    fn fail(&self, error: impl std::fmt::Display) -> ! {
+        panic!("{error}\nwarnings in node logs:\n{}", self.log_warnings())
     }
 
     /// Waits until sites `a` and `b` hold identical versions, or panics after `timeout` with
@@ -136,7 +165,7 @@ impl Deployment {
                 return;
             }
             if Instant::now() >= deadline {
-                let stats = self.info(a, &format!("get-stats:context=xdr;dc={b}")).await;
+                let stats = self.link_stats(a, b).await;
                 panic!(
                     "sites {a} and {b} did not converge within {timeout:?}: {a} {da:?}, {b} {db:?}\n\
                      link stats: {stats:#?}\nwarnings in node logs:\n{}",
