@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::Digest;
+
 /// Log sequence number: assigned by the log, dense and strictly increasing from 1.
 ///
 /// `Lsn(0)` never names an entry; it means "before the first entry".
@@ -50,7 +52,7 @@ pub enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Entry {
     /// RIPEMD-160 digest of the record key.
-    pub digest: [u8; 20],
+    pub digest: Digest,
     /// Namespace id.
     pub namespace: u32,
     /// Partition id (0..4096).
@@ -80,10 +82,7 @@ impl fmt::Display for LoggedEntry {
     /// One line per entry, as `ferry digestlog dump` prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = &self.entry;
-        write!(f, "lsn={} digest=", self.lsn)?;
-        for b in e.digest {
-            write!(f, "{b:02x}")?;
-        }
+        write!(f, "lsn={} digest={}", self.lsn, e.digest)?;
         let op = match e.op {
             Op::Write => "write",
             Op::Delete => "delete",
@@ -139,7 +138,7 @@ pub enum RecordError {
 pub(crate) fn encode_record(lsn: Lsn, entry: &Entry, out: &mut Vec<u8>) {
     let mut payload = [0u8; PAYLOAD_LEN];
     payload[0..8].copy_from_slice(&lsn.0.to_le_bytes());
-    payload[8..28].copy_from_slice(&entry.digest);
+    payload[8..28].copy_from_slice(entry.digest.as_bytes());
     payload[28..32].copy_from_slice(&entry.namespace.to_le_bytes());
     payload[32..34].copy_from_slice(&entry.partition.to_le_bytes());
     payload[34..36].copy_from_slice(&entry.generation.to_le_bytes());
@@ -180,8 +179,8 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<LoggedEntry, RecordError> {
         FLAG_EXPIRE => Op::Expire,
         _ => return Err(RecordError::BadFlags(flags)),
     };
-    let mut digest = [0u8; 20];
-    digest.copy_from_slice(&payload[8..28]);
+    let mut digest = Digest::default();
+    digest.0.copy_from_slice(&payload[8..28]);
     Ok(LoggedEntry {
         lsn: Lsn(u64_at(payload, 0)),
         entry: Entry {
@@ -223,7 +222,7 @@ pub(crate) mod tests {
         digest[..8].copy_from_slice(&i.to_le_bytes());
         digest[19] = 0xd1;
         Entry {
-            digest,
+            digest: Digest(digest),
             namespace: (i % 3) as u32,
             partition: (i % 4096) as u16,
             generation: i as u16,
@@ -238,7 +237,7 @@ pub(crate) mod tests {
     #[test]
     fn golden_record_bytes() {
         let entry = Entry {
-            digest: core::array::from_fn(|i| i as u8 + 1),
+            digest: Digest(core::array::from_fn(|i| i as u8 + 1)),
             namespace: 0x0102_0304,
             partition: 0x0a0b,
             generation: 0x0c0d,

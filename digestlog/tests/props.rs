@@ -26,7 +26,7 @@ fn entry(id: u64) -> Entry {
     let mut digest = [0u8; 20];
     digest[..8].copy_from_slice(&id.to_le_bytes());
     Entry {
-        digest,
+        digest: digest.into(),
         namespace: 1,
         partition: (id % 4096) as u16,
         generation: id as u16,

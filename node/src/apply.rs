@@ -113,6 +113,7 @@ fn to_record(shipped: &ShippedRecord) -> Record {
 mod tests {
     use super::*;
     use crate::node::NodeConfig;
+    use crate::storage::Digest;
     use bytes::Bytes;
     use ferry_tests::{ConflictPolicy, Namespace, Role, Site, TopologyBuilder};
     use ferry_xdr::batch::ShippedBin;
@@ -131,7 +132,7 @@ mod tests {
 
     fn shipped(generation: u16, lut: u64, value: &'static [u8]) -> ShippedRecord {
         ShippedRecord {
-            digest: [7; 20],
+            digest: Digest([7; 20]),
             stamp: VersionStamp { generation, last_update_ms: lut, origin_site: 2 },
             void_time: 0,
             tombstone: false,
@@ -152,7 +153,7 @@ mod tests {
         let batch = [shipped(2, 10, b"two"), shipped(1, 20, b"one"), shipped(2, 10, b"two")];
         let counts = node.apply_remote("test", &batch).await.expect("apply");
         assert_eq!(counts, ApplyCounts { applied: 1, lost_conflict: 2 });
-        let stored = node.store.get("test", &[7; 20]).expect("get").expect("stored");
+        let stored = node.store.get("test", &Digest([7; 20])).expect("get").expect("stored");
         assert_eq!((stored.generation, stored.last_update_ms, stored.origin_site), (2, 10, 2));
         assert_eq!(stored.bins[0].value.data.as_ref(), b"two");
         assert!(matches!(
@@ -168,7 +169,7 @@ mod tests {
         let batch = [shipped(5, 30, b"late"), shipped(9, 20, b"early-but-higher-generation")];
         let counts = node.apply_remote("test", &batch).await.expect("apply");
         assert_eq!(counts, ApplyCounts { applied: 1, lost_conflict: 1 });
-        let stored = node.store.get("test", &[7; 20]).expect("get").expect("stored");
+        let stored = node.store.get("test", &Digest([7; 20])).expect("get").expect("stored");
         assert_eq!(stored.bins[0].value.data.as_ref(), b"late");
     }
 }

@@ -151,11 +151,12 @@ mod tests {
         let old_tombstone = record(true, 0, now_ms - 61_000);
         let fresh_tombstone = record(true, 0, now_ms);
         for (i, r) in [&live, &expired, &old_tombstone, &fresh_tombstone].into_iter().enumerate() {
-            state.store.put("test", &[i as u8 + 1; 20], r).expect("put");
+            state.store.put("test", &Digest([i as u8 + 1; 20]), r).expect("put");
         }
         assert_eq!(pass(&state).await.expect("pass"), 2);
-        let left: Vec<bool> =
-            (1..=4u8).map(|i| state.store.get("test", &[i; 20]).expect("get").is_some()).collect();
+        let left: Vec<bool> = (1..=4u8)
+            .map(|i| state.store.get("test", &Digest([i; 20])).expect("get").is_some())
+            .collect();
         assert_eq!(left, [true, false, false, true]);
     }
 
@@ -168,12 +169,13 @@ mod tests {
         let state = node_n_of_site_a(topology, dir.path());
         assert!(state.ships_expirations());
         let expired = record(false, 1, record::now_ms() - 5_000);
-        state.store.put("test", &[1; 20], &expired).expect("put");
+        state.store.put("test", &Digest([1; 20]), &expired).expect("put");
         let log = state.digest_log().expect("log");
         let mut cursor =
             log.open_cursor("probe", ferry_digestlog::CursorStart::Latest).expect("cursor");
         assert_eq!(pass(&state).await.expect("pass"), 1);
-        let tombstone = state.store.get("test", &[1; 20]).expect("get").expect("tombstone kept");
+        let tombstone =
+            state.store.get("test", &Digest([1; 20])).expect("get").expect("tombstone kept");
         assert!(tombstone.tombstone);
         assert_eq!(tombstone.generation, expired.generation + 1);
         assert!(tombstone.last_update_ms > expired.last_update_ms);

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::record::{self, CorruptRecord, Record};
 
 /// A record digest (RIPEMD-160 of set and key).
-pub type Digest = [u8; 20];
+pub use ferry_digestlog::Digest;
 
 /// Failures of the store.
 #[derive(Debug, thiserror::Error)]
@@ -206,14 +206,14 @@ impl Store {
 fn storage_key(digest: &Digest) -> [u8; 22] {
     let mut key = [0u8; 22];
     key[..2].copy_from_slice(&partition_of(digest).to_be_bytes());
-    key[2..].copy_from_slice(digest);
+    key[2..].copy_from_slice(digest.as_ref());
     key
 }
 
 fn decode(ns: &str, digest: &Digest, bytes: &[u8]) -> Result<Record, StoreError> {
     record::decode(bytes).map_err(|source| StoreError::Corrupt {
         namespace: ns.to_owned(),
-        digest: hex(digest),
+        digest: digest.to_string(),
         source,
     })
 }
@@ -363,7 +363,7 @@ mod tests {
         d[0..2].copy_from_slice(&partition.to_le_bytes());
         d[2] = 0;
         d[3] = 0;
-        d
+        Digest(d)
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::apply::ApplyError;
 use crate::node::{NodeConfig, NodeState};
 use crate::record::Record;
-use crate::storage::StoreError;
+use crate::storage::{Digest, StoreError};
 
 /// Why XDR could not start on this node.
 #[derive(Debug, thiserror::Error)]
@@ -262,7 +262,7 @@ impl LocalRecords for NodeRecords {
     async fn read(
         &self,
         namespace: &str,
-        digest: &[u8; 20],
+        digest: &Digest,
     ) -> Result<Option<ShippedRecord>, StoreError> {
         let _guard = self.state.store.lock(digest).await;
         let record = self.state.store.get(namespace, digest)?;
@@ -274,7 +274,7 @@ impl LocalRecords for NodeRecords {
         namespace: &str,
         partition: u16,
         min_lut_ms: u64,
-    ) -> Result<Vec<([u8; 20], u64)>, StoreError> {
+    ) -> Result<Vec<(Digest, u64)>, StoreError> {
         let scan = self.state.store.scan_partition(namespace, partition, None)?;
         let mut changed = Vec::new();
         for item in scan {
@@ -385,7 +385,7 @@ impl Applier for NodeRecords {
 }
 
 /// A stored record as shipped: its own generation, LUT and origin.
-fn to_shipped(digest: [u8; 20], record: Record) -> ShippedRecord {
+fn to_shipped(digest: Digest, record: Record) -> ShippedRecord {
     ShippedRecord {
         digest,
         stamp: VersionStamp {
@@ -428,7 +428,7 @@ mod tests {
         digest[..4].copy_from_slice(&i.to_le_bytes());
         digest[4..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9).to_le_bytes());
         ShippedRecord {
-            digest,
+            digest: Digest(digest),
             stamp: VersionStamp { generation: 1, last_update_ms: 1_000, origin_site: 1 },
             void_time: 0,
             tombstone: false,

@@ -6,6 +6,7 @@
 //! decompressed size (capped, so a small zstd bomb cannot inflate into gigabytes).
 
 use bytes::Bytes;
+use ferry_digestlog::Digest;
 
 use crate::conflict::VersionStamp;
 
@@ -25,7 +26,7 @@ const MIN_RECORD: usize = 20 + 1 + 2 + 8 + 4 + 1 + 1 + 4 + 2;
 /// One record version as shipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShippedRecord {
-    pub digest: [u8; 20],
+    pub digest: Digest,
     pub stamp: VersionStamp,
     /// Expiry in seconds since the Aerospike epoch; 0 = never.
     pub void_time: u32,
@@ -175,7 +176,7 @@ impl Batch {
 }
 
 fn encode_record(record: &ShippedRecord, out: &mut Vec<u8>) {
-    out.extend_from_slice(&record.digest);
+    out.extend_from_slice(record.digest.as_bytes());
     out.push(if record.tombstone { RECORD_TOMBSTONE } else { 0 });
     out.extend_from_slice(&record.stamp.generation.to_be_bytes());
     out.extend_from_slice(&record.stamp.last_update_ms.to_be_bytes());
@@ -224,7 +225,7 @@ fn decode_record(r: &mut Reader<'_>) -> Result<ShippedRecord, BatchError> {
         bins.push(ShippedBin { name, particle, data: Bytes::copy_from_slice(r.take(len)?) });
     }
     Ok(ShippedRecord {
-        digest,
+        digest: digest.into(),
         stamp: VersionStamp { generation, last_update_ms, origin_site },
         void_time,
         tombstone,
@@ -277,7 +278,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 pub(crate) fn sample_record(i: u8, tombstone: bool) -> ShippedRecord {
     ShippedRecord {
-        digest: [i; 20],
+        digest: Digest([i; 20]),
         stamp: VersionStamp { generation: 3, last_update_ms: 1_000 + u64::from(i), origin_site: 1 },
         void_time: 0,
         tombstone,
@@ -309,7 +310,7 @@ mod tests {
             source_site: 1,
             namespace: "ns".into(),
             records: vec![ShippedRecord {
-                digest: [0xab; 20],
+                digest: Digest([0xab; 20]),
                 stamp: VersionStamp { generation: 2, last_update_ms: 0x0102, origin_site: 1 },
                 void_time: 0,
                 tombstone: true,

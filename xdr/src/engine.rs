@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_digestlog::{LoggedEntry, Overflow};
+use ferry_digestlog::{Digest, LoggedEntry, Overflow};
 use ferry_topology::placement::PARTITIONS;
 
 use crate::link::{LinkControl, LinkMachine, LinkState, Throttle};
@@ -59,7 +59,7 @@ impl Default for ShipperSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change {
     pub ns: usize,
-    pub digest: [u8; 20],
+    pub digest: Digest,
     /// LUT of the oldest change folded into this one (for lag).
     pub oldest_lut_ms: u64,
 }
@@ -90,7 +90,7 @@ pub enum Cause {
 }
 
 /// Digests and LUTs of the records a store scan found.
-pub type Scanned = Vec<([u8; 20], u64)>;
+pub type Scanned = Vec<(Digest, u64)>;
 
 /// What happened, as fed to [`Engine::handle`].
 #[derive(Debug, Clone, PartialEq)]
@@ -535,7 +535,7 @@ impl Engine {
 
     /// Filters the logged changes and folds repeated changes of one record into one.
     fn fold(&mut self, entries: Vec<LoggedEntry>) -> Vec<Change> {
-        let mut latest: HashMap<(usize, [u8; 20]), usize> = HashMap::new();
+        let mut latest: HashMap<(usize, Digest), usize> = HashMap::new();
         let mut changes: Vec<Change> = Vec::with_capacity(entries.len());
         for logged in entries {
             let entry = logged.entry;
@@ -706,8 +706,8 @@ mod tests {
         engine
     }
 
-    fn digest(key: u8) -> [u8; 20] {
-        [key; 20]
+    fn digest(key: u8) -> Digest {
+        Digest([key; 20])
     }
 
     /// A local write of record `key` of `namespace` at log position `lsn`.

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use ferry_digestlog::{Entry, Op};
+use ferry_digestlog::{Digest, Entry, Op};
 use ferry_topology::Topology;
 use ferry_topology::model::{Link, NodeId};
 use ferry_topology::placement::{PartitionMap, PlacementError, partition_of};
@@ -163,7 +163,7 @@ impl LinkPlan {
     }
 
     /// The destination node owning `digest` of namespace number `ns`.
-    pub fn destination(&self, ns: usize, digest: &[u8; 20]) -> Option<&DestinationNode> {
+    pub fn destination(&self, ns: usize, digest: &Digest) -> Option<&DestinationNode> {
         let map = &self.namespaces.get(ns)?.remote_map;
         self.remote_nodes.get(map.master(partition_of(digest)))
     }
@@ -216,7 +216,7 @@ mod tests {
 
     fn entry(namespace: &str, origin_site: u8) -> Entry {
         Entry {
-            digest: [9; 20],
+            digest: Digest([9; 20]),
             namespace: namespace_id(namespace),
             partition: partition_of(&[9; 20]),
             generation: 4,
@@ -227,11 +227,11 @@ mod tests {
         }
     }
 
-    fn digest(i: u32) -> [u8; 20] {
+    fn digest(i: u32) -> Digest {
         let mut digest = [0x5a; 20];
         digest[..4].copy_from_slice(&i.to_le_bytes());
         digest[4..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9).to_be_bytes());
-        digest
+        Digest(digest)
     }
 
     #[test]
@@ -468,7 +468,8 @@ mod tests {
         }
 
         #[test]
-        fn every_digest_has_a_remote_destination(digest in any::<[u8; 20]>()) {
+        fn every_digest_has_a_remote_destination(bytes in any::<[u8; 20]>()) {
+            let digest = Digest(bytes);
             let (_, plan) = plan_of(identity);
             let destination = plan.destination(0, &digest).expect("destination");
             let master = plan.namespaces[0].remote_map.master(partition_of(&digest));

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_digestlog::{Batch as LogBatch, Cursor, CursorError, Lsn, ReadError};
+use ferry_digestlog::{Batch as LogBatch, Cursor, CursorError, Digest, Lsn, ReadError};
 use ferry_topology::model::NodeId;
 use ferry_transport::{Client, Endpoint, Frame, TransportError};
 use tokio::sync::watch;
@@ -43,7 +43,7 @@ pub trait LocalRecords: Send + Sync + 'static {
     fn read(
         &self,
         namespace: &str,
-        digest: &[u8; 20],
+        digest: &Digest,
     ) -> impl Future<Output = Result<Option<ShippedRecord>, Self::Error>> + Send;
 
     /// Digests and LUTs of the records of one partition changed at or after `min_lut_ms`,
@@ -53,7 +53,7 @@ pub trait LocalRecords: Send + Sync + 'static {
         namespace: &str,
         partition: u16,
         min_lut_ms: u64,
-    ) -> Result<Vec<([u8; 20], u64)>, Self::Error>;
+    ) -> Result<Vec<(Digest, u64)>, Self::Error>;
 }
 
 /// A store error, once the shell no longer needs its type.

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ferry_digestlog::Digest;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -315,7 +316,7 @@ mod state_or_starting {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
     pub namespace: String,
-    pub digest: [u8; 20],
+    pub digest: Digest,
     /// The version kept.
     pub local: VersionStamp,
     /// The version refused.
@@ -327,13 +328,13 @@ pub struct Conflict {
 impl std::fmt::Display for Conflict {
     /// `ns,digest-hex,at_ms,kept gen/lut/origin,lost gen/lut/origin`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let digest: String = self.digest.iter().map(|b| format!("{b:02x}")).collect();
         let stamp =
             |s: &VersionStamp| format!("{}/{}/{}", s.generation, s.last_update_ms, s.origin_site);
         write!(
             f,
-            "{},{digest},{},{},{}",
+            "{},{},{},{},{}",
             self.namespace,
+            self.digest,
             self.at_ms,
             stamp(&self.local),
             stamp(&self.incoming)

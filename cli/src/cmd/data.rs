@@ -19,6 +19,7 @@ use aerospike::{
     Statement, Value, WritePolicy,
 };
 use anyhow::{Context as _, bail};
+use ferry_digestlog::Digest;
 use ferry_node::record::MAX_BIN_NAME;
 use ferry_topology::{Topology, load_topology};
 
@@ -319,7 +320,7 @@ fn scan_line(record: &Record) -> String {
     let mut line = match &record.key {
         Some(key) => match key.user_key() {
             Some(user_key) => format_value(user_key),
-            None => format!("digest:{}", hex(&key.digest())),
+            None => format!("digest:{}", Digest(key.digest())),
         },
         None => "(no key)".to_owned(),
     };
@@ -344,10 +345,6 @@ fn format_value(value: &Value) -> String {
         Value::String(s) => format!("{s:?}"),
         other => other.to_string(),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Parses every `BIN=VALUE`, refusing repeated bin names.
@@ -453,6 +450,6 @@ mod tests {
         assert_eq!(scan_line(&record), "\"k1\"  n=1");
         let bare = Key::with_digest("test", "demo", None, key.digest());
         let record = Record::new(Some(bare), bins, None, 1, 0);
-        assert_eq!(scan_line(&record), format!("digest:{}  n=1", hex(&key.digest())));
+        assert_eq!(scan_line(&record), format!("digest:{}  n=1", Digest(key.digest())));
     }
 }

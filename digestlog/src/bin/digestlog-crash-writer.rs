@@ -17,7 +17,7 @@ fn entry(id: u64) -> Entry {
     digest[..8].copy_from_slice(&id.to_le_bytes());
     digest[8..16].copy_from_slice(&id.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
     Entry {
-        digest,
+        digest: digest.into(),
         namespace: (id % 5) as u32,
         partition: (id % 4096) as u16,
         generation: id as u16,

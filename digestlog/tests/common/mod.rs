@@ -11,7 +11,7 @@ pub fn entry(i: u64) -> Entry {
     let mut digest = [0u8; 20];
     digest[..8].copy_from_slice(&i.to_le_bytes());
     Entry {
-        digest,
+        digest: digest.into(),
         namespace: (i % 3) as u32,
         partition: (i % 4096) as u16,
         generation: i as u16,

@@ -122,7 +122,9 @@ async fn finish<W: tokio::io::AsyncWrite + Unpin>(
 async fn run_row(state: &NodeState, row: &Row, origin: Origin) -> Msg {
     let mut request = row.request.clone();
     request.fields.retain(|f| f.kind != field::DIGEST);
-    request.fields.push(Field { kind: field::DIGEST, data: Bytes::copy_from_slice(&row.digest) });
+    request
+        .fields
+        .push(Field { kind: field::DIGEST, data: Bytes::copy_from_slice(row.digest.as_ref()) });
     match route(state, &request, origin) {
         Route::Local(target) => run_single(state, &request, &target).await,
         Route::Forward(owner) => forward_row(state, &request, owner).await,
@@ -179,7 +181,7 @@ mod tests {
         let rows = decode_rows(&data).expect("rows");
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[2].index, 2);
-        assert_eq!(rows[2].digest, [3; 20]);
+        assert_eq!(rows[2].digest, Digest([3; 20]));
         assert_eq!(rows[2].request, rows[0].request);
         assert_eq!(rows[0].request.record_ttl, 7);
         assert_eq!(rows[0].request.field_str(field::NAMESPACE), Ok(Some("test")));

@@ -162,7 +162,7 @@ fn record_msg(
     let mut fields = vec![
         Field { kind: field::NAMESPACE, data: Bytes::copy_from_slice(namespace.as_bytes()) },
         Field { kind: field::SET, data: Bytes::copy_from_slice(record.set.as_bytes()) },
-        Field { kind: field::DIGEST, data: Bytes::copy_from_slice(digest) },
+        Field { kind: field::DIGEST, data: Bytes::copy_from_slice(digest.as_ref()) },
     ];
     if let Some(key) = &record.key {
         fields.push(Field { kind: field::KEY, data: key.clone() });
@@ -205,7 +205,7 @@ mod tests {
         let found = starts(&msg).expect("starts");
         assert_eq!(found[0], Start { partition: 1, after: None });
         assert_eq!(found[1], Start { partition: 4095, after: None });
-        assert_eq!(found[2], Start { partition: 0x105, after: Some(digest) });
+        assert_eq!(found[2], Start { partition: 0x105, after: Some(Digest(digest)) });
     }
 
     #[test]
