@@ -69,6 +69,27 @@ fn tls_error(e: impl fmt::Display) -> TransportError {
 }
 
 impl TlsContext {
+    /// What both verifiers answer to a TLS 1.2 signature: the configurations offer TLS 1.3
+    /// only (QUIC requires it).
+    fn tls12_refused() -> rustls::Error {
+        rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered)
+    }
+
+    /// Checks a TLS 1.3 handshake signature with this context's algorithms (both directions).
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
     pub(crate) fn new(
         creds: &NodeCredentials,
         trust: TrustStore,
@@ -273,8 +294,7 @@ impl ClientCertVerifier for InboundVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // The configurations allow TLS 1.3 only (QUIC requires it).
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(TlsContext::tls12_refused())
     }
 
     fn verify_tls13_signature(
@@ -283,12 +303,7 @@ impl ClientCertVerifier for InboundVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.ctx.provider.signature_verification_algorithms,
-        )
+        self.ctx.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -363,7 +378,7 @@ impl ServerCertVerifier for OutboundVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(TlsContext::tls12_refused())
     }
 
     fn verify_tls13_signature(
@@ -372,12 +387,7 @@ impl ServerCertVerifier for OutboundVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.ctx.provider.signature_verification_algorithms,
-        )
+        self.ctx.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -796,6 +796,23 @@ mod tests {
     }
 
     #[test]
+    fn entries_read_again_from_before_the_last_batch_stop_the_link() {
+        let mut engine = started(identity);
+        assert_eq!(
+            engine.handle(T0, Event::Read(writes(1..=4))),
+            [Action::Send { id: 0, changes: changes(1..=4) }, Action::Read { max: 4 }]
+        );
+        // A cursor that hands out positions it already gave cannot be shipped from: the
+        // window refuses the batch rather than let the cursor commit out of order.
+        let actions = engine.handle(T0, Event::Read(writes(1..=4)));
+        assert_eq!(
+            actions.first(),
+            Some(&Action::Fail(WindowError::OutOfOrder { id: 1, after: 4, last_lsn: 4 })),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
     fn the_longest_of_period_and_hot_key_window_holds_a_batch() {
         let mut engine = started(|l| l.period_ms(300).hot_key_ms(50));
         let actions = engine.handle(T0, Event::Read(writes(1..=1)));

@@ -7,9 +7,9 @@ use bytes::Bytes;
 
 use std::net::SocketAddr;
 
-use super::{Route, error_reply, result, route, run_single};
+use super::{Route, error_reply, result, route, run_single, send_last};
 use crate::node::{NodeState, Stats};
-use crate::proto::msg::{Cursor, Field, Msg, decode_fields, decode_ops, field, info3};
+use crate::proto::msg::{Cursor, Field, Msg, decode_fields, decode_ops, field};
 use crate::proto::{FrameError, TYPE_MSG};
 use crate::server::{Origin, ReplySink};
 use crate::storage::Digest;
@@ -83,12 +83,12 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
     Stats::bump(&state.stats.batch_requests);
     let rows = match msg.field(field::BATCH_INDEX).map(|f| decode_rows(&f.data)) {
         Some(Ok(rows)) => rows,
-        Some(Err(_)) => return finish(out, Vec::new(), result::PARAMETER_ERROR).await,
+        Some(Err(_)) => return send_last(out, Vec::new(), result::PARAMETER_ERROR).await,
         // The older batch formats are not served.
-        None => return finish(out, Vec::new(), result::UNSUPPORTED_FEATURE).await,
+        None => return send_last(out, Vec::new(), result::UNSUPPORTED_FEATURE).await,
     };
     if msg.field(field::FILTER_EXP).is_some() {
-        return finish(out, Vec::new(), result::UNSUPPORTED_FEATURE).await;
+        return send_last(out, Vec::new(), result::UNSUPPORTED_FEATURE).await;
     }
     let mut buffer = Vec::with_capacity(FRAME_TARGET);
     for row in &rows {
@@ -104,17 +104,7 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
             buffer.clear();
         }
     }
-    finish(out, buffer, result::OK).await
-}
-
-/// Sends what is buffered and the LAST message (carrying a batch-wide result code at row 0).
-async fn finish<W: tokio::io::AsyncWrite + Unpin>(
-    out: &mut ReplySink<'_, W>,
-    mut buffer: Vec<u8>,
-    code: u8,
-) -> std::io::Result<()> {
-    Msg { info3: info3::LAST, result_code: code, ..Msg::default() }.encode_into(&mut buffer);
-    out.send(&buffer).await
+    send_last(out, buffer, result::OK).await
 }
 
 /// Runs a row as the single-record command it stands for, routed like one: refused, run here,

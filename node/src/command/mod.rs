@@ -11,11 +11,22 @@ use ferry_topology::placement::partition_of;
 
 pub use self::ops::result;
 use crate::node::{NodeState, Stats};
-use crate::proto::msg::{Msg, field, info1, info2};
+use crate::proto::msg::{Msg, field, info1, info2, info3};
 use crate::proto::{self, TYPE_MSG};
 use crate::record::{self, Record};
 use crate::server::{Origin, ReplySink};
 use crate::storage::Digest;
+
+/// Sends what is buffered and the LAST message of a multi-record reply (batch, scan), which
+/// carries the reply-wide result code.
+pub(crate) async fn send_last<W: tokio::io::AsyncWrite + Unpin>(
+    out: &mut ReplySink<'_, W>,
+    mut buffer: Vec<u8>,
+    code: u8,
+) -> std::io::Result<()> {
+    Msg { info3: info3::LAST, result_code: code, ..Msg::default() }.encode_into(&mut buffer);
+    out.send(&buffer).await
+}
 
 /// A reply carrying only a result code.
 pub fn error_reply(code: u8) -> Msg {

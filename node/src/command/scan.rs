@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use ferry_topology::placement::{PARTITIONS, partition_of};
 
-use super::{ops, result};
+use super::{ops, result, send_last};
 use crate::node::{NodeState, Stats};
 use crate::proto::msg::{Field, Msg, field, info1, info3, op};
 use crate::record::{self, Record};
@@ -69,20 +69,20 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
     if unsupported.iter().any(|&kind| msg.field(kind).is_some())
         || msg.ops.iter().any(|o| o.kind != op::READ)
     {
-        return last(out, Vec::new(), result::UNSUPPORTED_FEATURE).await;
+        return send_last(out, Vec::new(), result::UNSUPPORTED_FEATURE).await;
     }
     let namespace = match msg.field_str(field::NAMESPACE) {
         Ok(Some(ns)) if state.namespace(ns).is_some() => ns.to_owned(),
-        Ok(_) => return last(out, Vec::new(), result::INVALID_NAMESPACE).await,
-        Err(_) => return last(out, Vec::new(), result::PARAMETER_ERROR).await,
+        Ok(_) => return send_last(out, Vec::new(), result::INVALID_NAMESPACE).await,
+        Err(_) => return send_last(out, Vec::new(), result::PARAMETER_ERROR).await,
     };
     let set = match msg.field_str(field::SET) {
         Ok(set) => set.filter(|s| !s.is_empty()).map(str::to_owned),
-        Err(_) => return last(out, Vec::new(), result::PARAMETER_ERROR).await,
+        Err(_) => return send_last(out, Vec::new(), result::PARAMETER_ERROR).await,
     };
     let starts = match starts(msg) {
         Ok(starts) => starts,
-        Err(code) => return last(out, Vec::new(), code).await,
+        Err(code) => return send_last(out, Vec::new(), code).await,
     };
     let max_records = msg
         .field(field::MAX_RECORDS)
@@ -109,7 +109,7 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
                 Ok(chunk) => chunk,
                 Err(error) => {
                     tracing::error!(%error, namespace, "scan failed reading storage");
-                    return last(out, buffer, result::SERVER_ERROR).await;
+                    return send_last(out, buffer, result::SERVER_ERROR).await;
                 }
             };
             let exhausted = chunk.len() < CHUNK;
@@ -140,7 +140,7 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
         };
         done.encode_into(&mut buffer);
     }
-    last(out, buffer, result::OK).await
+    send_last(out, buffer, result::OK).await
 }
 
 fn read_chunk(
@@ -175,15 +175,6 @@ fn record_msg(
         ops: bins,
         ..Msg::default()
     }
-}
-
-async fn last<W: tokio::io::AsyncWrite + Unpin>(
-    out: &mut ReplySink<'_, W>,
-    mut buffer: Vec<u8>,
-    code: u8,
-) -> std::io::Result<()> {
-    Msg { info3: info3::LAST, result_code: code, ..Msg::default() }.encode_into(&mut buffer);
-    out.send(&buffer).await
 }
 
 #[cfg(test)]
