@@ -16,9 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aerospike::{Bins, Client, ClientPolicy, ReadPolicy, WritePolicy, as_bin, as_key};
-use ferry::launcher::{Launcher, NodeProcess};
 use ferry_tests::{Namespace, TopologyBuilder};
-use support::ferry_bin;
+use support::Deployment;
 
 const CELL: Duration = Duration::from_secs(3);
 const MAX_OPS_PER_TASK: usize = 200_000;
@@ -36,7 +35,7 @@ fn main() {
     );
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("rt");
     for nodes in [1usize, 3] {
-        let (site, _processes, seed) = start(nodes, dir.path(), &format!("site-{nodes}"), &[]);
+        let (site, seed) = start(&runtime, nodes, Vec::new());
         let client = runtime.block_on(async {
             Arc::new(Client::new(&ClientPolicy::default(), &seed).await.expect("connect"))
         });
@@ -60,7 +59,7 @@ fn main() {
 
     let mut with_log = 0.0;
     for (label, args) in [("log on", Vec::new()), ("log off", vec!["--no-digest-log".to_owned()])] {
-        let (_site, _processes, seed) = start(1, dir.path(), label, &args);
+        let (_site, seed) = start(&runtime, 1, args);
         let client = runtime.block_on(async {
             Arc::new(Client::new(&ClientPolicy::default(), &seed).await.expect("connect"))
         });
@@ -75,36 +74,20 @@ fn main() {
     }
 }
 
+/// A one-site deployment of `nodes` nodes (two copies when there are several), each node run
+/// with `node_args`; returns it with a client seed.
 fn start(
+    runtime: &tokio::runtime::Runtime,
     nodes: usize,
-    root: &std::path::Path,
-    name: &str,
-    node_args: &[String],
-) -> (Launcher, Vec<NodeProcess>, String) {
+    node_args: Vec<String>,
+) -> (Deployment, String) {
     let built = TopologyBuilder::new("test-site")
         .site("local", nodes)
         .namespace(Namespace::new("test").replication_factor(if nodes == 1 { 1 } else { 2 }))
         .build();
-    let (text, clients) = (built.text.clone(), built.clients());
-    let dir = root.join(name.replace(' ', "-"));
-    std::fs::create_dir_all(&dir).expect("site dir");
-    let topology = dir.join("site.toml");
-    std::fs::write(&topology, text).expect("topology");
-    let launcher = Launcher {
-        binary: ferry_bin(),
-        topology,
-        state_root: dir.join("state"),
-        node_args: node_args.to_vec(),
-    };
-    let processes = clients
-        .iter()
-        .map(|(id, addr)| {
-            let mut node = launcher.start(id, *addr).expect("start");
-            node.wait_ready(Duration::from_secs(30)).expect("ready");
-            node
-        })
-        .collect();
-    (launcher, processes, clients[0].1.to_string())
+    let seed = built.nodes[0].client.to_string();
+    let deployment = runtime.block_on(Deployment::start_with(&built.text, built.nodes, node_args));
+    (deployment, seed)
 }
 
 /// Runs `tasks` concurrent clients for one cell; returns (ops/s, p50 ms, p99 ms).

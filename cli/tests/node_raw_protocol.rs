@@ -10,43 +10,27 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry::launcher::{Launcher, NodeProcess};
 use ferry_node::proto::msg::{Field, Msg, Op, field, info1, info2, op};
 use ferry_node::proto::{ProtoHeader, TYPE_INFO, TYPE_MSG, frame};
-use ferry_tests::TopologyBuilder;
 use ferry_topology::placement::{PartitionMap, partition_of};
-use support::ferry_bin;
+use support::Deployment;
 
+/// A 3-node site started through the deployment module, its client addresses by node id, and
+/// its partition map.
 struct Site {
-    _dir: tempfile::TempDir,
-    _nodes: Vec<NodeProcess>,
+    /// Kills the nodes when the test ends.
+    _deployment: Deployment,
     clients: Vec<(String, SocketAddr)>,
     map: PartitionMap,
 }
 
 fn start_site() -> Site {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let built = TopologyBuilder::new("test-site").site("local", 3).build();
-    let (text, clients) = (built.text.clone(), built.clients());
-    let topology = ferry_topology::parse_topology("site.toml", &text).expect("valid").topology;
-    let map = PartitionMap::for_namespace(&topology, "local", "test").expect("map");
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, text).expect("write topology");
-    let launcher = Launcher {
-        binary: ferry_bin(),
-        topology: path,
-        state_root: dir.path().join("s"),
-        node_args: Vec::new(),
-    };
-    let nodes = clients
-        .iter()
-        .map(|(id, addr)| {
-            let mut node = launcher.start(id, *addr).expect("start");
-            node.wait_ready(Duration::from_secs(20)).expect("ready");
-            node
-        })
-        .collect();
-    Site { _dir: dir, _nodes: nodes, clients, map }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let deployment = runtime.block_on(Deployment::one_site(3, 1));
+    let clients = deployment.site("local").iter().map(|n| (n.id.clone(), n.client)).collect();
+    let map =
+        PartitionMap::for_namespace(&deployment.running.topology, "local", "test").expect("map");
+    Site { _deployment: deployment, clients, map }
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
