@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use ferry_node::proto::info;
-use ferry_xdr::stats::{LinkSnapshot, ReceiverSnapshot, StatsError};
+use ferry_xdr::stats::{LinkSnapshot, ReceiverSnapshot, StatsError, info_fields};
 
 /// Why a node's answer could not be had or read.
 #[derive(Debug, thiserror::Error)]
@@ -103,13 +103,7 @@ pub async fn verify_digest(addr: SocketAddr, ns: &str) -> Result<VersionDigest, 
 }
 
 fn field<'a>(text: &'a str, name: &str) -> Result<&'a str, StatsError> {
-    if let Some(message) = text.strip_prefix("ERROR:") {
-        return Err(StatsError::Refused(message.trim_start_matches(':').to_owned()));
-    }
-    text.split(';')
-        .filter_map(|pair| pair.split_once('='))
-        .find_map(|(key, value)| (key == name).then_some(value))
-        .ok_or_else(|| StatsError::Missing(name.to_owned()))
+    info_fields(text)?.get(name).copied().ok_or_else(|| StatsError::Missing(name.to_owned()))
 }
 
 fn number(text: &str, name: &str) -> Result<u64, StatsError> {

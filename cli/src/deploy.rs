@@ -117,6 +117,8 @@ pub enum DeployError {
     Relay { node: String, source: ferry_transport::relay::RelayError },
     #[error("a node failed to start; stopped the others: {0}")]
     Launch(#[from] LaunchError),
+    #[error("waiting for nodes to accept clients failed: {0}")]
+    Task(tokio::task::JoinError),
     #[error("the topology has no node '{0}'")]
     UnknownNode(String),
     #[error("the topology has no site '{0}'")]
@@ -219,11 +221,7 @@ impl Deployment {
             (nodes, ready)
         })
         .await
-        .map_err(|e| DeployError::Io {
-            action: "wait for",
-            path: PathBuf::from("nodes"),
-            source: std::io::Error::other(e),
-        })?;
+        .map_err(DeployError::Task)?;
         self.nodes = nodes;
         ready?;
         Ok(())
@@ -332,11 +330,7 @@ impl Deployment {
             process.wait_ready(READY_TIMEOUT).map(|()| process)
         })
         .await
-        .map_err(|e| DeployError::Io {
-            action: "wait for",
-            path: PathBuf::from(id),
-            source: std::io::Error::other(e),
-        })??;
+        .map_err(DeployError::Task)??;
         self.nodes.insert(id.to_owned(), process);
         Ok(())
     }
@@ -439,7 +433,7 @@ pub async fn link_states(topology: &Topology) -> Vec<(String, String)> {
         let mut worst = "active".to_owned();
         for node in &site.nodes {
             let state = match client::link_stats(node.client.addr(), link.to.as_str()).await {
-                Ok(stats) => stats.state.map_or_else(|| "starting".to_owned(), |s| s.to_string()),
+                Ok(stats) => stats.state_name(),
                 Err(ClientError::Unreachable { .. }) => "unreachable".to_owned(),
                 Err(ClientError::Answer { .. }) => "unknown".to_owned(),
             };

@@ -32,8 +32,7 @@ async fn write_range(client: &Client, keys: std::ops::Range<i64>, pace: Duration
 async fn link_view(deployment: &Deployment) -> (u64, Vec<String>) {
     let stats = deployment.link_stats("a", "b").await;
     let lag = stats.iter().map(|s| s.counters.lag).max().unwrap_or(0);
-    let states =
-        stats.iter().map(|s| s.state.map_or_else(|| "starting".to_owned(), |s| s.to_string()));
+    let states = stats.iter().map(|s| s.state_name());
     (lag, states.collect())
 }
 

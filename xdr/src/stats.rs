@@ -63,8 +63,9 @@ pub enum StatsError {
     Refused(String),
 }
 
-/// `a=1;b=2` as a map; an `ERROR::…` answer is refused.
-fn info_fields(text: &str) -> Result<BTreeMap<&str, &str>, StatsError> {
+/// An info answer of the form `a=1;b=2` as a map; an `ERROR::…` answer is refused with its
+/// message.
+pub fn info_fields(text: &str) -> Result<BTreeMap<&str, &str>, StatsError> {
     if let Some(message) = text.strip_prefix("ERROR:") {
         return Err(StatsError::Refused(message.trim_start_matches(':').to_owned()));
     }
@@ -207,9 +208,14 @@ pub struct LinkSnapshot {
 }
 
 impl LinkSnapshot {
+    /// The state's name: `active`, `paused`, …, or `starting` before the shipper published one.
+    pub fn state_name(&self) -> String {
+        state_or_starting::name(self.state)
+    }
+
     /// The info protocol's form: `state=active;lag=0;…`.
     pub fn to_info(&self) -> String {
-        let state = format!("state={}", state_or_starting::name(self.state));
+        let state = format!("state={}", self.state_name());
         std::iter::once(state).chain(self.counters.info_pairs()).collect::<Vec<_>>().join(";")
     }
 

@@ -152,10 +152,7 @@ pub(crate) async fn collect(topology: &Topology, dir: &std::path::Path) -> Statu
             for node in &site.nodes {
                 let (state, counters) =
                     match client::link_stats(node.client.addr(), link.to.as_str()).await {
-                        Ok(stats) => (
-                            stats.state.map_or_else(|| "starting".to_owned(), |s| s.to_string()),
-                            stats.counters,
-                        ),
+                        Ok(stats) => (stats.state_name(), stats.counters),
                         Err(ClientError::Unreachable { .. }) => {
                             ("unreachable".to_owned(), LinkCounters::default())
                         }
