@@ -11,6 +11,9 @@
 //!
 //! Run: `cargo bench -p ferry --bench xdr_shipping` (release build of `ferry`).
 //! `FERRY_BENCH_RECORDS` (default 30000) and `FERRY_BENCH_OUTAGE_S` (default 30) size it.
+//! `FERRY_BENCH_RATE` paces the link on/off comparison to that many writes per second (CPU per
+//! write then compares like with like instead of two saturated runs), and
+//! `FERRY_BENCH_CPU_ONLY` stops after that comparison.
 
 #![allow(clippy::print_stdout)]
 
@@ -141,13 +144,14 @@ fn main() {
 
         let off = start(false, None).await;
         let cpu_before = site_cpu_seconds(&off, "a");
-        let ingest_off = write(&off.client, 0, records, None).await;
+        let pace = std::env::var("FERRY_BENCH_RATE").ok().and_then(|v| v.parse::<f64>().ok());
+        let ingest_off = write(&off.client, 0, records, pace).await;
         let cpu_off = site_cpu_seconds(&off, "a") - cpu_before;
         drop(off);
         let on = start(true, None).await;
         let cpu_before = (site_cpu_seconds(&on, "a"), site_cpu_seconds(&on, "b"));
         let started = Instant::now();
-        let ingest_on = write(&on.client, 0, records, None).await;
+        let ingest_on = write(&on.client, 0, records, pace).await;
         let tail = until_converged(&on).await;
         let cpu_on = site_cpu_seconds(&on, "a") - cpu_before.0;
         let cpu_apply = site_cpu_seconds(&on, "b") - cpu_before.1;
@@ -166,6 +170,9 @@ fn main() {
         println!("0 ms RTT: shipping rate {shipped:.0}/s vs ingest {ingest_on:.0}/s = {:.2}; converged {tail:.2} s after the last write", shipped / ingest_on);
         println!("bytes on the wire per record / raw record bytes = {:.3} ({wire} / {raw})", wire as f64 / raw as f64);
         drop(on);
+        if std::env::var_os("FERRY_BENCH_CPU_ONLY").is_some() {
+            return;
+        }
 
         let wan = start(true, Some(Duration::from_millis(25))).await;
         let started = Instant::now();
