@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use ferry_node::proto::info;
+use ferry_xdr::parked::ParkedRecord;
 use ferry_xdr::stats::{LinkSnapshot, ReceiverSnapshot, StatsError, info_fields};
 
 /// Why a node's answer could not be had or read.
@@ -44,6 +45,22 @@ pub async fn link_stats(addr: SocketAddr, dc: &str) -> Result<LinkSnapshot, Clie
 /// The receiver's stats of the node at `addr`, and the links shipping from it.
 pub async fn receiver_stats(addr: SocketAddr) -> Result<ReceiverSnapshot, ClientError> {
     ask_parsed(addr, "get-stats:context=xdr", ReceiverSnapshot::from_info).await
+}
+
+/// The records the link to `dc` parked on the node at `addr`, oldest change first, at most
+/// `limit`.
+pub async fn parked(
+    addr: SocketAddr,
+    dc: &str,
+    limit: usize,
+) -> Result<Vec<ParkedRecord>, ClientError> {
+    ask_parsed(addr, &format!("xdr-parked:dc={dc};limit={limit}"), |text| {
+        if let Some(message) = text.strip_prefix("ERROR:") {
+            return Err(StatsError::Refused(message.trim_start_matches(':').to_owned()));
+        }
+        serde_json::from_str(text).map_err(|_| bad("parked records", text))
+    })
+    .await
 }
 
 /// What `namespace/<ns>` says of the namespace's size on one node.

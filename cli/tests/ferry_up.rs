@@ -124,7 +124,7 @@ async fn ferry_up_runs_the_example_and_shows_writes_crossing() {
         .expect("ferry status");
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status is JSON");
-    assert_eq!(json["schema"], 1);
+    assert_eq!(json["schema"], 2);
     let sites: Vec<&str> = json["sites"]
         .as_array()
         .expect("sites")

@@ -6,14 +6,14 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use ferry_node::proto::msg::{Field, Msg, Op, field, info1, info2, op};
-use ferry_node::proto::{ProtoHeader, TYPE_INFO, TYPE_MSG, frame};
+use ferry_node::proto::{TYPE_INFO, TYPE_MSG, frame};
 use ferry_topology::placement::{PartitionMap, partition_of};
 use support::Deployment;
+use support::raw::{connect, read_frame, request};
 
 /// A 3-node site started through the deployment module, its client addresses by node id, and
 /// its partition map.
@@ -31,29 +31,6 @@ fn start_site() -> Site {
     let map =
         PartitionMap::for_namespace(&deployment.running.topology, "local", "test").expect("map");
     Site { _deployment: deployment, clients, map }
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    stream
-}
-
-/// Reads one framed reply: (type, body).
-fn read_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut header = [0u8; 8];
-    stream.read_exact(&mut header)?;
-    let parsed = ProtoHeader::parse(header).map_err(std::io::Error::other)?;
-    let mut body = vec![0u8; parsed.size as usize];
-    stream.read_exact(&mut body)?;
-    Ok((parsed.kind, body))
-}
-
-fn request(stream: &mut TcpStream, msg: &Msg) -> Msg {
-    stream.write_all(&frame(TYPE_MSG, &msg.encode())).expect("send");
-    let (kind, body) = read_frame(stream).expect("reply");
-    assert_eq!(kind, TYPE_MSG);
-    Msg::decode(&body).expect("decodable reply")
 }
 
 fn digest_of(key: &str) -> [u8; 20] {

@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
 use ferry_tests::{ConflictPolicy, Link, Namespace, TestTopology, TopologyBuilder};
 use futures::stream::{self, StreamExt};
-use support::{Deployment, ferry_bin};
+use support::Deployment;
 
 /// The link `from -> to`, shipping every 20 ms with a 20 ms hot-key window.
 fn link(from: &str, to: &str) -> Link {
@@ -36,23 +35,6 @@ async fn write_keys(client: &Client, set: &str, range: std::ops::Range<i64>, tag
         .filter(|ok| std::future::ready(*ok))
         .count()
         .await
-}
-
-fn ferry_link(deployment: &Deployment, args: &[&str]) -> String {
-    let output = Command::new(ferry_bin())
-        .arg("link")
-        .args(args)
-        .arg("--topology")
-        .arg(deployment.topology_file())
-        .output()
-        .expect("run ferry link");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "ferry link {args:?}: {text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +96,7 @@ async fn active_active_writes_to_the_same_keys_converge_under_last_update_time()
     let lost = deployment.receiver_sum("a", |c| c.lost_conflict).await
         + deployment.receiver_sum("b", |c| c.lost_conflict).await;
     assert!(lost > 0, "overlapping writes of both sites conflict");
-    let listed = ferry_link(&deployment, &["conflicts", "b:a", "--limit", "5"]);
+    let listed = deployment.ferry_link(&["conflicts", "b:a", "--limit", "5"]);
     assert!(listed.lines().count() > 1, "conflicts listed:\n{listed}");
 }
 
@@ -129,19 +111,19 @@ async fn a_link_held_until_the_log_overflows_recovers_everything_and_rewind_resh
     assert_eq!(write_keys(&a, "o", 0..300, "before").await, 300);
     deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
 
-    let paused = ferry_link(&deployment, &["pause", "a:b"]);
+    let paused = deployment.ferry_link(&["pause", "a:b"]);
     assert_eq!(paused.matches(": ok").count(), 3, "{paused}");
-    let status = ferry_link(&deployment, &["status", "b"]);
+    let status = deployment.ferry_link(&["status", "b"]);
     assert_eq!(status.matches("state=paused").count(), 3, "{status}");
     assert_eq!(write_keys(&a, "o", 300..9_000, "held").await, 8_700);
-    ferry_link(&deployment, &["resume", "a:b"]);
+    deployment.ferry_link(&["resume", "a:b"]);
     deployment.wait_converged("a", "b", Duration::from_secs(120)).await;
     assert!(deployment.link_sum("a", "b", |c| c.recoveries).await >= 1, "overflow recovered");
     assert_eq!(deployment.site_digest("b").await.records, 9_000);
 
     // Rewind: everything is shipped again (the destination already has it: no change).
     let shipped = deployment.link_sum("a", "b", |c| c.success).await;
-    ferry_link(&deployment, &["rewind", "a:b", "--to", "all"]);
+    deployment.ferry_link(&["rewind", "a:b", "--to", "all"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while deployment.link_sum("a", "b", |c| c.success).await < shipped + 9_000 {
         assert!(Instant::now() < deadline, "rewind did not re-ship every record");
@@ -156,11 +138,11 @@ async fn drain_ships_everything_logged_and_waits_for_it() {
         TopologyBuilder::new("xdr-test").sites(&["a", "b"], 2).link(link("a", "b")).build();
     let deployment = Deployment::start(&topology, nodes).await;
     let a = connect(&deployment, "a").await;
-    ferry_link(&deployment, &["pause", "a:b"]);
+    deployment.ferry_link(&["pause", "a:b"]);
     assert_eq!(write_keys(&a, "d", 0..500, "held").await, 500);
     assert_eq!(deployment.site_digest("b").await.records, 0, "paused: nothing shipped yet");
     // Drain resumes the link and returns only once every node had it all acknowledged.
-    let drained = ferry_link(&deployment, &["drain", "a:b"]);
+    let drained = deployment.ferry_link(&["drain", "a:b"]);
     assert!(drained.contains("drained on every node"), "{drained}");
     assert_eq!(deployment.site_digest("b").await, deployment.site_digest("a").await);
     assert_eq!(deployment.link_sum("a", "b", |c| c.drains).await, 2, "one per source node");

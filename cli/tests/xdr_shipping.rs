@@ -69,7 +69,7 @@ async fn writes_updates_and_deletes_at_the_active_site_arrive_at_the_standby() {
     // The source's stats agree: every change shipped, nothing lost or pending.
     let shipped = deployment.link_sum("a", "b", |c| c.success).await;
     assert!(shipped >= KEYS as u64, "success = {shipped}");
-    assert_eq!(deployment.link_sum("a", "b", |c| c.abandoned).await, 0);
+    assert_eq!(deployment.link_sum("a", "b", |c| c.parked).await, 0);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while deployment.link_sum("a", "b", |c| c.in_queue).await > 0 {
         assert!(std::time::Instant::now() < deadline, "in_queue never drained");

@@ -88,7 +88,7 @@ async fn shipping_rides_out_delay_loss_and_a_partition() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(deployment.site_digest("b").await.records, 3_000);
-    assert_eq!(deployment.link_sum("a", "b", |c| c.abandoned).await, 0);
+    assert_eq!(deployment.link_sum("a", "b", |c| c.parked).await, 0);
     assert!(deployment.link_sum("a", "b", |c| c.retry_conn_reset).await > 0);
     eprintln!("backlog of {} s drained in {drained_in:?}", PARTITION.as_secs());
 }

@@ -56,6 +56,28 @@ impl fmt::Display for Digest {
     }
 }
 
+/// The text is not 40 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a digest is 40 hex digits, not '{0}'")]
+pub struct DigestHex(pub String);
+
+impl std::str::FromStr for Digest {
+    type Err = DigestHex;
+
+    fn from_str(text: &str) -> Result<Digest, DigestHex> {
+        let bad = || DigestHex(text.to_owned());
+        if text.len() != 40 || !text.is_ascii() {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 20];
+        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| bad())?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(Digest(bytes))
+    }
+}
+
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Digest({self})")
@@ -76,5 +98,15 @@ mod tests {
         assert_eq!(Digest::try_from(&bytes[..]), Ok(digest));
         assert_eq!(Digest::try_from(&bytes[..19]), Err(DigestLength(19)));
         assert_eq!(digest[0], 0xab, "derefs to the bytes");
+    }
+
+    #[test]
+    fn reads_back_from_hex_and_refuses_anything_else() {
+        let digest = Digest([0x5a; 20]);
+        assert_eq!(digest.to_string().parse::<Digest>(), Ok(digest));
+        assert_eq!("AB".repeat(20).parse::<Digest>(), Ok(Digest([0xab; 20])));
+        for bad in ["", "ab", &"g0".repeat(20), &"ab".repeat(21), &"é".repeat(20)] {
+            assert_eq!(bad.parse::<Digest>(), Err(DigestHex(bad.to_owned())), "{bad}");
+        }
     }
 }

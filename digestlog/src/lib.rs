@@ -40,7 +40,7 @@ pub use checkpoint::{
     InvalidCursorName, Overflow,
 };
 pub use cursor::{Batch, Cursor, CursorInfo, CursorStart};
-pub use digest::{Digest, DigestLength};
+pub use digest::{Digest, DigestHex, DigestLength};
 pub use entry::{Entry, LoggedEntry, Lsn, Op, RECORD_LEN, RecordError, namespace_id};
 pub use error::{
     AppendError, ConfigError, Corruption, CorruptionKind, CursorError, OpenError, ReadError,

@@ -4,20 +4,23 @@
 //! logged marked as XDR-applied, so they can be forwarded but never shipped back to where they
 //! came from.
 
+use ferry_xdr::ack::{Refusal, Refused};
 use ferry_xdr::batch::ShippedRecord;
 use ferry_xdr::conflict::{Resolution, VersionStamp, resolve};
 use ferry_xdr::stats::Conflict;
 
 use crate::node::NodeState;
-use crate::record::{Bin, Record, Value};
+use crate::record::{Bin, LimitError, Record, Value, check_limits};
 
 /// What happened to the records of one apply.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyCounts {
     /// Stored: the incoming version won.
     pub applied: u64,
     /// Kept the local version: the incoming one lost its conflict (or was already here).
     pub lost_conflict: u64,
+    /// Not stored: the version breaks a limit of this namespace (the sender parks it).
+    pub refused: Vec<Refused>,
 }
 
 /// Why an apply failed; nothing after the failing record was applied.
@@ -41,15 +44,26 @@ impl NodeState {
         namespace: &str,
         records: &[ShippedRecord],
     ) -> Result<ApplyCounts, ApplyError> {
-        let policy = self
+        let settings = self
             .namespace(namespace)
-            .ok_or_else(|| ApplyError::UnknownNamespace(namespace.to_owned()))?
-            .conflict_resolution_policy;
+            .ok_or_else(|| ApplyError::UnknownNamespace(namespace.to_owned()))?;
+        let (policy, max_record_size) =
+            (settings.conflict_resolution_policy, settings.max_record_size);
         if self.cluster.site().write_fence == ferry_topology::model::WriteFence::XdrWrites {
             return Err(ApplyError::Fenced);
         }
         let mut counts = ApplyCounts::default();
+        // Whether a version counted stale may not be durable yet: it equals the stored one,
+        // which a concurrent apply or write may have stored and not yet committed.
+        let mut redelivered = false;
         for shipped in records {
+            let record = to_record(shipped);
+            if let Err(limit) = check_limits(&record, max_record_size) {
+                let refusal = refusal_of(limit);
+                tracing::warn!(namespace, digest = %shipped.digest, %limit, "shipped version refused");
+                counts.refused.push(Refused { digest: shipped.digest, refusal });
+                continue;
+            }
             let _guard = self.store.lock(&shipped.digest).await;
             let local = self.store.get(namespace, &shipped.digest)?;
             let local_stamp = local.as_ref().map(|r| VersionStamp {
@@ -60,6 +74,7 @@ impl NodeState {
             match resolve(policy, local_stamp.as_ref(), &shipped.stamp) {
                 Resolution::Stale => {
                     counts.lost_conflict += 1;
+                    redelivered |= local_stamp == Some(shipped.stamp);
                     // A redelivery of the version already here is not a conflict.
                     if let Some(local) = local_stamp.filter(|local| *local != shipped.stamp) {
                         self.xdr.record_conflict(Conflict {
@@ -72,7 +87,6 @@ impl NodeState {
                     }
                 }
                 Resolution::Apply => {
-                    let record = to_record(shipped);
                     if self.forwards_applied_versions() {
                         self.log_change(namespace, &shipped.digest, &record).await?;
                     }
@@ -81,10 +95,21 @@ impl NodeState {
                 }
             }
         }
-        if counts.applied > 0 {
+        // A redelivered version is acknowledged only once it is durable here too.
+        if counts.applied > 0 || redelivered {
             self.store.commit(namespace).await?;
         }
         Ok(counts)
+    }
+}
+
+/// How a receiver tells the sender which limit a version broke.
+fn refusal_of(limit: LimitError) -> Refusal {
+    match limit {
+        LimitError::SetName(_) => Refusal::SetName,
+        LimitError::BinName(_) => Refusal::BinName,
+        LimitError::Bins(_) => Refusal::Bins,
+        LimitError::TooBig { .. } => Refusal::TooBig,
     }
 }
 
@@ -152,7 +177,7 @@ mod tests {
         let node = state(dir.path(), ConflictPolicy::Generation);
         let batch = [shipped(2, 10, b"two"), shipped(1, 20, b"one"), shipped(2, 10, b"two")];
         let counts = node.apply_remote("test", &batch).await.expect("apply");
-        assert_eq!(counts, ApplyCounts { applied: 1, lost_conflict: 2 });
+        assert_eq!(counts, ApplyCounts { applied: 1, lost_conflict: 2, refused: Vec::new() });
         let stored = node.store.get("test", &Digest([7; 20])).expect("get").expect("stored");
         assert_eq!((stored.generation, stored.last_update_ms, stored.origin_site), (2, 10, 2));
         assert_eq!(stored.bins[0].value.data.as_ref(), b"two");
@@ -163,12 +188,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn versions_over_a_limit_here_are_refused_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = state(dir.path(), ConflictPolicy::Generation);
+        let mut long_set = shipped(1, 10, b"x");
+        long_set.digest = Digest([1; 20]);
+        long_set.set = "s".repeat(64);
+        let mut too_big = shipped(1, 10, b"x");
+        too_big.digest = Digest([2; 20]);
+        too_big.bins[0].data = Bytes::from(vec![0u8; 2 << 20]);
+        let batch = [long_set, too_big, shipped(2, 10, b"fits")];
+        let counts = node.apply_remote("test", &batch).await.expect("apply");
+        let refused = vec![
+            Refused { digest: Digest([1; 20]), refusal: Refusal::SetName },
+            Refused { digest: Digest([2; 20]), refusal: Refusal::TooBig },
+        ];
+        assert_eq!(counts, ApplyCounts { applied: 1, lost_conflict: 0, refused });
+        assert_eq!(node.store.get("test", &Digest([1; 20])).expect("get"), None);
+        assert!(node.store.get("test", &Digest([7; 20])).expect("get").is_some());
+    }
+
+    #[tokio::test]
     async fn last_update_time_policy_keeps_the_latest_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let node = state(dir.path(), ConflictPolicy::LastUpdateTime);
         let batch = [shipped(5, 30, b"late"), shipped(9, 20, b"early-but-higher-generation")];
         let counts = node.apply_remote("test", &batch).await.expect("apply");
-        assert_eq!(counts, ApplyCounts { applied: 1, lost_conflict: 1 });
+        assert_eq!(counts, ApplyCounts { applied: 1, lost_conflict: 1, refused: Vec::new() });
         let stored = node.store.get("test", &Digest([7; 20])).expect("get").expect("stored");
         assert_eq!(stored.bins[0].value.data.as_ref(), b"late");
     }

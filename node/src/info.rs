@@ -2,6 +2,7 @@
 //! at. One answer per asked name, in request order; unknown names answer an `ERROR::` value
 //! rather than being dropped, so positional parsers stay aligned.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use crate::node::NodeState;
@@ -73,6 +74,9 @@ fn parameterized(state: &NodeState, name: &str) -> String {
     }
     if let Some(args) = name.strip_prefix("xdr-link:") {
         return xdr_link_command(state, args);
+    }
+    if let Some(args) = name.strip_prefix("xdr-parked:") {
+        return xdr_parked(state, args);
     }
     if let Some(args) = name.strip_prefix("get-stats:") {
         return xdr_stats(state, args);
@@ -156,28 +160,61 @@ fn verify_digest(state: &NodeState, ns: &str) -> String {
     format!("records={records};tombstones={tombstones};xor={xor:016x}")
 }
 
-/// `xdr-link:dc=NAME;action=pause|resume|rewind|drain[;from-ms=T]`: operator control of a link on
-/// this node. A rewind re-ships every record changed at or after `from-ms` (0 or absent: all).
-fn xdr_link_command(state: &NodeState, args: &str) -> String {
-    let (mut dc, mut action, mut from_ms) = (None, None, 0u64);
-    for pair in args.split(';') {
-        match pair.split_once('=') {
-            Some(("dc", value)) => dc = Some(value),
-            Some(("action", value)) => action = Some(value),
-            Some(("from-ms", value)) => match value.parse() {
-                Ok(ms) => from_ms = ms,
-                Err(_) => return format!("ERROR::from-ms '{value}' is not milliseconds"),
-            },
-            _ => return format!("ERROR::bad parameter '{pair}'"),
-        }
-    }
-    let Some(dc) = dc else { return "ERROR::missing dc=NAME".to_owned() };
-    let Some(command) = action.and_then(|a| ferry_xdr::ship::LinkCommand::parse(a, from_ms)) else {
-        return "ERROR::action must be pause, resume, rewind or drain".to_owned();
+/// The `name=value` parameters of an info command, each name one of `known`; an `ERROR::` answer
+/// for anything else.
+fn params<'a>(args: &'a str, known: &[&str]) -> Result<HashMap<&'a str, &'a str>, String> {
+    args.split(';')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if known.contains(&name) => Ok((name, value)),
+            _ => Err(format!("ERROR::bad parameter '{pair}'")),
+        })
+        .collect()
+}
+
+/// Parameter `name` as a number, `default` when absent.
+fn number_param(params: &HashMap<&str, &str>, name: &str, default: u64) -> Result<u64, String> {
+    params.get(name).map_or(Ok(default), |value| {
+        value.parse().map_err(|_| format!("ERROR::{name} '{value}' is not a number"))
+    })
+}
+
+/// `xdr-parked:dc=NAME[;limit=N]`: the records link `dc` parked on this node (at most `limit`,
+/// default 100, oldest change first), as a JSON array of `ferry_xdr::parked::ParkedRecord`.
+fn xdr_parked(state: &NodeState, args: &str) -> String {
+    let parsed = params(args, &["dc", "limit"]).and_then(|params| {
+        let dc = params.get("dc").copied().ok_or("ERROR::missing dc=NAME")?;
+        Ok((dc, number_param(&params, "limit", 100)?))
+    });
+    let (dc, limit) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => return error,
     };
-    if state.xdr.command(dc, command) {
-        "ok".to_owned()
-    } else {
-        format!("ERROR::no link to dc '{dc}' ships from this node")
+    match state.store.parked(dc) {
+        Ok(mut parked) => {
+            parked.sort_by_key(|r| r.lut_ms);
+            parked.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            serde_json::to_string(&parked).unwrap_or_else(|e| format!("ERROR::{e}"))
+        }
+        Err(error) => format!("ERROR::{error}"),
+    }
+}
+
+/// `xdr-link:dc=NAME;action=pause|resume|rewind|drain|retry-parked|discard-parked[;from-ms=T]`:
+/// operator control of a link on this node. A rewind re-ships every record changed at or after
+/// `from-ms` (0 or absent: all).
+fn xdr_link_command(state: &NodeState, args: &str) -> String {
+    let parsed = params(args, &["dc", "action", "from-ms"]).and_then(|params| {
+        let dc = params.get("dc").copied().ok_or("ERROR::missing dc=NAME")?;
+        let from_ms = number_param(&params, "from-ms", 0)?;
+        let command = params
+            .get("action")
+            .and_then(|action| ferry_xdr::ship::LinkCommand::parse(action, from_ms))
+            .ok_or("ERROR::action must be pause, resume, rewind, drain, retry-parked or discard-parked")?;
+        Ok((dc, command))
+    });
+    match parsed {
+        Ok((dc, command)) if state.xdr.command(dc, command) => "ok".to_owned(),
+        Ok((dc, _)) => format!("ERROR::no link to dc '{dc}' ships from this node"),
+        Err(error) => error,
     }
 }

@@ -75,6 +75,43 @@ pub struct Bin {
 
 /// Bin names are at most 15 bytes (Aerospike's limit).
 pub const MAX_BIN_NAME: usize = 15;
+/// Set names are at most 63 bytes (Aerospike's limit).
+pub const MAX_SET_NAME: usize = 63;
+/// Most bins one record holds (the stored form counts them in a `u16`).
+pub const MAX_BINS: usize = u16::MAX as usize;
+
+/// Why a record breaks one of Aerospike's limits; checked before a version is logged or
+/// stored, whether a client wrote it or another site shipped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("set name of {0} bytes (at most {MAX_SET_NAME})")]
+    SetName(usize),
+    #[error("bin name of {0} bytes (at most {MAX_BIN_NAME})")]
+    BinName(usize),
+    #[error("{0} bins (at most {MAX_BINS})")]
+    Bins(usize),
+    #[error("record of {size} bytes is over the namespace's max-record-size {max}")]
+    TooBig { size: usize, max: u32 },
+}
+
+/// Checks `record` against Aerospike's name limits and the namespace's `max_record_size`
+/// (measured as the stored size, see [`encoded_len`]).
+pub fn check_limits(record: &Record, max_record_size: u32) -> Result<(), LimitError> {
+    if record.set.len() > MAX_SET_NAME {
+        return Err(LimitError::SetName(record.set.len()));
+    }
+    if let Some(bin) = record.bins.iter().find(|b| b.name.len() > MAX_BIN_NAME) {
+        return Err(LimitError::BinName(bin.name.len()));
+    }
+    if record.bins.len() > MAX_BINS {
+        return Err(LimitError::Bins(record.bins.len()));
+    }
+    let size = encoded_len(record);
+    if size > max_record_size as usize {
+        return Err(LimitError::TooBig { size, max: max_record_size });
+    }
+    Ok(())
+}
 
 /// One version of a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,10 +214,8 @@ const FLAG_TOMBSTONE: u8 = 1;
 /// origin u8, set (u8 length + bytes), key (u32 length + bytes, 0 = none), bin count u16, then
 /// per bin: name (u8 length + bytes), particle u8, value (u32 length + bytes).
 pub fn encode(record: &Record) -> Vec<u8> {
-    let bins_len: usize =
-        record.bins.iter().map(|b| 1 + b.name.len() + 1 + 4 + b.value.data.len()).sum();
     let key_len = record.key.as_ref().map_or(0, |k| k.len());
-    let mut out = Vec::with_capacity(24 + record.set.len() + key_len + bins_len);
+    let mut out = Vec::with_capacity(encoded_len(record));
     out.push(FORMAT);
     out.push(if record.tombstone { FLAG_TOMBSTONE } else { 0 });
     out.extend_from_slice(&record.generation.to_be_bytes());
@@ -202,6 +237,13 @@ pub fn encode(record: &Record) -> Vec<u8> {
         out.extend_from_slice(&bin.value.data);
     }
     out
+}
+
+/// The length of [`encode`]'s output, without encoding.
+pub fn encoded_len(record: &Record) -> usize {
+    let bins: usize =
+        record.bins.iter().map(|b| 1 + b.name.len() + 1 + 4 + b.value.data.len()).sum();
+    24 + record.set.len() + record.key.as_ref().map_or(0, |k| k.len()) + bins
 }
 
 /// Decodes what [`encode`] wrote; never panics on damaged bytes.
@@ -300,6 +342,23 @@ mod tests {
     fn encoding_round_trips() {
         let record = sample();
         assert_eq!(decode(&encode(&record)), Ok(record));
+    }
+
+    #[test]
+    fn limits_name_the_first_rule_broken_and_measure_the_stored_size() {
+        let record = sample();
+        assert_eq!(encoded_len(&record), encode(&record).len());
+        let size = encoded_len(&record);
+        assert_eq!(check_limits(&record, size as u32), Ok(()), "exactly at the limit");
+        assert_eq!(
+            check_limits(&record, size as u32 - 1),
+            Err(LimitError::TooBig { size, max: size as u32 - 1 })
+        );
+        let long_set = Record { set: "s".repeat(64), ..sample() };
+        assert_eq!(check_limits(&long_set, u32::MAX), Err(LimitError::SetName(64)));
+        let mut long_bin = sample();
+        long_bin.bins[1].name = "b".repeat(16);
+        assert_eq!(check_limits(&long_bin, u32::MAX), Err(LimitError::BinName(16)));
     }
 
     #[test]

@@ -138,8 +138,17 @@ async fn serve(
         };
         match header.kind {
             TYPE_INFO => {
-                let names = proto::info::parse_request(&body)?;
-                let reply = crate::info::answer(&state, &names);
+                let names: Vec<String> =
+                    proto::info::parse_request(&body)?.into_iter().map(str::to_owned).collect();
+                // Some answers scan the store (`verify-digest`, `xdr-parked`): the blocking pool
+                // runs them, never a runtime worker.
+                let state = Arc::clone(&state);
+                let reply = tokio::task::spawn_blocking(move || {
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    crate::info::answer(&state, &names)
+                })
+                .await
+                .map_err(|e| std::io::Error::other(format!("info task failed: {e}")))?;
                 writer.write_all(&proto::frame(TYPE_INFO, &reply)).await?;
             }
             TYPE_MSG => {

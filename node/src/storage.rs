@@ -21,6 +21,8 @@ use ferry_topology::placement::partition_of;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::watch;
 
+use ferry_xdr::parked::ParkedRecord;
+
 use crate::record::{self, CorruptRecord, Record};
 
 /// A record digest (RIPEMD-160 of set and key).
@@ -38,6 +40,8 @@ pub enum StoreError {
     Corrupt { namespace: String, digest: String, source: CorruptRecord },
     #[error("storage is poisoned by a failed fsync ({0}); no write can be acknowledged")]
     Poisoned(String),
+    #[error("a parked record is unreadable: {0}")]
+    Parked(String),
 }
 
 const LOCK_STRIPES: usize = 1024;
@@ -57,6 +61,8 @@ impl std::fmt::Debug for Store {
 struct Inner {
     db: Database,
     namespaces: HashMap<String, NamespaceStore>,
+    /// Each link's parked records (see `ferry_xdr::parked`), keyed by link, namespace, digest.
+    parked: Keyspace,
     /// Striped locks serializing read-modify-write of one record. Async, because a writer holds
     /// its stripe until the change is in the digest log.
     locks: Vec<tokio::sync::Mutex<()>>,
@@ -79,6 +85,7 @@ impl Store {
                 db.keyspace(&format!("ns.{}", ns.name), KeyspaceCreateOptions::default)?;
             by_name.insert(ns.name.to_string(), NamespaceStore { keyspace, mode: ns.commit_mode });
         }
+        let parked = db.keyspace("xdr.parked", KeyspaceCreateOptions::default)?;
         let max_wait = namespaces
             .iter()
             .filter(|ns| ns.commit_mode == CommitMode::Group)
@@ -88,7 +95,7 @@ impl Store {
         let max_batch = namespaces.iter().map(|ns| ns.commit_max_batch).min().unwrap_or(1024);
         let commit = GroupCommit::start(db.clone(), max_wait, u64::from(max_batch.max(1)));
         let locks = (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Self { inner: Arc::new(Inner { db, namespaces: by_name, locks, commit }) })
+        Ok(Self { inner: Arc::new(Inner { db, namespaces: by_name, parked, locks, commit }) })
     }
 
     fn namespace(&self, ns: &str) -> Result<&NamespaceStore, StoreError> {
@@ -197,10 +204,54 @@ impl Store {
         Ok(self.namespace(ns)?.keyspace.approximate_len())
     }
 
+    /// Parks `records` for link `dc` and unparks `unparked`, atomically and durably.
+    pub fn update_parked(
+        &self,
+        dc: &str,
+        records: &[ParkedRecord],
+        unparked: &[(String, Digest)],
+    ) -> Result<(), StoreError> {
+        self.inner.commit.check()?;
+        let mut batch = self.inner.db.batch().durability(Some(PersistMode::SyncData));
+        for record in records {
+            let value =
+                serde_json::to_vec(record).map_err(|e| StoreError::Parked(e.to_string()))?;
+            batch.insert(
+                &self.inner.parked,
+                parked_key(dc, &record.namespace, &record.digest),
+                value,
+            );
+        }
+        for (namespace, digest) in unparked {
+            batch.remove(&self.inner.parked, parked_key(dc, namespace, digest));
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Every record parked for link `dc`.
+    pub fn parked(&self, dc: &str) -> Result<Vec<ParkedRecord>, StoreError> {
+        let mut prefix = dc.as_bytes().to_vec();
+        prefix.push(0);
+        self.inner
+            .parked
+            .prefix(prefix)
+            .map(|guard| {
+                let (_, value) = guard.into_inner()?;
+                serde_json::from_slice(&value).map_err(|e| StoreError::Parked(e.to_string()))
+            })
+            .collect()
+    }
+
     /// Bytes the engine uses on disk.
     pub fn disk_space(&self) -> u64 {
         self.inner.db.disk_space().unwrap_or(0)
     }
+}
+
+/// `dc ‖ 0 ‖ namespace ‖ 0 ‖ digest`: names hold no NUL, so one link's records are one prefix.
+fn parked_key(dc: &str, namespace: &str, digest: &Digest) -> Vec<u8> {
+    [dc.as_bytes(), &[0], namespace.as_bytes(), &[0], digest.as_bytes()].concat()
 }
 
 fn storage_key(digest: &Digest) -> [u8; 22] {
@@ -378,6 +429,37 @@ mod tests {
         let store = Store::open(dir.path(), &[namespace("test")]).expect("reopen");
         assert_eq!(store.get("test", &d).expect("get"), Some(record(5)));
         assert!(matches!(store.get("nope", &d), Err(StoreError::UnknownNamespace(_))));
+    }
+
+    #[tokio::test]
+    async fn parked_records_are_kept_per_link_durably_and_replaced_by_digest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let parked = |key: u8, reason: &str| ParkedRecord {
+            namespace: "test".into(),
+            digest: Digest([key; 20]),
+            set: "s".into(),
+            lut_ms: u64::from(key),
+            reason: reason.into(),
+            parked_at_ms: 9,
+        };
+        {
+            let store = Store::open(dir.path(), &[namespace("test")]).expect("open");
+            store
+                .update_parked("b", &[parked(1, "too big"), parked(2, "too big")], &[])
+                .expect("park");
+            store.update_parked("bb", &[parked(3, "set name")], &[]).expect("park");
+            store
+                .update_parked("b", &[parked(1, "again")], &[("test".into(), Digest([2; 20]))])
+                .expect("park and unpark");
+        }
+        let store = Store::open(dir.path(), &[namespace("test")]).expect("reopen");
+        assert_eq!(store.parked("b").expect("list"), vec![parked(1, "again")]);
+        assert_eq!(
+            store.parked("bb").expect("list"),
+            vec![parked(3, "set name")],
+            "no prefix bleed"
+        );
+        assert_eq!(store.parked("c").expect("list"), Vec::new());
     }
 
     #[tokio::test]

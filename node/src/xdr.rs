@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_digestlog::CursorStart;
+use ferry_digestlog::{Cursor, CursorStart};
 use ferry_topology::Topology;
 use ferry_topology::model::Link;
 use ferry_topology::placement::partition_of;
@@ -18,12 +18,12 @@ use ferry_xdr::ack::{self, Ack};
 use ferry_xdr::admission::{LinkAuthorizer, peer_identity, site_members};
 use ferry_xdr::batch::{Batch, Compression, ShippedBin, ShippedRecord};
 use ferry_xdr::conflict::VersionStamp;
+use ferry_xdr::parked::ParkedRecord;
 use ferry_xdr::plan::LinkPlan;
 use ferry_xdr::receive::{Applier, ApplyOutcome, ApplyRefusal, Delivery, Receiver};
-use ferry_xdr::ship::{LocalRecords, Shipper, ShipperSettings};
+use ferry_xdr::ship::{LocalRecord, LocalRecords, Shipper, ShipperSettings};
 use tokio::sync::watch;
 
-use crate::apply::ApplyError;
 use crate::node::{NodeConfig, NodeState};
 use crate::record::Record;
 use crate::storage::{Digest, StoreError};
@@ -81,6 +81,7 @@ struct RunningLink {
     /// The link's settings the shipper was started with.
     link: Link,
     stop: watch::Sender<bool>,
+    /// The link's [`Supervised`] shipper.
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -229,19 +230,95 @@ impl Links {
                 }
             }
             let (stop, stopped) = watch::channel(false);
-            let shipper = Shipper::new(
+            let supervised = Supervised {
+                state: self.state.clone(),
+                records: self.records.clone(),
+                endpoint: self.endpoint.clone(),
                 plan,
-                self.records.clone(),
-                &self.endpoint,
-                self.state.xdr.link(&dc),
-                ShipperSettings::default(),
                 stopped,
-            );
-            let task = tokio::spawn(shipper.run(cursor, self.state.xdr.control(&dc)));
+            };
+            let task = tokio::spawn(supervised.run(cursor));
             tracing::info!(dc, "link started");
             self.running.insert(dc, RunningLink { link: link.clone(), stop, task });
         }
         Ok(())
+    }
+}
+
+/// A link's shipper and what it takes to start it again.
+struct Supervised {
+    state: Arc<NodeState>,
+    records: Arc<NodeRecords>,
+    endpoint: Endpoint,
+    plan: LinkPlan,
+    stopped: watch::Receiver<bool>,
+}
+
+/// How long a shipper must run for its next stop to count as the first.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+/// Waits between restarts of a shipper that keeps stopping on its own.
+const RESTART_BACKOFF: Backoff =
+    Backoff { initial: Duration::from_millis(500), max: Duration::from_secs(30), jitter: 0.5 };
+
+impl Supervised {
+    /// Runs the shipper until told to stop. A shipper that stops on its own (a failed
+    /// checkpoint, scan or task, a panic) restarts from its cursor's checkpoint with backoff;
+    /// its error shows in the link's stats until the restarted shipper reaches the destination.
+    async fn run(mut self, first: Cursor) {
+        let dc = self.plan.dc().to_owned();
+        let stats = self.state.xdr.link(&dc);
+        let mut cursor = Some(first);
+        let mut failures = 0u32;
+        loop {
+            let started = tokio::time::Instant::now();
+            let error = match self.ship(cursor.take()).await {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            // A shipper that ran for a while earned a quick restart.
+            if started.elapsed() > STABLE_RUN {
+                failures = 0;
+            }
+            failures = failures.saturating_add(1);
+            let delay = RESTART_BACKOFF.delay(failures, rand::random::<f64>());
+            tracing::error!(dc, %error, restart_in_ms = delay.as_millis() as u64, "link shipper stopped; restarting");
+            stats.set_error(Some(error));
+            ferry_xdr::stats::add(&stats.restarts, 1);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = self.stopped.changed() => {}
+            }
+            if *self.stopped.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// One run of the shipper, on `cursor` or on the link's cursor opened again.
+    async fn ship(&self, cursor: Option<Cursor>) -> Result<(), String> {
+        let dc = self.plan.dc();
+        let cursor = match cursor {
+            Some(cursor) => cursor,
+            None => {
+                let log = self.state.digest_log().ok_or("no digest log")?;
+                log.open_cursor(&format!("xdr-{dc}"), CursorStart::Oldest)
+                    .map_err(|e| format!("open the link's cursor: {e}"))?
+            }
+        };
+        let shipper = Shipper::new(
+            self.plan.clone(),
+            self.records.clone(),
+            &self.endpoint,
+            self.state.xdr.link(dc),
+            ShipperSettings::default(),
+            self.stopped.clone(),
+        );
+        // A task of its own, so a panic in the shipper is a stop like any other.
+        match tokio::spawn(shipper.run(cursor, self.state.xdr.control(dc))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(join) => Err(format!("the shipper task failed: {join}")),
+        }
     }
 }
 
@@ -259,14 +336,29 @@ pub(crate) fn transport_settings() -> TransportSettings {
 impl LocalRecords for NodeRecords {
     type Error = StoreError;
 
-    async fn read(
-        &self,
-        namespace: &str,
-        digest: &Digest,
-    ) -> Result<Option<ShippedRecord>, StoreError> {
+    async fn read(&self, namespace: &str, digest: &Digest) -> Result<LocalRecord, StoreError> {
         let _guard = self.state.store.lock(digest).await;
-        let record = self.state.store.get(namespace, digest)?;
-        Ok(record.map(|r| to_shipped(*digest, r)))
+        match self.state.store.get(namespace, digest) {
+            Ok(Some(record)) => Ok(LocalRecord::Current(to_shipped(*digest, record))),
+            Ok(None) => Ok(LocalRecord::Gone),
+            Err(error @ StoreError::Corrupt { .. }) => {
+                Ok(LocalRecord::Unreadable(error.to_string()))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn update_parked(
+        &self,
+        dc: &str,
+        records: &[ParkedRecord],
+        unparked: &[(String, Digest)],
+    ) -> Result<(), StoreError> {
+        self.state.store.update_parked(dc, records, unparked)
+    }
+
+    fn parked(&self, dc: &str) -> Result<Vec<ParkedRecord>, StoreError> {
+        self.state.store.parked(dc)
     }
 
     fn changed_since(
@@ -317,13 +409,15 @@ impl NodeRecords {
         let mut by_owner: BTreeMap<String, (ferry_topology::model::Node, Vec<ShippedRecord>)> =
             BTreeMap::new();
         for record in records {
-            match self.state.cluster.master(namespace, partition_of(&record.digest)) {
-                Some(owner) => {
-                    let entry = by_owner.entry(owner.id.to_string());
-                    entry.or_insert_with(|| (owner.clone(), Vec::new())).1.push(record);
-                }
-                None => outcome.failed += 1,
-            }
+            let partition = partition_of(&record.digest);
+            let Some(owner) = self.state.cluster.master(namespace, partition) else {
+                return Err(ApplyRefusal {
+                    retryable: true,
+                    message: format!("no node of this site owns partition {partition}"),
+                });
+            };
+            let entry = by_owner.entry(owner.id.to_string());
+            entry.or_insert_with(|| (owner.clone(), Vec::new())).1.push(record);
         }
         for (owner, (node, records)) in by_owner {
             let count = records.len();
@@ -347,7 +441,7 @@ impl NodeRecords {
             let ack = Ack::decode(&reply.payload).map_err(|e| refusal(e.to_string()))?;
             outcome.applied += ack.applied;
             outcome.stale += ack.stale;
-            outcome.failed += ack.failed;
+            outcome.refused.extend(ack.refused);
         }
         Ok(outcome)
     }
@@ -367,20 +461,22 @@ impl Applier for NodeRecords {
                 .cloned()
                 .partition(|r| state.cluster.is_master(namespace, partition_of(&r.digest))),
         };
-        let counts = state.apply_remote(namespace, &owned).await.map_err(|e| ApplyRefusal {
-            retryable: !matches!(e, ApplyError::UnknownNamespace(_)),
-            message: e.to_string(),
-        })?;
-        let forwarded = if foreign.is_empty() {
+        // Every failure is worth retrying: a namespace this node does not serve yet (it
+        // restarts with a newer topology), a fence, a full disk. Records that break a limit
+        // here are refused one by one instead, in the outcome.
+        let counts = state
+            .apply_remote(namespace, &owned)
+            .await
+            .map_err(|e| ApplyRefusal { retryable: true, message: e.to_string() })?;
+        let mut outcome = if foreign.is_empty() {
             ApplyOutcome::default()
         } else {
             self.forward(batch, foreign).await?
         };
-        Ok(ApplyOutcome {
-            applied: counts.applied as u32 + forwarded.applied,
-            stale: counts.lost_conflict as u32 + forwarded.stale,
-            failed: forwarded.failed,
-        })
+        outcome.applied += counts.applied as u32;
+        outcome.stale += counts.lost_conflict as u32;
+        outcome.refused.extend(counts.refused);
+        Ok(outcome)
     }
 }
 
@@ -480,7 +576,7 @@ mod tests {
         assert!(!owned_by_b1.is_empty() && owned_by_b1.len() < 64, "both nodes own some");
 
         let outcome = records.apply(&batch, Delivery::Link).await.expect("apply");
-        assert_eq!(outcome, ApplyOutcome { applied: 64, stale: 0, failed: 0 });
+        assert_eq!(outcome, ApplyOutcome { applied: 64, stale: 0, refused: Vec::new() });
         for record in &batch.records {
             let at_b0 = b0.store.get("test", &record.digest).expect("get").is_some();
             let at_b1 = b1.store.get("test", &record.digest).expect("get").is_some();
@@ -491,7 +587,7 @@ mod tests {
         assert_eq!(forwarded, owned_by_b1.len() as u64);
         // Delivered again: every record loses against itself, wherever it lives.
         let again = records.apply(&batch, Delivery::Link).await.expect("apply again");
-        assert_eq!(again, ApplyOutcome { applied: 0, stale: 64, failed: 0 });
+        assert_eq!(again, ApplyOutcome { applied: 0, stale: 64, refused: Vec::new() });
         receiving.stop().await;
         owner.stop().await;
     }

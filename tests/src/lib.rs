@@ -246,6 +246,8 @@ impl Namespace {
         commit_max_batch(u32) => "commit-max-batch";
         /// `storage-dir`; the file's default is the namespace name.
         storage_dir(&str) => "storage-dir";
+        /// `max-record-size` in bytes; the file's default is 1 MiB.
+        max_record_size(u32) => "max-record-size";
     }
 
     fn write_to(&self, text: &mut String) {

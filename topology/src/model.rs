@@ -173,10 +173,24 @@ pub struct Namespace {
     /// Default: the namespace name.
     #[serde(default)]
     pub storage_dir: Option<String>,
+    /// Largest record this namespace stores, in bytes (Aerospike's `max-record-size`): a client
+    /// write over it is refused with `RECORD_TOO_BIG`, and so is a shipped version over it.
+    /// 1 KiB to [`MAX_RECORD_SIZE_LIMIT`]. Default: 1 MiB.
+    #[serde(default = "default_max_record_size")]
+    pub max_record_size: u32,
 }
+
+/// The highest `max-record-size` a namespace may set: 8 MiB, like Aerospike's; it keeps every
+/// record shippable inside one XDR frame.
+pub const MAX_RECORD_SIZE_LIMIT: u32 = 8 << 20;
+/// The lowest `max-record-size` a namespace may set.
+pub const MIN_RECORD_SIZE_LIMIT: u32 = 1 << 10;
 
 fn default_replication_factor() -> u8 {
     2
+}
+fn default_max_record_size() -> u32 {
+    1 << 20
 }
 fn default_tombstone_ttl() -> u32 {
     86_400

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
-use crate::model::{Link, Site, Topology};
+use crate::model::{Link, MAX_RECORD_SIZE_LIMIT, MIN_RECORD_SIZE_LIMIT, Site, Topology};
 use crate::source::{FieldPath, Severity};
 
 /// A problem found by validation, located by field path.
@@ -159,6 +159,15 @@ fn check_namespaces(topology: &Topology, site: &Site, path: &FieldPath, findings
             findings.error(
                 ns_path.key("commit-max-batch"),
                 "commit-max-batch must be at least 1".into(),
+            );
+        }
+        if !(MIN_RECORD_SIZE_LIMIT..=MAX_RECORD_SIZE_LIMIT).contains(&namespace.max_record_size) {
+            findings.error(
+                ns_path.key("max-record-size"),
+                format!(
+                    "max-record-size {} must be {MIN_RECORD_SIZE_LIMIT} to {MAX_RECORD_SIZE_LIMIT} bytes",
+                    namespace.max_record_size
+                ),
             );
         }
     }

@@ -36,6 +36,6 @@ pub use endpoint::{
     ShutdownReport,
 };
 pub use error::{PeerRejection, TransportError};
-pub use frame::{Frame, FrameError, FrameType};
+pub use frame::{DEFAULT_MAX_PAYLOAD, Frame, FrameError, FrameType};
 pub use identity::{AllowAll, InvalidName, NodeId, PeerAuthorizer, PeerIdentity, SiteName};
 pub use tls::ALPN;

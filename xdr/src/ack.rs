@@ -4,6 +4,7 @@
 //! happened to the batch's records so the shipper's stats match the receiver's.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use ferry_digestlog::Digest;
 use ferry_transport::FrameType;
 
 /// A [`crate::batch::Batch`], encoded.
@@ -17,17 +18,65 @@ pub const HEARTBEAT: u8 = 0x12;
 pub const FORWARD: u8 = 0x13;
 
 /// Acknowledgement format version.
-const ACK_VERSION: u8 = 1;
-/// Version byte, batch id, three counts.
-const ACK_LEN: usize = 1 + 8 + 4 * 3;
+const ACK_VERSION: u8 = 2;
+/// Version byte, batch id, applied and stale counts, refused count.
+const ACK_HEADER: usize = 1 + 8 + 4 * 3;
+/// A refused record: digest and reason code.
+const REFUSED_LEN: usize = 20 + 1;
 
 /// The frame type for an XDR code (all XDR codes are in the application range).
 pub fn frame_type(code: u8) -> FrameType {
     FrameType::application(code).unwrap_or_else(|| unreachable!("XDR codes are >= 0x10"))
 }
 
+/// Why a receiver refused one record for good: the record itself breaks a rule of the
+/// destination, so sending it again cannot help until an operator acts. The shipper parks it
+/// (see `docs/xdr.md`); the rest of its batch applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    #[error("set name too long")]
+    SetName,
+    #[error("bin name too long")]
+    BinName,
+    #[error("too many bins")]
+    Bins,
+    #[error("record too big for the destination's max-record-size")]
+    TooBig,
+    #[error("record is malformed")]
+    Malformed,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 5] =
+        [Refusal::SetName, Refusal::BinName, Refusal::Bins, Refusal::TooBig, Refusal::Malformed];
+
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            Refusal::SetName => 1,
+            Refusal::BinName => 2,
+            Refusal::Bins => 3,
+            Refusal::TooBig => 4,
+            Refusal::Malformed => 5,
+        }
+    }
+
+    /// The refusal of a wire code.
+    pub fn from_code(code: u8) -> Option<Refusal> {
+        Refusal::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+/// One record a receiver refused, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub digest: Digest,
+    pub refusal: Refusal,
+}
+
 /// What the receiver did with a batch; sent once the applied records are durable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ack {
     /// The acknowledged batch.
     pub batch: u64,
@@ -35,54 +84,75 @@ pub struct Ack {
     pub applied: u32,
     /// Records kept local: the shipped version lost its conflict (or was already there).
     pub stale: u32,
-    /// Records that could not be applied here (e.g. a partition this node does not own).
-    pub failed: u32,
+    /// Records refused for good, each with its reason.
+    pub refused: Vec<Refused>,
 }
 
 /// A malformed acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AckError {
-    #[error("acknowledgement of {0} bytes, expected {ACK_LEN}")]
-    Length(usize),
+    #[error("acknowledgement of {0} bytes is shorter than its {ACK_HEADER}-byte header")]
+    Short(usize),
     #[error("acknowledgement version {0}, this build reads {ACK_VERSION}")]
     Version(u8),
+    #[error(
+        "acknowledgement of {len} bytes does not hold the {refused} refused records it declares"
+    )]
+    Length { len: usize, refused: u32 },
+    #[error("acknowledgement refuses a record with unknown reason code {0}")]
+    Reason(u8),
 }
 
 impl Ack {
     /// The wire form.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(ACK_LEN);
+        let mut out = BytesMut::with_capacity(ACK_HEADER + self.refused.len() * REFUSED_LEN);
         out.put_u8(ACK_VERSION);
         out.put_u64(self.batch);
         out.put_u32(self.applied);
         out.put_u32(self.stale);
-        out.put_u32(self.failed);
+        out.put_u32(self.refused.len() as u32);
+        for refused in &self.refused {
+            out.put_slice(refused.digest.as_bytes());
+            out.put_u8(refused.refusal.code());
+        }
         out.freeze()
     }
 
-    /// Parses the wire form.
+    /// Parses the wire form; the length must match the declared refusals exactly, so a
+    /// peer cannot make this allocate more than it sent.
     pub fn decode(bytes: &[u8]) -> Result<Ack, AckError> {
-        let fixed: &[u8; ACK_LEN] = bytes.try_into().map_err(|_| AckError::Length(bytes.len()))?;
-        if fixed[0] != ACK_VERSION {
-            return Err(AckError::Version(fixed[0]));
+        let Some((header, rest)) = bytes.split_first_chunk::<ACK_HEADER>() else {
+            return Err(AckError::Short(bytes.len()));
+        };
+        if header[0] != ACK_VERSION {
+            return Err(AckError::Version(header[0]));
         }
         let u32_at = |at: usize| {
-            u32::from_be_bytes([fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]])
+            u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
         };
         let mut id = [0u8; 8];
-        id.copy_from_slice(&fixed[1..9]);
-        Ok(Ack {
-            batch: u64::from_be_bytes(id),
-            applied: u32_at(9),
-            stale: u32_at(13),
-            failed: u32_at(17),
-        })
+        id.copy_from_slice(&header[1..9]);
+        let refused_count = u32_at(17);
+        if rest.len() as u64 != u64::from(refused_count) * REFUSED_LEN as u64 {
+            return Err(AckError::Length { len: bytes.len(), refused: refused_count });
+        }
+        let refused = rest
+            .chunks_exact(REFUSED_LEN)
+            .map(|entry| {
+                let (digest, code) = entry.split_at(20);
+                let refusal = Refusal::from_code(code[0]).ok_or(AckError::Reason(code[0]))?;
+                let digest = Digest::try_from(digest).map_err(|_| AckError::Short(bytes.len()))?;
+                Ok(Refused { digest, refusal })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Ack { batch: u64::from_be_bytes(id), applied: u32_at(9), stale: u32_at(13), refused })
     }
 
     /// Records the ack accounts for.
     pub fn records(&self) -> u64 {
-        u64::from(self.applied) + u64::from(self.stale) + u64::from(self.failed)
+        u64::from(self.applied) + u64::from(self.stale) + self.refused.len() as u64
     }
 }
 
@@ -92,13 +162,33 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_malformed_acks() {
-        let ack = Ack { batch: 1 << 40, applied: 7, stale: 2, failed: 1 };
+        let refused = vec![
+            Refused { digest: Digest([1; 20]), refusal: Refusal::TooBig },
+            Refused { digest: Digest([2; 20]), refusal: Refusal::SetName },
+        ];
+        let ack = Ack { batch: 1 << 40, applied: 7, stale: 2, refused };
         let bytes = ack.encode();
-        assert_eq!(Ack::decode(&bytes), Ok(ack));
-        assert_eq!(ack.records(), 10);
-        assert_eq!(Ack::decode(&bytes[..20]), Err(AckError::Length(20)));
+        assert_eq!(bytes.len(), ACK_HEADER + 2 * REFUSED_LEN);
+        assert_eq!(Ack::decode(&bytes), Ok(ack.clone()));
+        assert_eq!(ack.records(), 11);
+        assert_eq!(Ack::decode(&bytes[..20]), Err(AckError::Short(20)));
+        assert_eq!(
+            Ack::decode(&bytes[..bytes.len() - 1]),
+            Err(AckError::Length { len: bytes.len() - 1, refused: 2 })
+        );
         let mut wrong = bytes.to_vec();
-        wrong[0] = 9;
-        assert_eq!(Ack::decode(&wrong), Err(AckError::Version(9)));
+        wrong[0] = 1;
+        assert_eq!(Ack::decode(&wrong), Err(AckError::Version(1)));
+        let mut unknown = bytes.to_vec();
+        *unknown.last_mut().expect("bytes") = 0;
+        assert_eq!(Ack::decode(&unknown), Err(AckError::Reason(0)));
+    }
+
+    #[test]
+    fn every_refusal_round_trips_its_code() {
+        for refusal in Refusal::ALL {
+            assert_eq!(Refusal::from_code(refusal.code()), Some(refusal));
+        }
+        assert_eq!(Refusal::from_code(0), None);
     }
 }

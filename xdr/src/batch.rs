@@ -2,8 +2,10 @@
 //! Pure encoding and decoding; the byte layout is drawn in `docs/xdr-batch-format.md` and locked
 //! by golden-byte tests.
 //!
-//! A batch is validated completely before any record is applied: sizes, counts, names and the
-//! decompressed size (capped, so a small zstd bomb cannot inflate into gigabytes).
+//! A batch is validated completely before any record is applied: sizes, counts, UTF-8 names and
+//! the decompressed size (capped, so a small zstd bomb cannot inflate into gigabytes). Limits
+//! that depend on the destination (set and bin name lengths, `max-record-size`) are checked per
+//! record by the applier, so one record that breaks them is refused alone.
 
 use bytes::Bytes;
 use ferry_digestlog::Digest;
@@ -16,6 +18,8 @@ pub const MAGIC: [u8; 4] = *b"FXDR";
 pub const FORMAT_VERSION: u8 = 1;
 /// Largest payload accepted, compressed or not, and largest inflated payload.
 pub const MAX_PAYLOAD: usize = 64 << 20;
+/// Namespace names are at most 31 bytes (Aerospike's limit).
+const MAX_NAMESPACE_NAME: usize = 31;
 
 const FLAG_ZSTD: u8 = 1;
 const RECORD_TOMBSTONE: u8 = 1;
@@ -135,7 +139,10 @@ impl Batch {
         let _reserved = r.u8()?;
         let id = r.u64()?;
         let ns_len = usize::from(r.u8()?);
-        let namespace = r.name(ns_len, 31, "namespace")?;
+        if ns_len > MAX_NAMESPACE_NAME {
+            return Err(BatchError::Malformed("namespace name too long"));
+        }
+        let namespace = r.name(ns_len)?;
         let count = r.u32()? as usize;
         let raw_len = r.u32()? as usize;
         let body_len = r.u32()? as usize;
@@ -175,6 +182,14 @@ impl Batch {
     }
 }
 
+impl ShippedRecord {
+    /// Bytes this record takes in a batch's payload (before compression).
+    pub fn encoded_len(&self) -> usize {
+        let bins: usize = self.bins.iter().map(|b| 1 + b.name.len() + 1 + 4 + b.data.len()).sum();
+        MIN_RECORD + self.set.len() + self.key.as_ref().map_or(0, |k| k.len()) + bins
+    }
+}
+
 fn encode_record(record: &ShippedRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(record.digest.as_bytes());
     out.push(if record.tombstone { RECORD_TOMBSTONE } else { 0 });
@@ -205,7 +220,7 @@ fn decode_record(r: &mut Reader<'_>) -> Result<ShippedRecord, BatchError> {
     let void_time = r.u32()?;
     let origin_site = r.u8()?;
     let set_len = usize::from(r.u8()?);
-    let set = r.name(set_len, 63, "set")?;
+    let set = r.name(set_len)?;
     let key_len = r.u32()? as usize;
     let key = (key_len > 0).then(|| r.take(key_len).map(Bytes::copy_from_slice)).transpose()?;
     let bin_count = r.u16()?;
@@ -219,7 +234,7 @@ fn decode_record(r: &mut Reader<'_>) -> Result<ShippedRecord, BatchError> {
     let mut bins = Vec::with_capacity(usize::from(bin_count).min(1024));
     for _ in 0..bin_count {
         let name_len = usize::from(r.u8()?);
-        let name = r.name(name_len, 15, "bin")?;
+        let name = r.name(name_len)?;
         let particle = r.u8()?;
         let len = r.u32()? as usize;
         bins.push(ShippedBin { name, particle, data: Bytes::copy_from_slice(r.take(len)?) });
@@ -261,14 +276,7 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64, BatchError> {
         self.array().map(u64::from_be_bytes)
     }
-    fn name(&mut self, len: usize, max: usize, what: &'static str) -> Result<String, BatchError> {
-        if len > max {
-            return Err(BatchError::Malformed(match what {
-                "namespace" => "namespace name too long",
-                "set" => "set name too long",
-                _ => "bin name too long",
-            }));
-        }
+    fn name(&mut self, len: usize) -> Result<String, BatchError> {
         String::from_utf8(self.take(len)?.to_vec())
             .map_err(|_| BatchError::Malformed("name is not UTF-8"))
     }
@@ -302,6 +310,15 @@ mod tests {
     use proptest::prelude::*;
 
     const RAW: Compression = Compression { level: 1, threshold: usize::MAX };
+
+    #[test]
+    fn names_over_aerospikes_limits_still_decode_for_the_applier_to_refuse() {
+        let mut record = sample_record(1, false);
+        record.set = "s".repeat(64);
+        record.bins[0].name = "b".repeat(16);
+        let batch = Batch { id: 1, source_site: 1, namespace: "ns".into(), records: vec![record] };
+        assert_eq!(Batch::decode(&batch.encode(RAW).0), Ok(batch));
+    }
 
     #[test]
     fn golden_bytes() {

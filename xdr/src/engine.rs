@@ -69,8 +69,8 @@ pub struct Change {
 pub struct Outcome {
     /// Records the destination applied or already had.
     pub shipped: u64,
-    /// Records the destination refused for good, or that have no destination.
-    pub abandoned: u64,
+    /// Parked records that shipped this time, so they are parked no more.
+    pub unparked: u64,
     /// Records gone locally without a trace at send time.
     pub not_found: u64,
     /// Records the filters skipped once read (origin, sets).
@@ -151,7 +151,6 @@ pub struct Counts {
     pub filtered_out: u64,
     pub hot_keys: u64,
     pub success: u64,
-    pub abandoned: u64,
     pub not_found: u64,
     pub bytes_raw: u64,
     pub bytes_shipped: u64,
@@ -431,7 +430,6 @@ impl Engine {
         self.link.on_success(now_ms);
         let counts = &mut self.counts;
         counts.success += outcome.shipped;
-        counts.abandoned += outcome.abandoned;
         counts.not_found += outcome.not_found;
         counts.filtered_out += outcome.filtered;
         counts.bytes_raw += outcome.bytes_raw;
@@ -1146,7 +1144,7 @@ mod tests {
         assert_eq!(engine.gauges(T0, 4).in_progress, 4);
         let outcome = Outcome {
             shipped: 2,
-            abandoned: 1,
+            unparked: 1,
             not_found: 1,
             filtered: 0,
             bytes_raw: 300,
@@ -1154,10 +1152,7 @@ mod tests {
         };
         engine.handle(T0 + 30, Event::Acked { id: 0, outcome });
         let counts = engine.take_counts();
-        assert_eq!(
-            (counts.success, counts.abandoned, counts.not_found, counts.bytes_shipped),
-            (2, 1, 1, 100)
-        );
+        assert_eq!((counts.success, counts.not_found, counts.bytes_shipped), (2, 1, 100));
         let gauges = engine.gauges(T0 + 30, 4);
         assert_eq!((gauges.in_progress, gauges.throughput, gauges.latency_ms), (0, 4, 30));
         assert_eq!(engine.gauges(T0 + 1_030, 4).throughput, 0, "a second later");

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use ferry_transport::Backoff;
 
+use crate::parked::ParkedSummary;
+
 /// Operator commands to a running link, published on a watch channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkControl {
@@ -20,6 +22,10 @@ pub struct LinkControl {
     /// Bumped to ask for a drain: the link reports `draining` until every change logged
     /// before the request is acknowledged (switchover: fence writes, drain, switch).
     pub drain_seq: u64,
+    /// Bumped to ship the parked records again (see [`crate::parked`]).
+    pub retry_parked_seq: u64,
+    /// Bumped to drop the parked records.
+    pub discard_parked_seq: u64,
 }
 
 /// An operator command to a running link.
@@ -33,16 +39,23 @@ pub enum LinkCommand {
     },
     /// Resume if paused and ship everything logged so far (`draining` until done).
     Drain,
+    /// Ship the parked records again; the ones the destination takes are unparked.
+    RetryParked,
+    /// Drop the parked records.
+    DiscardParked,
 }
 
 impl LinkCommand {
-    /// `pause`, `resume`, `rewind` (with `from_ms`) or `drain`; `None` for anything else.
+    /// `pause`, `resume`, `rewind` (with `from_ms`), `drain`, `retry-parked` or
+    /// `discard-parked`; `None` for anything else.
     pub fn parse(action: &str, from_ms: u64) -> Option<LinkCommand> {
         match action {
             "pause" => Some(LinkCommand::Pause),
             "resume" => Some(LinkCommand::Resume),
             "rewind" => Some(LinkCommand::Rewind { from_ms }),
             "drain" => Some(LinkCommand::Drain),
+            "retry-parked" => Some(LinkCommand::RetryParked),
+            "discard-parked" => Some(LinkCommand::DiscardParked),
             _ => None,
         }
     }
@@ -60,6 +73,8 @@ impl LinkCommand {
                 control.paused = false;
                 control.drain_seq += 1;
             }
+            LinkCommand::RetryParked => control.retry_parked_seq += 1,
+            LinkCommand::DiscardParked => control.discard_parked_seq += 1,
         }
     }
 }
@@ -78,6 +93,9 @@ pub enum LinkState {
     /// Shipping everything logged before a drain request (switchover: writes are fenced, the
     /// link drains, then roles switch); back to `active` once all of it is acknowledged.
     Draining,
+    /// Shipping, but the destination refused some records for good: they are parked until
+    /// an operator retries or discards them.
+    Degraded,
 }
 
 impl fmt::Display for LinkState {
@@ -88,7 +106,23 @@ impl fmt::Display for LinkState {
             LinkState::Down => "down",
             LinkState::Recovering => "recovering",
             LinkState::Draining => "draining",
+            LinkState::Degraded => "degraded",
         })
+    }
+}
+
+/// The state operators see: an active link with parked records is `degraded`; any other
+/// state says more about what the link does now.
+pub fn shown_state(state: LinkState, parked: ParkedSummary) -> LinkState {
+    if state == LinkState::Active && parked.count > 0 { LinkState::Degraded } else { state }
+}
+
+/// The link's lag with its parked records counted: never less than the age of the oldest
+/// parked version, and never 0 while any is parked.
+pub fn lag_with_parked(lag_ms: u64, now_ms: u64, parked: ParkedSummary) -> u64 {
+    match parked.oldest_lut_ms {
+        Some(lut) if parked.count > 0 => lag_ms.max(now_ms.saturating_sub(lut)).max(1),
+        _ => lag_ms,
     }
 }
 
@@ -295,6 +329,33 @@ impl Throttle {
 mod tests {
     use super::*;
 
+    #[test]
+    fn parked_records_degrade_an_active_link_and_count_in_its_lag() {
+        let none = ParkedSummary::default();
+        let two = ParkedSummary { count: 2, oldest_lut_ms: Some(1_000) };
+        assert_eq!(shown_state(LinkState::Active, none), LinkState::Active);
+        assert_eq!(shown_state(LinkState::Active, two), LinkState::Degraded);
+        for busier in
+            [LinkState::Paused, LinkState::Down, LinkState::Recovering, LinkState::Draining]
+        {
+            assert_eq!(shown_state(busier, two), busier);
+        }
+        assert_eq!(lag_with_parked(0, 5_000, none), 0);
+        assert_eq!(lag_with_parked(0, 5_000, two), 4_000, "the oldest parked version's age");
+        assert_eq!(lag_with_parked(9_000, 5_000, two), 9_000, "older unshipped changes");
+        assert_eq!(lag_with_parked(0, 1_000, two), 1, "never 0 while parked");
+    }
+
+    #[test]
+    fn operators_retry_and_discard_parked_records_by_command() {
+        let mut control = LinkControl::default();
+        for (action, expected) in [("retry-parked", (1, 0)), ("discard-parked", (1, 1))] {
+            LinkCommand::parse(action, 0).expect("known").apply(&mut control);
+            assert_eq!((control.retry_parked_seq, control.discard_parked_seq), expected);
+        }
+        assert_eq!(LinkState::Degraded.to_string(), "degraded");
+    }
+
     fn machine() -> LinkMachine {
         LinkMachine::new(
             Backoff {
@@ -312,8 +373,13 @@ mod tests {
         for (action, from_ms) in [("pause", 0), ("rewind", 1_700), ("drain", 0), ("rewind", 0)] {
             LinkCommand::parse(action, from_ms).expect("known action").apply(&mut control);
         }
-        let expected =
-            LinkControl { paused: false, rewind_seq: 2, rewind_from_ms: 0, drain_seq: 1 };
+        let expected = LinkControl {
+            paused: false,
+            rewind_seq: 2,
+            rewind_from_ms: 0,
+            drain_seq: 1,
+            ..LinkControl::default()
+        };
         assert_eq!(control, expected, "drain resumes a paused link");
         LinkCommand::Pause.apply(&mut control);
         assert!(control.paused);

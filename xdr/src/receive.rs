@@ -10,16 +10,17 @@ use ferry_topology::SharedTopology;
 use ferry_topology::model::SiteName;
 use ferry_transport::{Frame, Handler, HandlerError, RequestContext};
 
-use crate::ack::{self, Ack};
+use crate::ack::{self, Ack, Refused};
 use crate::batch::Batch;
 use crate::stats::{Registry, add};
 
 /// What an apply did with a batch's records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyOutcome {
     pub applied: u32,
     pub stale: u32,
-    pub failed: u32,
+    /// Records refused for good (they break a limit here), with the reason.
+    pub refused: Vec<Refused>,
 }
 
 /// Why a whole batch was not applied.
@@ -82,11 +83,11 @@ impl<A: Applier> Receiver<A> {
         let site = &ctx.peer.site;
         let topology = self.topology.get();
         let Some(sender) = topology.site(site.as_str()) else {
-            return Err(self.reject(false, format!("site '{site}' is not in the topology")));
+            return Err(self.reject(true, format!("site '{site}' is not in the topology")));
         };
         if sender.src_id.get() != batch.source_site {
             return Err(self.reject(
-                false,
+                true,
                 format!(
                     "batch claims src-id {} but the sender's site '{site}' has src-id {}",
                     batch.source_site,
@@ -99,7 +100,7 @@ impl<A: Applier> Receiver<A> {
             .iter()
             .find(|l| l.from.as_str() == site.as_str() && l.to == self.local_site);
         match link {
-            None => Err(self.reject(false, format!("no link {site} -> {}", self.local_site))),
+            None => Err(self.reject(true, format!("no link {site} -> {}", self.local_site))),
             Some(link) if !link.enabled => {
                 Err(self.reject(true, format!("link {site} -> {} is disabled", self.local_site)))
             }
@@ -152,7 +153,7 @@ impl<A: Applier> Receiver<A> {
         if delivery == Delivery::Link {
             add(&receiver.applied, u64::from(outcome.applied));
             add(&receiver.lost_conflict, u64::from(outcome.stale));
-            add(&receiver.failed, u64::from(outcome.failed));
+            add(&receiver.refused, outcome.refused.len() as u64);
         } else {
             add(&receiver.forwarded_in, u64::from(outcome.applied + outcome.stale));
         }
@@ -160,7 +161,7 @@ impl<A: Applier> Receiver<A> {
             batch: batch.id,
             applied: outcome.applied,
             stale: outcome.stale,
-            failed: outcome.failed,
+            refused: outcome.refused,
         };
         Ok(Frame::new(ack::frame_type(ack::ACK), ack.encode()))
     }
@@ -189,7 +190,9 @@ mod tests {
     use ferry_transport::PeerIdentity;
 
     use super::*;
+    use crate::ack::Refusal;
     use crate::batch::{Compression, ShippedRecord};
+    use ferry_digestlog::Digest;
 
     /// An applier that records its calls and answers with a fixed result.
     #[derive(Debug)]
@@ -253,8 +256,11 @@ mod tests {
         Fixture { receiver, applier, stats }
     }
 
-    fn applied(applied: u32, stale: u32, failed: u32) -> Result<ApplyOutcome, ApplyRefusal> {
-        Ok(ApplyOutcome { applied, stale, failed })
+    fn applied(applied: u32, stale: u32, refused: u8) -> Result<ApplyOutcome, ApplyRefusal> {
+        let refused = (0..refused)
+            .map(|i| Refused { digest: Digest([i; 20]), refusal: Refusal::TooBig })
+            .collect();
+        Ok(ApplyOutcome { applied, stale, refused })
     }
 
     fn from(site: &str) -> RequestContext {
@@ -298,11 +304,12 @@ mod tests {
         let reply = f.receiver.handle(from("a"), request).await.expect("accepted");
         assert_eq!(reply.frame_type, ack::frame_type(ack::ACK));
         let ack = Ack::decode(&reply.payload).expect("ack");
-        assert_eq!(ack, Ack { batch: sent.id, applied: 2, stale: 1, failed: 1 });
+        let refused = vec![Refused { digest: Digest([0; 20]), refusal: Refusal::TooBig }];
+        assert_eq!(ack, Ack { batch: sent.id, applied: 2, stale: 1, refused });
         assert_eq!(f.applier.calls(), vec![("test".to_owned(), sent.records.clone())]);
         let r = &f.stats.receiver;
         assert_eq!(
-            (load(&r.batches), load(&r.applied), load(&r.lost_conflict), load(&r.failed)),
+            (load(&r.batches), load(&r.applied), load(&r.lost_conflict), load(&r.refused)),
             (1, 2, 1, 1)
         );
         assert_eq!(load(&r.rejected), 0);
@@ -367,7 +374,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_claiming_another_src_id_than_its_sender_is_refused_for_good() {
+    async fn a_batch_claiming_another_src_id_than_its_sender_is_refused_until_the_topology_agrees()
+    {
         let f = fixture(applied(1, 0, 0));
         for claimed in [2, 3, 99] {
             let error = f
@@ -375,7 +383,7 @@ mod tests {
                 .handle(from("a"), frame(&batch(claimed, "test", 1)))
                 .await
                 .expect_err("src-id mismatch");
-            assert!(!error.retryable, "{error:?}");
+            assert!(error.retryable, "{error:?}");
             assert!(error.message.contains(&format!("src-id {claimed}")), "{}", error.message);
         }
         assert!(f.applier.calls().is_empty());
@@ -383,7 +391,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_site_without_a_link_here_is_refused_for_good() {
+    async fn a_site_without_a_link_here_is_refused_until_the_topology_agrees() {
         let f = fixture(applied(1, 0, 0));
         // `d` is in the topology and only receives from `b`; `b` itself has no link to itself.
         for (site, src_id) in [("d", 4), ("b", 2)] {
@@ -392,7 +400,7 @@ mod tests {
                 .handle(from(site), frame(&batch(src_id, "test", 1)))
                 .await
                 .expect_err("no link");
-            assert!(!error.retryable, "{error:?}");
+            assert!(error.retryable, "{error:?}");
             assert_eq!(error.message, format!("no link {site} -> b"));
         }
         assert!(f.applier.calls().is_empty());
@@ -400,14 +408,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_site_outside_the_topology_is_refused_for_good() {
+    async fn a_site_outside_the_topology_is_refused_until_the_topology_agrees() {
         let f = fixture(applied(1, 0, 0));
         let error = f
             .receiver
             .handle(from("zz"), frame(&batch(1, "test", 1)))
             .await
             .expect_err("unknown site");
-        assert!(!error.retryable);
+        assert!(error.retryable);
         assert!(error.message.contains("'zz' is not in the topology"), "{}", error.message);
         assert!(f.applier.calls().is_empty());
         assert_eq!(load(&f.stats.receiver.rejected), 1);

@@ -16,35 +16,59 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_digestlog::{Batch as LogBatch, Cursor, CursorError, Digest, Lsn, ReadError};
 use ferry_topology::model::NodeId;
-use ferry_transport::{Client, Endpoint, Frame, TransportError};
+use ferry_transport::{Client, Endpoint, Frame};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::ack::{self, Ack, AckError};
-use crate::batch::{Batch, Compression, ShippedRecord};
-use crate::engine::{Action, Cause, Change, Engine, Event, Outcome, Scanned};
-use crate::link::LogRates;
+use crate::ack;
+use crate::batch::{Compression, ShippedRecord};
+use crate::engine::{Action, Engine, Event, Outcome, Scanned};
+use crate::link::{LinkState, LogRates, lag_with_parked, shown_state};
+use crate::parked::ParkedRecord;
 use crate::plan::LinkPlan;
+use crate::send::{AttemptError, Shared, StoreFailure};
 use crate::stats::{LinkStats, add, set};
 use crate::window::WindowError;
 
 pub use crate::engine::ShipperSettings;
 pub use crate::link::{LinkCommand, LinkControl};
 
-/// The local side the shipper reads from: the node's store.
+/// What the store holds for a record at ship time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalRecord {
+    /// The current version, tombstones included.
+    Current(ShippedRecord),
+    /// Gone without a trace (expired and reclaimed).
+    Gone,
+    /// Stored but unreadable (damaged bytes): it cannot ship, so it is parked with this reason.
+    Unreadable(String),
+}
+
+/// The local side the shipper works with: the node's store, and the link's parked records.
 pub trait LocalRecords: Send + Sync + 'static {
     /// Why the store could not answer.
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// The current version of a record, tombstones included; `None` when it is gone without a
-    /// trace (expired and reclaimed). Must wait for a write of the record in progress: a node
-    /// logs a change before it stores the version, both under the record's lock, so a read
-    /// under that lock never returns a version older than a logged change.
+    /// What the store holds for a record now. Must wait for a write of the record in progress:
+    /// a node logs a change before it stores the version, both under the record's lock, so a
+    /// read under that lock never returns a version older than a logged change.
     fn read(
         &self,
         namespace: &str,
         digest: &Digest,
-    ) -> impl Future<Output = Result<Option<ShippedRecord>, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<LocalRecord, Self::Error>> + Send;
+
+    /// Adds `records` to the parked list of link `dc` (replacing what was parked under the
+    /// same namespace and digest) and removes `unparked`; durable when it returns. Blocking.
+    fn update_parked(
+        &self,
+        dc: &str,
+        records: &[ParkedRecord],
+        unparked: &[(String, Digest)],
+    ) -> Result<(), Self::Error>;
+
+    /// Everything parked for link `dc`. Blocking.
+    fn parked(&self, dc: &str) -> Result<Vec<ParkedRecord>, Self::Error>;
 
     /// Digests and LUTs of the records of one partition changed at or after `min_lut_ms`,
     /// tombstones included (overflow recovery and rewind). Blocking: runs on the blocking pool.
@@ -56,45 +80,17 @@ pub trait LocalRecords: Send + Sync + 'static {
     ) -> Result<Vec<(Digest, u64)>, Self::Error>;
 }
 
-/// A store error, once the shell no longer needs its type.
-type StoreFailure = Box<dyn std::error::Error + Send + Sync>;
-
 /// Wall-clock milliseconds since the Unix epoch (record LUTs use the same clock).
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Why one attempt to ship a batch failed (the engine retries it).
+/// Why a link stopped before it was told to (its cursor holds its place; a restart resumes).
 #[derive(Debug, thiserror::Error)]
-enum AttemptError {
-    #[error("read local record: {0}")]
-    ReadRecord(#[source] StoreFailure),
-    #[error("send task failed")]
-    SendTask,
-    #[error(
-        "acknowledgement of batch {acked} for {acked_records} records, sent batch {sent} with {records}"
-    )]
-    Mismatch { acked: u64, acked_records: u64, sent: u64, records: u32 },
-    #[error("bad acknowledgement: {0}")]
-    Ack(#[from] AckError),
-    #[error(transparent)]
-    Transport(TransportError),
-}
-
-impl AttemptError {
-    fn cause(&self) -> Cause {
-        match self {
-            AttemptError::Transport(error) if !matches!(error, TransportError::Remote { .. }) => {
-                Cause::Connection
-            }
-            _ => Cause::Destination,
-        }
-    }
-}
-
-/// Why a link stops before it is told to (its cursor holds its place; a restart resumes).
-#[derive(Debug, thiserror::Error)]
-enum StopError {
+#[non_exhaustive]
+pub enum StopError {
+    #[error("load the parked records: {0}")]
+    LoadParked(#[source] StoreFailure),
     #[error("read the digest log: {0}")]
     ReadLog(#[source] ReadError),
     #[error("checkpoint the link's cursor: {0}")]
@@ -109,24 +105,13 @@ enum StopError {
     Task,
 }
 
-/// What the shipper's I/O tasks need.
-struct Shared<R> {
+/// The shipper of one link.
+#[derive(Debug)]
+pub struct Shipper<R> {
     plan: Arc<LinkPlan>,
     records: Arc<R>,
     clients: BTreeMap<NodeId, Client>,
     compression: Compression,
-}
-
-impl<R> std::fmt::Debug for Shared<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("dc", &self.plan.dc()).finish_non_exhaustive()
-    }
-}
-
-/// The shipper of one link.
-#[derive(Debug)]
-pub struct Shipper<R> {
-    shared: Arc<Shared<R>>,
     stats: Arc<LinkStats>,
     settings: ShipperSettings,
     shutdown: watch::Receiver<bool>,
@@ -141,8 +126,21 @@ struct InProgress {
     sends: JoinSet<(u64, Result<Outcome, AttemptError>)>,
     heartbeats: JoinSet<bool>,
     scans: JoinSet<Result<Scanned, StoreFailure>>,
+    /// The operator's retries and discards of parked records.
+    parked_ops: JoinSet<(ParkedOp, Result<u64, AttemptError>)>,
     /// Which destination the next heartbeat goes to.
     heartbeat_turn: usize,
+    /// The state the engine announced, and the one shown (parked records make an active link
+    /// `degraded`).
+    engine_state: Option<LinkState>,
+    shown_state: Option<LinkState>,
+}
+
+/// An operator's command on the parked records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParkedOp {
+    Retry,
+    Discard,
 }
 
 /// What the shell waited for.
@@ -153,6 +151,8 @@ enum Next {
         id: u64,
         error: AttemptError,
     },
+    /// An operator's command on the parked records finished (nothing for the engine).
+    Parked,
 }
 
 impl<R: LocalRecords> Shipper<R> {
@@ -174,32 +174,66 @@ impl<R: LocalRecords> Shipper<R> {
             level: i32::from(plan.link.compression_level),
             threshold: plan.link.compression_threshold as usize,
         };
-        let shared = Shared { plan: Arc::new(plan), records, clients, compression };
-        Shipper { shared: Arc::new(shared), stats, settings, shutdown }
+        Shipper { plan: Arc::new(plan), records, clients, compression, stats, settings, shutdown }
     }
 
-    /// Ships until `shutdown` flips. The cursor is committed only past acknowledged batches,
-    /// so whatever was in flight at shutdown ships again after a restart.
-    pub async fn run(self, mut cursor: Cursor, mut control: watch::Receiver<LinkControl>) {
-        let dc = self.shared.plan.dc().to_owned();
+    /// Ships until `shutdown` flips (then `Ok`), or until something fails that only a
+    /// restart can clear (the caller restarts it). The cursor is committed only past
+    /// acknowledged batches, so whatever was in flight ships again after a restart.
+    pub async fn run(
+        self,
+        mut cursor: Cursor,
+        mut control: watch::Receiver<LinkControl>,
+    ) -> Result<(), StopError> {
+        let dc = self.plan.dc().to_owned();
+        let shared = Shared::new(
+            Arc::clone(&self.plan),
+            Arc::clone(&self.records),
+            self.clients.clone(),
+            self.compression,
+        )
+        .await
+        .map_err(StopError::LoadParked)?;
+        let shared = Arc::new(shared);
         let mut shutdown = self.shutdown.clone();
         let started = now_ms();
         let initial = *control.borrow_and_update();
-        let plan = Arc::clone(&self.shared.plan);
+        let plan = Arc::clone(&self.plan);
         let mut engine = Engine::new(plan, self.settings, cursor.committed().0, initial, started);
         let every_ms = self.settings.heartbeat.as_millis() as u64;
         let mut rates = LogRates::new(every_ms, started, cursor.flushed().0, cursor.committed().0);
         let mut io = InProgress::default();
-        tracing::info!(dc, committed = %cursor.committed(), "link shipping");
+        let mut last_control = initial;
+        let mut error_shown = self.stats.error().is_some();
+        tracing::info!(dc, committed = %cursor.committed(), parked = shared.parked_summary().count, "link shipping");
         let mut actions = engine.handle(started, Event::Tick);
-        loop {
-            if let Err(error) = self.execute(actions, &mut cursor, &mut io).await {
-                tracing::error!(dc, %error, "stopping the link");
-                break;
+        let stopped = loop {
+            match self.execute(&shared, actions, &mut cursor, &mut io).await {
+                Err(error) => break Err(error),
+                Ok(Some(event)) => {
+                    actions = engine.handle(now_ms(), event);
+                    continue;
+                }
+                Ok(None) => {}
             }
-            self.publish(&mut engine, &cursor, &mut rates);
-            actions = match self.next(&mut cursor, &mut control, &mut shutdown, &mut io).await {
-                Ok(Some(Next::Event(event))) => engine.handle(now_ms(), event),
+            self.publish(&shared, &mut engine, &cursor, &mut rates, &mut io);
+            let next = self.next(&shared, &mut cursor, &mut control, &mut shutdown, &mut io);
+            actions = match next.await {
+                Ok(Some(Next::Event(event))) => {
+                    match &event {
+                        Event::Control { control, .. } => {
+                            self.on_control(&shared, &last_control, control, &mut io);
+                            last_control = *control;
+                        }
+                        // The destination answers again: the last stop is behind us.
+                        Event::Acked { .. } | Event::Heartbeat { alive: true } if error_shown => {
+                            self.stats.set_error(None);
+                            error_shown = false;
+                        }
+                        _ => {}
+                    }
+                    engine.handle(now_ms(), event)
+                }
                 Ok(Some(Next::Failed { id, error })) => {
                     let (now, cause) = (now_ms(), error.cause());
                     let failed = Event::Failed { id, cause, jitter: rand::random::<f64>() };
@@ -208,42 +242,69 @@ impl<R: LocalRecords> Shipper<R> {
                     tracing::warn!(dc, batch = id, retry_in_ms, %error, "batch not acknowledged; will retry");
                     actions
                 }
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::error!(dc, %error, "stopping the link");
-                    break;
-                }
+                Ok(Some(Next::Parked)) => Vec::new(),
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
             };
+        };
+        if let Err(error) = &stopped {
+            tracing::error!(dc, %error, "stopping the link");
         }
         io.sends.abort_all();
         io.heartbeats.abort_all();
+        io.parked_ops.abort_all();
         let last = engine.handle(now_ms(), Event::Shutdown);
-        if let Err(error) = self.execute(last, &mut cursor, &mut io).await {
+        if let Err(error) = self.execute(&shared, last, &mut cursor, &mut io).await {
             tracing::error!(dc, %error, "final checkpoint failed");
         }
         tracing::info!(dc, committed = %cursor.committed(), "link stopped");
+        stopped
     }
 
-    /// Carries out the engine's actions in order.
+    /// Starts the operator's commands on parked records that `control` asks for anew.
+    fn on_control(
+        &self,
+        shared: &Arc<Shared<R>>,
+        before: &LinkControl,
+        control: &LinkControl,
+        io: &mut InProgress,
+    ) {
+        let (batch_records, backoff) = (self.settings.batch_records, self.settings.retry);
+        if control.retry_parked_seq != before.retry_parked_seq {
+            let shared = Arc::clone(shared);
+            io.parked_ops.spawn(async move {
+                (ParkedOp::Retry, shared.retry_parked(batch_records, backoff).await)
+            });
+        }
+        if control.discard_parked_seq != before.discard_parked_seq {
+            let shared = Arc::clone(shared);
+            io.parked_ops.spawn(async move { (ParkedOp::Discard, shared.discard_parked().await) });
+        }
+    }
+
+    /// Carries out the engine's actions in order; returns what the engine must hear at once
+    /// (the log overflowed again while a recovery ran).
     async fn execute(
         &self,
+        shared: &Arc<Shared<R>>,
         actions: Vec<Action>,
         cursor: &mut Cursor,
         io: &mut InProgress,
-    ) -> Result<(), StopError> {
+    ) -> Result<Option<Event>, StopError> {
+        let mut follow_up = None;
         for action in actions {
             match action {
                 Action::Read { max } => io.reading = Some(max),
                 Action::StopReading => io.reading = None,
                 Action::Send { id, changes } => {
-                    let shared = Arc::clone(&self.shared);
-                    io.sends.spawn(async move { (id, attempt(&shared, id, &changes).await) });
+                    let shared = Arc::clone(shared);
+                    io.sends.spawn(async move { (id, shared.attempt(id, &changes).await) });
                 }
                 Action::Commit { through } => {
                     cursor.commit(Lsn(through)).await.map_err(StopError::Checkpoint)?;
                 }
                 Action::Scan { ns, partition, min_lut_ms } => {
-                    let shared = Arc::clone(&self.shared);
+                    let shared = Arc::clone(shared);
                     io.scans.spawn_blocking(move || {
                         let namespace = &shared.plan.namespaces[ns].name;
                         shared
@@ -253,13 +314,18 @@ impl<R: LocalRecords> Shipper<R> {
                     });
                 }
                 Action::AcknowledgeOverflow(overflow) => {
-                    cursor
-                        .acknowledge_overflow(&overflow)
-                        .map_err(StopError::AcknowledgeOverflow)?;
+                    match cursor.acknowledge_overflow(&overflow) {
+                        Ok(()) => {}
+                        // More was lost while the scan ran: recover again, from the earliest.
+                        Err(CursorError::OverflowChanged { current }) => {
+                            follow_up = current.map(Event::Overflowed);
+                        }
+                        Err(error) => return Err(StopError::AcknowledgeOverflow(error)),
+                    }
                 }
                 Action::Heartbeat => {
                     // Round robin over the destination's nodes.
-                    let clients = &self.shared.clients;
+                    let clients = &shared.clients;
                     let turn = io.heartbeat_turn % clients.len().max(1);
                     let client = clients.values().nth(turn).cloned();
                     io.heartbeat_turn = io.heartbeat_turn.wrapping_add(1);
@@ -270,17 +336,18 @@ impl<R: LocalRecords> Shipper<R> {
                         client.request(frame).await.is_ok()
                     });
                 }
-                Action::SetState(state) => self.stats.set_state(state),
+                Action::SetState(state) => io.engine_state = Some(state),
                 Action::WakeAt(at_ms) => io.wake_at_ms = Some(at_ms),
                 Action::Fail(error) => return Err(StopError::Window(error)),
             }
         }
-        Ok(())
+        Ok(follow_up)
     }
 
     /// Waits for the next thing the engine must hear about; `None` when told to stop.
     async fn next(
         &self,
+        shared: &Shared<R>,
         cursor: &mut Cursor,
         control: &mut watch::Receiver<LinkControl>,
         shutdown: &mut watch::Receiver<bool>,
@@ -309,6 +376,22 @@ impl<R: LocalRecords> Shipper<R> {
                 let found = joined.map_err(|_| StopError::Task)?.map_err(StopError::Scan)?;
                 Event::Scanned(found)
             }
+            Some(joined) = io.parked_ops.join_next() => {
+                let (op, result) = joined.map_err(|_| StopError::Task)?;
+                let dc = shared.plan.dc();
+                match (op, result) {
+                    (ParkedOp::Retry, Ok(unparked)) => {
+                        let left = shared.parked_summary().count;
+                        tracing::info!(dc, unparked, left, "parked records retried");
+                    }
+                    (ParkedOp::Discard, Ok(discarded)) => {
+                        add(&self.stats.discarded, discarded);
+                        tracing::warn!(dc, discarded, "parked records discarded");
+                    }
+                    (op, Err(error)) => tracing::error!(dc, ?op, %error, "parked records unchanged"),
+                }
+                return Ok(Some(Next::Parked));
+            }
             () = tokio::time::sleep(wake_in), if io.wake_at_ms.is_some() => Event::Tick,
             read = cursor.next_batch(io.reading.unwrap_or(1)), if io.reading.is_some() => {
                 io.reading = None;
@@ -321,8 +404,16 @@ impl<R: LocalRecords> Shipper<R> {
         Ok(Some(Next::Event(event)))
     }
 
-    /// Adds the engine's counts to the link's stats and sets its gauges.
-    fn publish(&self, engine: &mut Engine, cursor: &Cursor, rates: &mut LogRates) {
+    /// Adds the engine's counts to the link's stats and sets its gauges; parked records count
+    /// in the lag, the queue and the state.
+    fn publish(
+        &self,
+        shared: &Shared<R>,
+        engine: &mut Engine,
+        cursor: &Cursor,
+        rates: &mut LogRates,
+        io: &mut InProgress,
+    ) {
         let stats = &self.stats;
         let counts = engine.take_counts();
         for (counter, n) in [
@@ -330,7 +421,6 @@ impl<R: LocalRecords> Shipper<R> {
             (&stats.filtered_out, counts.filtered_out),
             (&stats.hot_keys, counts.hot_keys),
             (&stats.success, counts.success),
-            (&stats.abandoned, counts.abandoned),
             (&stats.not_found, counts.not_found),
             (&stats.bytes_raw, counts.bytes_raw),
             (&stats.bytes_shipped, counts.bytes_shipped),
@@ -346,107 +436,24 @@ impl<R: LocalRecords> Shipper<R> {
         if let Some(ratio) = raw.saturating_mul(1000).checked_div(wire) {
             set(&stats.compression_ratio, ratio);
         }
+        let parked = shared.parked_summary();
         let (now, flushed, committed) = (now_ms(), cursor.flushed().0, cursor.committed().0);
         let gauges = engine.gauges(now, flushed);
-        set(&stats.lag, gauges.lag_ms);
+        set(&stats.lag, lag_with_parked(gauges.lag_ms, now, parked));
         set(&stats.in_progress, gauges.in_progress);
         set(&stats.throughput, gauges.throughput);
         set(&stats.latency_ms, gauges.latency_ms);
-        set(&stats.in_queue, cursor.backlog());
+        set(&stats.in_queue, cursor.backlog() + parked.count);
+        set(&stats.parked, parked.count);
         if let Some(left) = rates.sample(now, flushed, committed, cursor.capacity_entries()) {
             set(&stats.log_time_left, left.unwrap_or(u64::MAX));
         }
-    }
-}
-
-/// One attempt: read the current records, group them by destination, send every group.
-async fn attempt<R: LocalRecords>(
-    shared: &Shared<R>,
-    id: u64,
-    changes: &[Change],
-) -> Result<Outcome, AttemptError> {
-    let plan = &shared.plan;
-    let mut outcome = Outcome::default();
-    let mut groups: BTreeMap<(usize, NodeId), Vec<ShippedRecord>> = BTreeMap::new();
-    for change in changes {
-        let namespace = &plan.namespaces[change.ns].name;
-        let record = shared
-            .records
-            .read(namespace, &change.digest)
-            .await
-            .map_err(|e| AttemptError::ReadRecord(Box::new(e)))?;
-        let Some(record) = record else {
-            outcome.not_found += 1;
-            continue;
-        };
-        if plan.admit_origin(record.stamp.origin_site).is_err()
-            || plan.admit_set(&record.set).is_err()
+        let shown = io.engine_state.map(|state| shown_state(state, parked));
+        if shown != io.shown_state
+            && let Some(state) = shown
         {
-            outcome.filtered += 1;
-            continue;
+            io.shown_state = shown;
+            stats.set_state(state);
         }
-        let Some(destination) = plan.destination(change.ns, &change.digest) else {
-            outcome.abandoned += 1;
-            continue;
-        };
-        groups.entry((change.ns, destination.id.clone())).or_default().push(record);
-    }
-    let mut sends = JoinSet::new();
-    for ((ns, node), records) in groups {
-        let Some(client) = shared.clients.get(&node).cloned() else {
-            outcome.abandoned += records.len() as u64;
-            continue;
-        };
-        let count = records.len() as u32;
-        let batch = Batch {
-            id,
-            source_site: plan.local_site_id,
-            namespace: plan.namespaces[ns].name.clone(),
-            records,
-        };
-        let (bytes, size) = batch.encode(shared.compression);
-        outcome.bytes_raw += size.raw as u64;
-        outcome.bytes_wire += size.wire as u64;
-        sends.spawn(async move {
-            let reply = client.request(Frame::new(ack::frame_type(ack::BATCH), bytes)).await;
-            (count, reply)
-        });
-    }
-    let mut failure = None;
-    while let Some(joined) = sends.join_next().await {
-        let Ok((count, reply)) = joined else {
-            failure = Some(AttemptError::SendTask);
-            continue;
-        };
-        match reply.map(|frame| Ack::decode(&frame.payload)) {
-            Ok(Ok(ack)) if ack.batch == id && ack.records() == u64::from(count) => {
-                outcome.shipped += u64::from(ack.applied) + u64::from(ack.stale);
-                outcome.abandoned += u64::from(ack.failed);
-            }
-            Ok(Ok(ack)) => {
-                failure = Some(AttemptError::Mismatch {
-                    acked: ack.batch,
-                    acked_records: ack.records(),
-                    sent: id,
-                    records: count,
-                });
-            }
-            Ok(Err(error)) => failure = Some(error.into()),
-            Err(TransportError::Remote { retryable: false, message, .. }) => {
-                tracing::error!(
-                    dc = plan.dc(),
-                    batch = id,
-                    message,
-                    records = count,
-                    "destination refused a batch permanently; abandoned"
-                );
-                outcome.abandoned += u64::from(count);
-            }
-            Err(error) => failure = Some(AttemptError::Transport(error)),
-        }
-    }
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(outcome),
     }
 }

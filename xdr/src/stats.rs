@@ -121,18 +121,25 @@ stats_family! {
     LinkStats {
         /// Published by the shipper; `None` until it starts.
         state: Mutex<Option<LinkState>>,
+        /// Why the shipper last stopped on its own; cleared once its restart reaches the
+        /// destination.
+        error: Mutex<Option<String>>,
     } => /// [`LinkStats`] read at one instant.
     LinkCounters {
         /// Milliseconds: now − LUT of the oldest unacknowledged change (see [`crate::link`]).
         lag: Number,
-        /// Logged changes not yet acknowledged by the destination.
+        /// Changes not yet applied at the destination: logged and not acknowledged, plus
+        /// `parked`.
         in_queue: Number,
         /// Records in batches sent and not yet acknowledged.
         in_progress: Number,
         /// Records the destination acknowledged (applied or already current there).
         success: Number,
-        /// Records given up: the destination refused them permanently.
-        abandoned: Number,
+        /// Records parked now: the destination refused them for good; listed by
+        /// `ferry link parked`, shipped again by `--retry`, dropped by `--discard`.
+        parked: Number,
+        /// Parked records an operator discarded.
+        discarded: Number,
         /// Logged changes whose record was gone locally (no tombstone) at ship time.
         not_found: Number,
         /// Changes skipped by the link's filters or loop prevention.
@@ -145,6 +152,8 @@ stats_family! {
         recoveries: Number,
         /// Drains completed (everything logged before the request acknowledged).
         drains: Number,
+        /// Times the shipper stopped on its own and was restarted.
+        restarts: Number,
         /// Changes folded into a later change of the same key.
         hot_keys: Number,
         /// Milliseconds from send to acknowledgement of the last batch.
@@ -175,8 +184,9 @@ stats_family! {
         lost_conflict: Number,
         /// Batches refused: malformed, from a site without a link, or for an unknown namespace.
         rejected: Number,
-        /// Records that could not be applied (e.g. no owner for their partition).
-        failed: Number,
+        /// Records refused for good (they break a limit of the namespace here); their sender
+        /// parks them.
+        refused: Number,
         /// Records another node of this site forwarded here because this node owns them
         /// (already counted in `applied`/`lost_conflict` at the node that received them over
         /// the link).
@@ -205,6 +215,9 @@ pub struct LinkSnapshot {
     pub state: Option<LinkState>,
     #[serde(flatten)]
     pub counters: LinkCounters,
+    /// Why the shipper last stopped on its own, until its restart reaches the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl LinkSnapshot {
@@ -213,10 +226,17 @@ impl LinkSnapshot {
         state_or_starting::name(self.state)
     }
 
-    /// The info protocol's form: `state=active;lag=0;…`.
+    /// The info protocol's form: `state=active;lag=0;…`, then `error=…` when there is one
+    /// (its `;` and `=` shown as `,` and `:`).
     pub fn to_info(&self) -> String {
         let state = format!("state={}", self.state_name());
-        std::iter::once(state).chain(self.counters.info_pairs()).collect::<Vec<_>>().join(";")
+        let error =
+            self.error.as_ref().map(|e| format!("error={}", e.replace(';', ",").replace('=', ":")));
+        std::iter::once(state)
+            .chain(self.counters.info_pairs())
+            .chain(error)
+            .collect::<Vec<_>>()
+            .join(";")
     }
 
     /// Reads an info answer written by [`LinkSnapshot::to_info`].
@@ -227,7 +247,8 @@ impl LinkSnapshot {
             name: "state".to_owned(),
             value: (*state).to_owned(),
         })?;
-        Ok(LinkSnapshot { state, counters: LinkCounters::from_fields(&fields)? })
+        let error = fields.get("error").map(|e| (*e).to_owned());
+        Ok(LinkSnapshot { state, counters: LinkCounters::from_fields(&fields)?, error })
     }
 }
 
@@ -271,9 +292,21 @@ impl LinkStats {
         self.state.lock().ok().and_then(|s| *s)
     }
 
+    /// Shows why the shipper stopped on its own (`None`: it ships again).
+    pub fn set_error(&self, error: Option<String>) {
+        if let Ok(mut slot) = self.error.lock() {
+            *slot = error;
+        }
+    }
+
+    /// Why the shipper last stopped on its own, until its restart reaches the destination.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|e| e.clone())
+    }
+
     /// The link's state and counters now.
     pub fn snapshot(&self) -> LinkSnapshot {
-        LinkSnapshot { state: self.state(), counters: self.counters() }
+        LinkSnapshot { state: self.state(), counters: self.counters(), error: self.error() }
     }
 }
 
@@ -284,12 +317,13 @@ mod state_or_starting {
     use crate::link::LinkState;
 
     const STARTING: &str = "starting";
-    const STATES: [LinkState; 5] = [
+    const STATES: [LinkState; 6] = [
         LinkState::Active,
         LinkState::Paused,
         LinkState::Down,
         LinkState::Recovering,
         LinkState::Draining,
+        LinkState::Degraded,
     ];
 
     pub(super) fn name(state: Option<LinkState>) -> String {

@@ -1,5 +1,5 @@
-//! `ferry link status|pause|resume|rewind|conflicts`: operate a DR link on every node of its
-//! source site through the nodes' info port.
+//! `ferry link status|pause|resume|rewind|drain|conflicts|parked`: operate a DR link on every
+//! node of its source site through the nodes' info port.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +51,20 @@ enum LinkAction {
         link: String,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+    /// Records the destination refused for good, parked on the source nodes (oldest change
+    /// first); `--retry` ships them again, `--discard` drops them.
+    Parked {
+        link: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Ship every parked record again (its current version); what the destination takes
+        /// is unparked.
+        #[arg(long, conflicts_with = "discard")]
+        retry: bool,
+        /// Drop every parked record: the destination will not get them.
+        #[arg(long)]
+        discard: bool,
     },
 }
 
@@ -118,6 +132,36 @@ pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
                         );
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            LinkAction::Parked { link, limit, retry, discard } => {
+                if retry {
+                    command(&topology, &link, "retry-parked", None).await?;
+                } else if discard {
+                    command(&topology, &link, "discard-parked", None).await?;
+                } else {
+                    let (from, to) = resolve(&topology, &link)?;
+                    let site = topology.site(&from).with_context(|| format!("no site '{from}'"))?;
+                    println!("node namespace digest set lut_ms parked_at_ms reason");
+                    for node in &site.nodes {
+                        match client::parked(node.client.addr(), &to, limit).await {
+                            Ok(parked) => {
+                                for r in parked {
+                                    println!(
+                                        "{} {} {} {} {} {} {}",
+                                        node.id,
+                                        r.namespace,
+                                        r.digest,
+                                        r.set,
+                                        r.lut_ms,
+                                        r.parked_at_ms,
+                                        r.reason
+                                    );
+                                }
+                            }
+                            Err(error) => println!("{}: {error}", node.id),
+                        }
+                    }
                 }
             }
             LinkAction::Conflicts { link, limit } => {

@@ -25,7 +25,7 @@ pub(crate) struct StatusArgs {
     watch: bool,
 }
 
-/// The JSON document (`"schema": 1`).
+/// The JSON document (`"schema": 2`).
 #[derive(Debug, Serialize)]
 pub(crate) struct Status {
     schema: u32,
@@ -69,7 +69,8 @@ struct LinkStatus {
     lag_ms: u64,
     shipped: u64,
     in_queue: u64,
-    abandoned: u64,
+    /// Records the destination refused for good, parked (`ferry link parked`).
+    parked: u64,
     retries: u64,
     nodes: Vec<LinkNodeStatus>,
 }
@@ -81,6 +82,11 @@ struct LinkNodeStatus {
     lag_ms: u64,
     shipped: u64,
     in_queue: u64,
+    parked: u64,
+    retries: u64,
+    /// Why the node's shipper last stopped on its own, until it ships again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 pub(crate) fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -150,31 +156,30 @@ pub(crate) async fn collect(topology: &Topology, dir: &std::path::Path) -> Statu
         let mut nodes = Vec::new();
         if let Some(site) = topology.site(link.from.as_str()) {
             for node in &site.nodes {
-                let (state, counters) =
+                let (state, counters, error) =
                     match client::link_stats(node.client.addr(), link.to.as_str()).await {
-                        Ok(stats) => (stats.state_name(), stats.counters),
+                        Ok(stats) => (stats.state_name(), stats.counters, stats.error),
                         Err(ClientError::Unreachable { .. }) => {
-                            ("unreachable".to_owned(), LinkCounters::default())
+                            ("unreachable".to_owned(), LinkCounters::default(), None)
                         }
-                        Err(_) => ("unknown".to_owned(), LinkCounters::default()),
+                        Err(_) => ("unknown".to_owned(), LinkCounters::default(), None),
                     };
                 let state = if link.enabled { state } else { "disabled".to_owned() };
-                nodes.push((
-                    LinkNodeStatus {
-                        node: node.id.to_string(),
-                        state,
-                        lag_ms: counters.lag,
-                        shipped: counters.success,
-                        in_queue: counters.in_queue,
-                    },
-                    counters.abandoned,
-                    counters.retry_conn_reset + counters.retry_dest,
-                ));
+                nodes.push(LinkNodeStatus {
+                    node: node.id.to_string(),
+                    state,
+                    lag_ms: counters.lag,
+                    shipped: counters.success,
+                    in_queue: counters.in_queue,
+                    parked: counters.parked,
+                    retries: counters.retry_conn_reset + counters.retry_dest,
+                    error,
+                });
             }
         }
         let state = nodes
             .iter()
-            .map(|(n, _, _)| n.state.clone())
+            .map(|n| n.state.clone())
             .find(|s| s != "active")
             .unwrap_or_else(|| "active".to_owned());
         links.push(LinkStatus {
@@ -182,15 +187,15 @@ pub(crate) async fn collect(topology: &Topology, dir: &std::path::Path) -> Statu
             to: link.to.to_string(),
             enabled: link.enabled,
             state,
-            lag_ms: nodes.iter().map(|(n, _, _)| n.lag_ms).max().unwrap_or(0),
-            shipped: nodes.iter().map(|(n, _, _)| n.shipped).sum(),
-            in_queue: nodes.iter().map(|(n, _, _)| n.in_queue).sum(),
-            abandoned: nodes.iter().map(|(_, a, _)| a).sum(),
-            retries: nodes.iter().map(|(_, _, r)| r).sum(),
-            nodes: nodes.into_iter().map(|(n, _, _)| n).collect(),
+            lag_ms: nodes.iter().map(|n| n.lag_ms).max().unwrap_or(0),
+            shipped: nodes.iter().map(|n| n.shipped).sum(),
+            in_queue: nodes.iter().map(|n| n.in_queue).sum(),
+            parked: nodes.iter().map(|n| n.parked).sum(),
+            retries: nodes.iter().map(|n| n.retries).sum(),
+            nodes,
         });
     }
-    Status { schema: 1, dir: dir.display().to_string(), sites, links }
+    Status { schema: 2, dir: dir.display().to_string(), sites, links }
 }
 
 fn print_table(status: &Status) {
@@ -216,7 +221,7 @@ fn print_table(status: &Status) {
     }
     println!(
         "\n{:<24} {:<11} {:>8} {:>10} {:>9} {:>9} {:>8}",
-        "link", "state", "lag ms", "shipped", "in_queue", "abandoned", "retries"
+        "link", "state", "lag ms", "shipped", "in_queue", "parked", "retries"
     );
     for link in &status.links {
         println!(
@@ -226,8 +231,11 @@ fn print_table(status: &Status) {
             link.lag_ms,
             link.shipped,
             link.in_queue,
-            link.abandoned,
+            link.parked,
             link.retries
         );
+        for node in link.nodes.iter().filter(|n| n.error.is_some()) {
+            println!("  {}: {}", node.node, node.error.as_deref().unwrap_or_default());
+        }
     }
 }

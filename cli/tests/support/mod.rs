@@ -82,6 +82,25 @@ impl Deployment {
         self.running.state.topology()
     }
 
+    /// Runs `ferry link ARGS` against this deployment's topology; returns its output, or
+    /// fails with it when the command fails.
+    pub fn ferry_link(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new(ferry_bin())
+            .arg("link")
+            .args(args)
+            .arg("--topology")
+            .arg(self.topology_file())
+            .output()
+            .expect("run ferry link");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "ferry link {args:?}: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        text
+    }
+
     /// The pid of node `id`, while it runs.
     pub fn pid(&self, id: &str) -> Option<u32> {
         self.running.processes().get(id)?.pid()
@@ -174,5 +193,41 @@ impl Deployment {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+}
+
+/// The node's client protocol spoken byte by byte, for requests the `aerospike` crate would
+/// not send.
+pub mod raw {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use ferry_node::proto::msg::Msg;
+    use ferry_node::proto::{ProtoHeader, TYPE_MSG, frame};
+
+    /// A connection with a 10 s read timeout.
+    pub fn connect(addr: SocketAddr) -> TcpStream {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream
+    }
+
+    /// Reads one framed reply: (type, body).
+    pub fn read_frame(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+        let mut header = [0u8; 8];
+        stream.read_exact(&mut header)?;
+        let parsed = ProtoHeader::parse(header).map_err(std::io::Error::other)?;
+        let mut body = vec![0u8; parsed.size as usize];
+        stream.read_exact(&mut body)?;
+        Ok((parsed.kind, body))
+    }
+
+    /// Sends `msg` and reads its reply.
+    pub fn request(stream: &mut TcpStream, msg: &Msg) -> Msg {
+        stream.write_all(&frame(TYPE_MSG, &msg.encode())).expect("send");
+        let (kind, body) = read_frame(stream).expect("reply");
+        assert_eq!(kind, TYPE_MSG);
+        Msg::decode(&body).expect("decodable reply")
     }
 }

@@ -13,7 +13,7 @@ pub use self::ops::result;
 use crate::node::{NodeState, Stats};
 use crate::proto::msg::{Msg, field, info1, info2, info3};
 use crate::proto::{self, TYPE_MSG};
-use crate::record::{self, Record};
+use crate::record::{self, MAX_SET_NAME, Record};
 use crate::server::{Origin, ReplySink};
 use crate::storage::Digest;
 
@@ -114,6 +114,9 @@ pub fn target(msg: &Msg) -> Result<Target, u8> {
     let text = |kind| msg.field_str(kind).map_err(|_| result::PARAMETER_ERROR);
     let namespace = text(field::NAMESPACE)?.ok_or(result::PARAMETER_ERROR)?.to_owned();
     let set = text(field::SET)?.unwrap_or_default().to_owned();
+    if set.len() > MAX_SET_NAME {
+        return Err(result::PARAMETER_ERROR);
+    }
     let digest: Digest = msg
         .field(field::DIGEST)
         .and_then(|f| f.data.as_ref().try_into().ok())
@@ -129,6 +132,7 @@ fn context(state: &NodeState, namespace: &str) -> ops::Context {
         now_secs: record::now_citrusleaf_secs(),
         default_ttl: state.namespace(namespace).map_or(0, |ns| ns.default_ttl),
         site_id: state.site_id(),
+        max_record_size: state.namespace(namespace).map_or(u32::MAX, |ns| ns.max_record_size),
     }
 }
 

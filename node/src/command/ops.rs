@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use crate::proto::msg::{Msg, Op, info1, info2, info3, op};
 use crate::record::{
-    Bin, MAX_BIN_NAME, Record, Value, next_generation, next_last_update, particle,
+    Bin, LimitError, Record, Value, check_limits, next_generation, next_last_update, particle,
 };
 
 /// Aerospike result codes the node answers with.
@@ -41,6 +41,8 @@ pub struct Context {
     pub default_ttl: u32,
     /// This site's id, stamped on every version a client writes.
     pub site_id: u8,
+    /// The namespace's `max-record-size` in bytes.
+    pub max_record_size: u32,
 }
 
 /// What a write command decided.
@@ -115,9 +117,6 @@ pub fn write(
     let respond_all = msg.info2 & info2::RESPOND_ALL_OPS != 0;
     let mut reply_ops = Vec::new();
     for operation in &msg.ops {
-        if operation.name.len() > MAX_BIN_NAME {
-            return Err(result::BIN_NAME_TOO_LONG);
-        }
         match operation.kind {
             op::WRITE => {
                 if operation.particle != particle::NULL && !particle::storable(operation.particle) {
@@ -169,7 +168,17 @@ pub fn write(
     if let Some(key) = key {
         record.key = Some(key.clone());
     }
+    check_limits(&record, ctx.max_record_size).map_err(limit_code)?;
     Ok(WriteOutcome { record, reply_ops })
+}
+
+/// The result code Aerospike answers a write that breaks `limit` with.
+fn limit_code(limit: LimitError) -> u8 {
+    match limit {
+        LimitError::SetName(_) | LimitError::Bins(_) => result::PARAMETER_ERROR,
+        LimitError::BinName(_) => result::BIN_NAME_TOO_LONG,
+        LimitError::TooBig { .. } => result::RECORD_TOO_BIG,
+    }
 }
 
 /// The tombstone a delete leaves, or `KEY_NOT_FOUND` when there is nothing to delete.
@@ -269,7 +278,13 @@ fn concatenate(current: Option<&Bin>, operation: &Op) -> Result<Value, u8> {
 mod tests {
     use super::*;
 
-    const CTX: Context = Context { now_ms: 10_000, now_secs: 100, default_ttl: 0, site_id: 1 };
+    const CTX: Context = Context {
+        now_ms: 10_000,
+        now_secs: 100,
+        default_ttl: 0,
+        site_id: 1,
+        max_record_size: 1 << 20,
+    };
 
     fn put(bins: &[(&str, Value)]) -> Msg {
         Msg {
@@ -301,6 +316,25 @@ mod tests {
         assert_eq!(second.record.generation, 2);
         assert_eq!(second.record.last_update_ms, 10_001, "LUT moves forward even in the same ms");
         assert_eq!(second.record.bins.len(), 2, "update merges bins");
+    }
+
+    #[test]
+    fn writes_over_aerospikes_limits_are_refused_with_its_result_codes() {
+        let blob = |len: usize| Value { particle: particle::BLOB, data: vec![0u8; len].into() };
+        let small = CTX.max_record_size as usize / 2;
+        let cases = [
+            ("s".repeat(64), "v".to_owned(), small, result::PARAMETER_ERROR),
+            ("s".repeat(63), "v".repeat(16), 1, result::BIN_NAME_TOO_LONG),
+            ("s".to_owned(), "v".to_owned(), CTX.max_record_size as usize, result::RECORD_TOO_BIG),
+        ];
+        for (set, bin, len, code) in cases {
+            let request = put(&[(bin.as_str(), blob(len))]);
+            let outcome = write(&request, &set, None, None, &CTX).map(|_| ());
+            let expected = Err(code);
+            assert_eq!(outcome, expected, "set of {}, bin '{bin}', {len} B", set.len());
+        }
+        let at_limits = put(&[(&"v".repeat(15), blob(small))]);
+        assert!(write(&at_limits, &"s".repeat(63), None, None, &CTX).is_ok());
     }
 
     #[test]

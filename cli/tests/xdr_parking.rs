@@ -1,0 +1,244 @@
+//! Nothing acknowledged is lost in silence (DESIGN §13), end to end with real processes on two
+//! one-node sites `a -> b`:
+//! - writes beyond Aerospike's limits are refused at the edge with Aerospike's result codes, and
+//!   the writes around them all ship;
+//! - records the destination refuses for good are parked, counted, listed and shown
+//!   (`degraded`, lag, `in_queue`), never hold the link back, leave the list when a newer
+//!   version ships, ship once retried after the destination changed, or are discarded;
+//! - a shipper that stops on its own (a failing checkpoint) restarts, says why, and catches up.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aerospike::{Client, Value, WritePolicy, as_bin, as_key};
+use bytes::Bytes;
+use ferry_node::proto::msg::{Field, Msg, Op, field, info2, op};
+use ferry_tests::{Link, Namespace, Site, TestTopology, TopologyBuilder};
+use ferry_xdr::link::LinkState;
+use ferry_xdr::stats::LinkSnapshot;
+use support::{Deployment, ferry_bin};
+
+/// Sites `a` and `b` of one node each, namespace `test` with `b_max_record_size` at `b`, and
+/// the link `a -> b` shipping every 20 ms.
+fn sites(b_max_record_size: u32) -> TopologyBuilder {
+    TopologyBuilder::new("parking")
+        .add_site(Site::new("a", 1))
+        .add_site(
+            Site::new("b", 1).namespace(Namespace::new("test").max_record_size(b_max_record_size)),
+        )
+        .link(Link::new("a", "b").period_ms(20).hot_key_ms(20))
+}
+
+/// A write policy that waits out a slow fsync on a loaded machine.
+fn patient() -> WritePolicy {
+    let mut wp = WritePolicy::default();
+    wp.base_policy.total_timeout = 10_000;
+    wp
+}
+
+/// Writes keys `range` of set `set` with a small bin.
+async fn write_small(client: &Client, set: &str, range: std::ops::Range<i64>) {
+    let wp = patient();
+    for i in range {
+        client.put(&wp, &as_key!("test", set, i), &[as_bin!("v", i)]).await.expect("put");
+    }
+}
+
+/// A raw put of one bin straight to the node at `addr`; returns the result code.
+async fn raw_put(addr: std::net::SocketAddr, digest: u8, set: &str, bin: &str, len: usize) -> u8 {
+    let msg = Msg {
+        info2: info2::WRITE,
+        fields: vec![
+            Field { kind: field::NAMESPACE, data: Bytes::from_static(b"test") },
+            Field { kind: field::SET, data: Bytes::copy_from_slice(set.as_bytes()) },
+            Field { kind: field::DIGEST, data: Bytes::copy_from_slice(&[digest; 20]) },
+        ],
+        ops: vec![Op {
+            kind: op::WRITE,
+            particle: 4, // blob
+            name: bin.to_owned(),
+            value: Bytes::from(vec![digest; len]),
+        }],
+        ..Msg::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        support::raw::request(&mut support::raw::connect(addr), &msg).result_code
+    })
+    .await
+    .expect("raw put")
+}
+
+/// Waits until `done` holds for the link's stats at `a` (one node), or fails with them.
+async fn wait_for(
+    deployment: &Deployment,
+    what: &str,
+    done: impl Fn(&LinkSnapshot, u64) -> bool,
+) -> LinkSnapshot {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = deployment.link_stats("a", "b").await.remove(0);
+        let at_b = deployment.site_digest("b").await.records;
+        if done(&stats, at_b) {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never happened; {at_b} records at b, link {stats:#?}\n{}",
+            deployment.log_warnings()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_beyond_aerospikes_limits_are_refused_at_the_edge_and_the_rest_ship() {
+    let TestTopology { text, nodes } = sites(1 << 20).build();
+    let deployment = Deployment::start(&text, nodes).await;
+    let a = deployment.client("a").await;
+    let addr = deployment.site("a")[0].client;
+    let long_set = "s".repeat(64);
+    let refused: [(&str, &str, usize, u8); 4] = [
+        (&long_set, "v", 10, 4),            // set name over 63 bytes: parameter error
+        (&"s".repeat(300), "v", 10, 4),     // far over (once stored truncated, unreadable)
+        ("ok", "sixteen-bytes-16", 10, 21), // bin name over 15 bytes
+        ("ok", "v", 2 << 20, 13),           // over max-record-size (1 MiB): record too big
+    ];
+    for (round, (set, bin, len, code)) in refused.into_iter().enumerate() {
+        let keys = round as i64 * 150;
+        write_small(&a, "ok", keys..keys + 150).await;
+        let digest = 100 + round as u8;
+        assert_eq!(
+            raw_put(addr, digest, set, bin, len).await,
+            code,
+            "set {} bytes, bin '{bin}', {len} B",
+            set.len()
+        );
+    }
+    // Right at the limits is fine.
+    assert_eq!(raw_put(addr, 200, &"s".repeat(63), "fifteen-bytes15", 10).await, 0);
+    assert_eq!(raw_put(addr, 201, "ok", "v", 1_000_000).await, 0);
+
+    deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
+    assert_eq!(deployment.site_digest("b").await.records, 602, "every acknowledged write");
+    assert_eq!(deployment.receiver_sum("b", |c| c.refused).await, 0);
+    let stats =
+        wait_for(&deployment, "caught up", |s, _| s.counters.in_queue == 0 && s.counters.lag == 0)
+            .await;
+    assert_eq!((stats.state, stats.counters.parked), (Some(LinkState::Active), 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_records_are_parked_shown_and_shipped_once_the_destination_takes_them() {
+    let first = sites(64 << 10).build();
+    let mut deployment = Deployment::start(&first.text, first.nodes.clone()).await;
+    let a = deployment.client("a").await;
+    let wp = patient();
+    let big = |fill: u8| vec![as_bin!("v", Value::Blob(vec![fill; 200 << 10]))];
+    write_small(&a, "s", 0..200).await;
+    for k in 0..3 {
+        a.put(&wp, &as_key!("test", "s", format!("big-{k}")), &big(k)).await.expect("big put");
+    }
+    write_small(&a, "s", 200..400).await;
+
+    // The link moved past the three records b refuses: everything else arrived.
+    let stats = wait_for(&deployment, "400 shipped, 3 parked", |s, at_b| {
+        at_b == 400 && s.counters.parked == 3
+    })
+    .await;
+    assert_eq!(stats.state, Some(LinkState::Degraded), "{stats:#?}");
+    assert!(stats.counters.in_queue >= 3, "parked records are queued: {stats:#?}");
+    assert!(stats.counters.lag > 0, "parked records are lag: {stats:#?}");
+    let addr = deployment.site("a")[0].client;
+    let parked = ferry::client::parked(addr, "b", 100).await.expect("parked list");
+    assert_eq!(parked.len(), 3, "{parked:#?}");
+    for record in &parked {
+        assert_eq!((record.namespace.as_str(), record.set.as_str()), ("test", "s"));
+        assert!(record.reason.contains("too big"), "{record:?}");
+    }
+    let listed = deployment.ferry_link(&["parked", "b"]);
+    for record in &parked {
+        assert!(listed.contains(&record.digest.to_string()), "{listed}");
+    }
+
+    // A newer version that fits ships, and its record leaves the list.
+    let key = as_key!("test", "s", "big-0");
+    a.put(&wp, &key, &[as_bin!("v", "small now")]).await.expect("shrink");
+    wait_for(&deployment, "the shrunk record shipped", |s, at_b| {
+        at_b == 401 && s.counters.parked == 2
+    })
+    .await;
+
+    // The destination now takes 1 MiB records: a retry ships the other two.
+    let second = sites(1 << 20).build_like(&first);
+    std::fs::write(deployment.topology_file(), &second.text).expect("new topology");
+    deployment.kill_node("b-0");
+    deployment.start_node("b-0").await;
+    let retried = deployment.ferry_link(&["parked", "b", "--retry"]);
+    assert!(retried.contains(": ok"), "{retried}");
+    let stats = wait_for(&deployment, "retried records shipped", |s, at_b| {
+        at_b == 403 && s.counters.parked == 0
+    })
+    .await;
+    assert_eq!(stats.state, Some(LinkState::Active));
+    deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
+    assert_eq!(stats.counters.discarded, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discarded_parked_records_are_dropped_and_counted() {
+    let TestTopology { text, nodes } = sites(64 << 10).build();
+    let deployment = Deployment::start(&text, nodes).await;
+    let a = deployment.client("a").await;
+    let wp = patient();
+    for k in 0..2 {
+        let bins = [as_bin!("v", Value::Blob(vec![k; 100 << 10]))];
+        a.put(&wp, &as_key!("test", "s", k as i64), &bins).await.expect("big put");
+    }
+    write_small(&a, "s", 10..60).await;
+    wait_for(&deployment, "2 parked", |s, at_b| at_b == 50 && s.counters.parked == 2).await;
+    let discarded = deployment.ferry_link(&["parked", "b", "--discard"]);
+    assert!(discarded.contains(": ok"), "{discarded}");
+    let stats = wait_for(&deployment, "discarded", |s, _| s.counters.parked == 0).await;
+    assert_eq!(stats.counters.discarded, 2);
+    let stats =
+        wait_for(&deployment, "caught up", |s, _| s.counters.in_queue == 0 && s.counters.lag == 0)
+            .await;
+    assert_eq!(stats.state, Some(LinkState::Active));
+    assert_eq!(deployment.site_digest("b").await.records, 50, "b never got the discarded ones");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipper_that_stops_on_its_own_restarts_says_why_and_catches_up() {
+    let TestTopology { text, nodes } = sites(1 << 20).build();
+    let deployment = Deployment::start(&text, nodes).await;
+    let a = deployment.client("a").await;
+    write_small(&a, "s", 0..50).await;
+    deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
+
+    // The link's checkpoint can no longer be written: a directory stands where its file goes.
+    let checkpoint =
+        deployment.running.launcher().node_dir("a-0").join("digestlog").join("xdr-b.cursor");
+    assert!(checkpoint.is_file(), "{} is the link's checkpoint", checkpoint.display());
+    std::fs::remove_file(&checkpoint).expect("remove checkpoint");
+    std::fs::create_dir_all(checkpoint.join("in-the-way")).expect("block checkpoint");
+    write_small(&a, "s", 50..100).await;
+    let stats = wait_for(&deployment, "a restart", |s, _| s.counters.restarts >= 1).await;
+    let error = stats.error.clone().unwrap_or_default();
+    assert!(error.contains("checkpoint") || error.contains("cursor"), "{stats:#?}");
+    let status = Command::new(ferry_bin())
+        .args(["status", "--json", "--dir"])
+        .arg(deployment.topology_file().parent().expect("state dir"))
+        .output()
+        .expect("ferry status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("\"error\""), "status shows the shipper's error: {status}");
+
+    // Cleared: the restarted shipper catches up and the error goes away.
+    std::fs::remove_dir_all(&checkpoint).expect("unblock checkpoint");
+    deployment.wait_converged("a", "b", Duration::from_secs(90)).await;
+    assert_eq!(deployment.site_digest("b").await.records, 100);
+    let stats = wait_for(&deployment, "the error cleared", |s, _| s.error.is_none()).await;
+    assert_eq!(stats.state, Some(LinkState::Active));
+}
