@@ -52,6 +52,8 @@ impl NodeState {
         if self.cluster.site().write_fence == ferry_topology::model::WriteFence::XdrWrites {
             return Err(ApplyError::Fenced);
         }
+        // A poisoned store acknowledges nothing: refuse before storing or logging anything.
+        self.store.writable()?;
         let mut counts = ApplyCounts::default();
         // Whether a version counted stale may not be durable yet: it equals the stored one,
         // which a concurrent apply or write may have stored and not yet committed.
@@ -87,8 +89,10 @@ impl NodeState {
                     }
                 }
                 Resolution::Apply => {
+                    let mut record = record;
                     if self.forwards_applied_versions() {
-                        self.log_change(namespace, &shipped.digest, &record).await?;
+                        let logged = self.log_change(namespace, &shipped.digest, &record).await?;
+                        record.logged_lsn = logged.filter(|_| record.tombstone);
                     }
                     self.store.put(namespace, &shipped.digest, &record)?;
                     counts.applied += 1;
@@ -131,6 +135,7 @@ fn to_record(shipped: &ShippedRecord) -> Record {
                 value: Value { particle: b.particle, data: b.data.clone() },
             })
             .collect(),
+        logged_lsn: None,
     }
 }
 

@@ -136,25 +136,27 @@ impl NodeState {
         })
     }
 
-    /// Appends a record change to the digest log; resolves once it is durable.
+    /// Appends a record change to the digest log; resolves once it is durable, with its
+    /// position (`None` when the node runs without a log).
     pub async fn log_change(
         &self,
         namespace: &str,
         digest: &Digest,
         record: &Record,
-    ) -> Result<(), AppendError> {
+    ) -> Result<Option<u64>, AppendError> {
         let op =
             if record.tombstone { ferry_digestlog::Op::Delete } else { ferry_digestlog::Op::Write };
         self.log_op(namespace, digest, record, op).await
     }
 
-    /// Logs the tombstone an expiration left (see [`NodeState::ships_expirations`]).
+    /// Logs the tombstone an expiration left (see [`NodeState::ships_expirations`]); returns
+    /// its position like [`NodeState::log_change`].
     pub async fn log_expiration(
         &self,
         namespace: &str,
         digest: &Digest,
         tombstone: &Record,
-    ) -> Result<(), AppendError> {
+    ) -> Result<Option<u64>, AppendError> {
         self.log_op(namespace, digest, tombstone, ferry_digestlog::Op::Expire).await
     }
 
@@ -164,8 +166,8 @@ impl NodeState {
         digest: &Digest,
         record: &Record,
         op: ferry_digestlog::Op,
-    ) -> Result<(), AppendError> {
-        let Some(log) = &self.log else { return Ok(()) };
+    ) -> Result<Option<u64>, AppendError> {
+        let Some(log) = &self.log else { return Ok(None) };
         let entry = Entry {
             digest: *digest,
             namespace: ferry_digestlog::namespace_id(namespace),
@@ -176,7 +178,7 @@ impl NodeState {
             xdr_applied: record.origin_site != self.site_id(),
             origin_site: record.origin_site,
         };
-        log.append(entry).await.map(|_| ())
+        log.append(entry).await.map(|lsn| Some(lsn.0))
     }
 
     /// Whether versions applied from other sites are logged: only a link out of this site with

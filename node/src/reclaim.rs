@@ -4,9 +4,15 @@
 //! link out of the site has `ship-nsup-deletes`, an expired record is replaced by a tombstone
 //! logged as an expiration instead, so the link ships it; the tombstone goes after its TTL.
 //!
+//! A tombstone whose change went into the digest log also waits until every link out of the
+//! site that carries its namespace has shipped it — its cursor committed past the entry and
+//! the record is not parked there: `tombstone-ttl` is a floor, not a ceiling, so a paused or
+//! lagging link still ships every delete.
+//!
 //! Each pass walks the partitions this node masters, one bounded chunk at a time, so a pass
 //! never holds the store for long.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,11 +37,56 @@ pub const PASS_INTERVAL: Duration = Duration::from_secs(30);
 /// Records examined per storage read.
 const CHUNK: usize = 512;
 
-/// Whether a stored record can be removed for good.
-pub fn reclaimable(record: &Record, now_secs: u32, now_ms: u64, tombstone_ttl_secs: u32) -> bool {
+/// How far the links out of this site have shipped one namespace: per link, its cursor's
+/// committed position and the records it holds parked.
+#[derive(Debug, Default)]
+pub struct Shipped {
+    links: Vec<(u64, HashSet<Digest>)>,
+}
+
+impl Shipped {
+    /// What the links carrying `namespace` have shipped, from their cursors and parked lists.
+    fn of(state: &NodeState, namespace: &str) -> Result<Shipped, StoreError> {
+        let Some(log) = state.digest_log() else { return Ok(Shipped::default()) };
+        let committed: std::collections::HashMap<String, u64> =
+            log.cursors().into_iter().map(|c| (c.name, c.committed.0)).collect();
+        let site = &state.cluster.site().name;
+        let topology = state.topology.get();
+        let mut links = Vec::new();
+        for link in &topology.links {
+            if link.from != *site || !link.namespaces.iter().any(|ns| ns.as_str() == namespace) {
+                continue;
+            }
+            let dc = link.to.to_string();
+            // A link that never opened its cursor starts from the oldest entry still logged.
+            let Some(&through) = committed.get(&crate::xdr::cursor_name(&dc)) else { continue };
+            let parked = state.store.parked(&dc)?;
+            let parked = parked.into_iter().filter(|r| r.namespace == namespace).map(|r| r.digest);
+            links.push((through, parked.collect()));
+        }
+        Ok(Shipped { links })
+    }
+
+    /// Whether every link shipped the change of `digest` logged at `lsn`.
+    fn everywhere(&self, digest: &Digest, lsn: u64) -> bool {
+        self.links.iter().all(|(through, parked)| *through >= lsn && !parked.contains(digest))
+    }
+}
+
+/// Whether a stored record can be removed for good: an expired record, or a tombstone older
+/// than `tombstone_ttl_secs` that every link has `shipped`.
+pub fn reclaimable(
+    digest: &Digest,
+    record: &Record,
+    now: (u32, u64),
+    tombstone_ttl_secs: u32,
+    shipped: &Shipped,
+) -> bool {
+    let (now_secs, now_ms) = now;
     if record.tombstone {
         let age_ms = now_ms.saturating_sub(record.last_update_ms);
-        return age_ms >= u64::from(tombstone_ttl_secs) * 1000;
+        return age_ms >= u64::from(tombstone_ttl_secs) * 1000
+            && record.logged_lsn.is_none_or(|lsn| shipped.everywhere(digest, lsn));
     }
     record.expired(now_secs)
 }
@@ -60,13 +111,14 @@ pub async fn pass(state: &NodeState) -> Result<usize, ReclaimError> {
     let ship_expirations = state.ships_expirations();
     for ns in state.store.namespace_names() {
         let tombstone_ttl = state.namespace(&ns).map_or(0, |n| n.tombstone_ttl);
+        let shipped = Shipped::of(state, &ns)?;
         for partition in 0..PARTITIONS {
             if !state.cluster.is_master(&ns, partition) {
                 continue;
             }
             let mut after: Option<Digest> = None;
             loop {
-                let (now_secs, now_ms) = (record::now_citrusleaf_secs(), record::now_ms());
+                let now = (record::now_citrusleaf_secs(), record::now_ms());
                 let chunk: Vec<(Digest, Record)> = state
                     .store
                     .scan_partition(&ns, partition, after.as_ref())?
@@ -75,20 +127,21 @@ pub async fn pass(state: &NodeState) -> Result<usize, ReclaimError> {
                 let exhausted = chunk.len() < CHUNK;
                 for (digest, candidate) in chunk {
                     after = Some(digest);
-                    if !reclaimable(&candidate, now_secs, now_ms, tombstone_ttl) {
+                    if !reclaimable(&digest, &candidate, now, tombstone_ttl, &shipped) {
                         continue;
                     }
                     // Re-check under the record's lock: a client may have rewritten it.
                     let _guard = state.store.lock(&digest).await;
                     let current = state.store.get(&ns, &digest)?;
                     let Some(current) =
-                        current.filter(|r| reclaimable(r, now_secs, now_ms, tombstone_ttl))
+                        current.filter(|r| reclaimable(&digest, r, now, tombstone_ttl, &shipped))
                     else {
                         continue;
                     };
                     if ship_expirations && !current.tombstone {
-                        let tombstone = current.tombstone_after(state.site_id(), now_ms);
-                        state.log_expiration(&ns, &digest, &tombstone).await?;
+                        let mut tombstone = current.tombstone_after(state.site_id(), now.1);
+                        tombstone.logged_lsn =
+                            state.log_expiration(&ns, &digest, &tombstone).await?;
                         state.store.put(&ns, &digest, &tombstone)?;
                     } else {
                         state.store.remove(&ns, &digest)?;
@@ -124,6 +177,7 @@ mod tests {
             set: String::new(),
             key: None,
             bins: Vec::new(),
+            logged_lsn: None,
         }
     }
 
@@ -193,10 +247,56 @@ mod tests {
 
     #[test]
     fn expired_records_and_old_tombstones_go() {
-        assert!(reclaimable(&record(false, 100, 0), 100, 0, 60));
-        assert!(!reclaimable(&record(false, 101, 0), 100, 0, 60));
-        assert!(!reclaimable(&record(false, 0, 0), u32::MAX, 0, 60), "void time 0 never expires");
-        assert!(!reclaimable(&record(true, 0, 1_000), 0, 60_999, 60), "tombstone younger than ttl");
-        assert!(reclaimable(&record(true, 0, 1_000), 0, 61_000, 60));
+        let (d, none) = (Digest([1; 20]), Shipped::default());
+        assert!(reclaimable(&d, &record(false, 100, 0), (100, 0), 60, &none));
+        assert!(!reclaimable(&d, &record(false, 101, 0), (100, 0), 60, &none));
+        let never = record(false, 0, 0);
+        assert!(!reclaimable(&d, &never, (u32::MAX, 0), 60, &none), "void time 0 never expires");
+        let tombstone = record(true, 0, 1_000);
+        assert!(!reclaimable(&d, &tombstone, (0, 60_999), 60, &none), "younger than ttl");
+        assert!(reclaimable(&d, &tombstone, (0, 61_000), 60, &none));
+    }
+
+    #[test]
+    fn a_logged_tombstone_waits_until_every_link_shipped_it() {
+        let d = Digest([1; 20]);
+        let tombstone = Record { logged_lsn: Some(10), ..record(true, 0, 1_000) };
+        let old = (0, 100_000);
+        let shipped = |links: &[(u64, &[Digest])]| Shipped {
+            links: links
+                .iter()
+                .map(|(at, parked)| (*at, parked.iter().copied().collect()))
+                .collect(),
+        };
+        assert!(reclaimable(&d, &tombstone, old, 60, &shipped(&[(10, &[]), (12, &[])])));
+        assert!(!reclaimable(&d, &tombstone, old, 60, &shipped(&[(10, &[]), (9, &[])])), "behind");
+        assert!(!reclaimable(&d, &tombstone, old, 60, &shipped(&[(12, &[d])])), "parked there");
+        let other = Digest([2; 20]);
+        assert!(reclaimable(&d, &tombstone, old, 60, &shipped(&[(12, &[other])])));
+        assert!(!reclaimable(&d, &tombstone, (0, 2_000), 60, &shipped(&[])), "ttl is a floor");
+    }
+
+    #[tokio::test]
+    async fn a_pass_keeps_a_tombstone_until_the_links_cursor_passed_it() {
+        let topology = site_a()
+            .namespace(Namespace::new("test").tombstone_ttl(0))
+            .add_site(Site::new("b", 1).node_ids(&["m"]))
+            .link(Link::new("a", "b"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = node_n_of_site_a(topology, dir.path());
+        let log = state.digest_log().expect("log");
+        let name = crate::xdr::cursor_name("b");
+        let mut cursor =
+            log.open_cursor(&name, ferry_digestlog::CursorStart::Latest).expect("cursor");
+        let mut tombstone = record(true, 0, record::now_ms() - 1_000);
+        let digest = Digest([1; 20]);
+        tombstone.logged_lsn = state.log_change("test", &digest, &tombstone).await.expect("log");
+        state.store.put("test", &digest, &tombstone).expect("put");
+        assert_eq!(pass(&state).await.expect("pass"), 0, "the link has not shipped it");
+        let lsn = tombstone.logged_lsn.expect("logged");
+        cursor.try_next_batch(10).expect("read the entry");
+        cursor.commit(ferry_digestlog::Lsn(lsn)).await.expect("commit");
+        assert_eq!(pass(&state).await.expect("pass"), 1, "shipped: reclaimed");
+        assert_eq!(state.store.get("test", &digest).expect("get"), None);
     }
 }

@@ -130,6 +130,9 @@ pub struct Record {
     /// The user key as sent by the client (particle type byte, then bytes), if it sent one.
     pub key: Option<Bytes>,
     pub bins: Vec<Bin>,
+    /// For a tombstone: the digest-log position of its entry. Reclaim keeps the tombstone until
+    /// every link out of the site has shipped past it (`tombstone-ttl` is only a floor).
+    pub logged_lsn: Option<u64>,
 }
 
 impl Record {
@@ -156,6 +159,7 @@ impl Record {
             set: self.set.clone(),
             key: self.key.clone(),
             bins: Vec::new(),
+            logged_lsn: None,
         }
     }
 
@@ -207,6 +211,8 @@ pub struct CorruptRecord(pub &'static str);
 
 const FORMAT: u8 = 1;
 const FLAG_TOMBSTONE: u8 = 1;
+/// A `u64` log position follows the bins.
+const FLAG_LOGGED: u8 = 2;
 
 /// Encodes a record for the storage engine.
 ///
@@ -217,7 +223,8 @@ pub fn encode(record: &Record) -> Vec<u8> {
     let key_len = record.key.as_ref().map_or(0, |k| k.len());
     let mut out = Vec::with_capacity(encoded_len(record));
     out.push(FORMAT);
-    out.push(if record.tombstone { FLAG_TOMBSTONE } else { 0 });
+    let logged = if record.logged_lsn.is_some() { FLAG_LOGGED } else { 0 };
+    out.push(if record.tombstone { FLAG_TOMBSTONE } else { 0 } | logged);
     out.extend_from_slice(&record.generation.to_be_bytes());
     out.extend_from_slice(&record.last_update_ms.to_be_bytes());
     out.extend_from_slice(&record.void_time.to_be_bytes());
@@ -236,6 +243,9 @@ pub fn encode(record: &Record) -> Vec<u8> {
         out.extend_from_slice(&(bin.value.data.len() as u32).to_be_bytes());
         out.extend_from_slice(&bin.value.data);
     }
+    if let Some(lsn) = record.logged_lsn {
+        out.extend_from_slice(&lsn.to_be_bytes());
+    }
     out
 }
 
@@ -243,7 +253,8 @@ pub fn encode(record: &Record) -> Vec<u8> {
 pub fn encoded_len(record: &Record) -> usize {
     let bins: usize =
         record.bins.iter().map(|b| 1 + b.name.len() + 1 + 4 + b.value.data.len()).sum();
-    24 + record.set.len() + record.key.as_ref().map_or(0, |k| k.len()) + bins
+    let logged = if record.logged_lsn.is_some() { 8 } else { 0 };
+    24 + record.set.len() + record.key.as_ref().map_or(0, |k| k.len()) + bins + logged
 }
 
 /// Decodes what [`encode`] wrote; never panics on damaged bytes.
@@ -271,6 +282,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, CorruptRecord> {
         let data = Bytes::copy_from_slice(r.take(len)?);
         bins.push(Bin { name, value: Value { particle, data } });
     }
+    let logged_lsn = if flags & FLAG_LOGGED != 0 { Some(r.u64()?) } else { None };
     if !r.0.is_empty() {
         return Err(CorruptRecord("trailing bytes"));
     }
@@ -283,6 +295,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, CorruptRecord> {
         set,
         key,
         bins,
+        logged_lsn,
     })
 }
 
@@ -335,6 +348,7 @@ mod tests {
                 Bin { name: "name".into(), value: Value { particle: 3, data: "John".into() } },
                 Bin { name: "age".into(), value: Value::integer(42) },
             ],
+            logged_lsn: None,
         }
     }
 
@@ -342,6 +356,9 @@ mod tests {
     fn encoding_round_trips() {
         let record = sample();
         assert_eq!(decode(&encode(&record)), Ok(record));
+        let logged = Record { tombstone: true, bins: Vec::new(), logged_lsn: Some(77), ..sample() };
+        assert_eq!(encoded_len(&logged), encode(&logged).len());
+        assert_eq!(decode(&encode(&logged)), Ok(logged));
     }
 
     #[test]

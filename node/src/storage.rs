@@ -141,6 +141,12 @@ impl Store {
         Ok(())
     }
 
+    /// Fails once a failed fsync poisoned the store: a writer checks this before it logs or
+    /// stores anything, so a write that cannot be acknowledged is never exposed either.
+    pub fn writable(&self) -> Result<(), StoreError> {
+        self.inner.commit.check()
+    }
+
     /// Resolves once everything written before the call is durable under the namespace's commit
     /// policy (immediately for `buffered`).
     pub async fn commit(&self, ns: &str) -> Result<(), StoreError> {
@@ -406,6 +412,7 @@ mod tests {
             set: "s".into(),
             key: None,
             bins: vec![Bin { name: "b".into(), value: Value::integer(value) }],
+            logged_lsn: None,
         }
     }
 

@@ -212,12 +212,25 @@ impl Links {
             }
             return Ok(());
         };
+        // A link gone from the topology (not just disabled) drops its cursor, so the log no
+        // longer keeps its changes; its shipper stopped above.
+        for cursor in log.cursors() {
+            let Some(dc) = cursor.name.strip_prefix(CURSOR_PREFIX) else { continue };
+            if !outgoing.contains_key(dc) && !self.running.contains_key(dc) {
+                match log.remove_cursor(&cursor.name) {
+                    Ok(()) => tracing::info!(dc, "link removed: its cursor is dropped"),
+                    Err(error) => {
+                        tracing::warn!(dc, %error, "could not drop a removed link's cursor")
+                    }
+                }
+            }
+        }
         for (dc, link) in outgoing {
             if self.running.contains_key(&dc) {
                 continue;
             }
             let cursor = log
-                .open_cursor(&format!("xdr-{dc}"), CursorStart::Oldest)
+                .open_cursor(&cursor_name(&dc), CursorStart::Oldest)
                 .map_err(|source| XdrError::Cursor { dc: dc.clone(), source })?;
             if !link.enabled {
                 continue;
@@ -243,6 +256,14 @@ impl Links {
         }
         Ok(())
     }
+}
+
+/// What every link's digest-log cursor name starts with.
+const CURSOR_PREFIX: &str = "xdr-";
+
+/// The digest-log cursor of the link to `dc`.
+pub(crate) fn cursor_name(dc: &str) -> String {
+    format!("{CURSOR_PREFIX}{dc}")
 }
 
 /// A link's shipper and what it takes to start it again.
@@ -301,7 +322,7 @@ impl Supervised {
             Some(cursor) => cursor,
             None => {
                 let log = self.state.digest_log().ok_or("no digest log")?;
-                log.open_cursor(&format!("xdr-{dc}"), CursorStart::Oldest)
+                log.open_cursor(&cursor_name(dc), CursorStart::Oldest)
                     .map_err(|e| format!("open the link's cursor: {e}"))?
             }
         };
@@ -346,6 +367,10 @@ impl LocalRecords for NodeRecords {
             }
             Err(error) => Err(error),
         }
+    }
+
+    async fn durable(&self, namespace: &str) -> Result<(), StoreError> {
+        self.state.store.commit(namespace).await
     }
 
     fn update_parked(

@@ -280,6 +280,15 @@ impl<R: LocalRecords> Shared<R> {
             };
             groups.entry((change.ns, destination.id.clone())).or_default().push(record);
         }
+        let namespaces: std::collections::BTreeSet<usize> =
+            groups.keys().map(|(ns, _)| *ns).collect();
+        for ns in namespaces {
+            let namespace = &plan.namespaces[ns].name;
+            self.records
+                .durable(namespace)
+                .await
+                .map_err(|e| AttemptError::ReadRecord(Box::new(e)))?;
+        }
         let mut sends = JoinSet::new();
         for ((ns, node), records) in groups {
             let Some(client) = self.clients.get(&node).cloned() else {

@@ -58,6 +58,11 @@ pub trait LocalRecords: Send + Sync + 'static {
         digest: &Digest,
     ) -> impl Future<Output = Result<LocalRecord, Self::Error>> + Send;
 
+    /// Resolves once every version of `namespace` read so far is durable here: the shipper
+    /// waits for it before sending, so a destination never holds a version that a power loss
+    /// at the source could take back.
+    fn durable(&self, namespace: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
     /// Adds `records` to the parked list of link `dc` (replacing what was parked under the
     /// same namespace and digest) and removes `unparked`; durable when it returns. Blocking.
     fn update_parked(

@@ -173,8 +173,9 @@ async fn run_single_inner(state: &NodeState, msg: &Msg, target: &Target) -> Resu
     }
     let (record, reply_ops) = {
         let _guard = store.lock(&target.digest).await;
+        store.writable().map_err(storage_error)?;
         let existing = store.get(ns, &target.digest).map_err(storage_error)?;
-        let outcome = if msg.info2 & info2::DELETE != 0 {
+        let mut outcome = if msg.info2 & info2::DELETE != 0 {
             Stats::bump(&state.stats.deletes);
             (ops::delete(msg, existing.as_ref(), &ctx)?, Vec::new())
         } else {
@@ -185,10 +186,13 @@ async fn run_single_inner(state: &NodeState, msg: &Msg, target: &Target) -> Resu
         // The change is in the digest log (durably) before storage holds it: a crash between
         // the two leaves a log entry for a version that never existed, which ships the current
         // record harmlessly; the other order could leave a stored change no link ever ships.
-        state.log_change(ns, &target.digest, &outcome.0).await.map_err(|error| {
+        let logged = state.log_change(ns, &target.digest, &outcome.0).await.map_err(|error| {
             tracing::error!(%error, "digest log append failed; write refused");
             result::SERVER_ERROR
         })?;
+        if outcome.0.tombstone {
+            outcome.0.logged_lsn = logged;
+        }
         store.put(ns, &target.digest, &outcome.0).map_err(storage_error)?;
         outcome
     };

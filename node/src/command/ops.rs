@@ -112,6 +112,7 @@ pub fn write(
             set: set.to_owned(),
             key: None,
             bins: Vec::new(),
+            logged_lsn: None,
         },
     };
     let respond_all = msg.info2 & info2::RESPOND_ALL_OPS != 0;
@@ -164,6 +165,7 @@ pub fn write(
     record.void_time = void_time(msg.record_ttl, previous.map(|(_, v)| v), ctx);
     record.origin_site = ctx.site_id;
     record.tombstone = false;
+    record.logged_lsn = None;
     record.set = set.to_owned();
     if let Some(key) = key {
         record.key = Some(key.clone());
