@@ -1,13 +1,15 @@
-//! Deletes reach every linked site, end to end with real processes on two one-node sites
-//! `a -> b`: a tombstone outlives its `tombstone-ttl` until every link has shipped it, so a
-//! delete made while a link is paused longer than the TTL still arrives.
+//! Deletes and expirations end the same at every site, end to end with real processes on two
+//! one-node sites: a tombstone outlives its `tombstone-ttl` until every link has shipped it, so
+//! a delete made while a link is paused longer than the TTL still arrives; an expiration
+//! tombstone is stamped at the expiry, so a write made at the other site after the expiry wins
+//! everywhere under both conflict policies.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use aerospike::{Bins, ReadPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{Link, Namespace, Site, TestTopology, TopologyBuilder};
+use aerospike::{Bins, Expiration, ReadPolicy, Value, WritePolicy, as_bin, as_key};
+use ferry_tests::{ConflictPolicy, Link, Namespace, Site, TestTopology, TopologyBuilder};
 use support::Deployment;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,4 +58,48 @@ async fn a_delete_made_while_the_link_is_paused_longer_than_the_tombstone_ttl_st
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(deployment.site_digest("b").await.tombstones, 10, "b keeps its own (TTL 1 day)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_made_after_an_expiry_beats_the_expiration_under_both_policies() {
+    for policy in [ConflictPolicy::Generation, ConflictPolicy::LastUpdateTime] {
+        let link =
+            |from, to| Link::new(from, to).period_ms(20).hot_key_ms(20).ship_nsup_deletes(true);
+        let TestTopology { text, nodes } = TopologyBuilder::new("expiry")
+            .sites(&["a", "b"], 1)
+            .namespace(Namespace::new("test").conflict_policy(policy))
+            .link(link("a", "b"))
+            .link(link("b", "a"))
+            .build();
+        let args = vec!["--nsup-period-secs".to_owned(), "3".to_owned()];
+        let deployment = Deployment::start_with(&text, nodes, args).await;
+        let (a, b) = (deployment.client("a").await, deployment.client("b").await);
+        let key = as_key!("test", "e", 1);
+        let short = WritePolicy { expiration: Expiration::Seconds(2), ..WritePolicy::default() };
+        a.put(&short, &key, &[as_bin!("v", "from a, expires")]).await.expect("put at a");
+        deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
+
+        // Right after the expiry b writes the key again; a only hears of it after its reclaim
+        // turned the expired copy into a tombstone, later than b's write.
+        deployment.ferry_link(&["pause", "b:a"]);
+        tokio::time::sleep(Duration::from_millis(2_300)).await;
+        let write = WritePolicy::default();
+        b.put(&write, &key, &[as_bin!("v", "from b, after")]).await.expect("put at b");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while deployment.site_digest("a").await.tombstones == 0 {
+            assert!(Instant::now() < deadline, "a never expired the record");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        deployment.ferry_link(&["resume", "b:a"]);
+        deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
+        for (site, client) in [("a", &a), ("b", &b)] {
+            let record = client.get(&ReadPolicy::default(), &key, Bins::All).await;
+            let value = record.map(|r| r.bins.get("v").cloned());
+            assert_eq!(
+                value.ok().flatten(),
+                Some(Value::from("from b, after")),
+                "{policy:?} at {site}"
+            );
+        }
+    }
 }

@@ -6,7 +6,7 @@
 
 use ferry_xdr::ack::{Refusal, Refused};
 use ferry_xdr::batch::ShippedRecord;
-use ferry_xdr::conflict::{Resolution, VersionStamp, resolve};
+use ferry_xdr::conflict::{Resolution, Rules, Version, VersionStamp, resolve};
 use ferry_xdr::stats::Conflict;
 
 use crate::node::NodeState;
@@ -47,8 +47,11 @@ impl NodeState {
         let settings = self
             .namespace(namespace)
             .ok_or_else(|| ApplyError::UnknownNamespace(namespace.to_owned()))?;
-        let (policy, max_record_size) =
-            (settings.conflict_resolution_policy, settings.max_record_size);
+        let rules = Rules {
+            policy: settings.conflict_resolution_policy,
+            tombstone_ttl_ms: u64::from(settings.tombstone_ttl) * 1000,
+        };
+        let max_record_size = settings.max_record_size;
         if self.cluster.site().write_fence == ferry_topology::model::WriteFence::XdrWrites {
             return Err(ApplyError::Fenced);
         }
@@ -68,12 +71,17 @@ impl NodeState {
             }
             let _guard = self.store.lock(&shipped.digest).await;
             let local = self.store.get(namespace, &shipped.digest)?;
-            let local_stamp = local.as_ref().map(|r| VersionStamp {
-                generation: r.generation,
-                last_update_ms: r.last_update_ms,
-                origin_site: r.origin_site,
+            let local_version = local.as_ref().map(|r| Version {
+                stamp: VersionStamp {
+                    generation: r.generation,
+                    last_update_ms: r.last_update_ms,
+                    origin_site: r.origin_site,
+                },
+                tombstone: r.tombstone,
             });
-            match resolve(policy, local_stamp.as_ref(), &shipped.stamp) {
+            let local_stamp = local_version.map(|v| v.stamp);
+            let incoming = Version { stamp: shipped.stamp, tombstone: shipped.tombstone };
+            match resolve(rules, local_version.as_ref(), &incoming) {
                 Resolution::Stale => {
                     counts.lost_conflict += 1;
                     redelivered |= local_stamp == Some(shipped.stamp);

@@ -139,7 +139,7 @@ pub async fn pass(state: &NodeState) -> Result<usize, ReclaimError> {
                         continue;
                     };
                     if ship_expirations && !current.tombstone {
-                        let mut tombstone = current.tombstone_after(state.site_id(), now.1);
+                        let mut tombstone = current.expiration_tombstone(state.site_id());
                         tombstone.logged_lsn =
                             state.log_expiration(&ns, &digest, &tombstone).await?;
                         state.store.put(&ns, &digest, &tombstone)?;

@@ -163,6 +163,14 @@ impl Record {
         }
     }
 
+    /// The tombstone an expiration leaves when it must ship (`ship-nsup-deletes`): stamped at
+    /// the moment the record expired, not when reclaim noticed, so a write made at another
+    /// site after the expiry is the later version everywhere.
+    pub fn expiration_tombstone(&self, site_id: u8) -> Record {
+        let expired_ms = (CITRUSLEAF_EPOCH_SECS + u64::from(self.void_time)) * 1000;
+        self.tombstone_after(site_id, expired_ms)
+    }
+
     pub fn bin(&self, name: &str) -> Option<&Bin> {
         self.bins.iter().find(|b| b.name == name)
     }
@@ -376,6 +384,18 @@ mod tests {
         let mut long_bin = sample();
         long_bin.bins[1].name = "b".repeat(16);
         assert_eq!(check_limits(&long_bin, u32::MAX), Err(LimitError::BinName(16)));
+    }
+
+    #[test]
+    fn an_expiration_tombstone_is_stamped_at_the_expiry() {
+        let expires = Record { void_time: 500_000_000, last_update_ms: 1_000, ..sample() };
+        let tombstone = expires.expiration_tombstone(1);
+        let expired_ms = (CITRUSLEAF_EPOCH_SECS + 500_000_000) * 1000;
+        assert_eq!((tombstone.last_update_ms, tombstone.generation), (expired_ms, 8));
+        assert!(tombstone.tombstone && tombstone.bins.is_empty());
+        // Never before the version it replaces.
+        let late = Record { last_update_ms: expired_ms + 5, ..expires };
+        assert_eq!(late.expiration_tombstone(1).last_update_ms, expired_ms + 6);
     }
 
     #[test]

@@ -18,24 +18,25 @@ pub fn workspace_root() -> PathBuf {
     manifest_dir.parent().map_or_else(|| manifest_dir.to_path_buf(), Path::to_path_buf)
 }
 
-/// Distinct free TCP ports on 127.0.0.1 (bound, then released; a test-only race accepted).
-/// Take every port of a topology in one call: ports taken in separate calls may be handed out
-/// twice.
+/// Distinct ports on 127.0.0.1 free for both TCP and UDP (bound, then released; a test-only
+/// race accepted): a node's XDR endpoint is UDP, and QUIC sockets and relays elsewhere hold
+/// UDP ports that a TCP-only check would hand out. Take every port of a topology in one call:
+/// ports taken in separate calls may be handed out twice.
 ///
 /// # Panics
 ///
 /// If no port can be bound.
 pub fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap_or_else(|e| panic!("bind a free port on 127.0.0.1: {e}"))
-        })
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap_or_else(|e| panic!("local address: {e}")).port())
-        .collect()
+    let mut held = Vec::with_capacity(count);
+    while held.len() < count {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("bind a free port on 127.0.0.1: {e}"));
+        let port = tcp.local_addr().unwrap_or_else(|e| panic!("local address: {e}")).port();
+        if let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
+            held.push((port, tcp, udp));
+        }
+    }
+    held.into_iter().map(|(port, _, _)| port).collect()
 }
 
 /// A node of a test topology.

@@ -1,15 +1,21 @@
 //! Conflict resolution: whether a version shipped from another site replaces the local one.
+//! Every rule is a deterministic order on the two versions, so every site picks the same
+//! winner whatever order versions arrive in (`docs/xdr.md` walks through the cases).
 //!
+//! - `last-update-time`: apply iff (LUT, origin site id) is greater; the site id breaks ties
+//!   between writes in the same millisecond at two sites. A site never gives one record two
+//!   versions with the same LUT (it is strictly increasing per record), but the generation
+//!   breaks even that tie so the order is total.
 //! - `generation`: apply iff the incoming generation is newer, wrap-aware. Generations run
 //!   1..=65535 and wrap to 1 (0 is never a live generation), so "newer" means ahead by less than
-//!   half the cycle.
-//! - `last-update-time`: apply iff (LUT, origin site id) is greater; the site id breaks ties
-//!   between writes in the same millisecond at two sites, so every site picks the same winner.
-//!   A site never gives one record two versions with the same LUT (it is strictly increasing
-//!   per record), but the generation breaks even that tie so the order is total.
+//!   half the cycle. Two rules keep sites from diverging where generations cannot tell:
+//!   - equal generations (a write at each site, or an expiration at one site racing a write
+//!     after the expiry at the other) are ordered by (LUT, origin);
+//!   - a tombstone and a version written at least `tombstone-ttl` after it are ordered by
+//!     LUT: past its TTL a tombstone may be gone elsewhere, and a record re-created there
+//!     restarts at generation 1, yet it is the later write and must win.
 //!
 //! Equal versions are stale, which makes applying a batch twice harmless (idempotent apply).
-//! Tombstones compete by the same rule as live versions.
 
 use ferry_topology::model::ConflictPolicy;
 
@@ -19,6 +25,21 @@ pub struct VersionStamp {
     pub generation: u16,
     pub last_update_ms: u64,
     pub origin_site: u8,
+}
+
+/// One side of a conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub stamp: VersionStamp,
+    pub tombstone: bool,
+}
+
+/// How a namespace resolves conflicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    pub policy: ConflictPolicy,
+    /// The namespace's `tombstone-ttl`, in milliseconds.
+    pub tombstone_ttl_ms: u64,
 }
 
 /// The decision for one incoming version.
@@ -42,18 +63,29 @@ pub fn generation_newer(incoming: u16, local: u16) -> bool {
 }
 
 /// Decides whether `incoming` replaces `local` (absent locally: always apply).
-pub fn resolve(
-    policy: ConflictPolicy,
-    local: Option<&VersionStamp>,
-    incoming: &VersionStamp,
-) -> Resolution {
+pub fn resolve(rules: Rules, local: Option<&Version>, incoming: &Version) -> Resolution {
     let Some(local) = local else { return Resolution::Apply };
-    let newer = match policy {
-        ConflictPolicy::Generation => generation_newer(incoming.generation, local.generation),
-        ConflictPolicy::LastUpdateTime => {
-            (incoming.last_update_ms, incoming.origin_site, incoming.generation)
-                > (local.last_update_ms, local.origin_site, local.generation)
+    let (theirs, ours) = (&incoming.stamp, &local.stamp);
+    let later = || {
+        (theirs.last_update_ms, theirs.origin_site, theirs.generation)
+            > (ours.last_update_ms, ours.origin_site, ours.generation)
+    };
+    // A tombstone that `other` was written at least a TTL after.
+    let outlived = |tombstone: &Version, other: &Version| {
+        tombstone.tombstone
+            && other.stamp.last_update_ms
+                >= tombstone.stamp.last_update_ms.saturating_add(rules.tombstone_ttl_ms)
+    };
+    let newer = match rules.policy {
+        ConflictPolicy::LastUpdateTime => later(),
+        ConflictPolicy::Generation
+            if theirs.generation == ours.generation
+                || outlived(local, incoming)
+                || outlived(incoming, local) =>
+        {
+            later()
         }
+        ConflictPolicy::Generation => generation_newer(theirs.generation, ours.generation),
     };
     if newer { Resolution::Apply } else { Resolution::Stale }
 }
@@ -79,46 +111,80 @@ mod tests {
         assert!(!generation_newer(40_000, 1), "more than half a cycle ahead reads as behind");
     }
 
+    const TTL: u64 = 86_400_000;
+
+    fn live(generation: u16, lut: u64, origin: u8) -> Version {
+        Version { stamp: stamp(generation, lut, origin), tombstone: false }
+    }
+
+    fn dead(generation: u16, lut: u64, origin: u8) -> Version {
+        Version { stamp: stamp(generation, lut, origin), tombstone: true }
+    }
+
+    fn decide(policy: ConflictPolicy, local: Version, incoming: Version) -> Resolution {
+        resolve(Rules { policy, tombstone_ttl_ms: TTL }, Some(&local), &incoming)
+    }
+
     #[test]
     fn policies_decide_as_documented() {
-        let local = stamp(5, 1_000, 1);
-        assert_eq!(resolve(ConflictPolicy::Generation, None, &local), Resolution::Apply);
-        assert_eq!(
-            resolve(ConflictPolicy::Generation, Some(&local), &stamp(6, 10, 2)),
-            Resolution::Apply
-        );
-        assert_eq!(
-            resolve(ConflictPolicy::Generation, Some(&local), &stamp(5, 9_999, 2)),
-            Resolution::Stale
-        );
-        assert_eq!(
-            resolve(ConflictPolicy::LastUpdateTime, Some(&local), &stamp(1, 1_001, 1)),
-            Resolution::Apply
-        );
-        assert_eq!(
-            resolve(ConflictPolicy::LastUpdateTime, Some(&local), &stamp(9, 999, 2)),
-            Resolution::Stale
-        );
+        use ConflictPolicy::{Generation, LastUpdateTime};
+        use Resolution::{Apply, Stale};
+        let local = live(5, 1_000, 1);
+        let rules = Rules { policy: Generation, tombstone_ttl_ms: TTL };
+        assert_eq!(resolve(rules, None, &local), Apply);
+        assert_eq!(decide(Generation, local, live(6, 10, 2)), Apply);
+        assert_eq!(decide(Generation, local, live(4, 9_999, 2)), Stale);
+        assert_eq!(decide(LastUpdateTime, local, live(1, 1_001, 1)), Apply);
+        assert_eq!(decide(LastUpdateTime, local, live(9, 999, 2)), Stale);
         // Same millisecond at two sites: the higher site id wins everywhere.
+        assert_eq!(decide(LastUpdateTime, local, live(1, 1_000, 2)), Apply);
+        assert_eq!(decide(LastUpdateTime, live(1, 1_000, 2), local), Stale);
+        for policy in [Generation, LastUpdateTime] {
+            assert_eq!(decide(policy, local, local), Stale, "a redelivery");
+        }
+    }
+
+    #[test]
+    fn equal_generations_fall_back_to_the_later_write() {
+        use Resolution::{Apply, Stale};
+        // A write at each site from generation 5: both are generation 6.
+        assert_eq!(decide(ConflictPolicy::Generation, live(6, 1_000, 1), live(6, 1_001, 2)), Apply);
+        assert_eq!(decide(ConflictPolicy::Generation, live(6, 1_001, 2), live(6, 1_000, 1)), Stale);
+        // An expiration tombstone (stamped at the expiry) against a write after the expiry.
+        let expired_at = 5_000;
         assert_eq!(
-            resolve(ConflictPolicy::LastUpdateTime, Some(&local), &stamp(1, 1_000, 2)),
-            Resolution::Apply
+            decide(ConflictPolicy::Generation, dead(6, expired_at, 1), live(6, 5_200, 2)),
+            Apply
         );
         assert_eq!(
-            resolve(ConflictPolicy::LastUpdateTime, Some(&stamp(1, 1_000, 2)), &local),
-            Resolution::Stale
-        );
-        assert_eq!(
-            resolve(ConflictPolicy::LastUpdateTime, Some(&local), &local),
-            Resolution::Stale
+            decide(ConflictPolicy::Generation, live(6, 5_200, 2), dead(6, expired_at, 1)),
+            Stale
         );
     }
 
-    /// A site's final state after versions arrive in some order (with repeats).
+    #[test]
+    fn a_record_recreated_a_ttl_after_its_delete_beats_the_tombstone() {
+        use Resolution::{Apply, Stale};
+        let tombstone = dead(9, 1_000, 1);
+        let recreated = live(1, 1_000 + TTL, 2);
+        assert_eq!(decide(ConflictPolicy::Generation, tombstone, recreated), Apply);
+        assert_eq!(decide(ConflictPolicy::Generation, recreated, tombstone), Stale);
+        // Within the TTL the generation still rules: the delete of generation 9 wins.
+        let early = live(1, 1_000 + TTL - 1, 2);
+        assert_eq!(decide(ConflictPolicy::Generation, tombstone, early), Stale);
+        assert_eq!(decide(ConflictPolicy::Generation, early, tombstone), Apply);
+    }
+
+    /// A site's final state after live versions arrive in some order (with repeats).
     fn deliver(policy: ConflictPolicy, order: &[VersionStamp]) -> Option<VersionStamp> {
-        order.iter().fold(None, |local, incoming| match resolve(policy, local.as_ref(), incoming) {
-            Resolution::Apply => Some(*incoming),
-            Resolution::Stale => local,
+        let rules = Rules { policy, tombstone_ttl_ms: TTL };
+        order.iter().fold(None, |local, incoming| {
+            let local_version = local.map(|stamp| Version { stamp, tombstone: false });
+            let incoming_version = Version { stamp: *incoming, tombstone: false };
+            match resolve(rules, local_version.as_ref(), &incoming_version) {
+                Resolution::Apply => Some(*incoming),
+                Resolution::Stale => local,
+            }
         })
     }
 
