@@ -1,6 +1,7 @@
 //! DR link changes apply live: nodes follow the topology service, and applying a new version
-//! enables, reconfigures and disables a link without restarting any process. A disabled link
-//! keeps its place in the log, so enabling it ships what was written meanwhile.
+//! enables, reconfigures, disables and removes a link without restarting any process. A
+//! disabled link keeps its place in the log, so enabling it ships what was written meanwhile;
+//! a removed one drops it.
 
 mod support;
 
@@ -55,6 +56,7 @@ async fn enabling_reconfiguring_and_disabling_a_link_apply_without_restarts() {
     let enabled = sites(true, 20).build_like(&first).text;
     let slower = sites(true, 50).build_like(&first).text;
     let disabled_again = sites(false, 50).build_like(&first).text;
+    let removed = TopologyBuilder::new("xdr-test").sites(&["a", "b"], 2).build_like(&first).text;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("topology.db").display());
@@ -97,5 +99,19 @@ async fn enabling_reconfiguring_and_disabling_a_link_apply_without_restarts() {
     put_range(&a, 400..450).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(deployment.site_digest("b").await.records, 400, "a disabled link stops shipping");
+    let cursors: Vec<_> = deployment
+        .ids("a")
+        .iter()
+        .map(|id| deployment.running.launcher().node_dir(id).join("digestlog").join("xdr-b.cursor"))
+        .collect();
+    assert!(cursors.iter().all(|c| c.is_file()), "a disabled link keeps its cursor");
+
+    // Removed: the cursors go, so the logs stop keeping the link's changes.
+    apply(&store, &removed, "remove the link").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cursors.iter().any(|c| c.exists()) {
+        assert!(Instant::now() < deadline, "a removed link's cursors stayed: {cursors:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = stop.send(());
 }

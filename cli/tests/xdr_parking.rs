@@ -5,6 +5,7 @@
 //! - records the destination refuses for good are parked, counted, listed and shown
 //!   (`degraded`, lag, `in_queue`), never hold the link back, leave the list when a newer
 //!   version ships, ship once retried after the destination changed, or are discarded;
+//! - a batch larger than a transport frame ships in several frames;
 //! - a shipper that stops on its own (a failing checkpoint) restarts, says why, and catches up.
 
 mod support;
@@ -13,8 +14,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, Value, WritePolicy, as_bin, as_key};
-use bytes::Bytes;
-use ferry_node::proto::msg::{Field, Msg, Op, field, info2, op};
 use ferry_tests::{Link, Namespace, Site, TestTopology, TopologyBuilder};
 use ferry_xdr::link::LinkState;
 use ferry_xdr::stats::LinkSnapshot;
@@ -44,30 +43,6 @@ async fn write_small(client: &Client, set: &str, range: std::ops::Range<i64>) {
     for i in range {
         client.put(&wp, &as_key!("test", set, i), &[as_bin!("v", i)]).await.expect("put");
     }
-}
-
-/// A raw put of one bin straight to the node at `addr`; returns the result code.
-async fn raw_put(addr: std::net::SocketAddr, digest: u8, set: &str, bin: &str, len: usize) -> u8 {
-    let msg = Msg {
-        info2: info2::WRITE,
-        fields: vec![
-            Field { kind: field::NAMESPACE, data: Bytes::from_static(b"test") },
-            Field { kind: field::SET, data: Bytes::copy_from_slice(set.as_bytes()) },
-            Field { kind: field::DIGEST, data: Bytes::copy_from_slice(&[digest; 20]) },
-        ],
-        ops: vec![Op {
-            kind: op::WRITE,
-            particle: 4, // blob
-            name: bin.to_owned(),
-            value: Bytes::from(vec![digest; len]),
-        }],
-        ..Msg::default()
-    };
-    tokio::task::spawn_blocking(move || {
-        support::raw::request(&mut support::raw::connect(addr), &msg).result_code
-    })
-    .await
-    .expect("raw put")
 }
 
 /// Waits until `done` holds for the link's stats at `a` (one node), or fails with them.
@@ -110,15 +85,15 @@ async fn writes_beyond_aerospikes_limits_are_refused_at_the_edge_and_the_rest_sh
         write_small(&a, "ok", keys..keys + 150).await;
         let digest = 100 + round as u8;
         assert_eq!(
-            raw_put(addr, digest, set, bin, len).await,
+            support::raw::put_blob(addr, digest, set, bin, len).await,
             code,
             "set {} bytes, bin '{bin}', {len} B",
             set.len()
         );
     }
     // Right at the limits is fine.
-    assert_eq!(raw_put(addr, 200, &"s".repeat(63), "fifteen-bytes15", 10).await, 0);
-    assert_eq!(raw_put(addr, 201, "ok", "v", 1_000_000).await, 0);
+    assert_eq!(support::raw::put_blob(addr, 200, &"s".repeat(63), "fifteen-bytes15", 10).await, 0);
+    assert_eq!(support::raw::put_blob(addr, 201, "ok", "v", 1_000_000).await, 0);
 
     deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
     assert_eq!(deployment.site_digest("b").await.records, 602, "every acknowledged write");
@@ -207,6 +182,37 @@ async fn discarded_parked_records_are_dropped_and_counted() {
             .await;
     assert_eq!(stats.state, Some(LinkState::Active));
     assert_eq!(deployment.site_digest("b").await.records, 50, "b never got the discarded ones");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_a_transport_frame_ships_in_several() {
+    // A 3 s accumulation window gathers all 24 records of ~900 KiB (21 MiB) into one batch,
+    // over the transport's 16 MiB frame cap.
+    let TestTopology { text, nodes } = TopologyBuilder::new("frames")
+        .sites(&["a", "b"], 1)
+        .link(Link::new("a", "b").period_ms(3_000).hot_key_ms(3_000))
+        .build();
+    let deployment = Deployment::start(&text, nodes).await;
+    let a = deployment.client("a").await;
+    let wp = patient();
+    for k in 0..24u8 {
+        // Incompressible, so compression cannot shrink the batch under the cap.
+        let mut state = u64::from(k) + 1;
+        let noise: Vec<u8> = (0..900 << 10)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let bins = [as_bin!("v", Value::Blob(noise))];
+        a.put(&wp, &as_key!("test", "big", i64::from(k)), &bins).await.expect("big put");
+    }
+    deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
+    assert_eq!(deployment.site_digest("b").await.records, 24);
+    let stats = wait_for(&deployment, "caught up", |s, _| s.counters.in_queue == 0).await;
+    assert_eq!((stats.counters.parked, stats.counters.success), (0, 24), "{stats:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

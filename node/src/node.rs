@@ -270,13 +270,16 @@ struct Fabric {
 impl Fabric {
     async fn exchange(&self, peer: SocketAddr, request: &[u8]) -> Result<Vec<u8>, ForwardError> {
         let pooled = self.pools.lock().ok().and_then(|mut pools| pools.get_mut(&peer)?.pop());
-        let mut stream = match pooled {
-            Some(stream) => stream,
-            None => TcpStream::connect(peer)
-                .await
-                .map_err(|source| ForwardError::Io { peer, source })?,
+        // One deadline covers the connect too: a peer that is down but not refusing (a
+        // blackholed address) must not hold the request past it.
+        let exchange = async {
+            let mut stream = match pooled {
+                Some(stream) => stream,
+                None => TcpStream::connect(peer).await.map_err(RoundTripError::Io)?,
+            };
+            round_trip(&mut stream, request).await.map(|reply| (stream, reply))
         };
-        let reply = tokio::time::timeout(FORWARD_TIMEOUT, round_trip(&mut stream, request))
+        let (stream, reply) = tokio::time::timeout(FORWARD_TIMEOUT, exchange)
             .await
             .map_err(|_| ForwardError::Timeout { peer })?
             .map_err(|e| match e {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::command;
@@ -26,6 +26,29 @@ const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Replies larger than this are compressed when the client asks for compressed replies.
 const COMPRESS_THRESHOLD: usize = 128;
+
+/// Most connections one listener serves at once (Aerospike's `proto-fd-max` defaults to
+/// 15 000); a connection past it is closed at once.
+const MAX_CONNECTIONS: usize = 10_000;
+
+/// Request bytes, compressed and inflated, that all connections of a node may hold at once, in
+/// KiB. A connection waits for its share before it allocates a body, so many connections
+/// sending large (or small compressed, large inflated) frames cannot exhaust memory; one
+/// request of the largest size (64 MiB, and 64 MiB inflated) always fits.
+const BODY_BUDGET_KIB: usize = 256 << 10;
+
+/// The share of `budget` that `bytes` take, in whole KiB: at once when it is free, so a small
+/// request does not queue behind a large one waiting for room; else in turn.
+async fn take_share(
+    budget: &Semaphore,
+    bytes: u64,
+) -> Result<tokio::sync::SemaphorePermit<'_>, tokio::sync::AcquireError> {
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    match budget.try_acquire_many(kib) {
+        Ok(share) => Ok(share),
+        Err(_) => budget.acquire_many(kib).await,
+    }
+}
 
 /// Where a connection came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +68,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = watch::channel(false);
-    let accept_client =
-        tokio::spawn(accept(state.clone(), client, Origin::Client, stopped.clone()));
-    let accept_fabric = tokio::spawn(accept(state, fabric, Origin::Fabric, stopped));
+    let budget = Arc::new(Semaphore::new(BODY_BUDGET_KIB));
+    let accept_client = tokio::spawn(accept(
+        state.clone(),
+        client,
+        Origin::Client,
+        budget.clone(),
+        stopped.clone(),
+    ));
+    let accept_fabric = tokio::spawn(accept(state, fabric, Origin::Fabric, budget, stopped));
     shutdown.await;
     stop.send_replace(true);
     for task in [accept_client, accept_fabric] {
@@ -60,6 +89,7 @@ async fn accept(
     state: Arc<NodeState>,
     listener: TcpListener,
     origin: Origin,
+    budget: Arc<Semaphore>,
     stopped: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -69,11 +99,14 @@ async fn accept(
             () = stopping(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if connections.len() >= MAX_CONNECTIONS {
+                        tracing::warn!(%peer, MAX_CONNECTIONS, "too many connections; closing a new one");
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
-                    let state = state.clone();
-                    let stopped = stopped.clone();
+                    let (state, budget, stopped) = (state.clone(), budget.clone(), stopped.clone());
                     connections.spawn(async move {
-                        if let Err(error) = serve(state, stream, origin, stopped).await {
+                        if let Err(error) = serve(state, stream, origin, budget, stopped).await {
                             tracing::debug!(%peer, %error, "connection closed");
                         }
                     });
@@ -105,12 +138,15 @@ enum ConnectionError {
     Frame(#[from] FrameError),
     #[error("client stalled mid-frame")]
     Stalled,
+    #[error("the request budget is closed")]
+    Budget(#[from] tokio::sync::AcquireError),
 }
 
 async fn serve(
     state: Arc<NodeState>,
     stream: TcpStream,
     origin: Origin,
+    budget: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
     let (read, write) = stream.into_split();
@@ -127,11 +163,17 @@ async fn serve(
             },
         }
         let header = ProtoHeader::parse(header)?;
+        // Held until the request is answered: the bytes it stands for are in use until then.
+        let _body_share = take_share(&budget, header.size).await?;
         let mut body = vec![0u8; header.size as usize];
         tokio::time::timeout(FRAME_BODY_TIMEOUT, reader.read_exact(&mut body))
             .await
             .map_err(|_| ConnectionError::Stalled)??;
+        let mut _inflated_share = None;
         let (header, body) = if header.kind == TYPE_COMPRESSED {
+            let declared = body.first_chunk::<8>().map_or(0, |size| u64::from_be_bytes(*size));
+            let declared = declared.min(proto::MAX_BODY + 8);
+            _inflated_share = Some(take_share(&budget, declared).await?);
             proto::decompress(&body)?
         } else {
             (header, body.into())

@@ -348,6 +348,8 @@ impl Supervised {
 pub(crate) fn transport_settings() -> TransportSettings {
     let defaults = TransportSettings::default();
     TransportSettings {
+        // A shipper keeps at most 64 batches in flight per destination node, plus heartbeats.
+        max_concurrent_requests: 128,
         request_timeout: Duration::from_secs(10),
         backoff: Backoff { max: Duration::from_secs(2), ..defaults.backoff },
         ..defaults

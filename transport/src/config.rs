@@ -66,6 +66,11 @@ pub struct TransportSettings {
     pub socket_buffer: usize,
     /// Congestion controller. Default: [`Congestion::Bbr`].
     pub congestion: Congestion,
+    /// Request payload bytes that all connections to this endpoint may hold at once. A
+    /// request waits for its share before its payload is read, so flow control holds its
+    /// sender back instead of the node buffering without bound; one payload of
+    /// `max_payload` always fits. Default: 256 MiB.
+    pub inbound_budget: u64,
 }
 
 impl Default for TransportSettings {
@@ -83,6 +88,7 @@ impl Default for TransportSettings {
             drain_timeout: Duration::from_secs(10),
             socket_buffer: 8 << 20,
             congestion: Congestion::Bbr,
+            inbound_budget: 256 << 20,
         }
     }
 }

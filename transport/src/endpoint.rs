@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tracing::{debug, info, warn};
 
 use crate::certs::{NodeCredentials, TrustStore};
@@ -137,6 +137,13 @@ struct Inner {
     shutdown: Notify,
     inbound: Arc<Tracker>,
     outbound: Arc<Tracker>,
+    /// KiB of request payloads being read or handled (see `TransportSettings::inbound_budget`).
+    inbound_budget: Semaphore,
+}
+
+/// KiB a payload of `bytes` takes from the inbound budget.
+fn budget_kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// A node's QUIC endpoint. Cheap to clone.
@@ -196,8 +203,11 @@ impl Endpoint {
             action: "start the QUIC endpoint".to_owned(),
             source,
         })?;
+        // At least one largest payload fits, or such a request could never be read.
+        let budget = settings.inbound_budget.max(u64::from(settings.max_payload));
         Ok(Endpoint {
             inner: Arc::new(Inner {
+                inbound_budget: Semaphore::new(budget_kib(budget) as usize),
                 quinn,
                 tls,
                 settings,
@@ -447,11 +457,18 @@ async fn serve_stream<H: Handler>(
     mut recv: quinn::RecvStream,
 ) {
     let max = inner.settings.max_payload;
+    let budget = Some(&inner.inbound_budget);
     let Ok(request) =
-        tokio::time::timeout(inner.settings.request_timeout, read_frame(&mut recv, max)).await
+        tokio::time::timeout(inner.settings.request_timeout, read_frame(&mut recv, max, budget))
+            .await
     else {
         debug!(remote = %ctx.remote, "request not received within the request timeout");
         return;
+    };
+    // The payload's share of the budget is held until the handler is done with it.
+    let (request, _share) = match request {
+        Ok((frame, share)) => (Ok(frame), share),
+        Err(error) => (Err(error), None),
     };
     let response = match request {
         Ok(frame) if frame.frame_type == FrameType::HELLO => {
@@ -499,7 +516,13 @@ enum ReadError {
     Stream(String),
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream, max_payload: u32) -> Result<Frame, ReadError> {
+/// Reads one frame; with a `budget`, takes the payload's share of it (waiting for it) before
+/// reading the payload, and returns the share with the frame.
+async fn read_frame<'a>(
+    recv: &mut quinn::RecvStream,
+    max_payload: u32,
+    budget: Option<&'a Semaphore>,
+) -> Result<(Frame, Option<SemaphorePermit<'a>>), ReadError> {
     let mut header = [0u8; HEADER_LEN];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
@@ -510,6 +533,19 @@ async fn read_frame(recv: &mut quinn::RecvStream, max_payload: u32) -> Result<Fr
     }
     let header = FrameHeader::parse(&header, max_payload).map_err(ReadError::Frame)?;
     let expected = header.payload_len as usize;
+    // A small request takes its share at once when it is free instead of queueing behind a
+    // large one waiting for room.
+    let share = match budget {
+        Some(budget) => {
+            let kib = budget_kib(u64::from(header.payload_len));
+            let share = match budget.try_acquire_many(kib) {
+                Ok(share) => Ok(share),
+                Err(_) => budget.acquire_many(kib).await,
+            };
+            Some(share.map_err(|_| ReadError::Stream("endpoint closed".to_owned()))?)
+        }
+        None => None,
+    };
     // Grow with the bytes that actually arrive (bounded by flow control), not with the declared
     // length: a peer declaring 16 MiB on many streams and sending nothing costs nothing.
     let mut payload = bytes::BytesMut::with_capacity(expected.min(64 * 1024));
@@ -526,7 +562,7 @@ async fn read_frame(recv: &mut quinn::RecvStream, max_payload: u32) -> Result<Fr
         }
     }
     match recv.read_chunk(1, true).await {
-        Ok(None) => Ok(Frame::new(header.frame_type, payload.freeze())),
+        Ok(None) => Ok((Frame::new(header.frame_type, payload.freeze()), share)),
         Ok(Some(chunk)) => {
             Err(ReadError::Frame(FrameError::TrailingBytes { extra: chunk.bytes.len() }))
         }
@@ -760,10 +796,11 @@ async fn read_response(
     recv: &mut quinn::RecvStream,
     max_payload: u32,
 ) -> Result<Frame, TransportError> {
-    read_frame(recv, max_payload).await.map_err(|e| match e {
-        ReadError::Frame(source) => TransportError::Frame { peer, source },
-        ReadError::Stream(reason) => TransportError::ConnectionLost { peer, reason },
-    })
+    match read_frame(recv, max_payload, None).await {
+        Ok((frame, _)) => Ok(frame),
+        Err(ReadError::Frame(source)) => Err(TransportError::Frame { peer, source }),
+        Err(ReadError::Stream(reason)) => Err(TransportError::ConnectionLost { peer, reason }),
+    }
 }
 
 fn into_result(peer: SocketAddr, response: Frame) -> Result<Frame, TransportError> {

@@ -45,11 +45,19 @@ pub enum Refusal {
     TooBig,
     #[error("record is malformed")]
     Malformed,
+    #[error("record's origin site may not reach this site over this link")]
+    Origin,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 5] =
-        [Refusal::SetName, Refusal::BinName, Refusal::Bins, Refusal::TooBig, Refusal::Malformed];
+    const ALL: [Refusal; 6] = [
+        Refusal::SetName,
+        Refusal::BinName,
+        Refusal::Bins,
+        Refusal::TooBig,
+        Refusal::Malformed,
+        Refusal::Origin,
+    ];
 
     /// The wire code.
     pub fn code(self) -> u8 {
@@ -59,6 +67,7 @@ impl Refusal {
             Refusal::Bins => 3,
             Refusal::TooBig => 4,
             Refusal::Malformed => 5,
+            Refusal::Origin => 6,
         }
     }
 

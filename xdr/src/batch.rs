@@ -16,8 +16,10 @@ use crate::conflict::VersionStamp;
 pub const MAGIC: [u8; 4] = *b"FXDR";
 /// Format version written by this build.
 pub const FORMAT_VERSION: u8 = 1;
-/// Largest payload accepted, compressed or not, and largest inflated payload.
-pub const MAX_PAYLOAD: usize = 64 << 20;
+/// Largest payload accepted, compressed or not, and largest inflated payload: the transport's
+/// frame cap. A shipper's frames carry at most 4 MiB of records, or one record of up to the
+/// largest `max-record-size` (8 MiB).
+pub const MAX_PAYLOAD: usize = 16 << 20;
 /// Namespace names are at most 31 bytes (Aerospike's limit).
 const MAX_NAMESPACE_NAME: usize = 31;
 
@@ -122,6 +124,17 @@ impl Batch {
         out.extend_from_slice(&body);
         let wire = out.len();
         (out, EncodedSize { raw, wire })
+    }
+
+    /// The inflated payload size `bytes` declare (capped at [`MAX_PAYLOAD`]), read without
+    /// decoding: what a receiver must budget for before it decodes. 0 if the header is short.
+    pub fn declared_raw_len(bytes: &[u8]) -> usize {
+        let ns_len = bytes.get(16).map_or(0, |&len| usize::from(len));
+        let at = 17 + ns_len + 4;
+        bytes
+            .get(at..at + 4)
+            .and_then(|raw| raw.try_into().ok())
+            .map_or(0, |raw: [u8; 4]| (u32::from_be_bytes(raw) as usize).min(MAX_PAYLOAD))
     }
 
     /// Decodes and validates a whole batch.
@@ -310,6 +323,23 @@ mod tests {
     use proptest::prelude::*;
 
     const RAW: Compression = Compression { level: 1, threshold: usize::MAX };
+
+    #[test]
+    fn the_declared_raw_length_is_read_without_decoding() {
+        let batch = Batch {
+            id: 9,
+            source_site: 1,
+            namespace: "namespace".into(),
+            records: (0..5).map(|i| sample_record(i, false)).collect(),
+        };
+        let (bytes, size) = batch.encode(Compression { level: 3, threshold: 0 });
+        assert_eq!(Batch::declared_raw_len(&bytes), size.raw);
+        assert_eq!(Batch::declared_raw_len(&bytes[..20]), 0);
+        let mut huge = bytes.clone();
+        let at = 17 + batch.namespace.len() + 4;
+        huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(Batch::declared_raw_len(&huge), MAX_PAYLOAD);
+    }
 
     #[test]
     fn names_over_aerospikes_limits_still_decode_for_the_applier_to_refuse() {

@@ -10,7 +10,7 @@ use ferry_topology::SharedTopology;
 use ferry_topology::model::SiteName;
 use ferry_transport::{Frame, Handler, HandlerError, RequestContext};
 
-use crate::ack::{self, Ack, Refused};
+use crate::ack::{self, Ack, Refusal, Refused};
 use crate::batch::Batch;
 use crate::stats::{Registry, add};
 
@@ -52,6 +52,10 @@ pub trait Applier: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ApplyOutcome, ApplyRefusal>> + Send;
 }
 
+/// Inflated batch bytes a receiver holds at once, in KiB: a batch waits for its share before
+/// it is decompressed, so many small compressed batches cannot inflate past it.
+const INFLATE_BUDGET_KIB: usize = 256 << 10;
+
 /// The XDR request handler of a node's QUIC endpoint.
 #[derive(Debug)]
 pub struct Receiver<A> {
@@ -59,6 +63,7 @@ pub struct Receiver<A> {
     local_site: SiteName,
     applier: Arc<A>,
     stats: Arc<Registry>,
+    inflate_budget: tokio::sync::Semaphore,
 }
 
 impl<A: Applier> Receiver<A> {
@@ -69,7 +74,8 @@ impl<A: Applier> Receiver<A> {
         applier: Arc<A>,
         stats: Arc<Registry>,
     ) -> Self {
-        Receiver { topology, local_site, applier, stats }
+        let inflate_budget = tokio::sync::Semaphore::new(INFLATE_BUDGET_KIB);
+        Receiver { topology, local_site, applier, stats, inflate_budget }
     }
 
     fn reject(&self, retryable: bool, message: String) -> HandlerError {
@@ -78,8 +84,10 @@ impl<A: Applier> Receiver<A> {
         HandlerError { retryable, message }
     }
 
-    /// Checks the batch against the topology: the sender's site, its id, its link.
-    fn admit(&self, ctx: &RequestContext, batch: &Batch) -> Result<(), HandlerError> {
+    /// Checks the batch against the topology: the sender's site, its id, its link. Then each
+    /// record's origin: the sender's own writes, or — over a link that forwards — writes of
+    /// another site of the topology, never of this one; a record that fails is refused alone.
+    fn admit(&self, ctx: &RequestContext, batch: &mut Batch) -> Result<Vec<Refused>, HandlerError> {
         let site = &ctx.peer.site;
         let topology = self.topology.get();
         let Some(sender) = topology.site(site.as_str()) else {
@@ -112,7 +120,26 @@ impl<A: Applier> Receiver<A> {
                         self.local_site, batch.namespace
                     ),
                 )),
-            Some(_) => Ok(()),
+            Some(link) => {
+                let local = topology.site(self.local_site.as_str()).map(|s| s.src_id.get());
+                let may_come = |origin: u8| {
+                    origin == batch.source_site
+                        || (link.forward
+                            && Some(origin) != local
+                            && topology.sites.iter().any(|s| s.src_id.get() == origin))
+                };
+                let (kept, refused): (Vec<_>, Vec<_>) = std::mem::take(&mut batch.records)
+                    .into_iter()
+                    .partition(|r| may_come(r.stamp.origin_site));
+                batch.records = kept;
+                for record in &refused {
+                    tracing::warn!(site = %site, origin = record.stamp.origin_site, digest = %record.digest, "shipped version from an origin this link does not carry");
+                }
+                Ok(refused
+                    .into_iter()
+                    .map(|r| Refused { digest: r.digest, refusal: Refusal::Origin })
+                    .collect())
+            }
         }
     }
 }
@@ -136,17 +163,24 @@ impl<A: Applier> Receiver<A> {
                 ),
             ));
         }
-        let batch = Batch::decode(&request.payload).map_err(|e| {
+        // Held until the batch is applied: its records live until then.
+        let raw_kib = Batch::declared_raw_len(&request.payload).div_ceil(1024);
+        let _inflated = self
+            .inflate_budget
+            .acquire_many(u32::try_from(raw_kib).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| self.reject(true, "the receiver is closing".to_owned()))?;
+        let mut batch = Batch::decode(&request.payload).map_err(|e| {
             self.reject(false, format!("malformed batch from {}: {e}", ctx.peer.uri()))
         })?;
-        if delivery == Delivery::Link {
-            self.admit(ctx, &batch)?;
-        }
-        let outcome = self
+        let refused_origins =
+            if delivery == Delivery::Link { self.admit(ctx, &mut batch)? } else { Vec::new() };
+        let mut outcome = self
             .applier
             .apply(&batch, delivery)
             .await
             .map_err(|refusal| self.reject(refusal.retryable, refusal.message))?;
+        outcome.refused.extend(refused_origins);
         // A forwarded batch was counted by the node that received it over the link, so a
         // site's counters sum to what its links delivered.
         let receiver = &self.stats.receiver;
@@ -190,7 +224,6 @@ mod tests {
     use ferry_transport::PeerIdentity;
 
     use super::*;
-    use crate::ack::Refusal;
     use crate::batch::{Compression, ShippedRecord};
     use ferry_digestlog::Digest;
 
@@ -313,6 +346,22 @@ mod tests {
             (1, 2, 1, 1)
         );
         assert_eq!(load(&r.rejected), 0);
+    }
+
+    #[tokio::test]
+    async fn records_from_an_origin_the_link_does_not_carry_are_refused_alone() {
+        let f = fixture(applied(1, 0, 0));
+        let mut sent = batch(1, "test", 3);
+        sent.records[1].stamp.origin_site = 3; // site c's write; the link a -> b does not forward
+        sent.records[2].stamp.origin_site = 2; // b's own write coming back
+        let reply = f.receiver.handle(from("a"), frame(&sent)).await.expect("accepted");
+        let ack = Ack::decode(&reply.payload).expect("ack");
+        let refused: Vec<Refused> = [1, 2]
+            .map(|i| Refused { digest: sent.records[i].digest, refusal: Refusal::Origin })
+            .into();
+        assert_eq!(ack, Ack { batch: sent.id, applied: 1, stale: 0, refused });
+        assert_eq!(f.applier.calls(), vec![("test".to_owned(), vec![sent.records[0].clone()])]);
+        assert_eq!(load(&f.stats.receiver.refused), 2);
     }
 
     #[tokio::test]

@@ -203,7 +203,8 @@ pub mod raw {
     use std::net::{SocketAddr, TcpStream};
     use std::time::Duration;
 
-    use ferry_node::proto::msg::Msg;
+    use bytes::Bytes;
+    use ferry_node::proto::msg::{Field, Msg, Op, field, info2, op};
     use ferry_node::proto::{ProtoHeader, TYPE_MSG, frame};
 
     /// A connection with a 10 s read timeout.
@@ -229,5 +230,28 @@ pub mod raw {
         let (kind, body) = read_frame(stream).expect("reply");
         assert_eq!(kind, TYPE_MSG);
         Msg::decode(&body).expect("decodable reply")
+    }
+
+    /// Writes one blob bin of `len` bytes (every byte `digest`) to record `[digest; 20]` of
+    /// set `set` in namespace `test`, straight to the node at `addr`; returns the result code.
+    pub async fn put_blob(addr: SocketAddr, digest: u8, set: &str, bin: &str, len: usize) -> u8 {
+        let msg = Msg {
+            info2: info2::WRITE,
+            fields: vec![
+                Field { kind: field::NAMESPACE, data: Bytes::from_static(b"test") },
+                Field { kind: field::SET, data: Bytes::copy_from_slice(set.as_bytes()) },
+                Field { kind: field::DIGEST, data: Bytes::copy_from_slice(&[digest; 20]) },
+            ],
+            ops: vec![Op {
+                kind: op::WRITE,
+                particle: 4, // blob
+                name: bin.to_owned(),
+                value: Bytes::from(vec![digest; len]),
+            }],
+            ..Msg::default()
+        };
+        tokio::task::spawn_blocking(move || request(&mut connect(addr), &msg).result_code)
+            .await
+            .expect("raw put")
     }
 }

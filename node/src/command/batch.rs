@@ -6,6 +6,7 @@
 use bytes::Bytes;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::{Route, error_reply, result, route, run_single, send_last};
 use crate::node::{NodeState, Stats};
@@ -23,12 +24,13 @@ const ROW_INFO4: u8 = 0x10;
 /// Reply bytes gathered before a frame is written.
 const FRAME_TARGET: usize = 64 << 10;
 
-/// One decoded row: its index and the single-record request it stands for.
+/// One decoded row: its index and the single-record request it stands for. Rows that REPEAT
+/// share their request: a few bytes per row cannot make the node copy a large request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
     pub index: u32,
     pub digest: Digest,
-    pub request: Msg,
+    pub request: Arc<Msg>,
 }
 
 /// Decodes the rows of a BATCH_INDEX field.
@@ -44,7 +46,7 @@ pub fn decode_rows(data: &[u8]) -> Result<Vec<Row>, FrameError> {
         let flags = r.u8()?;
         let request = if flags & ROW_REPEAT != 0 {
             rows.last()
-                .map(|previous| previous.request.clone())
+                .map(|previous| Arc::clone(&previous.request))
                 .ok_or(FrameError::Malformed("first batch row repeats nothing"))?
         } else {
             let mut request = Msg::default();
@@ -66,7 +68,7 @@ pub fn decode_rows(data: &[u8]) -> Result<Vec<Row>, FrameError> {
             let op_count = r.u16()?;
             request.fields = decode_fields(&mut r, field_count)?;
             request.ops = decode_ops(&mut r, op_count)?;
-            request
+            Arc::new(request)
         };
         rows.push(Row { index, digest, request });
     }
@@ -110,7 +112,7 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
 /// Runs a row as the single-record command it stands for, routed like one: refused, run here,
 /// or run at its partition's owner.
 async fn run_row(state: &NodeState, row: &Row, origin: Origin) -> Msg {
-    let mut request = row.request.clone();
+    let mut request = Msg::clone(&row.request);
     request.fields.retain(|f| f.kind != field::DIGEST);
     request
         .fields
@@ -173,6 +175,7 @@ mod tests {
         assert_eq!(rows[2].index, 2);
         assert_eq!(rows[2].digest, Digest([3; 20]));
         assert_eq!(rows[2].request, rows[0].request);
+        assert!(Arc::ptr_eq(&rows[2].request, &rows[0].request), "a repeat shares, not copies");
         assert_eq!(rows[0].request.record_ttl, 7);
         assert_eq!(rows[0].request.field_str(field::NAMESPACE), Ok(Some("test")));
         assert_eq!(rows[0].request.ops[0].name, "a");
