@@ -114,14 +114,7 @@ fn malformed_frames_never_harm_the_node() {
     let mut seed = 0x9e37_79b9_u64;
     for _ in 0..200 {
         let len = (seed % 64) as usize;
-        let garbage: Vec<u8> = (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
+        let garbage = support::noise(&mut seed, len);
         let mut stream = connect(addr);
         let _ = stream.write_all(&frame(TYPE_MSG, &garbage));
         let _ = stream.shutdown(std::net::Shutdown::Write);

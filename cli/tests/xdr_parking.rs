@@ -197,15 +197,7 @@ async fn a_batch_larger_than_a_transport_frame_ships_in_several() {
     let wp = patient();
     for k in 0..24u8 {
         // Incompressible, so compression cannot shrink the batch under the cap.
-        let mut state = u64::from(k) + 1;
-        let noise: Vec<u8> = (0..900 << 10)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let noise = support::noise(&mut (u64::from(k) + 1), 900 << 10);
         let bins = [as_bin!("v", Value::Blob(noise))];
         a.put(&wp, &as_key!("test", "big", i64::from(k)), &bins).await.expect("big put");
     }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use ferry_transport::certs::{CertificateAuthority, Validity};
-use ferry_transport::{AllowAll, Frame, PeerRejection, TransportError};
+use ferry_transport::{
+    AllowAll, Frame, Handler, HandlerError, PeerRejection, RequestContext, TransportError,
+    TransportSettings,
+};
 
 fn size_of(i: u64) -> usize {
     match i % 100 {
@@ -288,4 +291,52 @@ async fn shutdown_drains_in_flight_requests() {
     let err = client.request(Frame::new(ty(ECHO), Bytes::new())).await.expect_err("server is down");
     assert!(err.is_retryable(), "{err}");
     assert!(sender.shutdown().await.drained);
+}
+
+/// Counts the requests inside it at once; each stays 100 ms.
+#[derive(Debug, Default)]
+struct Overlap {
+    inside: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl Handler for Overlap {
+    async fn handle(&self, _ctx: RequestContext, request: Frame) -> Result<Frame, HandlerError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.inside.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.inside.fetch_sub(1, SeqCst);
+        Ok(Frame::new(ty(ECHO_REPLY), request.payload.slice(..0)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_payloads_wait_for_their_share_of_the_inbound_budget() {
+    let pki = Pki::new();
+    // Room for one 3 MiB payload at a time, none for two.
+    let tight =
+        TransportSettings { max_payload: 4 << 20, inbound_budget: 4 << 20, ..fast_settings() };
+    for (settings, expect_overlap) in [(tight, false), (fast_settings(), true)] {
+        let server = pki.endpoint("us-east", "use-a", settings);
+        let overlap = Arc::new(Overlap::default());
+        server.serve(overlap.clone()).expect("serve");
+        let sender = pki.endpoint("eu-west", "euw_a", fast_settings());
+        let client = sender.client(id("us-east", "use-a"), addr(&server));
+        let requests: Vec<_> = (0..4u64)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    client.request(Frame::new(ty(ECHO), payload(i, 3 << 20))).await
+                })
+            })
+            .collect();
+        for request in requests {
+            request.await.expect("task").expect("every request is answered");
+        }
+        let most = overlap.most.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(most > 1, expect_overlap, "at most {most} requests were handled at once");
+        server.shutdown().await;
+        sender.shutdown().await;
+    }
 }

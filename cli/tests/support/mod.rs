@@ -196,6 +196,20 @@ impl Deployment {
     }
 }
 
+/// `len` pseudo-random bytes from `state` (xorshift): incompressible test data, the same for
+/// the same state.
+pub fn noise(state: &mut u64, len: usize) -> Vec<u8> {
+    *state |= 1;
+    (0..len)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state as u8
+        })
+        .collect()
+}
+
 /// The node's client protocol spoken byte by byte, for requests the `aerospike` crate would
 /// not send.
 pub mod raw {
