@@ -133,6 +133,31 @@ async fn a_link_held_until_the_log_overflows_recovers_everything_and_rewind_resh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_overflowing_again_during_a_recovery_scan_starts_another_scan() {
+    let TestTopology { text: topology, nodes } =
+        TopologyBuilder::new("xdr-test").sites(&["a", "b"], 1).link(link("a", "b")).build();
+    let args = vec!["--digest-log-cap".to_owned(), (64 * 1024).to_string()];
+    let deployment = Deployment::start_with(&topology, nodes, args).await;
+    let a = connect(&deployment, "a").await;
+    deployment.ferry_link(&["pause", "a:b"]);
+    assert_eq!(write_keys(&a, "o", 0..5_000, "held").await, 5_000);
+    // Resume into an overflow recovery and keep writing through the scan, so the log
+    // overflows again before the scan is acknowledged.
+    deployment.ferry_link(&["resume", "a:b"]);
+    assert_eq!(write_keys(&a, "o", 5_000..15_000, "during").await, 10_000);
+    deployment.wait_converged("a", "b", Duration::from_secs(120)).await;
+    assert_eq!(deployment.site_digest("b").await.records, 15_000);
+    let stats = deployment.link_stats("a", "b").await.remove(0);
+    assert!(stats.counters.recoveries >= 2, "a second overflow, a second scan: {stats:#?}");
+    assert_eq!(
+        stats.counters.restarts,
+        0,
+        "handled by the shipper, not a restart: {stats:#?}\n{}",
+        deployment.log_warnings()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_ships_everything_logged_and_waits_for_it() {
     let TestTopology { text: topology, nodes } =
         TopologyBuilder::new("xdr-test").sites(&["a", "b"], 2).link(link("a", "b")).build();

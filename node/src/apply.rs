@@ -222,6 +222,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_poisoned_store_refuses_a_batch_before_storing_or_logging_anything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = state(dir.path(), ConflictPolicy::Generation);
+        node.store.poison("fsync failed (test)");
+        let outcome = node.apply_remote("test", &[shipped(2, 10, b"two")]).await;
+        assert!(
+            matches!(outcome, Err(ApplyError::Storage(crate::storage::StoreError::Poisoned(_)))),
+            "{outcome:?}"
+        );
+        assert_eq!(node.store.get("test", &Digest([7; 20])).expect("get"), None, "not exposed");
+    }
+
+    #[tokio::test]
     async fn last_update_time_policy_keeps_the_latest_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let node = state(dir.path(), ConflictPolicy::LastUpdateTime);

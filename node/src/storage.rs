@@ -141,6 +141,12 @@ impl Store {
         Ok(())
     }
 
+    /// Poisons the store as a failed fsync would.
+    #[cfg(test)]
+    pub(crate) fn poison(&self, reason: &str) {
+        self.inner.commit.publish.send_modify(|d| d.poisoned = Some(reason.to_owned()));
+    }
+
     /// Fails once a failed fsync poisoned the store: a writer checks this before it logs or
     /// stores anything, so a write that cannot be acknowledged is never exposed either.
     pub fn writable(&self) -> Result<(), StoreError> {
@@ -286,6 +292,9 @@ pub fn hex(bytes: &[u8]) -> String {
 struct GroupCommit {
     shared: Arc<(Mutex<CommitState>, Condvar)>,
     durable: watch::Receiver<Durable>,
+    /// The syncer's publisher, kept so tests can poison the store as a failed fsync would.
+    #[cfg(test)]
+    publish: Arc<watch::Sender<Durable>>,
 }
 
 #[derive(Debug, Default)]
@@ -304,13 +313,21 @@ impl GroupCommit {
     fn start(db: Database, max_wait: Duration, max_batch: u64) -> Self {
         let shared = Arc::new((Mutex::new(CommitState::default()), Condvar::new()));
         let (publish, durable) = watch::channel(Durable::default());
-        let thread_shared = shared.clone();
+        let publish = Arc::new(publish);
+        let (thread_shared, thread_publish) = (shared.clone(), publish.clone());
         std::thread::Builder::new()
             .name("ferry-group-commit".into())
-            .spawn(move || sync_loop(&db, &thread_shared, &publish, max_wait, max_batch))
+            .spawn(move || sync_loop(&db, &thread_shared, &thread_publish, max_wait, max_batch))
             .map_err(|e| tracing::error!(error = %e, "start group-commit thread"))
             .ok();
-        Self { shared, durable }
+        #[cfg(not(test))]
+        drop(publish);
+        Self {
+            shared,
+            durable,
+            #[cfg(test)]
+            publish,
+        }
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -381,7 +398,8 @@ fn sync_loop(
             return;
         }
         durable = target;
-        publish.send_replace(Durable { ticket: durable, poisoned: None });
+        // Once poisoned, always poisoned: only the ticket moves.
+        publish.send_modify(|published| published.ticket = durable);
     }
 }
 

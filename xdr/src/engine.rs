@@ -397,6 +397,16 @@ impl Engine {
     fn start_recovery(&mut self, min_lut_ms: u64, overflow: Option<Overflow>) {
         self.counts.recoveries += 1;
         self.link.set_recovering(true);
+        if let Some(running) = &mut self.recovery {
+            // Lost more while scanning: scan again from the first partition, from the earlier
+            // watermark, and acknowledge the newer overflow at the end. Batches already sent
+            // stay counted, so their acknowledgements still balance.
+            running.min_lut_ms = running.min_lut_ms.min(min_lut_ms);
+            running.overflow = overflow.or(running.overflow.take());
+            running.next = (!self.plan.namespaces.is_empty()).then_some((0, 0));
+            running.queued.clear();
+            return;
+        }
         self.recovery = Some(Recovery {
             min_lut_ms,
             overflow,
@@ -440,7 +450,7 @@ impl Engine {
         if id < RECOVERY_ID_BASE {
             self.settle_log_batch(now_ms, id);
         } else if let Some(recovery) = &mut self.recovery {
-            recovery.in_flight -= 1;
+            recovery.in_flight = recovery.in_flight.saturating_sub(1);
         }
     }
 
@@ -1089,6 +1099,39 @@ mod tests {
             [],
             "what the overflow lost is re-shipped: a drain through it is done"
         );
+    }
+
+    #[test]
+    fn more_lost_during_a_recovery_rescans_and_acknowledges_the_newer_overflow() {
+        let mut engine = started(identity);
+        let first = Overflow { committed: Lsn(0), lost_through: Lsn(10), min_lut_ms: 7 };
+        engine.handle(T0, Event::Overflowed(first));
+        let found: Scanned = vec![(digest(1), T0)];
+        assert_eq!(
+            engine.handle(T0, Event::Scanned(found)),
+            [
+                Action::Send { id: RECOVERY_ID_BASE, changes: changes(1..=1) },
+                Action::Scan { ns: 0, partition: 1, min_lut_ms: 7 },
+            ]
+        );
+        // The log lost more meanwhile (found by a read, or when the first was acknowledged).
+        let newer = Overflow { committed: Lsn(0), lost_through: Lsn(30), min_lut_ms: 9 };
+        assert_eq!(engine.handle(T0, Event::Overflowed(newer)), [], "the scan out finishes first");
+        assert_eq!(
+            engine.handle(T0, Event::Scanned(Vec::new())),
+            [Action::Scan { ns: 0, partition: 0, min_lut_ms: 7 }],
+            "from the first partition again, from the earlier watermark"
+        );
+        assert_eq!(scan_rest(&mut engine, T0, 0, 7), [], "the first batch is still out");
+        assert_eq!(
+            engine.handle(T0, acked(RECOVERY_ID_BASE)),
+            [
+                Action::AcknowledgeOverflow(newer),
+                Action::Read { max: 4 },
+                Action::SetState(LinkState::Active),
+            ]
+        );
+        assert_eq!(engine.take_counts().recoveries, 2);
     }
 
     #[test]

@@ -346,6 +346,10 @@ impl<R: LocalRecords> Shipper<R> {
                 Action::Fail(error) => return Err(StopError::Window(error)),
             }
         }
+        if follow_up.is_some() {
+            // The engine hears of the overflow as if a read had found it: no read is pending.
+            io.reading = None;
+        }
         Ok(follow_up)
     }
 
