@@ -109,28 +109,35 @@ impl Parking {
 }
 
 impl<R: LocalRecords> Shared<R> {
-    /// The shared state of a link's shipper, with the parked list as the store holds it.
-    pub async fn new(
+    /// The shared state of a link's shipper; its parked list is empty until
+    /// [`Shared::load_parked`].
+    pub fn new(
         plan: Arc<LinkPlan>,
         records: Arc<R>,
         clients: BTreeMap<NodeId, Client>,
         compression: Compression,
-    ) -> Result<Shared<R>, StoreFailure> {
-        let dc = plan.dc().to_owned();
-        let store = Arc::clone(&records);
+    ) -> Shared<R> {
+        Shared {
+            plan,
+            records,
+            clients,
+            compression,
+            parked: tokio::sync::Mutex::new(ParkedIndex::default()),
+            parked_summary: Mutex::new(ParkedSummary::default()),
+        }
+    }
+
+    /// Reads the link's parked list as the store holds it.
+    pub async fn load_parked(&self) -> Result<(), StoreFailure> {
+        let (store, dc) = (Arc::clone(&self.records), self.plan.dc().to_owned());
         let parked = tokio::task::spawn_blocking(move || store.parked(&dc))
             .await
             .map_err(StoreFailure::from)?
             .map_err(|e| StoreFailure::from(Box::new(e)))?;
         let index = ParkedIndex::new(&parked);
-        Ok(Shared {
-            plan,
-            records,
-            clients,
-            compression,
-            parked_summary: Mutex::new(index.summary()),
-            parked: tokio::sync::Mutex::new(index),
-        })
+        *self.parked_summary.lock().unwrap_or_else(PoisonError::into_inner) = index.summary();
+        *self.parked.lock().await = index;
+        Ok(())
     }
 
     /// How much is parked now.

@@ -9,14 +9,12 @@
 //! result goes back into the engine as an [`Event`], and the shell carries out the
 //! [`Action`]s that come back.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_digestlog::{Batch as LogBatch, Cursor, CursorError, Digest, Lsn, ReadError};
-use ferry_topology::model::NodeId;
-use ferry_transport::{Client, Endpoint, Frame};
+use ferry_transport::{Endpoint, Frame};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -113,10 +111,7 @@ pub enum StopError {
 /// The shipper of one link.
 #[derive(Debug)]
 pub struct Shipper<R> {
-    plan: Arc<LinkPlan>,
-    records: Arc<R>,
-    clients: BTreeMap<NodeId, Client>,
-    compression: Compression,
+    shared: Arc<Shared<R>>,
     stats: Arc<LinkStats>,
     settings: ShipperSettings,
     shutdown: watch::Receiver<bool>,
@@ -179,7 +174,8 @@ impl<R: LocalRecords> Shipper<R> {
             level: i32::from(plan.link.compression_level),
             threshold: plan.link.compression_threshold as usize,
         };
-        Shipper { plan: Arc::new(plan), records, clients, compression, stats, settings, shutdown }
+        let shared = Shared::new(Arc::new(plan), records, clients, compression);
+        Shipper { shared: Arc::new(shared), stats, settings, shutdown }
     }
 
     /// Ships until `shutdown` flips (then `Ok`), or until something fails that only a
@@ -190,20 +186,13 @@ impl<R: LocalRecords> Shipper<R> {
         mut cursor: Cursor,
         mut control: watch::Receiver<LinkControl>,
     ) -> Result<(), StopError> {
-        let dc = self.plan.dc().to_owned();
-        let shared = Shared::new(
-            Arc::clone(&self.plan),
-            Arc::clone(&self.records),
-            self.clients.clone(),
-            self.compression,
-        )
-        .await
-        .map_err(StopError::LoadParked)?;
-        let shared = Arc::new(shared);
+        let dc = self.shared.plan.dc().to_owned();
+        self.shared.load_parked().await.map_err(StopError::LoadParked)?;
+        let shared = Arc::clone(&self.shared);
         let mut shutdown = self.shutdown.clone();
         let started = now_ms();
         let initial = *control.borrow_and_update();
-        let plan = Arc::clone(&self.plan);
+        let plan = Arc::clone(&shared.plan);
         let mut engine = Engine::new(plan, self.settings, cursor.committed().0, initial, started);
         let every_ms = self.settings.heartbeat.as_millis() as u64;
         let mut rates = LogRates::new(every_ms, started, cursor.flushed().0, cursor.committed().0);
