@@ -37,6 +37,17 @@ async fn write_keys(client: &Client, set: &str, range: std::ops::Range<i64>, tag
         .await
 }
 
+/// Sites `a` and `b` of `nodes` nodes each with the link `a -> b` and 64 KiB of digest log per
+/// node (about 1 300 entries before the oldest segments go), and a client of `a`.
+async fn small_log_sites(nodes: usize) -> (Deployment, Client) {
+    let TestTopology { text: topology, nodes } =
+        TopologyBuilder::new("xdr-test").sites(&["a", "b"], nodes).link(link("a", "b")).build();
+    let args = vec!["--digest-log-cap".to_owned(), (64 * 1024).to_string()];
+    let deployment = Deployment::start_with(&topology, nodes, args).await;
+    let a = connect(&deployment, "a").await;
+    (deployment, a)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_source_and_destination_nodes_converge_after_restart() {
     let TestTopology { text: topology, nodes } =
@@ -102,12 +113,7 @@ async fn active_active_writes_to_the_same_keys_converge_under_last_update_time()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_held_until_the_log_overflows_recovers_everything_and_rewind_reships() {
-    let TestTopology { text: topology, nodes } =
-        TopologyBuilder::new("xdr-test").sites(&["a", "b"], 3).link(link("a", "b")).build();
-    // 64 KiB of log per node: about 1 300 entries before the oldest segments go.
-    let args = vec!["--digest-log-cap".to_owned(), (64 * 1024).to_string()];
-    let deployment = Deployment::start_with(&topology, nodes, args).await;
-    let a = connect(&deployment, "a").await;
+    let (deployment, a) = small_log_sites(3).await;
     assert_eq!(write_keys(&a, "o", 0..300, "before").await, 300);
     deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
 
@@ -134,11 +140,7 @@ async fn a_link_held_until_the_log_overflows_recovers_everything_and_rewind_resh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_overflowing_again_during_a_recovery_scan_starts_another_scan() {
-    let TestTopology { text: topology, nodes } =
-        TopologyBuilder::new("xdr-test").sites(&["a", "b"], 1).link(link("a", "b")).build();
-    let args = vec!["--digest-log-cap".to_owned(), (64 * 1024).to_string()];
-    let deployment = Deployment::start_with(&topology, nodes, args).await;
-    let a = connect(&deployment, "a").await;
+    let (deployment, a) = small_log_sites(1).await;
     deployment.ferry_link(&["pause", "a:b"]);
     assert_eq!(write_keys(&a, "o", 0..5_000, "held").await, 5_000);
     // Resume into an overflow recovery and keep writing through the scan, so the log
