@@ -2,7 +2,8 @@
 //! one-node sites: a tombstone outlives its `tombstone-ttl` until every link has shipped it, so
 //! a delete made while a link is paused longer than the TTL still arrives; an expiration
 //! tombstone is stamped at the expiry, so a write made at the other site after the expiry wins
-//! everywhere under both conflict policies.
+//! everywhere under both conflict policies; a record re-created after its tombstone was
+//! reclaimed is a new incarnation and beats the tombstone and older copies (three sites).
 
 mod support;
 
@@ -101,5 +102,54 @@ async fn a_write_made_after_an_expiry_beats_the_expiration_under_both_policies()
                 "{policy:?} at {site}"
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_recreated_after_its_tombstone_was_reclaimed_wins_under_generation() {
+    // b forwards what a ships to c, so b keeps a's tombstones until its link to c took them.
+    let TestTopology { text, nodes } = TopologyBuilder::new("recreate")
+        .sites(&["a", "b", "c"], 1)
+        .namespace(Namespace::new("test").tombstone_ttl(2))
+        .link(Link::new("a", "b").period_ms(20).hot_key_ms(20))
+        .link(Link::new("b", "c").period_ms(20).hot_key_ms(20).forward(true))
+        .build();
+    let args = vec!["--nsup-period-secs".to_owned(), "1".to_owned()];
+    let deployment = Deployment::start_with(&text, nodes, args).await;
+    let (a, b) = (deployment.client("a").await, deployment.client("b").await);
+    let (wp, read) = (WritePolicy::default(), ReadPolicy::default());
+    let key = as_key!("test", "r", 1);
+    for generation in 1..=6 {
+        a.put(&wp, &key, &[as_bin!("v", generation)]).await.expect("put at a");
+    }
+    deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
+
+    // b holds the delete's tombstone (generation 7) while its link to c is paused; a reclaims
+    // its copy once shipped, so the record re-created there starts again at generation 1.
+    deployment.ferry_link(&["pause", "b:c"]);
+    assert!(a.delete(&wp, &key).await.expect("delete at a"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (at_a, at_b) = (deployment.site_digest("a").await, deployment.site_digest("b").await);
+        if at_a.tombstones == 0 && at_b.tombstones == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tombstones: a {at_a:?}, b {at_b:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.put(&wp, &key, &[as_bin!("v", "re-created")]).await.expect("re-create at a");
+    let recreated = a.get(&read, &key, Bins::All).await.expect("read at a");
+    assert_eq!(recreated.generation, 1, "a restarted the record's generation");
+    assert_eq!(deployment.site_digest("b").await.tombstones, 1, "b still holds generation 7");
+
+    // Written more than tombstone-ttl after the delete, the re-created record is the later
+    // write: it beats b's tombstone of a newer generation, at b and then at c.
+    deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
+    deployment.ferry_link(&["resume", "b:c"]);
+    deployment.wait_converged("b", "c", Duration::from_secs(30)).await;
+    let c = deployment.client("c").await;
+    for (site, client) in [("a", &a), ("b", &b), ("c", &c)] {
+        let record = client.get(&read, &key, Bins::All).await.expect("read the record");
+        assert_eq!(record.bins.get("v"), Some(&Value::from("re-created")), "at {site}");
     }
 }

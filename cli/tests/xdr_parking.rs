@@ -6,6 +6,8 @@
 //!   (`degraded`, lag, `in_queue`), never hold the link back, leave the list when a newer
 //!   version ships, ship once retried after the destination changed, or are discarded;
 //! - a batch larger than a transport frame ships in several frames;
+//! - a namespace the destination does not serve yet (topology skew) waits, queued, until it
+//!   does, and is never dropped;
 //! - a shipper that stops on its own (a failing checkpoint) restarts, says why, and catches up.
 
 mod support;
@@ -239,4 +241,52 @@ async fn a_shipper_that_stops_on_its_own_restarts_says_why_and_catches_up() {
     assert_eq!(deployment.site_digest("b").await.records, 100);
     let stats = wait_for(&deployment, "the error cleared", |s, _| s.error.is_none()).await;
     assert_eq!(stats.state, Some(LinkState::Active));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_the_destination_does_not_serve_yet_waits_until_it_does() {
+    let first = sites(1 << 20).build();
+    let both = |builder: TopologyBuilder| {
+        builder
+            .namespace(Namespace::new("test"))
+            .namespace(Namespace::new("extra"))
+            .link(Link::new("a", "b").namespaces(&["test", "extra"]).period_ms(20).hot_key_ms(20))
+    };
+    let second = both(TopologyBuilder::new("parking").sites(&["a", "b"], 1)).build_like(&first);
+    let mut deployment = Deployment::start(&first.text, first.nodes.clone()).await;
+
+    // Topology skew: a restarts with a version that ships namespace `extra`, b still runs one
+    // without it (as when b restarts later than a).
+    std::fs::write(deployment.topology_file(), &second.text).expect("new topology");
+    deployment.kill_node("a-0");
+    deployment.start_node("a-0").await;
+    let a = deployment.client("a").await;
+    let wp = patient();
+    for i in 0..50 {
+        a.put(&wp, &as_key!("extra", "s", i), &[as_bin!("v", i)]).await.expect("put extra");
+    }
+    write_small(&a, "s", 0..50).await;
+    wait_for(&deployment, "namespace test shipped", |_, at_b| at_b == 50).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats = deployment.link_stats("a", "b").await.remove(0);
+    assert!(stats.counters.in_queue >= 50, "b's refusals keep extra queued: {stats:#?}");
+    assert!(stats.counters.lag > 0, "{stats:#?}");
+    assert_eq!(stats.counters.parked, 0, "not a refusal for good: {stats:#?}");
+
+    // b restarts with the new version: what waited ships, nothing was dropped.
+    deployment.kill_node("b-0");
+    deployment.start_node("b-0").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at_a = deployment.running.site_digest("a", "extra").await.expect("digest at a");
+        let at_b = deployment.running.site_digest("b", "extra").await.expect("digest at b");
+        if at_a == at_b {
+            assert_eq!(at_b.records, 50);
+            break;
+        }
+        assert!(Instant::now() < deadline, "extra: a {at_a:?}, b {at_b:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for(&deployment, "caught up", |s, _| s.counters.in_queue == 0 && s.counters.lag == 0)
+        .await;
 }

@@ -6,7 +6,7 @@
 
 use ferry_xdr::ack::{Refusal, Refused};
 use ferry_xdr::batch::ShippedRecord;
-use ferry_xdr::conflict::{Resolution, Rules, Version, VersionStamp, resolve};
+use ferry_xdr::conflict::{Resolution, Version, resolve};
 use ferry_xdr::stats::Conflict;
 
 use crate::node::NodeState;
@@ -47,10 +47,7 @@ impl NodeState {
         let settings = self
             .namespace(namespace)
             .ok_or_else(|| ApplyError::UnknownNamespace(namespace.to_owned()))?;
-        let rules = Rules {
-            policy: settings.conflict_resolution_policy,
-            tombstone_ttl_ms: u64::from(settings.tombstone_ttl) * 1000,
-        };
+        let policy = settings.conflict_resolution_policy;
         let max_record_size = settings.max_record_size;
         if self.cluster.site().write_fence == ferry_topology::model::WriteFence::XdrWrites {
             return Err(ApplyError::Fenced);
@@ -71,17 +68,11 @@ impl NodeState {
             }
             let _guard = self.store.lock(&shipped.digest).await;
             let local = self.store.get(namespace, &shipped.digest)?;
-            let local_version = local.as_ref().map(|r| Version {
-                stamp: VersionStamp {
-                    generation: r.generation,
-                    last_update_ms: r.last_update_ms,
-                    origin_site: r.origin_site,
-                },
-                tombstone: r.tombstone,
-            });
+            let local_version =
+                local.as_ref().map(|r| Version { stamp: r.stamp(), tombstone: r.tombstone });
             let local_stamp = local_version.map(|v| v.stamp);
             let incoming = Version { stamp: shipped.stamp, tombstone: shipped.tombstone };
-            match resolve(rules, local_version.as_ref(), &incoming) {
+            match resolve(policy, local_version.as_ref(), &incoming) {
                 Resolution::Stale => {
                     counts.lost_conflict += 1;
                     redelivered |= local_stamp == Some(shipped.stamp);
@@ -130,6 +121,7 @@ fn to_record(shipped: &ShippedRecord) -> Record {
     Record {
         generation: shipped.stamp.generation,
         last_update_ms: shipped.stamp.last_update_ms,
+        created_ms: shipped.stamp.created_ms,
         void_time: shipped.void_time,
         origin_site: shipped.stamp.origin_site,
         tombstone: shipped.tombstone,
@@ -155,6 +147,7 @@ mod tests {
     use bytes::Bytes;
     use ferry_tests::{ConflictPolicy, Namespace, Role, Site, TopologyBuilder};
     use ferry_xdr::batch::ShippedBin;
+    use ferry_xdr::conflict::VersionStamp;
 
     fn state(dir: &std::path::Path, policy: ConflictPolicy) -> NodeState {
         let text = TopologyBuilder::new("ferry")
@@ -171,7 +164,7 @@ mod tests {
     fn shipped(generation: u16, lut: u64, value: &'static [u8]) -> ShippedRecord {
         ShippedRecord {
             digest: Digest([7; 20]),
-            stamp: VersionStamp { generation, last_update_ms: lut, origin_site: 2 },
+            stamp: VersionStamp { generation, last_update_ms: lut, origin_site: 2, created_ms: 1 },
             void_time: 0,
             tombstone: false,
             set: "s".into(),

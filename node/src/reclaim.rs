@@ -171,6 +171,7 @@ mod tests {
         Record {
             generation: 1,
             last_update_ms: lut,
+            created_ms: lut,
             void_time,
             origin_site: 1,
             tombstone,

@@ -9,6 +9,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use ferry_xdr::conflict::VersionStamp;
 
 /// Seconds from the Unix epoch to Aerospike's epoch (2010-01-01T00:00:00Z), in which void times
 /// are counted on the wire.
@@ -120,6 +121,10 @@ pub struct Record {
     pub generation: u16,
     /// Last update, milliseconds since the Unix epoch; strictly increases per record.
     pub last_update_ms: u64,
+    /// When this incarnation began: the LUT of the write that created the record while no
+    /// version was stored. Versions and tombstones after it keep it; the `generation`
+    /// conflict policy orders incarnations before generations (`ferry_xdr::conflict`).
+    pub created_ms: u64,
     /// Expiry in seconds since the Aerospike epoch; 0 means never.
     pub void_time: u32,
     /// Site id of the write that produced this version.
@@ -136,6 +141,16 @@ pub struct Record {
 }
 
 impl Record {
+    /// The metadata conflict resolution compares.
+    pub fn stamp(&self) -> VersionStamp {
+        VersionStamp {
+            generation: self.generation,
+            last_update_ms: self.last_update_ms,
+            origin_site: self.origin_site,
+            created_ms: self.created_ms,
+        }
+    }
+
     /// Whether the record has expired at `now_secs` (Aerospike epoch).
     pub fn expired(&self, now_secs: u32) -> bool {
         self.void_time != 0 && self.void_time <= now_secs
@@ -153,6 +168,7 @@ impl Record {
         Record {
             generation: next_generation(Some(self.generation)),
             last_update_ms: next_last_update(Some(self.last_update_ms), now_ms),
+            created_ms: self.created_ms,
             void_time: 0,
             origin_site: site_id,
             tombstone: true,
@@ -217,15 +233,17 @@ pub fn now_citrusleaf_secs() -> u32 {
 #[error("stored record is corrupt: {0}")]
 pub struct CorruptRecord(pub &'static str);
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// The format before incarnations: no `created_ms` (read as 0).
+const FORMAT_V1: u8 = 1;
 const FLAG_TOMBSTONE: u8 = 1;
 /// A `u64` log position follows the bins.
 const FLAG_LOGGED: u8 = 2;
 
 /// Encodes a record for the storage engine.
 ///
-/// Layout (big-endian): format u8, flags u8, generation u16, last-update u64, void-time u32,
-/// origin u8, set (u8 length + bytes), key (u32 length + bytes, 0 = none), bin count u16, then
+/// Layout (big-endian): format u8, flags u8, generation u16, last-update u64, created u64,
+/// void-time u32, origin u8, set (u8 length + bytes), key (u32 length + bytes, 0 = none), bin count u16, then
 /// per bin: name (u8 length + bytes), particle u8, value (u32 length + bytes).
 pub fn encode(record: &Record) -> Vec<u8> {
     let key_len = record.key.as_ref().map_or(0, |k| k.len());
@@ -235,6 +253,7 @@ pub fn encode(record: &Record) -> Vec<u8> {
     out.push(if record.tombstone { FLAG_TOMBSTONE } else { 0 } | logged);
     out.extend_from_slice(&record.generation.to_be_bytes());
     out.extend_from_slice(&record.last_update_ms.to_be_bytes());
+    out.extend_from_slice(&record.created_ms.to_be_bytes());
     out.extend_from_slice(&record.void_time.to_be_bytes());
     out.push(record.origin_site);
     out.push(record.set.len() as u8);
@@ -262,18 +281,20 @@ pub fn encoded_len(record: &Record) -> usize {
     let bins: usize =
         record.bins.iter().map(|b| 1 + b.name.len() + 1 + 4 + b.value.data.len()).sum();
     let logged = if record.logged_lsn.is_some() { 8 } else { 0 };
-    24 + record.set.len() + record.key.as_ref().map_or(0, |k| k.len()) + bins + logged
+    32 + record.set.len() + record.key.as_ref().map_or(0, |k| k.len()) + bins + logged
 }
 
 /// Decodes what [`encode`] wrote; never panics on damaged bytes.
 pub fn decode(bytes: &[u8]) -> Result<Record, CorruptRecord> {
     let mut r = Reader(bytes);
-    if r.u8()? != FORMAT {
+    let format = r.u8()?;
+    if format != FORMAT && format != FORMAT_V1 {
         return Err(CorruptRecord("unknown format version"));
     }
     let flags = r.u8()?;
     let generation = r.u16()?;
     let last_update_ms = r.u64()?;
+    let created_ms = if format == FORMAT { r.u64()? } else { 0 };
     let void_time = r.u32()?;
     let origin_site = r.u8()?;
     let set_len = usize::from(r.u8()?);
@@ -297,6 +318,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, CorruptRecord> {
     Ok(Record {
         generation,
         last_update_ms,
+        created_ms,
         void_time,
         origin_site,
         tombstone: flags & FLAG_TOMBSTONE != 0,
@@ -347,6 +369,7 @@ mod tests {
         Record {
             generation: 7,
             last_update_ms: 1_700_000_000_123,
+            created_ms: 1_700_000_000_001,
             void_time: 500,
             origin_site: 2,
             tombstone: false,
@@ -367,6 +390,15 @@ mod tests {
         let logged = Record { tombstone: true, bins: Vec::new(), logged_lsn: Some(77), ..sample() };
         assert_eq!(encoded_len(&logged), encode(&logged).len());
         assert_eq!(decode(&encode(&logged)), Ok(logged));
+    }
+
+    #[test]
+    fn records_stored_before_incarnations_read_as_incarnation_zero() {
+        let record = sample();
+        let mut v1 = encode(&record);
+        v1.drain(12..20);
+        v1[0] = FORMAT_V1;
+        assert_eq!(decode(&v1), Ok(Record { created_ms: 0, ..record }));
     }
 
     #[test]

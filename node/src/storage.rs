@@ -424,6 +424,7 @@ mod tests {
         Record {
             generation: 1,
             last_update_ms: 1,
+            created_ms: 1,
             void_time: 0,
             origin_site: 1,
             tombstone: false,

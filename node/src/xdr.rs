@@ -17,7 +17,6 @@ use ferry_transport::{
 use ferry_xdr::ack::{self, Ack};
 use ferry_xdr::admission::{LinkAuthorizer, peer_identity, site_members};
 use ferry_xdr::batch::{Batch, Compression, ShippedBin, ShippedRecord};
-use ferry_xdr::conflict::VersionStamp;
 use ferry_xdr::parked::ParkedRecord;
 use ferry_xdr::plan::LinkPlan;
 use ferry_xdr::receive::{Applier, ApplyOutcome, ApplyRefusal, Delivery, Receiver};
@@ -507,15 +506,11 @@ impl Applier for NodeRecords {
     }
 }
 
-/// A stored record as shipped: its own generation, LUT and origin.
+/// A stored record as shipped: its own generation, LUT, origin and incarnation.
 fn to_shipped(digest: Digest, record: Record) -> ShippedRecord {
     ShippedRecord {
         digest,
-        stamp: VersionStamp {
-            generation: record.generation,
-            last_update_ms: record.last_update_ms,
-            origin_site: record.origin_site,
-        },
+        stamp: record.stamp(),
         void_time: record.void_time,
         tombstone: record.tombstone,
         set: record.set,
@@ -533,6 +528,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use ferry_tests::{Link, Role, Site, TopologyBuilder};
+    use ferry_xdr::conflict::VersionStamp;
 
     /// Site `a` (one node) links into site `b` (nodes `b0`, `b1`), namespace `test`, one copy,
     /// on free ports.
@@ -552,7 +548,12 @@ mod tests {
         digest[4..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9).to_le_bytes());
         ShippedRecord {
             digest: Digest(digest),
-            stamp: VersionStamp { generation: 1, last_update_ms: 1_000, origin_site: 1 },
+            stamp: VersionStamp {
+                generation: 1,
+                last_update_ms: 1_000,
+                origin_site: 1,
+                created_ms: 1_000,
+            },
             void_time: 0,
             tombstone: false,
             set: "s".into(),

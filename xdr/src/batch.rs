@@ -15,7 +15,7 @@ use crate::conflict::VersionStamp;
 /// Magic bytes opening every batch.
 pub const MAGIC: [u8; 4] = *b"FXDR";
 /// Format version written by this build.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 /// Largest payload accepted, compressed or not, and largest inflated payload: the transport's
 /// frame cap. A shipper's frames carry at most 4 MiB of records, or one record of up to the
 /// largest `max-record-size` (8 MiB).
@@ -25,9 +25,9 @@ const MAX_NAMESPACE_NAME: usize = 31;
 
 const FLAG_ZSTD: u8 = 1;
 const RECORD_TOMBSTONE: u8 = 1;
-/// Smallest possible encoded record: digest, flags, generation, LUT, void time, origin, set
-/// length, key length, bin count.
-const MIN_RECORD: usize = 20 + 1 + 2 + 8 + 4 + 1 + 1 + 4 + 2;
+/// Smallest possible encoded record: digest, flags, generation, LUT, incarnation, void time,
+/// origin, set length, key length, bin count.
+const MIN_RECORD: usize = 20 + 1 + 2 + 8 + 8 + 4 + 1 + 1 + 4 + 2;
 
 /// One record version as shipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +208,7 @@ fn encode_record(record: &ShippedRecord, out: &mut Vec<u8>) {
     out.push(if record.tombstone { RECORD_TOMBSTONE } else { 0 });
     out.extend_from_slice(&record.stamp.generation.to_be_bytes());
     out.extend_from_slice(&record.stamp.last_update_ms.to_be_bytes());
+    out.extend_from_slice(&record.stamp.created_ms.to_be_bytes());
     out.extend_from_slice(&record.void_time.to_be_bytes());
     out.push(record.stamp.origin_site);
     out.push(record.set.len() as u8);
@@ -230,6 +231,7 @@ fn decode_record(r: &mut Reader<'_>) -> Result<ShippedRecord, BatchError> {
     let flags = r.u8()?;
     let generation = r.u16()?;
     let last_update_ms = r.u64()?;
+    let created_ms = r.u64()?;
     let void_time = r.u32()?;
     let origin_site = r.u8()?;
     let set_len = usize::from(r.u8()?);
@@ -254,7 +256,7 @@ fn decode_record(r: &mut Reader<'_>) -> Result<ShippedRecord, BatchError> {
     }
     Ok(ShippedRecord {
         digest: digest.into(),
-        stamp: VersionStamp { generation, last_update_ms, origin_site },
+        stamp: VersionStamp { generation, last_update_ms, origin_site, created_ms },
         void_time,
         tombstone,
         set,
@@ -300,7 +302,12 @@ impl<'a> Reader<'a> {
 pub(crate) fn sample_record(i: u8, tombstone: bool) -> ShippedRecord {
     ShippedRecord {
         digest: Digest([i; 20]),
-        stamp: VersionStamp { generation: 3, last_update_ms: 1_000 + u64::from(i), origin_site: 1 },
+        stamp: VersionStamp {
+            generation: 3,
+            last_update_ms: 1_000 + u64::from(i),
+            origin_site: 1,
+            created_ms: 900,
+        },
         void_time: 0,
         tombstone,
         set: "demo".into(),
@@ -358,7 +365,12 @@ mod tests {
             namespace: "ns".into(),
             records: vec![ShippedRecord {
                 digest: Digest([0xab; 20]),
-                stamp: VersionStamp { generation: 2, last_update_ms: 0x0102, origin_site: 1 },
+                stamp: VersionStamp {
+                    generation: 2,
+                    last_update_ms: 0x0102,
+                    origin_site: 1,
+                    created_ms: 0x0101,
+                },
                 void_time: 0,
                 tombstone: true,
                 set: String::new(),
@@ -368,20 +380,21 @@ mod tests {
         };
         let (bytes, size) = batch.encode(RAW);
         let mut expected = b"FXDR".to_vec();
-        expected.extend_from_slice(&[1, 0, 1, 0]); // version, flags, source site, reserved
+        expected.extend_from_slice(&[2, 0, 1, 0]); // version, flags, source site, reserved
         expected.extend_from_slice(&7u64.to_be_bytes()); // batch id
         expected.extend_from_slice(&[2, b'n', b's']); // namespace
         expected.extend_from_slice(&1u32.to_be_bytes()); // records
-        expected.extend_from_slice(&43u32.to_be_bytes()); // raw payload length
-        expected.extend_from_slice(&43u32.to_be_bytes()); // payload length on the wire
+        expected.extend_from_slice(&51u32.to_be_bytes()); // raw payload length
+        expected.extend_from_slice(&51u32.to_be_bytes()); // payload length on the wire
         expected.extend_from_slice(&[0xab; 20]); // digest
         expected.push(1); // tombstone
         expected.extend_from_slice(&[0, 2]); // generation
         expected.extend_from_slice(&0x0102u64.to_be_bytes()); // LUT
+        expected.extend_from_slice(&0x0101u64.to_be_bytes()); // incarnation
         expected.extend_from_slice(&[0, 0, 0, 0, 1, 0]); // void time, origin, set length
         expected.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // key length, bin count
         assert_eq!(bytes, expected);
-        assert_eq!(size, EncodedSize { raw: 43, wire: bytes.len() });
+        assert_eq!(size, EncodedSize { raw: 51, wire: bytes.len() });
         assert_eq!(Batch::decode(&bytes), Ok(batch));
     }
 
@@ -426,7 +439,7 @@ mod tests {
         let zeros = vec![0u8; 8 << 20];
         let compressed = zstd::bulk::compress(&zeros, 3).expect("compress");
         let mut bytes = b"FXDR".to_vec();
-        bytes.extend_from_slice(&[1, FLAG_ZSTD, 1, 0]);
+        bytes.extend_from_slice(&[FORMAT_VERSION, FLAG_ZSTD, 1, 0]);
         bytes.extend_from_slice(&1u64.to_be_bytes());
         bytes.extend_from_slice(&[1, b't']);
         bytes.extend_from_slice(&1u32.to_be_bytes());

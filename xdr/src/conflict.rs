@@ -6,14 +6,16 @@
 //!   between writes in the same millisecond at two sites. A site never gives one record two
 //!   versions with the same LUT (it is strictly increasing per record), but the generation
 //!   breaks even that tie so the order is total.
-//! - `generation`: apply iff the incoming generation is newer, wrap-aware. Generations run
-//!   1..=65535 and wrap to 1 (0 is never a live generation), so "newer" means ahead by less than
-//!   half the cycle. Two rules keep sites from diverging where generations cannot tell:
-//!   - equal generations (a write at each site, or an expiration at one site racing a write
-//!     after the expiry at the other) are ordered by (LUT, origin);
-//!   - a tombstone and a version written at least `tombstone-ttl` after it are ordered by
-//!     LUT: past its TTL a tombstone may be gone elsewhere, and a record re-created there
-//!     restarts at generation 1, yet it is the later write and must win.
+//! - `generation`: the later incarnation wins, then the newer generation, wrap-aware. An
+//!   incarnation starts when a record is written while no version of it is stored (never
+//!   written, or its tombstone was reclaimed): `created_ms` is that write's LUT, and every later
+//!   version (and its delete) keeps it. A record re-created after its tombstone was reclaimed
+//!   restarts at generation 1, yet it is the later write, and its later incarnation says so
+//!   against the tombstone and against older copies anywhere. Within one incarnation,
+//!   generations run 1..=65535 and wrap to 1 (0 is never a live generation), so "newer" means
+//!   ahead by less than half the cycle; equal generations (a write at each site, or an
+//!   expiration at one site racing a write after the expiry at the other) are ordered by
+//!   (LUT, origin).
 //!
 //! Equal versions are stale, which makes applying a batch twice harmless (idempotent apply).
 
@@ -25,6 +27,9 @@ pub struct VersionStamp {
     pub generation: u16,
     pub last_update_ms: u64,
     pub origin_site: u8,
+    /// When the record's incarnation began: the LUT of its first write after no version was
+    /// stored (0 for records stored before incarnations were kept).
+    pub created_ms: u64,
 }
 
 /// One side of a conflict.
@@ -32,14 +37,6 @@ pub struct VersionStamp {
 pub struct Version {
     pub stamp: VersionStamp,
     pub tombstone: bool,
-}
-
-/// How a namespace resolves conflicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rules {
-    pub policy: ConflictPolicy,
-    /// The namespace's `tombstone-ttl`, in milliseconds.
-    pub tombstone_ttl_ms: u64,
 }
 
 /// The decision for one incoming version.
@@ -63,28 +60,19 @@ pub fn generation_newer(incoming: u16, local: u16) -> bool {
 }
 
 /// Decides whether `incoming` replaces `local` (absent locally: always apply).
-pub fn resolve(rules: Rules, local: Option<&Version>, incoming: &Version) -> Resolution {
+pub fn resolve(policy: ConflictPolicy, local: Option<&Version>, incoming: &Version) -> Resolution {
     let Some(local) = local else { return Resolution::Apply };
     let (theirs, ours) = (&incoming.stamp, &local.stamp);
     let later = || {
         (theirs.last_update_ms, theirs.origin_site, theirs.generation)
             > (ours.last_update_ms, ours.origin_site, ours.generation)
     };
-    // A tombstone that `other` was written at least a TTL after.
-    let outlived = |tombstone: &Version, other: &Version| {
-        tombstone.tombstone
-            && other.stamp.last_update_ms
-                >= tombstone.stamp.last_update_ms.saturating_add(rules.tombstone_ttl_ms)
-    };
-    let newer = match rules.policy {
+    let newer = match policy {
         ConflictPolicy::LastUpdateTime => later(),
-        ConflictPolicy::Generation
-            if theirs.generation == ours.generation
-                || outlived(local, incoming)
-                || outlived(incoming, local) =>
-        {
-            later()
+        ConflictPolicy::Generation if theirs.created_ms != ours.created_ms => {
+            theirs.created_ms > ours.created_ms
         }
+        ConflictPolicy::Generation if theirs.generation == ours.generation => later(),
         ConflictPolicy::Generation => generation_newer(theirs.generation, ours.generation),
     };
     if newer { Resolution::Apply } else { Resolution::Stale }
@@ -96,7 +84,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn stamp(generation: u16, lut: u64, origin: u8) -> VersionStamp {
-        VersionStamp { generation, last_update_ms: lut, origin_site: origin }
+        VersionStamp { generation, last_update_ms: lut, origin_site: origin, created_ms: 0 }
     }
 
     #[test]
@@ -111,8 +99,6 @@ mod tests {
         assert!(!generation_newer(40_000, 1), "more than half a cycle ahead reads as behind");
     }
 
-    const TTL: u64 = 86_400_000;
-
     fn live(generation: u16, lut: u64, origin: u8) -> Version {
         Version { stamp: stamp(generation, lut, origin), tombstone: false }
     }
@@ -122,7 +108,7 @@ mod tests {
     }
 
     fn decide(policy: ConflictPolicy, local: Version, incoming: Version) -> Resolution {
-        resolve(Rules { policy, tombstone_ttl_ms: TTL }, Some(&local), &incoming)
+        resolve(policy, Some(&local), &incoming)
     }
 
     #[test]
@@ -130,8 +116,7 @@ mod tests {
         use ConflictPolicy::{Generation, LastUpdateTime};
         use Resolution::{Apply, Stale};
         let local = live(5, 1_000, 1);
-        let rules = Rules { policy: Generation, tombstone_ttl_ms: TTL };
-        assert_eq!(resolve(rules, None, &local), Apply);
+        assert_eq!(resolve(Generation, None, &local), Apply);
         assert_eq!(decide(Generation, local, live(6, 10, 2)), Apply);
         assert_eq!(decide(Generation, local, live(4, 9_999, 2)), Stale);
         assert_eq!(decide(LastUpdateTime, local, live(1, 1_001, 1)), Apply);
@@ -163,25 +148,37 @@ mod tests {
     }
 
     #[test]
-    fn a_record_recreated_a_ttl_after_its_delete_beats_the_tombstone() {
+    fn a_later_incarnation_beats_every_version_of_an_earlier_one() {
+        use ConflictPolicy::{Generation, LastUpdateTime};
         use Resolution::{Apply, Stale};
-        let tombstone = dead(9, 1_000, 1);
-        let recreated = live(1, 1_000 + TTL, 2);
-        assert_eq!(decide(ConflictPolicy::Generation, tombstone, recreated), Apply);
-        assert_eq!(decide(ConflictPolicy::Generation, recreated, tombstone), Stale);
-        // Within the TTL the generation still rules: the delete of generation 9 wins.
-        let early = live(1, 1_000 + TTL - 1, 2);
-        assert_eq!(decide(ConflictPolicy::Generation, tombstone, early), Stale);
-        assert_eq!(decide(ConflictPolicy::Generation, early, tombstone), Apply);
+        let incarnation = |mut version: Version, created_ms: u64| {
+            version.stamp.created_ms = created_ms;
+            version
+        };
+        // Deleted at generation 9; the tombstone was reclaimed, the record written anew.
+        let tombstone = incarnation(dead(9, 1_000, 1), 10);
+        let older_copy = incarnation(live(6, 900, 1), 10);
+        let recreated = incarnation(live(1, 5_000, 2), 5_000);
+        for earlier in [tombstone, older_copy] {
+            assert_eq!(decide(Generation, earlier, recreated), Apply);
+            assert_eq!(decide(Generation, recreated, earlier), Stale);
+        }
+        // Written over the tombstone before it was reclaimed, the record continues its
+        // incarnation and its generation.
+        let continued = incarnation(live(10, 1_200, 2), 10);
+        assert_eq!(decide(Generation, tombstone, continued), Apply);
+        assert_eq!(decide(Generation, continued, tombstone), Stale);
+        // The last-update-time policy looks at the LUT alone.
+        let late_old = incarnation(live(3, 6_000, 1), 10);
+        assert_eq!(decide(LastUpdateTime, recreated, late_old), Apply);
     }
 
     /// A site's final state after live versions arrive in some order (with repeats).
     fn deliver(policy: ConflictPolicy, order: &[VersionStamp]) -> Option<VersionStamp> {
-        let rules = Rules { policy, tombstone_ttl_ms: TTL };
         order.iter().fold(None, |local, incoming| {
             let local_version = local.map(|stamp| Version { stamp, tombstone: false });
             let incoming_version = Version { stamp: *incoming, tombstone: false };
-            match resolve(rules, local_version.as_ref(), &incoming_version) {
+            match resolve(policy, local_version.as_ref(), &incoming_version) {
                 Resolution::Apply => Some(*incoming),
                 Resolution::Stale => local,
             }
@@ -209,13 +206,19 @@ mod tests {
         fn every_delivery_order_converges_under_generation(
             start in 1u16..=65_535,
             count in 1u16..40,
+            recreated_every in 1u16..50,
             shuffle_a in any::<u64>(),
             shuffle_b in any::<u64>(),
         ) {
+            // Every `recreated_every` versions the record is written anew (a reclaimed
+            // tombstone): a new incarnation from generation 1.
             let stamps: Vec<VersionStamp> = (0..count)
                 .map(|i| {
-                    let g = ((u32::from(start) - 1 + u32::from(i)) % GENERATION_CYCLE) as u16 + 1;
-                    stamp(g, u64::from(i), 1)
+                    let (incarnation, step) = (i / recreated_every, i % recreated_every);
+                    let first = if incarnation == 0 { start } else { 1 };
+                    let g = ((u32::from(first) - 1 + u32::from(step)) % GENERATION_CYCLE) as u16 + 1;
+                    let created_ms = u64::from(incarnation * recreated_every);
+                    VersionStamp { created_ms, ..stamp(g, u64::from(i), 1) }
                 })
                 .collect();
             let newest = stamps.last().copied();

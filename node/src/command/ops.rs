@@ -106,6 +106,7 @@ pub fn write(
         _ => Record {
             generation: 0,
             last_update_ms: 0,
+            created_ms: 0,
             void_time: 0,
             origin_site: ctx.site_id,
             tombstone: false,
@@ -162,6 +163,9 @@ pub fn write(
     let previous_generation = live.or(existing).map(|r| r.generation);
     record.generation = next_generation(previous_generation);
     record.last_update_ms = next_last_update(existing.map(|r| r.last_update_ms), ctx.now_ms);
+    // Written while no version is stored, the record starts a new incarnation; over any stored
+    // version (live, expired or a tombstone) it continues that one.
+    record.created_ms = existing.map_or(record.last_update_ms, |r| r.created_ms);
     record.void_time = void_time(msg.record_ttl, previous.map(|(_, v)| v), ctx);
     record.origin_site = ctx.site_id;
     record.tombstone = false;
