@@ -16,6 +16,9 @@ fn main() -> ExitCode {
             |_| tracing_subscriber::EnvFilter::new("info,aerospike_core=warn,aerospike=warn"),
         ))
         .with_writer(std::io::stderr)
+        // A failed log write (a full disk) must not take the node down: the fallback report
+        // of it is an `eprintln!`, which panics when stderr cannot be written either.
+        .log_internal_errors(false)
         .init();
     match cmd::run(args) {
         Ok(code) => code,

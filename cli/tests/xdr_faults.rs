@@ -1,7 +1,9 @@
 //! XDR under faults, with real processes: SIGKILL of a source node mid-shipment and of a
 //! destination node mid-apply; active-active writes to the same keys under `last-update-time`;
 //! a link held paused until the digest log overflows, then recovered by a store scan; and a
-//! rewind that re-ships history. Each ends with both sites holding identical versions.
+//! rewind that re-ships history; a full disk under a source node (storage, digest log and its
+//! own log file), refused with an error code, then recovered after a restart. Each ends with
+//! both sites holding identical versions.
 
 mod support;
 
@@ -173,4 +175,110 @@ async fn drain_ships_everything_logged_and_waits_for_it() {
     assert!(drained.contains("drained on every node"), "{drained}");
     assert_eq!(deployment.site_digest("b").await, deployment.site_digest("a").await);
     assert_eq!(deployment.link_sum("a", "b", |c| c.drains).await, 2, "one per source node");
+}
+
+/// A tmpfs of a fixed size mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` reads it) on `dir`; `None` when this
+    /// process may not mount (not root).
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .ok()?;
+        status.success().then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Grows (or shrinks) the mounted file system to `size`.
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount {} to {size}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
+    let TestTopology { text, nodes } =
+        TopologyBuilder::new("full-disk").sites(&["a", "b"], 1).link(link("a", "b")).build();
+    let mut deployment = Deployment::start(&text, nodes).await;
+
+    // a-0's whole state (storage and digest log) moves onto an 8 MiB disk.
+    deployment.kill_node("a-0");
+    let node_dir = deployment.running.launcher().node_dir("a-0");
+    let moved = deployment.dir.path().join("a-0.moved");
+    std::fs::rename(&node_dir, &moved).expect("move the node's state aside");
+    std::fs::create_dir(&node_dir).expect("mount point");
+    let Some(tmpfs) = Tmpfs::mount(&node_dir, "8m") else {
+        let root = std::env::var("USER").is_ok_and(|user| user == "root");
+        assert!(!root, "root could not mount a tmpfs");
+        eprintln!("skipped: mounting a small tmpfs for the full disk needs root");
+        return;
+    };
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(moved.join("."))
+        .arg(&node_dir)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "copy the node's state onto the small disk");
+    deployment.start_node("a-0").await;
+    let a = connect(&deployment, "a").await;
+
+    // 4 KiB values that do not compress fill the disk within about 2 000 writes.
+    let wp = WritePolicy::default();
+    let value = |i: i64| support::noise(&mut (i as u64 + 1), 4 << 10);
+    let (mut acknowledged, mut refusals) = (Vec::new(), Vec::new());
+    for i in 0..5_000 {
+        match a.put(&wp, &as_key!("test", "full", i), &[as_bin!("v", value(i))]).await {
+            Ok(()) => acknowledged.push(i),
+            Err(error) => refusals.push(error.to_string()),
+        }
+        if refusals.len() == 20 {
+            break;
+        }
+    }
+    assert_eq!(refusals.len(), 20, "the disk never filled: {} writes taken", acknowledged.len());
+    assert!(!acknowledged.is_empty(), "no write was taken: {refusals:?}");
+    // Refused with an answer, by a node that still serves reads, though its log is on the
+    // full disk too.
+    for refusal in &refusals {
+        assert!(refusal.contains("Server error"), "refused with an error code: {refusal}");
+    }
+    let read = aerospike::ReadPolicy::default();
+    let first = as_key!("test", "full", acknowledged[0]);
+    a.get(&read, &first, aerospike::Bins::All).await.expect("the full node still serves reads");
+
+    // Space comes back and the node restarts: every acknowledged write is there and ships.
+    tmpfs.resize("256m");
+    deployment.kill_node("a-0");
+    deployment.start_node("a-0").await;
+    let a = connect(&deployment, "a").await;
+    for &i in &acknowledged {
+        let record = a.get(&read, &as_key!("test", "full", i), aerospike::Bins::All).await;
+        let record = record.unwrap_or_else(|e| panic!("acknowledged key {i} lost at a: {e}"));
+        assert_eq!(record.bins.get("v"), Some(&aerospike::Value::Blob(value(i))), "key {i}");
+    }
+    deployment.wait_converged("a", "b", Duration::from_secs(120)).await;
+    let at_b = deployment.site_digest("b").await.records;
+    assert!(at_b >= acknowledged.len() as u64, "b holds {at_b} of {}", acknowledged.len());
+    a.put(&wp, &as_key!("test", "full", "after"), &[as_bin!("v", 1)]).await.expect("writes again");
+    eprintln!(
+        "{} writes acknowledged before the disk filled; refused with: {}",
+        acknowledged.len(),
+        refusals[0]
+    );
+    deployment.kill_node("a-0");
 }
