@@ -1,7 +1,8 @@
 //! The node's protocol edges, spoken byte by byte over TCP to real node processes: requests
 //! that reach a node which does not own the partition are forwarded to the owner; malformed
 //! frames get a parameter error or a closed connection and never harm the node; unsupported
-//! features answer result code 16; info replies follow request order.
+//! features answer result code 16; info replies follow request order; a flood of large
+//! request bodies holds no more memory than the node's request budget.
 
 mod support;
 
@@ -19,7 +20,7 @@ use support::raw::{connect, read_frame, request};
 /// its partition map.
 struct Site {
     /// Kills the nodes when the test ends.
-    _deployment: Deployment,
+    deployment: Deployment,
     clients: Vec<(String, SocketAddr)>,
     map: PartitionMap,
 }
@@ -30,7 +31,7 @@ fn start_site() -> Site {
     let clients = deployment.site("local").iter().map(|n| (n.id.clone(), n.client)).collect();
     let map =
         PartitionMap::for_namespace(&deployment.running.topology, "local", "test").expect("map");
-    Site { _deployment: deployment, clients, map }
+    Site { deployment, clients, map }
 }
 
 fn digest_of(key: &str) -> [u8; 20] {
@@ -160,4 +161,101 @@ fn unsupported_features_answer_result_code_16_and_info_keeps_order() {
     assert_eq!(names, ["build", "node", "no-such-thing", "namespaces"]);
     assert!(text.contains(&format!("node\t{owner}\n")));
     assert!(text.contains("no-such-thing\tERROR::"));
+}
+
+/// The resident memory of process `pid`, in MiB.
+fn resident_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS kB");
+    kib / 1024
+}
+
+#[test]
+fn a_flood_of_large_request_bodies_holds_no_more_than_the_request_budget() {
+    let site = start_site();
+    let (id, addr) = site.clients[0].clone();
+    let pid = site.deployment.pid(&id).expect("node running");
+    let before = resident_mib(pid);
+
+    // Sixteen clients each declare a 64 MiB request and send all of it but the last byte, so a
+    // node that read every body at once would hold a gigabyte. The budget (256 MiB) admits four
+    // bodies; the rest wait in the sockets, held back by TCP flow control.
+    const CLIENTS: usize = 16;
+    const BODY: usize = 64 << 20;
+    let mut header = [2u8, TYPE_MSG, 0, 0, 0, 0, 0, 0];
+    header[2..].copy_from_slice(&(BODY as u64).to_be_bytes()[2..]);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS + 1));
+    let (done, all_sent) = std::sync::mpsc::channel();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (barrier, done) = (barrier.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut stream = connect(addr);
+                stream.set_write_timeout(Some(std::time::Duration::from_secs(3))).expect("timeout");
+                let chunk = vec![0x5a_u8; 1 << 20];
+                let _ = stream.write_all(&header);
+                for _ in 0..BODY / chunk.len() - 1 {
+                    if stream.write_all(&chunk).is_err() {
+                        break; // held back: the node is not reading this body yet
+                    }
+                }
+                let _ = stream.write_all(&chunk[..chunk.len() - 1]);
+                let _ = done.send(());
+                barrier.wait(); // keep the connection open until measured
+            })
+        })
+        .collect();
+    for _ in 0..CLIENTS {
+        all_sent
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("a client finished sending");
+    }
+    let during = resident_mib(pid);
+    barrier.wait();
+    for client in clients {
+        client.join().expect("client thread");
+    }
+    assert!(
+        during.saturating_sub(before) < 400,
+        "resident memory grew from {before} MiB to {during} MiB under the flood"
+    );
+
+    // The node still serves.
+    let digest = digest_of("after the flood");
+    let reply = request(&mut connect(addr), &keyed(digest, 0, info2::WRITE, vec![put_op(1)]));
+    assert_eq!(reply.result_code, 0);
+    eprintln!("resident memory: {before} MiB before, {during} MiB during the flood");
+}
+
+#[test]
+fn a_forward_to_an_owner_that_never_answers_the_handshake_times_out() {
+    let mut site = start_site();
+    let digest = (0..)
+        .map(|n| digest_of(&format!("blackholed {n}")))
+        .find(|d| site.map.master(partition_of(d)).to_string() != site.clients[0].0)
+        .expect("a key owned elsewhere");
+    let owner = site.map.master(partition_of(&digest)).to_string();
+
+    // The owner is gone, and its fabric address drops every SYN: a listener that never accepts,
+    // its accept queue full (Linux drops SYNs to a full queue instead of refusing them).
+    site.deployment.kill_node(&owner);
+    let fabric = site.deployment.node(&owner).fabric;
+    let blackhole = std::net::TcpListener::bind(fabric).expect("bind the owner's fabric address");
+    let mut queued = Vec::new();
+    while let Ok(stream) =
+        std::net::TcpStream::connect_timeout(&fabric, std::time::Duration::from_millis(300))
+    {
+        queued.push(stream);
+        assert!(queued.len() < 1024, "the accept queue never filled");
+    }
+
+    // The non-owner answers the client within its forward timeout (10 s), with an error.
+    let started = std::time::Instant::now();
+    let mut stream = connect(site.clients[0].1);
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(25))).expect("timeout");
+    let reply = request(&mut stream, &keyed(digest, 0, info2::WRITE, vec![put_op(1)]));
+    assert_ne!(reply.result_code, 0, "a forward that reached no one cannot succeed");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    drop((blackhole, queued));
 }
