@@ -244,7 +244,7 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
     for i in 0..5_000 {
         match a.put(&wp, &as_key!("test", "full", i), &[as_bin!("v", value(i))]).await {
             Ok(()) => acknowledged.push(i),
-            Err(error) => refusals.push(error.to_string()),
+            Err(error) => refusals.push((i, error.to_string())),
         }
         if refusals.len() == 20 {
             break;
@@ -254,12 +254,18 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
     assert!(!acknowledged.is_empty(), "no write was taken: {refusals:?}");
     // Refused with an answer, by a node that still serves reads, though its log is on the
     // full disk too.
-    for refusal in &refusals {
+    for (_, refusal) in &refusals {
         assert!(refusal.contains("Server error"), "refused with an error code: {refusal}");
     }
     let read = aerospike::ReadPolicy::default();
     let first = as_key!("test", "full", acknowledged[0]);
     a.get(&read, &first, aerospike::Bins::All).await.expect("the full node still serves reads");
+    // The first refused write was stored before its fsync failed; once the store is poisoned,
+    // refused writes are never stored, so no reader sees them.
+    for &(i, _) in &refusals[1..] {
+        let found = a.get(&read, &as_key!("test", "full", i), aerospike::Bins::All).await;
+        assert!(found.is_err(), "refused key {i} is visible");
+    }
 
     // Space comes back and the node restarts: every acknowledged write is there and ships.
     tmpfs.resize("256m");
@@ -278,7 +284,7 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
     eprintln!(
         "{} writes acknowledged before the disk filled; refused with: {}",
         acknowledged.len(),
-        refusals[0]
+        refusals[0].1
     );
     deployment.kill_node("a-0");
 }

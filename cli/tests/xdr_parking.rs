@@ -7,7 +7,8 @@
 //!   version ships, ship once retried after the destination changed, or are discarded;
 //! - a batch larger than a transport frame ships in several frames;
 //! - a namespace the destination does not serve yet (topology skew) waits, queued, until it
-//!   does, and is never dropped;
+//!   does, and is never dropped; records of an origin it does not accept yet (a forward it
+//!   does not know of) are parked until a retry after it does;
 //! - a shipper that stops on its own (a failing checkpoint) restarts, says why, and catches up.
 
 mod support;
@@ -289,4 +290,47 @@ async fn a_namespace_the_destination_does_not_serve_yet_waits_until_it_does() {
     }
     wait_for(&deployment, "caught up", |s, _| s.counters.in_queue == 0 && s.counters.lag == 0)
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_an_origin_the_destination_does_not_accept_are_parked_until_it_does() {
+    // c ships to a, and a forwards c's writes to b once both agree that it does.
+    let three = |forward: bool| {
+        TopologyBuilder::new("parking")
+            .sites(&["a", "b", "c"], 1)
+            .link(Link::new("c", "a").period_ms(20).hot_key_ms(20))
+            .link(Link::new("a", "b").period_ms(20).hot_key_ms(20).forward(forward))
+    };
+    let first = three(false).build();
+    let second = three(true).build_like(&first);
+    let mut deployment = Deployment::start(&first.text, first.nodes.clone()).await;
+
+    // Topology skew: a restarts forwarding; b still runs the version where a does not.
+    std::fs::write(deployment.topology_file(), &second.text).expect("new topology");
+    deployment.kill_node("a-0");
+    deployment.start_node("a-0").await;
+    let c = deployment.client("c").await;
+    write_small(&c, "from-c", 0..20).await;
+    write_small(&deployment.client("a").await, "from-a", 0..20).await;
+
+    // b takes a's own writes and refuses c's, one by one: a parks them and says why.
+    let stats = wait_for(&deployment, "c's records parked", |s, at_b| {
+        at_b == 20 && s.counters.parked == 20
+    })
+    .await;
+    assert_eq!(stats.state, Some(LinkState::Degraded), "{stats:#?}");
+    let parked = ferry::client::parked(deployment.site("a")[0].client, "b", 100).await;
+    let parked = parked.expect("parked list");
+    assert!(parked.iter().all(|r| r.set == "from-c" && r.reason.contains("origin")), "{parked:#?}");
+
+    // b restarts with the version that lets a forward: a retry ships them all.
+    deployment.kill_node("b-0");
+    deployment.start_node("b-0").await;
+    deployment.ferry_link(&["parked", "b", "--retry"]);
+    let stats = wait_for(&deployment, "c's records shipped", |s, at_b| {
+        at_b == 40 && s.counters.parked == 0
+    })
+    .await;
+    assert_eq!(stats.state, Some(LinkState::Active));
+    assert_eq!(deployment.site_digest("c").await.records, 20);
 }
