@@ -1,6 +1,7 @@
 //! A real 3-node Ferry site (three `ferry node run` processes) driven by the unmodified Rust
 //! `aerospike` client: connect and tend, every single-record operation, batch reads across
-//! nodes, full scans, and durability across SIGKILL.
+//! nodes, full scans, durability across SIGKILL, truncation of a set and of a namespace, and
+//! records deleted by removing their last bin.
 
 mod support;
 
@@ -169,19 +170,7 @@ async fn batch_reads_span_nodes_and_scans_return_every_record_once() {
     }
 
     // Scan of one set: every record exactly once, none of the other set.
-    let statement = Statement::new("test", "scan", Bins::All);
-    let mut records = client
-        .query(&QueryPolicy::default(), PartitionFilter::all(), statement)
-        .await
-        .expect("scan")
-        .into_stream();
-    let mut seen = BTreeSet::new();
-    while let Some(record) = records.next().await {
-        let record = record.expect("scan record");
-        let Value::Int(i) = record.bins["i"] else { panic!("bin i is not an integer: {record:?}") };
-        assert!(seen.insert(i), "record {i} returned twice");
-    }
-    assert_eq!(seen, (0..RECORDS).collect::<BTreeSet<_>>());
+    assert_eq!(scanned(&client, "scan").await, (0..RECORDS).collect::<BTreeSet<_>>());
 
     // Whole-namespace scan with a record cap per node answers at most the cap.
     let capped = QueryPolicy { max_records: 30, ..QueryPolicy::default() };
@@ -244,5 +233,102 @@ async fn acknowledged_writes_survive_sigkill() {
             .unwrap_or_else(|e| panic!("acknowledged write {n} lost after SIGKILL: {e}"));
         assert_eq!(record.bins["n"], Value::from(*n));
     }
+    client.close().await.expect("close");
+}
+
+/// Bin `i` of every record of set `set` a full scan of namespace `test` returns; fails on a
+/// record returned twice.
+async fn scanned(client: &aerospike::Client, set: &str) -> BTreeSet<i64> {
+    let statement = Statement::new("test", set, Bins::All);
+    let mut records = client
+        .query(&QueryPolicy::default(), PartitionFilter::all(), statement)
+        .await
+        .expect("scan")
+        .into_stream();
+    let mut seen = BTreeSet::new();
+    while let Some(record) = records.next().await {
+        let record = record.expect("scan record");
+        let Value::Int(i) = record.bins["i"] else { panic!("bin i is not an integer: {record:?}") };
+        assert!(seen.insert(i), "record {i} returned twice");
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_removes_a_set_or_a_namespace_on_every_node_for_good() {
+    let mut site = Deployment::one_site(3, 1).await;
+    let client = site.client("local").await;
+    let wp = WritePolicy::default();
+    for i in 0..100i64 {
+        for set in ["gone", "kept"] {
+            client.put(&wp, &as_key!("test", set, i), &[as_bin!("i", i)]).await.expect("put");
+        }
+    }
+    let admin = aerospike::AdminPolicy::default();
+
+    // One node receives the command; every node truncates (each owns a third of the keys).
+    client.truncate(&admin, "test", "gone", 0).await.expect("truncate a set");
+    client.put(&wp, &as_key!("test", "gone", 1000), &[as_bin!("i", 1000)]).await.expect("put");
+    assert_eq!(scanned(&client, "gone").await, BTreeSet::from([1000]), "written after");
+    assert_eq!(scanned(&client, "kept").await.len(), 100, "another set is untouched");
+    let rp = ReadPolicy::default();
+    let read = client.get(&rp, &as_key!("test", "gone", 5), Bins::All).await;
+    assert_eq!(read.map(|_| ()).map_err(|e| code(&e)), Err(Some(ResultCode::KeyNotFoundError)));
+    // A truncated key starts over: a new record of generation 1.
+    client.put(&wp, &as_key!("test", "gone", 5), &[as_bin!("i", 5)]).await.expect("put again");
+    let record = client.get(&rp, &as_key!("test", "gone", 5), Bins::All).await.expect("get");
+    assert_eq!(record.generation, 1);
+
+    // Up to a time in the past: only what was written before it goes.
+    let before = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    client.put(&wp, &as_key!("test", "kept", 500), &[as_bin!("i", 500)]).await.expect("put");
+    let nanos = before.duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+    client.truncate(&admin, "test", "", nanos as i64).await.expect("truncate the namespace");
+    assert_eq!(scanned(&client, "kept").await, BTreeSet::from([500]));
+    assert!(scanned(&client, "gone").await.is_empty());
+    let future = (nanos + 3_600_000_000_000) as i64;
+    assert!(client.truncate(&admin, "test", "kept", future).await.is_err(), "lut in the future");
+
+    // Gone for good: every node restarts.
+    client.close().await.expect("close");
+    for id in site.ids("local") {
+        site.kill_node(&id);
+        site.start_node(&id).await;
+    }
+    let client = site.client("local").await;
+    assert_eq!(scanned(&client, "kept").await, BTreeSet::from([500]));
+    assert!(scanned(&client, "gone").await.is_empty());
+    client.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_last_bin_deletes_the_record() {
+    let site = Deployment::one_site(1, 1).await;
+    let client = site.client("local").await;
+    let (wp, rp) = (WritePolicy::default(), ReadPolicy::default());
+    let key = as_key!("test", "bins", 1);
+    client.put(&wp, &key, &[as_bin!("a", 1), as_bin!("b", 2)]).await.expect("put");
+    client.put(&wp, &key, &[as_bin!("a", None)]).await.expect("remove one bin");
+    let record = client.get(&rp, &key, Bins::All).await.expect("one bin left");
+    assert_eq!(record.bins.len(), 1);
+    client.put(&wp, &key, &[as_bin!("b", None)]).await.expect("remove the last bin");
+    let read = client.get(&rp, &key, Bins::All).await;
+    assert_eq!(read.map(|_| ()).map_err(|e| code(&e)), Err(Some(ResultCode::KeyNotFoundError)));
+    assert!(!client.exists(&rp, &key).await.expect("exists"));
+    assert!(scanned(&client, "bins").await.is_empty(), "no empty record in scans");
+
+    // Operations on bins that do not exist yet create them, on a new record too.
+    let counter = as_key!("test", "bins", 2);
+    let ops = [
+        operations::add(&as_bin!("n", 5)),
+        operations::append(&as_bin!("s", "tail")),
+        operations::prepend(&as_bin!("p", "head")),
+        operations::get(),
+    ];
+    let record = client.operate(&wp, &counter, &ops).await.expect("operate on a new record");
+    assert_eq!(record.bins.get("n"), Some(&Value::from(5)));
+    assert_eq!(record.bins.get("s"), Some(&Value::from("tail")));
+    assert_eq!(record.bins.get("p"), Some(&Value::from("head")));
     client.close().await.expect("close");
 }

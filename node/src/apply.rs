@@ -66,6 +66,12 @@ impl NodeState {
                 counts.refused.push(Refused { digest: shipped.digest, refusal });
                 continue;
             }
+            if shipped.stamp.last_update_ms < self.store.truncation_cutoff(namespace, &shipped.set)
+            {
+                // Truncated here (truncations are not shipped): as stale as a newer version.
+                counts.lost_conflict += 1;
+                continue;
+            }
             let _guard = self.store.lock(&shipped.digest).await;
             let local = self.store.get(namespace, &shipped.digest)?;
             let local_version =

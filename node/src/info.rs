@@ -78,6 +78,15 @@ fn parameterized(state: &NodeState, name: &str) -> String {
     if let Some(args) = name.strip_prefix("xdr-parked:") {
         return xdr_parked(state, args);
     }
+    if let Some(args) = name.strip_prefix("truncate-namespace:") {
+        return truncate(state, args, SetParam::Refused);
+    }
+    if let Some(args) = name.strip_prefix("truncate:") {
+        return truncate(state, args, SetParam::Required);
+    }
+    if let Some(args) = name.strip_prefix("truncate-local:") {
+        return truncate_local(state, args);
+    }
     if let Some(args) = name.strip_prefix("get-stats:") {
         return xdr_stats(state, args);
     }
@@ -219,4 +228,99 @@ fn xdr_link_command(state: &NodeState, args: &str) -> String {
         Ok((dc, _)) => format!("ERROR::no link to dc '{dc}' ships from this node"),
         Err(error) => error,
     }
+}
+
+/// Whether a truncate command names a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetParam {
+    Required,
+    Refused,
+}
+
+/// `truncate:namespace=NS;set=SET[;lut=NANOS]` and `truncate-namespace:namespace=NS[;lut=NANOS]`
+/// (Aerospike's): truncates on this node, then on every other node of the site over the
+/// fabric (`truncate-local`). Every record last updated before `lut` (default: now) is gone.
+fn truncate(state: &NodeState, args: &str, set_param: SetParam) -> String {
+    let known: &[&str] = match set_param {
+        SetParam::Required => &["namespace", "set", "lut"],
+        SetParam::Refused => &["namespace", "lut"],
+    };
+    let parsed = params(args, known).and_then(|params| {
+        let namespace = params.get("namespace").copied().ok_or("ERROR::missing namespace=NAME")?;
+        let set = params.get("set").copied();
+        if set_param == SetParam::Required && set.is_none_or(str::is_empty) {
+            return Err("ERROR::missing set=NAME".to_owned());
+        }
+        let lut =
+            params.contains_key("lut").then(|| number_param(&params, "lut", 0)).transpose()?;
+        let cutoff = crate::truncate::requested_cutoff(lut, crate::record::now_ms())
+            .map_err(|e| format!("ERROR::{e}"))?;
+        Ok((namespace, set, cutoff))
+    });
+    let (namespace, set, cutoff) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => return error,
+    };
+    if let Err(error) = truncate_here(state, namespace, set, cutoff) {
+        return error;
+    }
+    let set_arg = set.map(|set| format!("set={set};")).unwrap_or_default();
+    let request = format!("truncate-local:namespace={namespace};{set_arg}before-ms={cutoff}");
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return "ERROR::truncated on this node only: no runtime to reach the others".to_owned();
+    };
+    let missed: Vec<String> = runtime
+        .block_on(state.ask_peers(&request))
+        .into_iter()
+        .filter_map(|(node, answer)| match answer {
+            Ok(answer) if answer == "ok" => None,
+            Ok(answer) => Some(format!("{node} ({answer})")),
+            Err(error) => Some(format!("{node} ({error})")),
+        })
+        .collect();
+    if missed.is_empty() {
+        "ok".to_owned()
+    } else {
+        format!("ERROR::truncated on this node, not on {}", missed.join(", "))
+    }
+}
+
+/// `truncate-local:namespace=NS[;set=SET];before-ms=MS`: one node's share of a truncation
+/// another node of the site received.
+fn truncate_local(state: &NodeState, args: &str) -> String {
+    let parsed = params(args, &["namespace", "set", "before-ms"]).and_then(|params| {
+        let namespace = params.get("namespace").copied().ok_or("ERROR::missing namespace=NAME")?;
+        let before_ms = number_param(&params, "before-ms", 0)?;
+        Ok((namespace, params.get("set").copied(), before_ms))
+    });
+    match parsed
+        .and_then(|(namespace, set, before_ms)| truncate_here(state, namespace, set, before_ms))
+    {
+        Ok(()) => "ok".to_owned(),
+        Err(error) => error,
+    }
+}
+
+/// Truncates on this node and starts reclaiming the records' space in the background.
+fn truncate_here(
+    state: &NodeState,
+    namespace: &str,
+    set: Option<&str>,
+    before_ms: u64,
+) -> Result<(), String> {
+    let cutoff =
+        state.store.truncate(namespace, set, before_ms).map_err(|e| format!("ERROR::{e}"))?;
+    tracing::warn!(
+        namespace,
+        set,
+        cutoff,
+        "truncated: records last updated before the cut-off are gone"
+    );
+    let store = state.store.clone();
+    let namespace = namespace.to_owned();
+    std::thread::spawn(move || match store.remove_truncated(&namespace) {
+        Ok(removed) => tracing::info!(namespace, removed, "truncated records removed"),
+        Err(error) => tracing::error!(namespace, %error, "removing truncated records failed"),
+    });
+    Ok(())
 }

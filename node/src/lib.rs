@@ -24,6 +24,7 @@ pub mod record;
 pub mod server;
 mod start;
 pub mod storage;
+pub mod truncate;
 pub mod xdr;
 
 pub use start::{Listeners, Node, NodeHandle, StartError};

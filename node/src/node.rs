@@ -221,6 +221,24 @@ impl NodeState {
         Stats::bump(&self.stats.forwarded);
         self.fabric.exchange(peer, request).await
     }
+
+    /// Asks every other node of this site the info command `name` over the fabric; returns
+    /// each node's id and its answer, or why it could not answer.
+    pub async fn ask_peers(&self, name: &str) -> Vec<(String, Result<String, ForwardError>)> {
+        let request = crate::proto::frame(crate::proto::TYPE_INFO, format!("{name}\n").as_bytes());
+        let me = &self.cluster.node().id;
+        let mut answers = Vec::new();
+        for node in self.cluster.site().nodes.iter().filter(|node| node.id != *me) {
+            let reply = self.fabric.exchange(node.fabric.addr(), &request).await.map(|reply| {
+                let body = reply.get(8..).unwrap_or_default();
+                let answers = crate::proto::info::parse_reply(body);
+                let answer = answers.into_iter().find(|(asked, _)| asked == name);
+                answer.map_or_else(|| "ERROR::no answer".to_owned(), |(_, value)| value)
+            });
+            answers.push((node.id.to_string(), reply));
+        }
+        answers
+    }
 }
 
 fn open_log(config: &NodeConfig, namespaces: &[Namespace]) -> Result<DigestLog, NodeError> {

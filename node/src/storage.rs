@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use ferry_topology::model::{CommitMode, Namespace};
@@ -22,6 +22,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::watch;
 
 use ferry_xdr::parked::ParkedRecord;
+
+use crate::truncate::{self, Truncations};
 
 use crate::record::{self, CorruptRecord, Record};
 
@@ -63,6 +65,9 @@ struct Inner {
     namespaces: HashMap<String, NamespaceStore>,
     /// Each link's parked records (see `ferry_xdr::parked`), keyed by link, namespace, digest.
     parked: Keyspace,
+    /// Durable truncation cut-offs ([`truncate::key`] → u64 BE), and their copy in memory.
+    truncation_marks: Keyspace,
+    truncations: RwLock<Truncations>,
     /// Striped locks serializing read-modify-write of one record. Async, because a writer holds
     /// its stripe until the change is in the digest log.
     locks: Vec<tokio::sync::Mutex<()>>,
@@ -86,6 +91,8 @@ impl Store {
             by_name.insert(ns.name.to_string(), NamespaceStore { keyspace, mode: ns.commit_mode });
         }
         let parked = db.keyspace("xdr.parked", KeyspaceCreateOptions::default)?;
+        let truncation_marks = db.keyspace("meta.truncate", KeyspaceCreateOptions::default)?;
+        let truncations = RwLock::new(load_truncations(&truncation_marks)?);
         let max_wait = namespaces
             .iter()
             .filter(|ns| ns.commit_mode == CommitMode::Group)
@@ -95,7 +102,9 @@ impl Store {
         let max_batch = namespaces.iter().map(|ns| ns.commit_max_batch).min().unwrap_or(1024);
         let commit = GroupCommit::start(db.clone(), max_wait, u64::from(max_batch.max(1)));
         let locks = (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Self { inner: Arc::new(Inner { db, namespaces: by_name, parked, locks, commit }) })
+        let inner =
+            Inner { db, namespaces: by_name, parked, truncation_marks, truncations, locks, commit };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     fn namespace(&self, ns: &str) -> Result<&NamespaceStore, StoreError> {
@@ -116,17 +125,84 @@ impl Store {
 
     /// Serializes read-modify-write of one record: hold the guard from read to write.
     pub async fn lock(&self, digest: &Digest) -> tokio::sync::MutexGuard<'_, ()> {
-        let stripe = usize::from(u16::from_le_bytes([digest[4], digest[5]])) % LOCK_STRIPES;
-        self.inner.locks[stripe].lock().await
+        self.inner.locks[lock_stripe(digest)].lock().await
     }
 
-    /// The stored version of a record, tombstones and expired records included.
+    /// [`Store::lock`] for a thread outside the runtime.
+    fn lock_blocking(&self, digest: &Digest) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.locks[lock_stripe(digest)].blocking_lock()
+    }
+
+    /// The stored version of a record, tombstones and expired records included; truncated
+    /// records are gone.
     pub fn get(&self, ns: &str, digest: &Digest) -> Result<Option<Record>, StoreError> {
         let store = self.namespace(ns)?;
         match store.keyspace.get(storage_key(digest))? {
             None => Ok(None),
-            Some(bytes) => decode(ns, digest, &bytes).map(Some),
+            Some(bytes) => {
+                let record = decode(ns, digest, &bytes)?;
+                Ok((!self.truncated(ns, &record)).then_some(record))
+            }
         }
+    }
+
+    /// Whether `record` of `ns` is truncated (and so is gone for every reader).
+    fn truncated(&self, ns: &str, record: &Record) -> bool {
+        let truncations = self.inner.truncations.read().unwrap_or_else(PoisonError::into_inner);
+        truncations.covers(ns, &record.set, record.last_update_ms)
+    }
+
+    /// The truncation cut-off covering `set` of `ns` (0: none): a client write gets a
+    /// last-update time at or after it, so it outlives the truncation.
+    pub fn truncation_cutoff(&self, ns: &str, set: &str) -> u64 {
+        let truncations = self.inner.truncations.read().unwrap_or_else(PoisonError::into_inner);
+        truncations.cutoff(ns, set)
+    }
+
+    /// Truncates `ns` (only `set` when given): every record last updated before `before_ms`
+    /// is gone from now on, durably. Returns the cut-off in force (cut-offs only move
+    /// forward). Call [`Store::remove_truncated`] to reclaim the space.
+    pub fn truncate(&self, ns: &str, set: Option<&str>, before_ms: u64) -> Result<u64, StoreError> {
+        self.namespace(ns)?;
+        self.inner.commit.check()?;
+        let mut truncations =
+            self.inner.truncations.write().unwrap_or_else(PoisonError::into_inner);
+        let mut raised = truncations.clone();
+        let cutoff = raised.raise(ns, set, before_ms);
+        let mut batch = self.inner.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.inner.truncation_marks, truncate::key(ns, set), cutoff.to_be_bytes());
+        batch.commit()?;
+        *truncations = raised;
+        Ok(cutoff)
+    }
+
+    /// Removes the truncated records of `ns` from storage; returns how many. Blocking: run it
+    /// off the runtime. Each record is checked again under its lock, so a write racing the
+    /// pass is never removed.
+    pub fn remove_truncated(&self, ns: &str) -> Result<u64, StoreError> {
+        let store = self.namespace(ns)?;
+        if !self.inner.truncations.read().unwrap_or_else(PoisonError::into_inner).any(ns) {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for guard in store.keyspace.iter() {
+            let (key, value) = guard.into_inner()?;
+            let Some(digest) = key.get(2..22).and_then(|d| <[u8; 20]>::try_from(d).ok()) else {
+                continue;
+            };
+            let digest = Digest::from(digest);
+            if !decode(ns, &digest, &value).is_ok_and(|record| self.truncated(ns, &record)) {
+                continue;
+            }
+            let _guard = self.lock_blocking(&digest);
+            let current = store.keyspace.get(&key)?;
+            let still = current.map(|bytes| decode(ns, &digest, &bytes));
+            if still.is_some_and(|record| record.is_ok_and(|r| self.truncated(ns, &r))) {
+                store.keyspace.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Writes a version (not yet durable: see [`Store::commit`]).
@@ -185,18 +261,23 @@ impl Store {
             store.keyspace.range(start..end)
         };
         let ns = ns.to_owned();
-        Ok(range.map(move |guard| {
-            let (key, value) = guard.into_inner()?;
-            let digest: Digest =
-                key.get(2..22).and_then(|d| d.try_into().ok()).ok_or_else(|| {
-                    StoreError::Corrupt {
-                        namespace: ns.clone(),
-                        digest: hex(&key),
-                        source: CorruptRecord("storage key is not partition and digest"),
-                    }
-                })?;
-            Ok((digest, decode(&ns, &digest, &value)?))
-        }))
+        let ns_filter = ns.clone();
+        Ok(range
+            .map(move |guard| {
+                let (key, value) = guard.into_inner()?;
+                let digest: Digest =
+                    key.get(2..22).and_then(|d| d.try_into().ok()).ok_or_else(|| {
+                        StoreError::Corrupt {
+                            namespace: ns.clone(),
+                            digest: hex(&key),
+                            source: CorruptRecord("storage key is not partition and digest"),
+                        }
+                    })?;
+                Ok((digest, decode(&ns, &digest, &value)?))
+            })
+            .filter(
+                move |item| !matches!(item, Ok((_, record)) if self.truncated(&ns_filter, record)),
+            ))
     }
 
     /// (digest, generation, last-update time) of every stored version in a partition, in
@@ -264,6 +345,28 @@ impl Store {
 /// `dc ‖ 0 ‖ namespace ‖ 0 ‖ digest`: names hold no NUL, so one link's records are one prefix.
 fn parked_key(dc: &str, namespace: &str, digest: &Digest) -> Vec<u8> {
     [dc.as_bytes(), &[0], namespace.as_bytes(), &[0], digest.as_bytes()].concat()
+}
+
+fn lock_stripe(digest: &Digest) -> usize {
+    usize::from(u16::from_le_bytes([digest[4], digest[5]])) % LOCK_STRIPES
+}
+
+/// The truncation cut-offs stored in `marks`.
+fn load_truncations(marks: &Keyspace) -> Result<Truncations, StoreError> {
+    let mut truncations = Truncations::default();
+    for guard in marks.iter() {
+        let (key, value) = guard.into_inner()?;
+        let parsed = truncate::parse_key(&key).zip(<[u8; 8]>::try_from(&value[..]).ok());
+        let Some(((namespace, set), cutoff)) = parsed else {
+            return Err(StoreError::Corrupt {
+                namespace: String::new(),
+                digest: hex(&key),
+                source: CorruptRecord("truncation mark"),
+            });
+        };
+        truncations.raise(&namespace, set.as_deref(), u64::from_be_bytes(cutoff));
+    }
+    Ok(truncations)
 }
 
 fn storage_key(digest: &Digest) -> [u8; 22] {
@@ -455,6 +558,41 @@ mod tests {
         let store = Store::open(dir.path(), &[namespace("test")]).expect("reopen");
         assert_eq!(store.get("test", &d).expect("get"), Some(record(5)));
         assert!(matches!(store.get("nope", &d), Err(StoreError::UnknownNamespace(_))));
+    }
+
+    #[test]
+    fn truncated_records_are_gone_for_every_reader_and_stay_gone_after_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = |lut: u64, set: &str| Record { last_update_ms: lut, set: set.into(), ..record(1) };
+        let (old, new, other) = (digest(1, 5), digest(2, 5), digest(3, 5));
+        {
+            let store = Store::open(dir.path(), &[namespace("test")]).expect("open");
+            store.put("test", &old, &at(100, "s")).expect("put");
+            store.put("test", &new, &at(300, "s")).expect("put");
+            store.put("test", &other, &at(100, "t")).expect("put");
+            assert_eq!(store.truncate("test", Some("s"), 200).expect("truncate"), 200);
+            assert_eq!(store.truncate("test", Some("s"), 150).expect("truncate"), 200, "forward");
+            assert!(store.truncate("nope", None, 1).is_err());
+            assert_eq!(store.get("test", &old).expect("get"), None);
+            assert!(store.get("test", &new).expect("get").is_some(), "written after the cut-off");
+            assert!(store.get("test", &other).expect("get").is_some(), "another set");
+            let scanned: Vec<Digest> = store
+                .scan_partition("test", 5, None)
+                .expect("scan")
+                .map(|item| item.expect("record").0)
+                .collect();
+            assert_eq!(scanned.len(), 2);
+            assert!(!scanned.contains(&old));
+            assert_eq!(store.truncation_cutoff("test", "s"), 200);
+            assert_eq!(store.truncation_cutoff("test", "t"), 0);
+        }
+        let store = Store::open(dir.path(), &[namespace("test")]).expect("reopen");
+        assert_eq!(store.get("test", &old).expect("get"), None, "the cut-off is durable");
+        store.truncate("test", None, 150).expect("truncate the namespace");
+        assert_eq!(store.get("test", &other).expect("get"), None);
+        assert_eq!(store.remove_truncated("test").expect("remove"), 2);
+        assert_eq!(store.remove_truncated("test").expect("remove again"), 0);
+        assert!(store.get("test", &new).expect("get").is_some());
     }
 
     #[tokio::test]

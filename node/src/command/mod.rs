@@ -171,6 +171,9 @@ async fn run_single_inner(state: &NodeState, msg: &Msg, target: &Target) -> Resu
     if state.client_writes_fenced() {
         return Err(result::FORBIDDEN);
     }
+    // A write after a truncation is stamped at or after its cut-off, so it outlives it.
+    let ctx =
+        ops::Context { now_ms: ctx.now_ms.max(store.truncation_cutoff(ns, &target.set)), ..ctx };
     let (record, reply_ops) = {
         let _guard = store.lock(&target.digest).await;
         store.writable().map_err(storage_error)?;

@@ -157,6 +157,15 @@ pub fn write(
         // `get()` inside an operate answers the whole record after the writes, once.
         reply_ops = record.bins.iter().map(bin_op).collect();
     }
+    if record.bins.is_empty() && !only_touch {
+        // Aerospike keeps no record without bins: a write that removes the last one deletes
+        // the record, and one that would create a record without bins finds nothing.
+        let live = live.ok_or(result::KEY_NOT_FOUND)?;
+        return Ok(WriteOutcome {
+            record: live.tombstone_after(ctx.site_id, ctx.now_ms),
+            reply_ops,
+        });
+    }
     let previous = live.map(|r| (r.generation, r.void_time));
     // A record written back to life after a delete continues the tombstone's generation, so
     // the newer version wins generation-based conflict resolution at other sites.
@@ -396,6 +405,19 @@ mod tests {
             write(&msg, "s", None, Some(&existing), &ctx).expect("put").record.void_time,
             110
         );
+    }
+
+    #[test]
+    fn a_write_that_leaves_no_bins_deletes_the_record() {
+        let nothing = Value { particle: particle::NULL, data: Bytes::new() };
+        let existing =
+            write(&put(&[("a", Value::integer(1))]), "s", None, None, &CTX).expect("put").record;
+        let emptied = write(&put(&[("a", nothing.clone())]), "s", None, Some(&existing), &CTX)
+            .expect("write");
+        assert!(emptied.record.tombstone, "{:?}", emptied.record);
+        assert_eq!(emptied.record.generation, existing.generation + 1);
+        let absent = write(&put(&[("a", nothing)]), "s", None, None, &CTX);
+        assert_eq!(absent.map(|o| o.record), Err(result::KEY_NOT_FOUND));
     }
 
     #[test]
