@@ -1,5 +1,6 @@
 //! The unmodified Python `aerospike` client (C client inside) against a real 3-node site:
-//! put/get/remove, exists, touch, operate, batch and scan, with int, str and bytes keys.
+//! put/get/remove, exists, touch, operate (creating missing bins), batch and scan, with int,
+//! str and bytes keys; removing the last bin deletes the record; truncate empties a set.
 //! The Python environment is `.venv` at the workspace root (`bash .ci/test` creates it).
 
 mod support;

@@ -75,6 +75,36 @@ def main():
     client.scan("test", "batch").foreach(lambda record: seen.append(record[2]["n"]))
     check(sorted(seen) == list(range(25)), f"scan saw {sorted(seen)}")
 
+    # Removing the last bin deletes the record; it no longer shows up in scans.
+    gone = ("test", "nobins", 1)
+    client.put(gone, {"a": 1, "b": 2})
+    client.put(gone, {"a": None})
+    (_, _, bins) = client.get(gone)
+    check(bins == {"b": 2}, f"after removing one bin {bins}")
+    client.put(gone, {"b": None})
+    (_, missing) = client.exists(gone)
+    check(missing is None, f"a record without bins still exists: {missing}")
+    seen = []
+    client.scan("test", "nobins").foreach(lambda record: seen.append(record[2]))
+    check(seen == [], f"scan of emptied records saw {seen}")
+
+    # Operations on bins that do not exist yet create them.
+    (_, _, bins) = client.operate(
+        ("test", "ops", 1),
+        [op.increment("n", 3), op.append("s", "tail"), op.prepend("p", "head"), op.read("n"),
+         op.read("s"), op.read("p")],
+    )
+    check(bins == {"n": 3, "s": "tail", "p": "head"}, f"operate on missing bins {bins}")
+
+    # Truncating a set removes it on every node; a new write afterwards stays.
+    client.truncate("test", "batch", 0)
+    seen = []
+    client.scan("test", "batch").foreach(lambda record: seen.append(record[2]["n"]))
+    check(seen == [], f"scan after truncate saw {sorted(seen)}")
+    client.put(batch_keys[0], {"n": 0})
+    (_, meta, _) = client.get(batch_keys[0])
+    check(meta["gen"] == 1, f"a truncated key starts over at generation 1: {meta}")
+
     client.close()
     print("python client: all checks passed")
 
