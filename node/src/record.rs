@@ -22,6 +22,9 @@ pub mod particle {
     pub const FLOAT: u8 = 2;
     pub const STRING: u8 = 3;
     pub const BLOB: u8 = 4;
+    /// Language-specific serialized blobs (Java 7, C# 8, Python 9, Ruby 10, PHP 11, Erlang
+    /// 12): opaque to the server, stored and answered as sent.
+    pub const LANGUAGE_BLOBS: std::ops::RangeInclusive<u8> = 7..=12;
     pub const BOOL: u8 = 17;
     pub const HLL: u8 = 18;
     pub const MAP: u8 = 19;
@@ -31,6 +34,7 @@ pub mod particle {
     /// Whether a particle type may be stored in a bin.
     pub fn storable(particle: u8) -> bool {
         matches!(particle, INTEGER | FLOAT | STRING | BLOB | BOOL | HLL | MAP | LIST | GEOJSON)
+            || LANGUAGE_BLOBS.contains(&particle)
     }
 }
 

@@ -7,11 +7,11 @@
 //!   versions with the same LUT (it is strictly increasing per record), but the generation
 //!   breaks even that tie so the order is total.
 //! - `generation`: the later incarnation wins, then the newer generation, wrap-aware. An
-//!   incarnation starts when a record is written while no version of it is stored (never
-//!   written, or its tombstone was reclaimed): `created_ms` is that write's LUT, and every later
-//!   version (and its delete) keeps it. A record re-created after its tombstone was reclaimed
-//!   restarts at generation 1, yet it is the later write, and its later incarnation says so
-//!   against the tombstone and against older copies anywhere. Within one incarnation,
+//!   incarnation starts when a record is written while no live version of it is stored
+//!   (never written, deleted, expired): `created_ms` is that write's LUT, and every later
+//!   version (and its delete) keeps it. A record written anew restarts at generation 1, as in
+//!   Aerospike, yet it is the later write, and its later incarnation says so against the
+//!   tombstone and against older copies anywhere. Within one incarnation,
 //!   generations run 1..=65535 and wrap to 1 (0 is never a live generation), so "newer" means
 //!   ahead by less than half the cycle; equal generations (a write at each site, or an
 //!   expiration at one site racing a write after the expiry at the other) are ordered by

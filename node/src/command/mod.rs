@@ -11,7 +11,7 @@ use ferry_topology::placement::partition_of;
 
 pub use self::ops::result;
 use crate::node::{NodeState, Stats};
-use crate::proto::msg::{Msg, field, info1, info2, info3};
+use crate::proto::msg::{Msg, Op, field, info1, info2, info3};
 use crate::proto::{self, TYPE_MSG};
 use crate::record::{self, MAX_SET_NAME, Record};
 use crate::server::{Origin, ReplySink};
@@ -157,24 +157,46 @@ pub async fn run_single(state: &NodeState, msg: &Msg, target: &Target) -> Msg {
 async fn run_single_inner(state: &NodeState, msg: &Msg, target: &Target) -> Result<Msg, u8> {
     let ns = target.namespace.as_str();
     let ctx = context(state, ns);
-    let store = &state.store;
-    let storage_error = |error: crate::storage::StoreError| {
-        tracing::error!(%error, namespace = ns, "storage failure");
-        result::SERVER_ERROR
-    };
-    if msg.info2 & info2::WRITE == 0 {
-        Stats::bump(&state.stats.reads);
-        let record = store.get(ns, &target.digest).map_err(storage_error)?;
-        let record = record.filter(|r| r.visible(ctx.now_secs)).ok_or(result::KEY_NOT_FOUND)?;
-        return Ok(record_reply(&record, ops::read(msg, &record)));
+    if msg.info2 & info2::WRITE != 0 {
+        let (record, reply_ops) = write(state, msg, target, ctx).await?;
+        return Ok(record_reply(&record, reply_ops));
     }
+    Stats::bump(&state.stats.reads);
+    let record = state.store.get(ns, &target.digest).map_err(|e| storage_error(ns, e))?;
+    let mut record = record.filter(|r| r.visible(ctx.now_secs)).ok_or(result::KEY_NOT_FOUND)?;
+    if let Some(ttl) = ops::read_touch_ttl(msg.record_ttl, &record, ctx.now_secs) {
+        // Aerospike's read-touch-ttl-percent: a read late in the record's life touches it,
+        // which is a write like any other (logged, shipped). A refused touch leaves the read.
+        if let Ok((touched, _)) = write(state, &ops::touch_request(ttl), target, ctx).await {
+            record = touched;
+        }
+    }
+    Ok(record_reply(&record, ops::read(msg, &record)))
+}
+
+fn storage_error(ns: &str, error: crate::storage::StoreError) -> u8 {
+    tracing::error!(%error, namespace = ns, "storage failure");
+    result::SERVER_ERROR
+}
+
+/// Runs a write command (put, operate, touch, delete); returns the stored version and the
+/// operations' results once it is durable under the namespace's commit mode.
+async fn write(
+    state: &NodeState,
+    msg: &Msg,
+    target: &Target,
+    ctx: ops::Context,
+) -> Result<(Record, Vec<Op>), u8> {
+    let ns = target.namespace.as_str();
+    let store = &state.store;
+    let storage_error = |error| storage_error(ns, error);
     if state.client_writes_fenced() {
         return Err(result::FORBIDDEN);
     }
     // A write after a truncation is stamped at or after its cut-off, so it outlives it.
     let ctx =
         ops::Context { now_ms: ctx.now_ms.max(store.truncation_cutoff(ns, &target.set)), ..ctx };
-    let (record, reply_ops) = {
+    let outcome = {
         let _guard = store.lock(&target.digest).await;
         store.writable().map_err(storage_error)?;
         let existing = store.get(ns, &target.digest).map_err(storage_error)?;
@@ -200,5 +222,5 @@ async fn run_single_inner(state: &NodeState, msg: &Msg, target: &Target) -> Resu
         outcome
     };
     store.commit(ns).await.map_err(storage_error)?;
-    Ok(record_reply(&record, reply_ops))
+    Ok(outcome)
 }

@@ -6,7 +6,8 @@ use bytes::Bytes;
 
 use crate::proto::msg::{Msg, Op, info1, info2, info3, op};
 use crate::record::{
-    Bin, LimitError, Record, Value, check_limits, next_generation, next_last_update, particle,
+    Bin, CITRUSLEAF_EPOCH_SECS, LimitError, Record, Value, check_limits, next_generation,
+    next_last_update, particle,
 };
 
 /// Aerospike result codes the node answers with.
@@ -137,6 +138,8 @@ pub fn write(
             }
             op::TOUCH => {}
             op::DELETE => record.bins.clear(),
+            // `get_header` asks for the metadata, which every reply carries: no result slot.
+            op::READ if operation.name.is_empty() && msg.info1 & info1::NOBINDATA != 0 => continue,
             op::READ if respond_all => {
                 // One result per op: the bin's value, or NULL under its name.
                 let found = record.bin(&operation.name).map(bin_op);
@@ -167,14 +170,13 @@ pub fn write(
         });
     }
     let previous = live.map(|r| (r.generation, r.void_time));
-    // A record written back to life after a delete continues the tombstone's generation, so
-    // the newer version wins generation-based conflict resolution at other sites.
-    let previous_generation = live.or(existing).map(|r| r.generation);
-    record.generation = next_generation(previous_generation);
+    record.generation = next_generation(live.map(|r| r.generation));
     record.last_update_ms = next_last_update(existing.map(|r| r.last_update_ms), ctx.now_ms);
-    // Written while no version is stored, the record starts a new incarnation; over any stored
-    // version (live, expired or a tombstone) it continues that one.
-    record.created_ms = existing.map_or(record.last_update_ms, |r| r.created_ms);
+    // Written over a live version, the record continues its incarnation. Written where none
+    // is visible (never written, deleted, expired), it starts over at generation 1, as in
+    // Aerospike, in a new incarnation: that beats the tombstone or expired copy here and
+    // every older version at other sites under the generation policy (`ferry_xdr::conflict`).
+    record.created_ms = live.map_or(record.last_update_ms, |r| r.created_ms);
     record.void_time = void_time(msg.record_ttl, previous.map(|(_, v)| v), ctx);
     record.origin_site = ctx.site_id;
     record.tombstone = false;
@@ -194,6 +196,26 @@ fn limit_code(limit: LimitError) -> u8 {
         LimitError::BinName(_) => result::BIN_NAME_TOO_LONG,
         LimitError::TooBig { .. } => result::RECORD_TOO_BIG,
     }
+}
+
+/// A touch command: the next generation and last-update time, the expiry `record_ttl` asks
+/// for (as a put's), bins unchanged.
+pub fn touch_request(record_ttl: u32) -> Msg {
+    let touch = Op { kind: op::TOUCH, particle: 0, name: String::new(), value: Bytes::new() };
+    Msg { info2: info2::WRITE, record_ttl, ops: vec![touch], ..Msg::default() }
+}
+
+/// Aerospike's read-touch-ttl-percent: when a read asking for `percent` (1..=100; 0 is the
+/// namespace default, which is off, and 0xFFFFFFFF says never) finds the record with less than
+/// `percent` of the TTL its last write gave it left, the TTL to touch it with (that same TTL).
+pub fn read_touch_ttl(percent: u32, record: &Record, now_secs: u32) -> Option<u32> {
+    if !(1..=100).contains(&percent) || record.void_time == 0 {
+        return None;
+    }
+    let written_secs = (record.last_update_ms / 1000).saturating_sub(CITRUSLEAF_EPOCH_SECS);
+    let ttl = record.void_time.checked_sub(u32::try_from(written_secs).ok()?)?;
+    let remaining = record.void_time.saturating_sub(now_secs);
+    (u64::from(remaining) * 100 < u64::from(percent) * u64::from(ttl)).then_some(ttl)
 }
 
 /// The tombstone a delete leaves, or `KEY_NOT_FOUND` when there is nothing to delete.
@@ -408,6 +430,24 @@ mod tests {
     }
 
     #[test]
+    fn a_read_late_in_a_records_life_asks_for_a_touch_with_its_last_ttl() {
+        let now_ms = (CITRUSLEAF_EPOCH_SECS + 1_000) * 1000;
+        let written = 1_000;
+        let record = Record {
+            last_update_ms: now_ms,
+            void_time: written as u32 + 10,
+            ..write(&put(&[("a", Value::integer(1))]), "s", None, None, &CTX).expect("put").record
+        };
+        let at = |secs: u64| written as u32 + secs as u32;
+        assert_eq!(read_touch_ttl(80, &record, at(1)), None, "9 of 10 s left");
+        assert_eq!(read_touch_ttl(80, &record, at(3)), Some(10), "7 of 10 s left");
+        assert_eq!(read_touch_ttl(0, &record, at(9)), None, "the namespace default: off");
+        assert_eq!(read_touch_ttl(u32::MAX, &record, at(9)), None, "never reset");
+        let forever = Record { void_time: 0, ..record };
+        assert_eq!(read_touch_ttl(80, &forever, at(9)), None);
+    }
+
+    #[test]
     fn a_write_that_leaves_no_bins_deletes_the_record() {
         let nothing = Value { particle: particle::NULL, data: Bytes::new() };
         let existing =
@@ -500,8 +540,11 @@ mod tests {
         assert_eq!(delete(&Msg::default(), Some(&tombstone), &CTX), Err(result::KEY_NOT_FOUND));
         let reborn = write(&put(&[("a", Value::integer(2))]), "s", None, Some(&tombstone), &CTX)
             .expect("write after delete");
-        assert_eq!(reborn.record.generation, 3);
+        // Generation 1 again, as in Aerospike, in a later incarnation than the tombstone's.
+        assert_eq!(reborn.record.generation, 1);
         assert!(reborn.record.last_update_ms > tombstone.last_update_ms);
+        assert_eq!(reborn.record.created_ms, reborn.record.last_update_ms);
+        assert!(reborn.record.created_ms > tombstone.created_ms);
     }
 
     #[test]
@@ -527,17 +570,7 @@ mod tests {
 
     #[test]
     fn touch_needs_a_record() {
-        let touch = Msg {
-            info2: info2::WRITE,
-            ops: vec![Op {
-                kind: op::TOUCH,
-                particle: 0,
-                name: String::new(),
-                value: Bytes::new(),
-            }],
-            ..Msg::default()
-        };
-        assert_eq!(write(&touch, "s", None, None, &CTX), Err(result::KEY_NOT_FOUND));
+        assert_eq!(write(&touch_request(0), "s", None, None, &CTX), Err(result::KEY_NOT_FOUND));
     }
 
     #[test]
