@@ -15,12 +15,11 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aerospike::{Bins, Client, ClientPolicy, ReadPolicy, WritePolicy, as_bin, as_key};
+use aerospike::{Client, ClientPolicy};
 use ferry_tests::{Namespace, TopologyBuilder};
 use support::Deployment;
 
 const CELL: Duration = Duration::from_secs(3);
-const MAX_OPS_PER_TASK: usize = 200_000;
 const TASKS: usize = 64;
 const LOGGING_TASKS: usize = 128;
 const KEYS: i64 = 10_000;
@@ -41,7 +40,14 @@ fn main() {
         });
         for size in [100usize, 1024] {
             for op in ["put", "get"] {
-                let (ops, p50, p99) = runtime.block_on(drive(client.clone(), op, size, TASKS));
+                let (ops, p50, p99) = runtime.block_on(support::load::drive(
+                    client.clone(),
+                    op,
+                    size,
+                    TASKS,
+                    CELL,
+                    KEYS,
+                ));
                 println!(
                     "{:<8} {:>5}B {:<4} {:>10.0} {:>9.2} {:>9.2} {:>14.1}",
                     format!("{nodes}-node"),
@@ -63,7 +69,8 @@ fn main() {
         let client = runtime.block_on(async {
             Arc::new(Client::new(&ClientPolicy::default(), &seed).await.expect("connect"))
         });
-        let (ops, p50, p99) = runtime.block_on(drive(client, "put", 100, LOGGING_TASKS));
+        let (ops, p50, p99) =
+            runtime.block_on(support::load::drive(client, "put", 100, LOGGING_TASKS, CELL, KEYS));
         if with_log == 0.0 {
             with_log = ops;
         }
@@ -88,51 +95,6 @@ fn start(
     let seed = built.nodes[0].client.to_string();
     let deployment = runtime.block_on(Deployment::start_with(&built.text, built.nodes, node_args));
     (deployment, seed)
-}
-
-/// Runs `tasks` concurrent clients for one cell; returns (ops/s, p50 ms, p99 ms).
-async fn drive(
-    client: Arc<Client>,
-    op: &'static str,
-    size: usize,
-    tasks: usize,
-) -> (f64, f64, f64) {
-    let payload = "x".repeat(size);
-    let started = Instant::now();
-    let mut handles = Vec::new();
-    for task in 0..tasks {
-        let client = client.clone();
-        let payload = payload.clone();
-        handles.push(tokio::spawn(async move {
-            let (wp, rp) = (WritePolicy::default(), ReadPolicy::default());
-            let mut latencies = Vec::new();
-            let mut n = task as i64;
-            while started.elapsed() < CELL && latencies.len() < MAX_OPS_PER_TASK {
-                let key = as_key!("test", format!("bench{size}"), n % KEYS);
-                let t = Instant::now();
-                let ok = match op {
-                    "put" => client.put(&wp, &key, &[as_bin!("p", payload.as_str())]).await.is_ok(),
-                    _ => client.get(&rp, &key, Bins::All).await.is_ok(),
-                };
-                if ok {
-                    latencies.push(t.elapsed());
-                }
-                n += tasks as i64;
-            }
-            latencies
-        }));
-    }
-    let mut all = Vec::new();
-    for handle in handles {
-        all.extend(handle.await.expect("task"));
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let pct = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    (all.len() as f64 / elapsed, pct(0.5), pct(0.99))
 }
 
 /// 4 KiB write + fdatasync in a loop: the disk's durable-commit ceiling for one writer.

@@ -280,7 +280,9 @@ async fn truncation_removes_a_set_or_a_namespace_on_every_node_for_good() {
     let record = client.get(&rp, &as_key!("test", "gone", 5), Bins::All).await.expect("get");
     assert_eq!(record.generation, 1);
 
-    // Up to a time in the past: only what was written before it goes.
+    // Up to a time in the past: only what was written before it goes. Last-update times are
+    // in milliseconds: the cut-off is a few clear of the writes on either side.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let before = std::time::SystemTime::now();
     tokio::time::sleep(Duration::from_millis(20)).await;
     client.put(&wp, &as_key!("test", "kept", 500), &[as_bin!("i", 500)]).await.expect("put");

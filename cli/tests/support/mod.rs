@@ -269,3 +269,84 @@ pub mod raw {
             .expect("raw put")
     }
 }
+
+/// Load for the benchmarks: concurrent `aerospike` clients, and the CPU a process used.
+pub mod load {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use aerospike::{Bins, Client, ReadPolicy, WritePolicy, as_bin, as_key};
+
+    /// Most operations one task runs in a cell, whatever the time.
+    const MAX_OPS_PER_TASK: usize = 200_000;
+
+    /// Runs `tasks` concurrent clients doing `op` ("put" or "get") of `size`-byte values on
+    /// `keys` keys for `cell`; returns (ops/s, p50 ms, p99 ms).
+    pub async fn drive(
+        client: Arc<Client>,
+        op: &'static str,
+        size: usize,
+        tasks: usize,
+        cell: Duration,
+        keys: i64,
+    ) -> (f64, f64, f64) {
+        let payload = "x".repeat(size);
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for task in 0..tasks {
+            let client = client.clone();
+            let payload = payload.clone();
+            handles.push(tokio::spawn(async move {
+                let (wp, rp) = (WritePolicy::default(), ReadPolicy::default());
+                let mut latencies = Vec::new();
+                let mut n = task as i64;
+                while started.elapsed() < cell && latencies.len() < MAX_OPS_PER_TASK {
+                    let key = as_key!("test", format!("bench{size}"), n % keys);
+                    let t = Instant::now();
+                    let ok = match op {
+                        "put" => {
+                            let bins = [as_bin!("p", payload.as_str())];
+                            client.put(&wp, &key, &bins).await.is_ok()
+                        }
+                        _ => client.get(&rp, &key, Bins::All).await.is_ok(),
+                    };
+                    if ok {
+                        latencies.push(t.elapsed());
+                    }
+                    n += tasks as i64;
+                }
+                latencies
+            }));
+        }
+        let mut all = Vec::new();
+        for handle in handles {
+            all.extend(handle.await.expect("task"));
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        all.sort_unstable();
+        let pct = |q: f64| {
+            all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        (all.len() as f64 / elapsed, pct(0.5), pct(0.99))
+    }
+
+    /// CPU time (user + system) process `pid` has used so far, in seconds.
+    pub fn cpu_seconds(pid: u32) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        // utime and stime are fields 14 and 15 of the stat line: 12 and 13 after the name.
+        (ticks(11) + ticks(12)) as f64 / clock_ticks_per_second()
+    }
+
+    fn clock_ticks_per_second() -> f64 {
+        let output = std::process::Command::new("getconf").arg("CLK_TCK").output();
+        output
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    }
+}
