@@ -155,11 +155,11 @@ async fn refused_records_are_parked_shown_and_shipped_once_the_destination_takes
     deployment.start_node("b-0").await;
     let retried = deployment.ferry_link(&["parked", "b", "--retry"]);
     assert!(retried.contains(": ok"), "{retried}");
-    let stats = wait_for(&deployment, "retried records shipped", |s, at_b| {
-        at_b == 403 && s.counters.parked == 0
+    // `down` while b restarted; `active` again at the link's next exchange with it.
+    let stats = wait_for(&deployment, "retried records shipped, link active", |s, at_b| {
+        at_b == 403 && s.counters.parked == 0 && s.state == Some(LinkState::Active)
     })
     .await;
-    assert_eq!(stats.state, Some(LinkState::Active));
     deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
     assert_eq!(stats.counters.discarded, 0);
 }
@@ -327,10 +327,9 @@ async fn records_of_an_origin_the_destination_does_not_accept_are_parked_until_i
     deployment.kill_node("b-0");
     deployment.start_node("b-0").await;
     deployment.ferry_link(&["parked", "b", "--retry"]);
-    let stats = wait_for(&deployment, "c's records shipped", |s, at_b| {
-        at_b == 40 && s.counters.parked == 0
+    wait_for(&deployment, "c's records shipped, link active", |s, at_b| {
+        at_b == 40 && s.counters.parked == 0 && s.state == Some(LinkState::Active)
     })
     .await;
-    assert_eq!(stats.state, Some(LinkState::Active));
     assert_eq!(deployment.site_digest("c").await.records, 20);
 }
