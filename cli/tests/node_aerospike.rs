@@ -255,6 +255,16 @@ async fn scanned(client: &aerospike::Client, set: &str) -> BTreeSet<i64> {
     seen
 }
 
+/// Objects of set `set` of namespace `test` over the site's nodes, from info `sets/test/<set>`.
+async fn set_objects(site: &Deployment, set: &str) -> u64 {
+    let answers = site.info("local", &format!("sets/test/{set}")).await;
+    let objects = |answer: &String| -> u64 {
+        let field = answer.split(':').find_map(|kv| kv.strip_prefix("objects="));
+        field.map_or(0, |n| n.trim_end_matches(';').parse().expect("objects count"))
+    };
+    answers.iter().map(objects).sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncation_removes_a_set_or_a_namespace_on_every_node_for_good() {
     let mut site = Deployment::one_site(3, 1).await;
@@ -267,8 +277,11 @@ async fn truncation_removes_a_set_or_a_namespace_on_every_node_for_good() {
     }
     let admin = aerospike::AdminPolicy::default();
 
+    assert_eq!(set_objects(&site, "gone").await, 100);
     // One node receives the command; every node truncates (each owns a third of the keys).
     client.truncate(&admin, "test", "gone", 0).await.expect("truncate a set");
+    assert_eq!(set_objects(&site, "gone").await, 0, "the set's object count follows");
+    assert_eq!(set_objects(&site, "kept").await, 100);
     client.put(&wp, &as_key!("test", "gone", 1000), &[as_bin!("i", 1000)]).await.expect("put");
     assert_eq!(scanned(&client, "gone").await, BTreeSet::from([1000]), "written after");
     assert_eq!(scanned(&client, "kept").await.len(), 100, "another set is untouched");

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use crate::node::NodeState;
 use crate::proto::info;
+use crate::storage::SetStats;
 
 /// The version advertised in `build`: four numeric parts (clients require them) in the range
 /// where clients use the modern batch and partition-scan formats.
@@ -41,7 +42,7 @@ fn value(state: &NodeState, name: &str) -> String {
         "rack-ids" => cluster.rack_ids(),
         "namespaces" => state.store.namespace_names().join(";"),
         "statistics" => statistics(state),
-        "sets" => String::new(),
+        "sets" => sets(state, None, None),
         "user-agent-set" => "ok".to_owned(),
         _ => parameterized(state, name),
     }
@@ -49,18 +50,20 @@ fn value(state: &NodeState, name: &str) -> String {
 
 fn parameterized(state: &NodeState, name: &str) -> String {
     if let Some(ns) = name.strip_prefix("namespace/") {
-        return match state.namespace(ns) {
-            Some(config) => format!(
-                "objects={};replication-factor={};conflict-resolution-policy={};default-ttl={};\
-                 strong-consistency=false;partitions-owned={}",
-                state.store.approximate_len(ns).unwrap_or(0),
-                config.replication_factor,
-                config.conflict_resolution_policy,
-                config.default_ttl,
-                state.cluster.owned_partitions(ns),
-            ),
-            None => format!("ERROR::namespace '{ns}' not found"),
+        let Some(config) = state.namespace(ns) else {
+            return format!("ERROR::namespace '{ns}' not found");
         };
+        let totals = namespace_totals(state, ns);
+        return format!(
+            "objects={};tombstones={};replication-factor={};conflict-resolution-policy={};\
+             default-ttl={};strong-consistency=false;partitions-owned={}",
+            totals.objects,
+            totals.tombstones,
+            config.replication_factor,
+            config.conflict_resolution_policy,
+            config.default_ttl,
+            state.cluster.owned_partitions(ns),
+        );
     }
     if let Some(ns) = name.strip_prefix("verify-digest:namespace=") {
         return verify_digest(state, ns);
@@ -90,8 +93,11 @@ fn parameterized(state: &NodeState, name: &str) -> String {
     if let Some(args) = name.strip_prefix("get-stats:") {
         return xdr_stats(state, args);
     }
-    if name.starts_with("sets/") {
-        return String::new();
+    if let Some(path) = name.strip_prefix("sets/") {
+        return match path.split_once('/') {
+            Some((ns, set)) => sets(state, Some(ns), Some(set)),
+            None => sets(state, Some(path), None),
+        };
     }
     if name.starts_with("user-agent-set:") {
         return "ok".to_owned();
@@ -323,4 +329,48 @@ fn truncate_here(
         Err(error) => tracing::error!(namespace, %error, "removing truncated records failed"),
     });
     Ok(())
+}
+
+/// What every set of `ns` holds, summed.
+fn namespace_totals(state: &NodeState, ns: &str) -> SetStats {
+    let sets = state.store.set_stats(ns).unwrap_or_default();
+    sets.values().fold(SetStats::default(), |total, set| SetStats {
+        objects: total.objects + set.objects,
+        tombstones: total.tombstones + set.tombstones,
+        bytes: total.bytes + set.bytes,
+    })
+}
+
+/// `sets`, `sets/<ns>` and `sets/<ns>/<set>`: Aerospike's per-set statistics, one
+/// `ns=…:set=…:objects=…:…` entry per set, each ending in `;`. Counts are exact (a pass over
+/// the namespace, on the blocking pool like every info answer).
+fn sets(state: &NodeState, only_ns: Option<&str>, only_set: Option<&str>) -> String {
+    let namespaces = match only_ns {
+        Some(ns) if !state.store.has_namespace(ns) => {
+            return format!("ERROR::namespace '{ns}' not found");
+        }
+        Some(ns) => vec![ns.to_owned()],
+        None => state.store.namespace_names(),
+    };
+    let mut out = String::new();
+    for ns in &namespaces {
+        let sets = match state.store.set_stats(ns) {
+            Ok(sets) => sets,
+            Err(error) => return format!("ERROR::{error}"),
+        };
+        for (set, stats) in &sets {
+            if set.is_empty() || only_set.is_some_and(|only| only != set) {
+                continue;
+            }
+            let cutoff = state.store.truncation_cutoff(ns, set);
+            // Aerospike counts the truncation time from its own epoch, in milliseconds.
+            let truncate_lut = cutoff.saturating_sub(crate::record::CITRUSLEAF_EPOCH_SECS * 1000);
+            out.push_str(&format!(
+                "ns={ns}:set={set}:objects={}:tombstones={}:data_used_bytes={}:\
+                 truncate_lut={truncate_lut}:sindexes=0:index_populating=false:truncating=false;",
+                stats.objects, stats.tombstones, stats.bytes
+            ));
+        }
+    }
+    out
 }

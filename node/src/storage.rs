@@ -11,7 +11,7 @@
 //! writers share an fsync. A failed fsync poisons the store: every later commit fails and no
 //! write is acknowledged that is not durable.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -47,6 +47,16 @@ pub enum StoreError {
 }
 
 const LOCK_STRIPES: usize = 1024;
+
+/// What one set holds (`Store::set_stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetStats {
+    /// Records, expired ones not reclaimed yet included.
+    pub objects: u64,
+    pub tombstones: u64,
+    /// Bytes of their stored encoding.
+    pub bytes: u64,
+}
 
 /// Durable storage of all namespaces of one node.
 #[derive(Clone)]
@@ -290,6 +300,30 @@ impl Store {
         self.scan_partition(ns, partition, None)?
             .map(|item| item.map(|(digest, r)| (digest, r.generation, r.last_update_ms)))
             .collect()
+    }
+
+    /// Records, tombstones and stored bytes of every set of `ns` (the empty name: records
+    /// without a set), counted exactly by a pass over the namespace; truncated records are
+    /// gone, expired ones not reclaimed yet still count, as in Aerospike. Blocking.
+    pub fn set_stats(&self, ns: &str) -> Result<BTreeMap<String, SetStats>, StoreError> {
+        let store = self.namespace(ns)?;
+        let mut sets: BTreeMap<String, SetStats> = BTreeMap::new();
+        for guard in store.keyspace.iter() {
+            let (key, value) = guard.into_inner()?;
+            let digest = key.get(2..22).and_then(|d| <[u8; 20]>::try_from(d).ok());
+            let record = decode(ns, &Digest::from(digest.unwrap_or_default()), &value)?;
+            if self.truncated(ns, &record) {
+                continue;
+            }
+            let stats = sets.entry(record.set).or_default();
+            if record.tombstone {
+                stats.tombstones += 1;
+            } else {
+                stats.objects += 1;
+            }
+            stats.bytes += value.len() as u64;
+        }
+        Ok(sets)
     }
 
     /// Approximate number of stored records (tombstones included) in a namespace.
@@ -588,6 +622,12 @@ mod tests {
         }
         let store = Store::open(dir.path(), &[namespace("test")]).expect("reopen");
         assert_eq!(store.get("test", &old).expect("get"), None, "the cut-off is durable");
+        let tombstone = Record { tombstone: true, bins: Vec::new(), ..at(400, "t") };
+        store.put("test", &digest(4, 6), &tombstone).expect("put a tombstone");
+        let sets = store.set_stats("test").expect("set stats");
+        let counts: Vec<(&str, u64, u64)> =
+            sets.iter().map(|(set, s)| (set.as_str(), s.objects, s.tombstones)).collect();
+        assert_eq!(counts, [("s", 1, 0), ("t", 1, 1)], "the truncated record is not counted");
         store.truncate("test", None, 150).expect("truncate the namespace");
         assert_eq!(store.get("test", &other).expect("get"), None);
         assert_eq!(store.remove_truncated("test").expect("remove"), 2);
