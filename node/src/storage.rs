@@ -197,11 +197,8 @@ impl Store {
         let mut removed = 0;
         for guard in store.keyspace.iter() {
             let (key, value) = guard.into_inner()?;
-            let Some(digest) = key.get(2..22).and_then(|d| <[u8; 20]>::try_from(d).ok()) else {
-                continue;
-            };
-            let digest = Digest::from(digest);
-            if !decode(ns, &digest, &value).is_ok_and(|record| self.truncated(ns, &record)) {
+            let Ok((digest, record)) = stored_entry(ns, &key, &value) else { continue };
+            if !self.truncated(ns, &record) {
                 continue;
             }
             let _guard = self.lock_blocking(&digest);
@@ -275,15 +272,7 @@ impl Store {
         Ok(range
             .map(move |guard| {
                 let (key, value) = guard.into_inner()?;
-                let digest: Digest =
-                    key.get(2..22).and_then(|d| d.try_into().ok()).ok_or_else(|| {
-                        StoreError::Corrupt {
-                            namespace: ns.clone(),
-                            digest: hex(&key),
-                            source: CorruptRecord("storage key is not partition and digest"),
-                        }
-                    })?;
-                Ok((digest, decode(&ns, &digest, &value)?))
+                stored_entry(&ns, &key, &value)
             })
             .filter(
                 move |item| !matches!(item, Ok((_, record)) if self.truncated(&ns_filter, record)),
@@ -310,8 +299,7 @@ impl Store {
         let mut sets: BTreeMap<String, SetStats> = BTreeMap::new();
         for guard in store.keyspace.iter() {
             let (key, value) = guard.into_inner()?;
-            let digest = key.get(2..22).and_then(|d| <[u8; 20]>::try_from(d).ok());
-            let record = decode(ns, &Digest::from(digest.unwrap_or_default()), &value)?;
+            let (_, record) = stored_entry(ns, &key, &value)?;
             if self.truncated(ns, &record) {
                 continue;
             }
@@ -408,6 +396,17 @@ fn storage_key(digest: &Digest) -> [u8; 22] {
     key[..2].copy_from_slice(&partition_of(digest).to_be_bytes());
     key[2..].copy_from_slice(digest.as_ref());
     key
+}
+
+/// The digest and record of one stored entry of namespace `ns` (key: [`storage_key`]).
+fn stored_entry(ns: &str, key: &[u8], value: &[u8]) -> Result<(Digest, Record), StoreError> {
+    let digest: Digest =
+        key.get(2..22).and_then(|d| d.try_into().ok()).ok_or_else(|| StoreError::Corrupt {
+            namespace: ns.to_owned(),
+            digest: hex(key),
+            source: CorruptRecord("storage key is not partition and digest"),
+        })?;
+    Ok((digest, decode(ns, &digest, value)?))
 }
 
 fn decode(ns: &str, digest: &Digest, bytes: &[u8]) -> Result<Record, StoreError> {
