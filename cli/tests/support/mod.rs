@@ -342,11 +342,15 @@ pub mod load {
         (ticks(11) + ticks(12)) as f64 / clock_ticks_per_second()
     }
 
+    /// The kernel's clock ticks per second (`getconf CLK_TCK`), asked once.
     fn clock_ticks_per_second() -> f64 {
-        let output = std::process::Command::new("getconf").arg("CLK_TCK").output();
-        output
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0)
+        static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+        *TICKS.get_or_init(|| {
+            let output = std::process::Command::new("getconf").arg("CLK_TCK").output();
+            output
+                .ok()
+                .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+                .unwrap_or(100.0)
+        })
     }
 }
