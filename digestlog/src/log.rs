@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint::{Checkpoint, CursorName, Overflow};
 use crate::cursor::{Cursor, CursorStart};
@@ -30,8 +30,8 @@ pub struct Config {
     pub size_cap: u64,
     /// Group-commit policy. Default: [`CommitPolicy::default`] (sync, no extra wait).
     pub commit: CommitPolicy,
-    /// Appends queued for the writer before `append` waits (backpressure, never drops).
-    /// Default: 8192.
+    /// Appends queued for the writer before [`DigestLog::append`] waits (backpressure, never
+    /// drops); [`DigestLog::append_nowait`] never waits. Default: 8192.
     pub queue_depth: usize,
     /// Recovery mode for open. Default: [`RecoveryMode::Strict`].
     pub recovery: RecoveryMode,
@@ -180,6 +180,12 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     /// Flushed LSN, published by the writer after each fsync.
     pub(crate) flushed: watch::Receiver<Lsn>,
+    /// The last LSN an awaiting [`DigestLog::append`] may be answered for: the flushed LSN
+    /// under [`crate::Durability::Sync`], the written one under `Buffered`.
+    pub(crate) acknowledged: watch::Receiver<Lsn>,
+    /// Queue slots for [`DigestLog::append`]: taken before queueing, returned by the writer
+    /// when it takes the entry.
+    pub(crate) queue_slots: tokio::sync::Semaphore,
     /// Last LSN written to the OS (may not be durable).
     pub(crate) written: AtomicU64,
     /// Set by the first failed write or fsync.
@@ -318,8 +324,15 @@ pub(crate) fn create_segment(
 #[derive(Debug)]
 pub struct DigestLog {
     shared: Arc<Shared>,
-    tx: Option<mpsc::Sender<Request>>,
+    /// Assigns LSNs and queues entries in that order; `None` once closed.
+    appender: Mutex<Option<Appender>>,
     writer: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Appender {
+    next_lsn: Lsn,
+    tx: mpsc::UnboundedSender<Request>,
 }
 
 impl DigestLog {
@@ -404,22 +417,34 @@ impl DigestLog {
         }
 
         let (flushed_tx, flushed_rx) = watch::channel(last);
+        let (acknowledged_tx, acknowledged_rx) = watch::channel(last);
         let shared = Arc::new(Shared {
             storage,
             config,
             state: Mutex::new(State { segments, cursors }),
             flushed: flushed_rx,
+            acknowledged: acknowledged_rx,
+            queue_slots: tokio::sync::Semaphore::new(config.queue_depth),
             written: AtomicU64::new(last.0),
             poison: OnceLock::new(),
             counters,
         });
-        let (tx, rx) = mpsc::channel(config.queue_depth);
-        let writer = Writer::new(Arc::clone(&shared), rx, flushed_tx, file, active, next_lsn);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer::new(
+            Arc::clone(&shared),
+            rx,
+            flushed_tx,
+            acknowledged_tx,
+            file,
+            active,
+            next_lsn,
+        );
         let handle = std::thread::Builder::new()
             .name("digestlog-writer".into())
             .spawn(move || writer.run())
             .map_err(OpenError::io("spawn digest log writer thread"))?;
-        Ok((DigestLog { shared, tx: Some(tx), writer: Some(handle) }, report))
+        let appender = Mutex::new(Some(Appender { next_lsn, tx }));
+        Ok((DigestLog { shared, appender, writer: Some(handle) }, report))
     }
 
     /// Appends `entry`; resolves with its LSN once it is durable (or, under
@@ -428,13 +453,59 @@ impl DigestLog {
     ///
     /// Cancelling the future after the entry was queued does not un-append it.
     pub async fn append(&self, entry: Entry) -> Result<Lsn, AppendError> {
-        if let Some(e) = self.shared.poison.get() {
-            return Err(AppendError::Poisoned(Arc::clone(e)));
+        let slot = self.shared.queue_slots.acquire().await.map_err(|_| AppendError::Closed)?;
+        let lsn = self.queue(entry, true)?;
+        // The writer hands the slot back when it takes the entry.
+        slot.forget();
+        let mut acknowledged = self.shared.acknowledged.clone();
+        loop {
+            if *acknowledged.borrow_and_update() >= lsn {
+                return Ok(lsn);
+            }
+            self.check_poison()?;
+            if acknowledged.changed().await.is_err() {
+                self.check_poison()?;
+                return Err(AppendError::Closed);
+            }
         }
-        let tx = self.tx.as_ref().ok_or(AppendError::Closed)?;
-        let (reply, rx) = oneshot::channel();
-        tx.send(Request { entry, reply }).await.map_err(|_| AppendError::Closed)?;
-        rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Queues `entry` and returns its LSN at once, without waiting for the write or the fsync.
+    ///
+    /// For a caller whose own durable store carries the LSN (see the node's storage): the
+    /// entry is written and fsynced under the commit policy like any other, becomes visible to
+    /// cursors once flushed, and a crash before that loses it, so the caller must be able to
+    /// append it again after recovery. Entries queue in LSN order; the queue is not bounded,
+    /// so the caller bounds its own concurrency.
+    pub fn append_nowait(&self, entry: Entry) -> Result<Lsn, AppendError> {
+        self.queue(entry, false)
+    }
+
+    /// Assigns the next LSN and queues the entry under one lock, so the queue is in LSN order.
+    fn queue(&self, entry: Entry, holds_slot: bool) -> Result<Lsn, AppendError> {
+        self.check_poison()?;
+        let mut appender = lock(&self.appender);
+        let appender = appender.as_mut().ok_or(AppendError::Closed)?;
+        let lsn = appender.next_lsn;
+        appender
+            .tx
+            .send(Request { lsn, entry, holds_slot })
+            .map_err(|_| self.check_poison().err().unwrap_or(AppendError::Closed))?;
+        appender.next_lsn = lsn.next();
+        Ok(lsn)
+    }
+
+    fn check_poison(&self) -> Result<(), AppendError> {
+        match self.shared.poison.get() {
+            Some(e) => Err(AppendError::Poisoned(Arc::clone(e))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a write or fsync failed: then no later entry is written, and entries queued
+    /// but not yet written are lost.
+    pub fn poisoned(&self) -> Option<Arc<std::io::Error>> {
+        self.shared.poison.get().cloned()
     }
 
     /// The last durable LSN; readers see entries up to here.
@@ -526,7 +597,7 @@ impl DigestLog {
     }
 
     fn stop(&mut self) {
-        self.tx = None;
+        *lock(&self.appender) = None;
         if let Some(handle) = self.writer.take()
             && handle.join().is_err()
         {

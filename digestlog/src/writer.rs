@@ -1,16 +1,16 @@
-//! The writer thread: takes appends from the queue, assigns LSNs, encodes records, and
-//! follows the [`GroupCommit`] policy to write, fsync and acknowledge; rotates segments and
-//! runs retention. Any write or fsync failure poisons it for good.
+//! The writer thread: takes appends from the queue (in the LSN order the log assigned),
+//! encodes records, and follows the [`GroupCommit`] policy to write, fsync and publish what is
+//! acknowledged; rotates segments and runs retention. Any write or fsync failure poisons it
+//! for good.
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::entry::{self, Entry, Lsn, RECORD_LEN};
-use crate::error::AppendError;
 use crate::log::{Shared, create_segment, lock};
 use crate::policy::{GroupCommit, Step};
 use crate::recovery::SegmentMeta;
@@ -20,17 +20,18 @@ use crate::storage::StorageFile;
 /// One queued append.
 #[derive(Debug)]
 pub(crate) struct Request {
+    pub(crate) lsn: Lsn,
     pub(crate) entry: Entry,
-    pub(crate) reply: oneshot::Sender<Result<Lsn, AppendError>>,
+    /// The append took a queue slot, handed back when the writer takes it.
+    pub(crate) holds_slot: bool,
 }
-
-type Reply = oneshot::Sender<Result<Lsn, AppendError>>;
 
 #[derive(Debug)]
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    rx: mpsc::Receiver<Request>,
+    rx: mpsc::UnboundedReceiver<Request>,
     flushed: watch::Sender<Lsn>,
+    acknowledged: watch::Sender<Lsn>,
     gc: GroupCommit,
     /// The active segment.
     file: Box<dyn StorageFile>,
@@ -41,15 +42,14 @@ pub(crate) struct Writer {
     next_lsn: Lsn,
     /// Encoded records not yet written.
     buf: Vec<u8>,
-    /// Appends not yet acknowledged, oldest first.
-    waiting: Vec<(Lsn, Reply)>,
 }
 
 impl Writer {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        rx: mpsc::Receiver<Request>,
+        rx: mpsc::UnboundedReceiver<Request>,
         flushed: watch::Sender<Lsn>,
+        acknowledged: watch::Sender<Lsn>,
         file: Box<dyn StorageFile>,
         active: SegmentMeta,
         next_lsn: Lsn,
@@ -59,12 +59,12 @@ impl Writer {
             shared,
             rx,
             flushed,
+            acknowledged,
             file,
             seg_len: active.len,
             seg_min_lut: active.min_lut,
             next_lsn,
             buf: Vec::new(),
-            waiting: Vec::new(),
         }
     }
 
@@ -72,8 +72,7 @@ impl Writer {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
             Ok(rt) => rt,
             Err(e) => {
-                self.poison(e);
-                return self.drain_poisoned();
+                return self.poison(e);
             }
         };
         loop {
@@ -100,8 +99,7 @@ impl Writer {
                 Step::Sync => self.sync(),
             };
             if let Err(e) = result {
-                self.poison(e);
-                return self.drain_poisoned();
+                return self.poison(e);
             }
         }
         // Queue closed: make everything durable before exiting.
@@ -111,19 +109,17 @@ impl Writer {
     }
 
     fn accept(&mut self, req: Request, now: Instant) -> io::Result<()> {
-        if self.seg_len + RECORD_LEN as u64 > self.shared.config.segment_size
-            && let Err(e) = self.rotate()
-        {
-            // Answered with the poison error by `poison`, like every other waiting append.
-            self.waiting.push((Lsn::ZERO, req.reply));
-            return Err(e);
+        if req.holds_slot {
+            self.shared.queue_slots.add_permits(1);
         }
-        let lsn = self.next_lsn;
-        self.next_lsn = lsn.next();
-        entry::encode_record(lsn, &req.entry, &mut self.buf);
+        debug_assert_eq!(req.lsn, self.next_lsn, "appends arrive in LSN order");
+        if self.seg_len + RECORD_LEN as u64 > self.shared.config.segment_size {
+            self.rotate()?;
+        }
+        self.next_lsn = req.lsn.next();
+        entry::encode_record(req.lsn, &req.entry, &mut self.buf);
         self.seg_len += RECORD_LEN as u64;
         self.seg_min_lut = self.seg_min_lut.min(req.entry.lut_ms);
-        self.waiting.push((lsn, req.reply));
         self.gc.on_append(now);
         self.shared.counters.appends.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -154,11 +150,11 @@ impl Writer {
         Ok(())
     }
 
+    /// Publishes everything written so far as acknowledged (called once it is written under
+    /// the buffered policy, once it is durable under the sync one).
     fn ack_all(&mut self) {
-        for (lsn, reply) in self.waiting.drain(..) {
-            // The caller may have stopped waiting; the entry is logged regardless.
-            let _ = reply.send(Ok(lsn));
-        }
+        let written = Lsn(self.next_lsn.0 - 1);
+        self.acknowledged.send_if_modified(|acked| std::mem::replace(acked, written) != written);
     }
 
     /// Seals the active segment (durably) and starts the next one, then runs retention.
@@ -191,22 +187,17 @@ impl Writer {
         Ok(())
     }
 
-    fn poison(&mut self, e: io::Error) {
+    /// Records the failure for good: appends refuse from now on, waiting ones wake to the
+    /// poison, and whatever is still queued is discarded until the log is dropped (tailing
+    /// readers keep waiting, as for a log that stopped growing).
+    fn poison(mut self, e: io::Error) {
         tracing::error!(error = %e, "digest log writer poisoned");
-        let e = Arc::new(e);
-        let e = Arc::clone(self.shared.poison.get_or_init(|| e));
-        for (_, reply) in self.waiting.drain(..) {
-            let _ = reply.send(Err(AppendError::Poisoned(Arc::clone(&e))));
-        }
-    }
-
-    /// After poisoning: refuse every queued and later append until the log is dropped.
-    fn drain_poisoned(mut self) {
-        let Some(e) = self.shared.poison.get().cloned() else {
-            return;
-        };
+        let _ = self.shared.poison.set(Arc::new(e));
+        self.acknowledged.send_modify(|_| ());
         while let Some(req) = self.rx.blocking_recv() {
-            let _ = req.reply.send(Err(AppendError::Poisoned(Arc::clone(&e))));
+            if req.holds_slot {
+                self.shared.queue_slots.add_permits(1);
+            }
         }
     }
 }

@@ -32,6 +32,28 @@ async fn failed_fsync_poisons_the_writer() {
     assert!(log.flushed_lsn() >= Lsn(1));
 }
 
+#[tokio::test]
+async fn append_nowait_numbers_entries_in_call_order_and_they_flush_like_any_other() {
+    let mem = MemStorage::new();
+    let (log, _) = DigestLog::open(Arc::new(mem.clone()), small(100)).expect("open");
+    let lsns: Vec<Lsn> = (0..30).map(|i| log.append_nowait(entry(i)).expect("queued")).collect();
+    assert_eq!(lsns, (1..=30).map(Lsn).collect::<Vec<_>>());
+    // An awaited append after them is acknowledged only once they are durable too.
+    assert_eq!(log.append(entry(30)).await.expect("append"), Lsn(31));
+    assert!(log.flushed_lsn() >= Lsn(31));
+    let mut cursor = log.open_cursor("all", CursorStart::Oldest).expect("cursor");
+    let Some(Batch::Entries(read)) = cursor.try_next_batch(100).expect("read") else {
+        panic!("nothing flushed")
+    };
+    let digests: Vec<_> = read.iter().map(|e| e.entry.digest).collect();
+    assert_eq!(digests, (0..31).map(|i| entry(i).digest).collect::<Vec<_>>());
+    // Once poisoned, no LSN is handed out.
+    mem.set_fail_syncs(true);
+    assert!(log.append(entry(31)).await.is_err());
+    assert!(matches!(log.append_nowait(entry(32)), Err(AppendError::Poisoned(_))));
+    assert!(log.poisoned().is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_fsyncs() {
     let disk = Disk::new();
