@@ -55,8 +55,8 @@ pub async fn parked(
     limit: usize,
 ) -> Result<Vec<ParkedRecord>, ClientError> {
     ask_parsed(addr, &format!("xdr-parked:dc={dc};limit={limit}"), |text| {
-        if let Some(message) = text.strip_prefix("ERROR:") {
-            return Err(StatsError::Refused(message.trim_start_matches(':').to_owned()));
+        if let Some(message) = ferry_xdr::stats::info_error(text) {
+            return Err(StatsError::Refused(message.to_owned()));
         }
         serde_json::from_str(text).map_err(|_| bad("parked records", text))
     })
@@ -144,7 +144,7 @@ mod tests {
         assert_eq!(number(text, "tombstones"), Err(StatsError::Missing("tombstones".into())));
         assert_eq!(number("objects=many", "objects"), Err(bad("objects", "many")));
         assert_eq!(
-            number("ERROR::no namespace", "objects"),
+            number("ERROR:20:no namespace", "objects"),
             Err(StatsError::Refused("no namespace".into()))
         );
     }

@@ -160,7 +160,7 @@ fn unsupported_features_answer_result_code_16_and_info_keeps_order() {
     let names: Vec<&str> = text.lines().map(|l| l.split('\t').next().unwrap_or("")).collect();
     assert_eq!(names, ["build", "node", "no-such-thing", "namespaces"]);
     assert!(text.contains(&format!("node\t{owner}\n")));
-    assert!(text.contains("no-such-thing\tERROR::"));
+    assert!(text.contains("no-such-thing\tERROR:4:unrecognized command\n"), "{text}");
 }
 
 /// The resident memory of process `pid`, in MiB.

@@ -96,8 +96,7 @@ impl NodeState {
                 Resolution::Apply => {
                     let mut record = record;
                     if self.forwards_applied_versions() {
-                        let logged = self.log_change(namespace, &shipped.digest, &record).await?;
-                        record.logged_lsn = logged.filter(|_| record.tombstone);
+                        record.logged_lsn = self.log_change(namespace, &shipped.digest, &record)?;
                     }
                     self.store.put(namespace, &shipped.digest, &record)?;
                     counts.applied += 1;

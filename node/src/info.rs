@@ -1,17 +1,37 @@
 //! Answers to info commands: what clients need to connect and route, and what operators look
-//! at. One answer per asked name, in request order; unknown names answer an `ERROR::` value
-//! rather than being dropped, so positional parsers stay aligned.
+//! at. One answer per asked name, in request order; unknown names answer an error value rather
+//! than being dropped, so positional parsers stay aligned. Errors take the form servers use
+//! since Aerospike 7.2, `ERROR:<result code>:<message>`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use crate::node::NodeState;
 use crate::proto::info;
-use crate::storage::SetStats;
+use crate::storage::{SetStats, StoreError};
 
 /// The version advertised in `build`: four numeric parts (clients require them) in the range
 /// where clients use the modern batch and partition-scan formats.
 pub const BUILD: &str = "8.1.0.0";
+
+/// Info error codes: Aerospike's result codes.
+const SERVER_ERROR: u8 = 1;
+const NOT_FOUND: u8 = 2;
+const PARAMETER: u8 = 4;
+const NAMESPACE_NOT_FOUND: u8 = 20;
+
+/// An info error answer, `ERROR:<code>:<message>`.
+fn error(code: u8, message: impl std::fmt::Display) -> String {
+    format!("ERROR:{code}:{message}")
+}
+
+/// A storage failure as an info error answer.
+fn store_error(failure: &StoreError) -> String {
+    match failure {
+        StoreError::UnknownNamespace(_) => error(NAMESPACE_NOT_FOUND, failure),
+        _ => error(SERVER_ERROR, failure),
+    }
+}
 
 /// Capabilities the C client (and so the Python client) checks.
 const FEATURES: &str = "batch-any;pquery;pscans;peers;replicas;float;truncate-namespace";
@@ -51,7 +71,7 @@ fn value(state: &NodeState, name: &str) -> String {
 fn parameterized(state: &NodeState, name: &str) -> String {
     if let Some(ns) = name.strip_prefix("namespace/") {
         let Some(config) = state.namespace(ns) else {
-            return format!("ERROR::namespace '{ns}' not found");
+            return error(NAMESPACE_NOT_FOUND, format!("namespace '{ns}' not found"));
         };
         let totals = namespace_totals(state, ns);
         return format!(
@@ -70,7 +90,7 @@ fn parameterized(state: &NodeState, name: &str) -> String {
     }
     if let Some(limit) = name.strip_prefix("xdr-conflicts:limit=") {
         let Ok(limit) = limit.parse::<usize>() else {
-            return format!("ERROR::limit '{limit}' is not a number");
+            return error(PARAMETER, format!("limit '{limit}' is not a number"));
         };
         let conflicts = state.xdr.conflicts(limit);
         return conflicts.iter().map(ToString::to_string).collect::<Vec<_>>().join(";");
@@ -102,7 +122,7 @@ fn parameterized(state: &NodeState, name: &str) -> String {
     if name.starts_with("user-agent-set:") {
         return "ok".to_owned();
     }
-    format!("ERROR::unsupported info command '{name}'")
+    error(PARAMETER, "unrecognized command")
 }
 
 fn statistics(state: &NodeState) -> String {
@@ -131,17 +151,17 @@ fn xdr_stats(state: &NodeState, args: &str) -> String {
         match pair.split_once('=') {
             Some(("context", value)) => context = Some(value),
             Some(("dc", value)) => dc = Some(value),
-            _ => return format!("ERROR::bad parameter '{pair}'"),
+            _ => return error(PARAMETER, format!("bad parameter '{pair}'")),
         }
     }
     if context != Some("xdr") {
-        return "ERROR::only context=xdr is supported".to_owned();
+        return error(PARAMETER, "only context=xdr is supported");
     }
     let registry = &state.xdr;
     match dc {
         Some(dc) => match registry.get(dc) {
             Some(link) => link.snapshot().to_info(),
-            None => format!("ERROR::no link to dc '{dc}' ships from this node"),
+            None => error(NOT_FOUND, format!("no link to dc '{dc}' ships from this node")),
         },
         None => registry.receiver_snapshot().to_info(),
     }
@@ -157,12 +177,12 @@ fn verify_digest(state: &NodeState, ns: &str) -> String {
     for partition in 0..ferry_topology::placement::PARTITIONS {
         let scan = match state.store.scan_partition(ns, partition, None) {
             Ok(scan) => scan,
-            Err(e) => return format!("ERROR::{e}"),
+            Err(e) => return store_error(&e),
         };
         for item in scan {
             let (digest, mut record) = match item {
                 Ok(item) => item,
-                Err(e) => return format!("ERROR::{e}"),
+                Err(e) => return store_error(&e),
             };
             records += 1;
             tombstones += u64::from(record.tombstone);
@@ -177,13 +197,13 @@ fn verify_digest(state: &NodeState, ns: &str) -> String {
     format!("records={records};tombstones={tombstones};xor={xor:016x}")
 }
 
-/// The `name=value` parameters of an info command, each name one of `known`; an `ERROR::` answer
+/// The `name=value` parameters of an info command, each name one of `known`; an error answer
 /// for anything else.
 fn params<'a>(args: &'a str, known: &[&str]) -> Result<HashMap<&'a str, &'a str>, String> {
     args.split(';')
         .map(|pair| match pair.split_once('=') {
             Some((name, value)) if known.contains(&name) => Ok((name, value)),
-            _ => Err(format!("ERROR::bad parameter '{pair}'")),
+            _ => Err(error(PARAMETER, format!("bad parameter '{pair}'"))),
         })
         .collect()
 }
@@ -191,7 +211,7 @@ fn params<'a>(args: &'a str, known: &[&str]) -> Result<HashMap<&'a str, &'a str>
 /// Parameter `name` as a number, `default` when absent.
 fn number_param(params: &HashMap<&str, &str>, name: &str, default: u64) -> Result<u64, String> {
     params.get(name).map_or(Ok(default), |value| {
-        value.parse().map_err(|_| format!("ERROR::{name} '{value}' is not a number"))
+        value.parse().map_err(|_| error(PARAMETER, format!("{name} '{value}' is not a number")))
     })
 }
 
@@ -199,7 +219,7 @@ fn number_param(params: &HashMap<&str, &str>, name: &str, default: u64) -> Resul
 /// default 100, oldest change first), as a JSON array of `ferry_xdr::parked::ParkedRecord`.
 fn xdr_parked(state: &NodeState, args: &str) -> String {
     let parsed = params(args, &["dc", "limit"]).and_then(|params| {
-        let dc = params.get("dc").copied().ok_or("ERROR::missing dc=NAME")?;
+        let dc = params.get("dc").copied().ok_or_else(|| error(PARAMETER, "missing dc=NAME"))?;
         Ok((dc, number_param(&params, "limit", 100)?))
     });
     let (dc, limit) = match parsed {
@@ -210,9 +230,9 @@ fn xdr_parked(state: &NodeState, args: &str) -> String {
         Ok(mut parked) => {
             parked.sort_by_key(|r| r.lut_ms);
             parked.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-            serde_json::to_string(&parked).unwrap_or_else(|e| format!("ERROR::{e}"))
+            serde_json::to_string(&parked).unwrap_or_else(|e| error(SERVER_ERROR, e))
         }
-        Err(error) => format!("ERROR::{error}"),
+        Err(error) => store_error(&error),
     }
 }
 
@@ -221,17 +241,22 @@ fn xdr_parked(state: &NodeState, args: &str) -> String {
 /// `from-ms` (0 or absent: all).
 fn xdr_link_command(state: &NodeState, args: &str) -> String {
     let parsed = params(args, &["dc", "action", "from-ms"]).and_then(|params| {
-        let dc = params.get("dc").copied().ok_or("ERROR::missing dc=NAME")?;
+        let dc = params.get("dc").copied().ok_or_else(|| error(PARAMETER, "missing dc=NAME"))?;
         let from_ms = number_param(&params, "from-ms", 0)?;
         let command = params
             .get("action")
             .and_then(|action| ferry_xdr::ship::LinkCommand::parse(action, from_ms))
-            .ok_or("ERROR::action must be pause, resume, rewind, drain, retry-parked or discard-parked")?;
+            .ok_or_else(|| {
+                error(
+                    PARAMETER,
+                    "action must be pause, resume, rewind, drain, retry-parked or discard-parked",
+                )
+            })?;
         Ok((dc, command))
     });
     match parsed {
         Ok((dc, command)) if state.xdr.command(dc, command) => "ok".to_owned(),
-        Ok((dc, _)) => format!("ERROR::no link to dc '{dc}' ships from this node"),
+        Ok((dc, _)) => error(NOT_FOUND, format!("no link to dc '{dc}' ships from this node")),
         Err(error) => error,
     }
 }
@@ -252,15 +277,18 @@ fn truncate(state: &NodeState, args: &str, set_param: SetParam) -> String {
         SetParam::Refused => &["namespace", "lut"],
     };
     let parsed = params(args, known).and_then(|params| {
-        let namespace = params.get("namespace").copied().ok_or("ERROR::missing namespace=NAME")?;
+        let namespace = params
+            .get("namespace")
+            .copied()
+            .ok_or_else(|| error(PARAMETER, "missing namespace=NAME"))?;
         let set = params.get("set").copied();
         if set_param == SetParam::Required && set.is_none_or(str::is_empty) {
-            return Err("ERROR::missing set=NAME".to_owned());
+            return Err(error(PARAMETER, "missing set=NAME"));
         }
         let lut =
             params.contains_key("lut").then(|| number_param(&params, "lut", 0)).transpose()?;
         let cutoff = crate::truncate::requested_cutoff(lut, crate::record::now_ms())
-            .map_err(|e| format!("ERROR::{e}"))?;
+            .map_err(|e| error(PARAMETER, e))?;
         Ok((namespace, set, cutoff))
     });
     let (namespace, set, cutoff) = match parsed {
@@ -273,7 +301,7 @@ fn truncate(state: &NodeState, args: &str, set_param: SetParam) -> String {
     let set_arg = set.map(|set| format!("set={set};")).unwrap_or_default();
     let request = format!("truncate-local:namespace={namespace};{set_arg}before-ms={cutoff}");
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return "ERROR::truncated on this node only: no runtime to reach the others".to_owned();
+        return error(SERVER_ERROR, "truncated on this node only: no runtime to reach the others");
     };
     let missed: Vec<String> = runtime
         .block_on(state.ask_peers(&request))
@@ -287,7 +315,7 @@ fn truncate(state: &NodeState, args: &str, set_param: SetParam) -> String {
     if missed.is_empty() {
         "ok".to_owned()
     } else {
-        format!("ERROR::truncated on this node, not on {}", missed.join(", "))
+        error(SERVER_ERROR, format!("truncated on this node, not on {}", missed.join(", ")))
     }
 }
 
@@ -295,7 +323,10 @@ fn truncate(state: &NodeState, args: &str, set_param: SetParam) -> String {
 /// another node of the site received.
 fn truncate_local(state: &NodeState, args: &str) -> String {
     let parsed = params(args, &["namespace", "set", "before-ms"]).and_then(|params| {
-        let namespace = params.get("namespace").copied().ok_or("ERROR::missing namespace=NAME")?;
+        let namespace = params
+            .get("namespace")
+            .copied()
+            .ok_or_else(|| error(PARAMETER, "missing namespace=NAME"))?;
         let before_ms = number_param(&params, "before-ms", 0)?;
         Ok((namespace, params.get("set").copied(), before_ms))
     });
@@ -314,8 +345,7 @@ fn truncate_here(
     set: Option<&str>,
     before_ms: u64,
 ) -> Result<(), String> {
-    let cutoff =
-        state.store.truncate(namespace, set, before_ms).map_err(|e| format!("ERROR::{e}"))?;
+    let cutoff = state.store.truncate(namespace, set, before_ms).map_err(|e| store_error(&e))?;
     tracing::warn!(
         namespace,
         set,
@@ -347,7 +377,7 @@ fn namespace_totals(state: &NodeState, ns: &str) -> SetStats {
 fn sets(state: &NodeState, only_ns: Option<&str>, only_set: Option<&str>) -> String {
     let namespaces = match only_ns {
         Some(ns) if !state.store.has_namespace(ns) => {
-            return format!("ERROR::namespace '{ns}' not found");
+            return error(NAMESPACE_NOT_FOUND, format!("namespace '{ns}' not found"));
         }
         Some(ns) => vec![ns.to_owned()],
         None => state.store.namespace_names(),
@@ -356,7 +386,7 @@ fn sets(state: &NodeState, only_ns: Option<&str>, only_set: Option<&str>) -> Str
     for ns in &namespaces {
         let sets = match state.store.set_stats(ns) {
             Ok(sets) => sets,
-            Err(error) => return format!("ERROR::{error}"),
+            Err(error) => return store_error(&error),
         };
         for (set, stats) in &sets {
             if set.is_empty() || only_set.is_some_and(|only| only != set) {

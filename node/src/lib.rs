@@ -3,6 +3,7 @@
 //! - [`record`]: records, bins and their storage encoding.
 //! - [`apply`]: versions shipped from other sites, resolved and stored.
 //! - [`storage`]: fjall-backed durable storage with group commit.
+//! - [`index`]: the primary index in memory (which digests are stored, and where logged).
 //! - [`proto`]: the wire protocol as pure encoding and decoding.
 //! - [`command`]: what each client command means and does.
 //! - [`cluster`]: the node's view of its site (ownership, `replicas`, peers).
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod apply;
 pub mod cluster;
 pub mod command;
+pub mod index;
 pub mod info;
 pub mod node;
 pub mod proto;

@@ -78,6 +78,8 @@ pub enum NodeError {
     Storage { dir: String, source: StoreError },
     #[error("open digest log in {dir}: {source}")]
     DigestLog { dir: String, source: OpenError },
+    #[error("append the changes the digest log lost in a crash: {0}")]
+    Relog(String),
 }
 
 /// Counters shown by `statistics` and the admin endpoint.
@@ -124,7 +126,7 @@ impl NodeState {
         let store = Store::open(&dir, &namespaces)
             .map_err(|source| NodeError::Storage { dir: dir.display().to_string(), source })?;
         let log = if config.digest_log { Some(open_log(config, &namespaces)?) } else { None };
-        Ok(Self {
+        let state = Self {
             cluster,
             topology: ferry_topology::SharedTopology::new(Arc::new(config.topology.clone())),
             xdr: Arc::default(),
@@ -133,12 +135,51 @@ impl NodeState {
             namespaces: namespaces.into_iter().map(|ns| (ns.name.to_string(), ns)).collect(),
             fabric: Fabric::default(),
             log,
-        })
+        };
+        let relogged = state.relog_lost_changes()?;
+        if relogged > 0 {
+            tracing::warn!(
+                relogged,
+                "digest log lost its tail in a crash; stored changes relogged"
+            );
+        }
+        Ok(state)
     }
 
-    /// Appends a record change to the digest log; resolves once it is durable, with its
-    /// position (`None` when the node runs without a log).
-    pub async fn log_change(
+    /// Storage's journal is the write-ahead log: a write is acknowledged once storage holds it
+    /// durably, with its digest-log position, while the log entry may still be unsynced. After
+    /// a crash the log can therefore end before changes storage kept; this appends them again
+    /// (in their old order) and stores their new positions, before anything reads the log.
+    /// Returns how many. One pass over storage.
+    fn relog_lost_changes(&self) -> Result<usize, NodeError> {
+        let Some(log) = &self.log else { return Ok(0) };
+        let last = log.flushed_lsn().0;
+        let mut lost = Vec::new();
+        for ns in self.store.namespace_names() {
+            let versions = self
+                .store
+                .logged_after(&ns, last)
+                .map_err(|error| NodeError::Relog(error.to_string()))?;
+            lost.extend(versions.into_iter().map(|(digest, record)| (ns.clone(), digest, record)));
+        }
+        lost.sort_by_key(|(_, _, record)| record.logged_lsn);
+        let relogged = lost.len();
+        for (ns, digest, mut record) in lost {
+            // An expiration tombstone relogs as a delete: storage does not tell them apart.
+            record.logged_lsn = self
+                .log_change(&ns, &digest, &record)
+                .map_err(|e| NodeError::Relog(e.to_string()))?;
+            self.store.put(&ns, &digest, &record).map_err(|e| NodeError::Relog(e.to_string()))?;
+        }
+        Ok(relogged)
+    }
+
+    /// Appends a record change to the digest log and returns its position (`None` when the
+    /// node runs without a log) at once: the entry is written and synced in the background,
+    /// and the caller stores the version with that position (see `relog_lost_changes`). Hold
+    /// the record's lock from here until the version is stored, so a shipper reading the
+    /// entry finds the version.
+    pub fn log_change(
         &self,
         namespace: &str,
         digest: &Digest,
@@ -146,21 +187,30 @@ impl NodeState {
     ) -> Result<Option<u64>, AppendError> {
         let op =
             if record.tombstone { ferry_digestlog::Op::Delete } else { ferry_digestlog::Op::Write };
-        self.log_op(namespace, digest, record, op).await
+        self.log_op(namespace, digest, record, op)
     }
 
     /// Logs the tombstone an expiration left (see [`NodeState::ships_expirations`]); returns
     /// its position like [`NodeState::log_change`].
-    pub async fn log_expiration(
+    pub fn log_expiration(
         &self,
         namespace: &str,
         digest: &Digest,
         tombstone: &Record,
     ) -> Result<Option<u64>, AppendError> {
-        self.log_op(namespace, digest, tombstone, ferry_digestlog::Op::Expire).await
+        self.log_op(namespace, digest, tombstone, ferry_digestlog::Op::Expire)
     }
 
-    async fn log_op(
+    /// Fails once the digest log is poisoned: a change stored since may have no entry until
+    /// the node restarts (and relogs it), so it must not be acknowledged as shipped-to-be.
+    pub fn log_healthy(&self) -> Result<(), AppendError> {
+        match self.log.as_ref().and_then(DigestLog::poisoned) {
+            Some(error) => Err(AppendError::Poisoned(error)),
+            None => Ok(()),
+        }
+    }
+
+    fn log_op(
         &self,
         namespace: &str,
         digest: &Digest,
@@ -178,7 +228,7 @@ impl NodeState {
             xdr_applied: record.origin_site != self.site_id(),
             origin_site: record.origin_site,
         };
-        log.append(entry).await.map(|lsn| Some(lsn.0))
+        log.append_nowait(entry).map(|lsn| Some(lsn.0))
     }
 
     /// Whether versions applied from other sites are logged: only a link out of this site with
@@ -233,7 +283,7 @@ impl NodeState {
                 let body = reply.get(8..).unwrap_or_default();
                 let answers = crate::proto::info::parse_reply(body);
                 let answer = answers.into_iter().find(|(asked, _)| asked == name);
-                answer.map_or_else(|| "ERROR::no answer".to_owned(), |(_, value)| value)
+                answer.map_or_else(|| "ERROR:1:no answer".to_owned(), |(_, value)| value)
             });
             answers.push((node.id.to_string(), reply));
         }
@@ -244,9 +294,10 @@ impl NodeState {
 fn open_log(config: &NodeConfig, namespaces: &[Namespace]) -> Result<DigestLog, NodeError> {
     let log_dir = config.data_dir.join("digestlog");
     let log_config = ferry_digestlog::Config {
-        // One log serves every namespace: durable acknowledgement if any namespace asks.
+        // Nobody waits for the log's fsync (storage's journal makes writes durable), so it
+        // syncs in the background: soon when a namespace is durable, so links ship promptly.
         commit: if namespaces.iter().any(|ns| ns.commit_mode == CommitMode::Group) {
-            CommitPolicy::default()
+            CommitPolicy::buffered(Duration::from_millis(5))
         } else {
             CommitPolicy::buffered(Duration::from_millis(50))
         },
@@ -329,4 +380,65 @@ async fn round_trip(stream: &mut TcpStream, request: &[u8]) -> Result<Vec<u8>, R
     reply.resize(8 + parsed.size as usize, 0);
     stream.read_exact(&mut reply[8..]).await.map_err(RoundTripError::Io)?;
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_digestlog::{Batch, CursorStart};
+    use ferry_tests::Namespace;
+
+    use super::*;
+    use crate::reclaim::tests::{node_n_of_site_a, site_a};
+
+    fn version(generation: u16, tombstone: bool) -> Record {
+        Record {
+            generation,
+            last_update_ms: 1_700_000_000_000 + u64::from(generation),
+            created_ms: 1_700_000_000_000,
+            void_time: 0,
+            origin_site: 1,
+            tombstone,
+            set: "s".into(),
+            key: None,
+            bins: Vec::new(),
+            logged_lsn: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn stored_changes_the_log_lost_are_relogged_in_order_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let topology = site_a().namespace(Namespace::new("test"));
+        let changes = [(Digest([3; 20]), version(4, false)), (Digest([1; 20]), version(2, true))];
+        let unlogged = (Digest([2; 20]), version(7, false));
+        {
+            let state = node_n_of_site_a(topology.clone(), dir.path());
+            for (digest, record) in &changes {
+                let mut record = record.clone();
+                record.logged_lsn = state.log_change("test", digest, &record).expect("log");
+                state.store.put("test", digest, &record).expect("put");
+            }
+            // An applied version this site does not forward is stored without an entry.
+            state.store.put("test", &unlogged.0, &unlogged.1).expect("put");
+            state.store.commit("test").await.expect("durable");
+        }
+        // The crash took the whole log (storage, the write-ahead log, kept everything).
+        std::fs::remove_dir_all(dir.path().join("digestlog")).expect("remove log");
+
+        let state = node_n_of_site_a(topology, dir.path());
+        let log = state.digest_log().expect("log");
+        let mut cursor = log.open_cursor("check", CursorStart::Oldest).expect("cursor");
+        let Batch::Entries(entries) = cursor.next_batch(10).await.expect("read") else {
+            panic!("no overflow here");
+        };
+        let logged: Vec<_> =
+            entries.iter().map(|e| (e.lsn.0, e.entry.digest, e.entry.generation)).collect();
+        assert_eq!(logged, [(1, changes[0].0, 4), (2, changes[1].0, 2)], "old order kept");
+        for (lsn, (digest, _)) in (1..).zip(&changes) {
+            let stored = state.store.get("test", digest).expect("get").expect("kept");
+            assert_eq!(stored.logged_lsn, Some(lsn), "the new position is stored");
+        }
+        let stored = state.store.get("test", &unlogged.0).expect("get").expect("kept");
+        assert_eq!(stored.logged_lsn, None, "an unlogged version stays unlogged");
+    }
 }

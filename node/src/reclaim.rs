@@ -140,8 +140,7 @@ pub async fn pass(state: &NodeState) -> Result<usize, ReclaimError> {
                     };
                     if ship_expirations && !current.tombstone {
                         let mut tombstone = current.expiration_tombstone(state.site_id());
-                        tombstone.logged_lsn =
-                            state.log_expiration(&ns, &digest, &tombstone).await?;
+                        tombstone.logged_lsn = state.log_expiration(&ns, &digest, &tombstone)?;
                         state.store.put(&ns, &digest, &tombstone)?;
                     } else {
                         state.store.remove(&ns, &digest)?;
@@ -162,7 +161,7 @@ pub async fn pass(state: &NodeState) -> Result<usize, ReclaimError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ferry_tests::{Link, Namespace, Site, TopologyBuilder};
 
     use super::*;
@@ -183,12 +182,12 @@ mod tests {
     }
 
     /// Site `a` of one node `n`, on fixed ports.
-    fn site_a() -> TopologyBuilder {
+    pub(crate) fn site_a() -> TopologyBuilder {
         TopologyBuilder::new("ferry").add_site(Site::new("a", 1).node_ids(&["n"])).ports_from(1)
     }
 
     /// Node `n` of site `a` in `topology`, its state under `dir`.
-    fn node_n_of_site_a(topology: TopologyBuilder, dir: &std::path::Path) -> NodeState {
+    pub(crate) fn node_n_of_site_a(topology: TopologyBuilder, dir: &std::path::Path) -> NodeState {
         let text = topology.build().text;
         let topology = ferry_topology::parse_topology("t.toml", &text).expect("valid").topology;
         let config = crate::node::NodeConfig::new(topology, "a", "n", dir.to_path_buf());
@@ -234,9 +233,7 @@ mod tests {
         assert!(tombstone.tombstone);
         assert_eq!(tombstone.generation, expired.generation + 1);
         assert!(tombstone.last_update_ms > expired.last_update_ms);
-        let Some(ferry_digestlog::Batch::Entries(entries)) =
-            cursor.try_next_batch(10).expect("read")
-        else {
+        let Ok(ferry_digestlog::Batch::Entries(entries)) = cursor.next_batch(10).await else {
             panic!("the expiration is logged");
         };
         assert_eq!(entries.len(), 1);
@@ -291,11 +288,11 @@ mod tests {
             log.open_cursor(&name, ferry_digestlog::CursorStart::Latest).expect("cursor");
         let mut tombstone = record(true, 0, record::now_ms() - 1_000);
         let digest = Digest([1; 20]);
-        tombstone.logged_lsn = state.log_change("test", &digest, &tombstone).await.expect("log");
+        tombstone.logged_lsn = state.log_change("test", &digest, &tombstone).expect("log");
         state.store.put("test", &digest, &tombstone).expect("put");
         assert_eq!(pass(&state).await.expect("pass"), 0, "the link has not shipped it");
         let lsn = tombstone.logged_lsn.expect("logged");
-        cursor.try_next_batch(10).expect("read the entry");
+        cursor.next_batch(10).await.expect("read the entry once flushed");
         cursor.commit(ferry_digestlog::Lsn(lsn)).await.expect("commit");
         assert_eq!(pass(&state).await.expect("pass"), 1, "shipped: reclaimed");
         assert_eq!(state.store.get("test", &digest).expect("get"), None);

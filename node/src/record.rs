@@ -139,7 +139,8 @@ pub struct Record {
     /// The user key as sent by the client (particle type byte, then bytes), if it sent one.
     pub key: Option<Bytes>,
     pub bins: Vec<Bin>,
-    /// For a tombstone: the digest-log position of its entry. Reclaim keeps the tombstone until
+    /// The digest-log position of this version's entry, if it was logged. After a crash the
+    /// node relogs versions positioned past the log's end; reclaim keeps a tombstone until
     /// every link out of the site has shipped past it (`tombstone-ttl` is only a floor).
     pub logged_lsn: Option<u64>,
 }

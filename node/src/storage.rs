@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use ferry_xdr::parked::ParkedRecord;
 
+use crate::index::PrimaryIndex;
 use crate::truncate::{self, Truncations};
 
 use crate::record::{self, CorruptRecord, Record};
@@ -87,6 +88,7 @@ struct Inner {
 struct NamespaceStore {
     keyspace: Keyspace,
     mode: CommitMode,
+    index: PrimaryIndex,
 }
 
 impl Store {
@@ -98,7 +100,11 @@ impl Store {
             // Namespace names are 1..=31 bytes (validated), within fjall's keyspace name limit.
             let keyspace =
                 db.keyspace(&format!("ns.{}", ns.name), KeyspaceCreateOptions::default)?;
-            by_name.insert(ns.name.to_string(), NamespaceStore { keyspace, mode: ns.commit_mode });
+            let index = build_index(&ns.name.to_string(), &keyspace)?;
+            by_name.insert(
+                ns.name.to_string(),
+                NamespaceStore { keyspace, mode: ns.commit_mode, index },
+            );
         }
         let parked = db.keyspace("xdr.parked", KeyspaceCreateOptions::default)?;
         let truncation_marks = db.keyspace("meta.truncate", KeyspaceCreateOptions::default)?;
@@ -147,6 +153,9 @@ impl Store {
     /// records are gone.
     pub fn get(&self, ns: &str, digest: &Digest) -> Result<Option<Record>, StoreError> {
         let store = self.namespace(ns)?;
+        if !store.index.contains(digest) {
+            return Ok(None);
+        }
         match store.keyspace.get(storage_key(digest))? {
             None => Ok(None),
             Some(bytes) => {
@@ -206,6 +215,7 @@ impl Store {
             let still = current.map(|bytes| decode(ns, &digest, &bytes));
             if still.is_some_and(|record| record.is_ok_and(|r| self.truncated(ns, &r))) {
                 store.keyspace.remove(key)?;
+                store.index.remove(&digest);
                 removed += 1;
             }
         }
@@ -214,13 +224,18 @@ impl Store {
 
     /// Writes a version (not yet durable: see [`Store::commit`]).
     pub fn put(&self, ns: &str, digest: &Digest, record: &Record) -> Result<(), StoreError> {
-        self.namespace(ns)?.keyspace.insert(storage_key(digest), record::encode(record))?;
+        let store = self.namespace(ns)?;
+        // Indexed first: a reader finding the digest absent must find nothing stored.
+        store.index.insert(digest, record.logged_lsn);
+        store.keyspace.insert(storage_key(digest), record::encode(record))?;
         Ok(())
     }
 
     /// Removes a record entirely (expired records and reclaimed tombstones).
     pub fn remove(&self, ns: &str, digest: &Digest) -> Result<(), StoreError> {
-        self.namespace(ns)?.keyspace.remove(storage_key(digest))?;
+        let store = self.namespace(ns)?;
+        store.keyspace.remove(storage_key(digest))?;
+        store.index.remove(digest);
         Ok(())
     }
 
@@ -314,6 +329,24 @@ impl Store {
         Ok(sets)
     }
 
+    /// Every stored version of `ns` positioned in the digest log after `lsn` (see
+    /// `NodeState::relog_lost_changes`), found by the primary index. Truncated versions are
+    /// gone; unreadable ones are skipped (a shipper reports those when it reaches them).
+    pub fn logged_after(&self, ns: &str, lsn: u64) -> Result<Vec<(Digest, Record)>, StoreError> {
+        let mut after = Vec::new();
+        for digest in self.namespace(ns)?.index.logged_after(lsn) {
+            match self.get(ns, &digest) {
+                Ok(Some(record)) => after.push((digest, record)),
+                Ok(None) => {}
+                Err(error @ StoreError::Corrupt { .. }) => {
+                    tracing::warn!(%error, "unreadable record skipped by relog");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(after)
+    }
+
     /// Approximate number of stored records (tombstones included) in a namespace.
     pub fn approximate_len(&self, ns: &str) -> Result<usize, StoreError> {
         Ok(self.namespace(ns)?.keyspace.approximate_len())
@@ -374,6 +407,25 @@ fn lock_stripe(digest: &Digest) -> usize {
 }
 
 /// The truncation cut-offs stored in `marks`.
+/// The primary index of one namespace, from a pass over its stored versions.
+fn build_index(ns: &str, keyspace: &Keyspace) -> Result<PrimaryIndex, StoreError> {
+    let index = PrimaryIndex::default();
+    for guard in keyspace.iter() {
+        let (key, value) = guard.into_inner()?;
+        match stored_entry(ns, &key, &value) {
+            Ok((digest, record)) => index.insert(&digest, record.logged_lsn),
+            Err(error) => {
+                // Still stored: indexed, so readers meet the corruption instead of a miss.
+                tracing::warn!(%error, "unreadable record at open");
+                if let Some(digest) = key.get(2..22).and_then(|d| <[u8; 20]>::try_from(d).ok()) {
+                    index.insert(&Digest(digest), None);
+                }
+            }
+        }
+    }
+    Ok(index)
+}
+
 fn load_truncations(marks: &Keyspace) -> Result<Truncations, StoreError> {
     let mut truncations = Truncations::default();
     for guard in marks.iter() {
@@ -437,6 +489,9 @@ struct GroupCommit {
 struct CommitState {
     requested: u64,
     shutdown: bool,
+    /// The syncer sleeps until `requested` reaches this; `None` while it is not waiting.
+    /// Writers wake it only then, not with a futex call each.
+    wake_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -478,7 +533,10 @@ impl GroupCommit {
             let (state, wake) = &*self.shared;
             let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
             state.requested += 1;
-            wake.notify_one();
+            if state.wake_at.is_some_and(|at| state.requested >= at) {
+                state.wake_at = None;
+                wake.notify_one();
+            }
             state.requested
         };
         let mut durable = self.durable.clone();
@@ -514,6 +572,7 @@ fn sync_loop(
         let target = {
             let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
             while guard.requested == durable && !guard.shutdown {
+                guard.wake_at = Some(durable + 1);
                 guard = wake.wait(guard).unwrap_or_else(PoisonError::into_inner);
             }
             if guard.shutdown && guard.requested == durable {
@@ -521,11 +580,15 @@ fn sync_loop(
             }
             // Optionally linger for more writers to share this fsync.
             if !max_wait.is_zero() && guard.requested - durable < max_batch {
+                guard.wake_at = Some(durable + max_batch);
                 guard = wake
-                    .wait_timeout_while(guard, max_wait, |s| s.requested - durable < max_batch)
+                    .wait_timeout_while(guard, max_wait, |s| {
+                        s.requested - durable < max_batch && !s.shutdown
+                    })
                     .map(|(guard, _)| guard)
                     .unwrap_or_else(|e| e.into_inner().0);
             }
+            guard.wake_at = None;
             guard.requested
         };
         if let Err(error) = db.persist(PersistMode::SyncData) {

@@ -63,13 +63,23 @@ pub enum StatsError {
     Refused(String),
 }
 
-/// An info answer of the form `a=1;b=2` as a map; an `ERROR::…` answer is refused with its
+/// An info answer of the form `a=1;b=2` as a map; an error answer is refused with its
 /// message.
 pub fn info_fields(text: &str) -> Result<BTreeMap<&str, &str>, StatsError> {
-    if let Some(message) = text.strip_prefix("ERROR:") {
-        return Err(StatsError::Refused(message.trim_start_matches(':').to_owned()));
+    if let Some(message) = info_error(text) {
+        return Err(StatsError::Refused(message.to_owned()));
     }
     Ok(text.split(';').filter_map(|pair| pair.split_once('=')).collect())
+}
+
+/// The message of an info error answer: `ERROR:<code>:<message>` (Aerospike 7.2 and later),
+/// `ERROR::<message>` or `ERROR:<message>` (older servers); `None` for any other answer.
+pub fn info_error(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix("ERROR:")?;
+    Some(match rest.split_once(':') {
+        Some((code, message)) if code.bytes().all(|b| b.is_ascii_digit()) => message,
+        _ => rest,
+    })
 }
 
 /// Declares a family of stats once: the live counters (atomics the I/O shells bump), the
@@ -522,9 +532,13 @@ mod tests {
     #[test]
     fn answers_that_are_not_stats_are_refused_with_the_reason() {
         assert_eq!(
-            LinkSnapshot::from_info("ERROR::no link to dc 'x' ships from this node"),
+            LinkSnapshot::from_info("ERROR:2:no link to dc 'x' ships from this node"),
             Err(StatsError::Refused("no link to dc 'x' ships from this node".to_owned()))
         );
+        for old in ["ERROR::gone", "ERROR:gone"] {
+            assert_eq!(info_error(old), Some("gone"));
+        }
+        assert_eq!(info_error("objects=1"), None);
         let info = busy_link().to_info();
         let missing = info.replace(";success=42", "");
         assert_eq!(LinkSnapshot::from_info(&missing), Err(StatsError::Missing("success".into())));

@@ -247,7 +247,7 @@ async fn ask_site(
     for node in &site.nodes {
         let value = client::ask(node.client.addr(), name)
             .await
-            .unwrap_or_else(|error| format!("ERROR::{error}"));
+            .unwrap_or_else(|error| format!("ERROR:1:{error}"));
         answers.push((node.id.to_string(), value));
     }
     Ok(answers)

@@ -208,19 +208,21 @@ async fn write(
             let out = ops::write(msg, &target.set, target.key.as_ref(), existing.as_ref(), &ctx)?;
             (out.record, out.reply_ops)
         };
-        // The change is in the digest log (durably) before storage holds it: a crash between
-        // the two leaves a log entry for a version that never existed, which ships the current
-        // record harmlessly; the other order could leave a stored change no link ever ships.
-        let logged = state.log_change(ns, &target.digest, &outcome.0).await.map_err(|error| {
-            tracing::error!(%error, "digest log append failed; write refused");
-            result::SERVER_ERROR
-        })?;
-        if outcome.0.tombstone {
-            outcome.0.logged_lsn = logged;
-        }
+        // Logged, then stored with its position, under the record's lock: storage's journal
+        // makes both durable (the node relogs what the log lost in a crash), and a shipper
+        // reading the entry takes the lock, so it finds this version.
+        outcome.0.logged_lsn =
+            state.log_change(ns, &target.digest, &outcome.0).map_err(|error| {
+                tracing::error!(%error, "digest log append failed; write refused");
+                result::SERVER_ERROR
+            })?;
         store.put(ns, &target.digest, &outcome.0).map_err(storage_error)?;
         outcome
     };
     store.commit(ns).await.map_err(storage_error)?;
+    state.log_healthy().map_err(|error| {
+        tracing::error!(%error, "digest log poisoned; a stored write is not acknowledged");
+        result::SERVER_ERROR
+    })?;
     Ok(outcome)
 }
