@@ -11,6 +11,8 @@
 //!
 //! Run: `cargo bench -p ferry --bench ingest_vs_redis` (needs `redis-server` and
 //! `redis-benchmark`: `apt-get install redis-server`). Every cell is bounded in time and count.
+//! `INGEST_CELLS=<text>` runs only the cells whose name contains the text (e.g. `group, link
+//! off` while profiling one with `perf`).
 
 #![allow(clippy::print_stdout)]
 
@@ -49,18 +51,27 @@ fn main() {
             std::process::exit(2);
         }
     }
+    let only = std::env::var("INGEST_CELLS").unwrap_or_default();
+    let wanted = |name: &str| name.contains(only.as_str());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("rt");
     let mut cells = Vec::new();
     for (mode, label) in [(CommitMode::Buffered, "buffered"), (CommitMode::Group, "group")] {
         for link in [true, false] {
             let name = format!("ferry {label}, link {}", if link { "on" } else { "off" });
-            cells.push(runtime.block_on(ferry_cell(name, mode, link)));
+            if wanted(&name) {
+                cells.push(runtime.block_on(ferry_cell(name, mode, link)));
+            }
         }
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    cells.push(redis_cell("redis in memory", &["--appendonly", "no"], dir.path()));
     let durable = ["--appendonly", "yes", "--appendfsync", "always"];
-    cells.push(redis_cell("redis appendfsync always", &durable, dir.path()));
+    for (name, args) in
+        [("redis in memory", &["--appendonly", "no"][..]), ("redis appendfsync always", &durable)]
+    {
+        if wanted(name) {
+            cells.push(redis_cell(name, args, dir.path()));
+        }
+    }
 
     println!("{:<28} {:>11} {:>14} {:>14}", "cell", "writes/s", "src µs/write", "dst µs/write");
     for cell in &cells {
@@ -71,17 +82,15 @@ fn main() {
             cell.name, cell.writes_per_sec, cell.source_us_per_write, destination
         );
     }
-    let rate = |name: &str| cells.iter().find(|c| c.name == name).map_or(0.0, |c| c.writes_per_sec);
-    let redis_durable = rate("redis appendfsync always");
-    let redis_memory = rate("redis in memory");
-    println!(
-        "ferry group, link on / redis appendfsync always: {:.2}x ingest",
-        rate("ferry group, link on") / redis_durable
-    );
-    println!(
-        "ferry buffered, link on / redis in memory: {:.2}x ingest",
-        rate("ferry buffered, link on") / redis_memory
-    );
+    let rate = |name: &str| cells.iter().find(|c| c.name == name).map(|c| c.writes_per_sec);
+    for (ferry, redis) in [
+        ("ferry group, link on", "redis appendfsync always"),
+        ("ferry buffered, link on", "redis in memory"),
+    ] {
+        if let (Some(ferry_rate), Some(redis_rate)) = (rate(ferry), rate(redis)) {
+            println!("{ferry} / {redis}: {:.2}x ingest", ferry_rate / redis_rate);
+        }
+    }
 }
 
 /// Writes at a one-node site `a` (and ships them to a one-node site `b` when `link`).

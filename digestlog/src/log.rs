@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::checkpoint::{Checkpoint, CursorName, Overflow};
 use crate::cursor::{Cursor, CursorStart};
@@ -17,7 +17,7 @@ use crate::policy::CommitPolicy;
 use crate::recovery::{self, RecoveryMode, RecoveryReport, SegmentMeta};
 use crate::segment::{self, HEADER_LEN, NO_LUT, SegmentHeader};
 use crate::storage::{self, Storage, StorageFile, TMP_SUFFIX};
-use crate::writer::{Request, Writer};
+use crate::writer::{Queue, Writer};
 
 /// Log settings. Every field has a documented default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +186,8 @@ pub(crate) struct Shared {
     /// Queue slots for [`DigestLog::append`]: taken before queueing, returned by the writer
     /// when it takes the entry.
     pub(crate) queue_slots: tokio::sync::Semaphore,
+    /// Appends on their way to the writer; assigns LSNs.
+    pub(crate) queue: Queue,
     /// Last LSN written to the OS (may not be durable).
     pub(crate) written: AtomicU64,
     /// Set by the first failed write or fsync.
@@ -324,15 +326,7 @@ pub(crate) fn create_segment(
 #[derive(Debug)]
 pub struct DigestLog {
     shared: Arc<Shared>,
-    /// Assigns LSNs and queues entries in that order; `None` once closed.
-    appender: Mutex<Option<Appender>>,
     writer: Option<JoinHandle<()>>,
-}
-
-#[derive(Debug)]
-struct Appender {
-    next_lsn: Lsn,
-    tx: mpsc::UnboundedSender<Request>,
 }
 
 impl DigestLog {
@@ -425,26 +419,18 @@ impl DigestLog {
             flushed: flushed_rx,
             acknowledged: acknowledged_rx,
             queue_slots: tokio::sync::Semaphore::new(config.queue_depth),
+            queue: Queue::new(next_lsn),
             written: AtomicU64::new(last.0),
             poison: OnceLock::new(),
             counters,
         });
-        let (tx, rx) = mpsc::unbounded_channel();
-        let writer = Writer::new(
-            Arc::clone(&shared),
-            rx,
-            flushed_tx,
-            acknowledged_tx,
-            file,
-            active,
-            next_lsn,
-        );
+        let writer =
+            Writer::new(Arc::clone(&shared), flushed_tx, acknowledged_tx, file, active, next_lsn);
         let handle = std::thread::Builder::new()
             .name("digestlog-writer".into())
             .spawn(move || writer.run())
             .map_err(OpenError::io("spawn digest log writer thread"))?;
-        let appender = Mutex::new(Some(Appender { next_lsn, tx }));
-        Ok((DigestLog { shared, appender, writer: Some(handle) }, report))
+        Ok((DigestLog { shared, writer: Some(handle) }, report))
     }
 
     /// Appends `entry`; resolves with its LSN once it is durable (or, under
@@ -453,7 +439,12 @@ impl DigestLog {
     ///
     /// Cancelling the future after the entry was queued does not un-append it.
     pub async fn append(&self, entry: Entry) -> Result<Lsn, AppendError> {
-        let slot = self.shared.queue_slots.acquire().await.map_err(|_| AppendError::Closed)?;
+        let slot = self
+            .shared
+            .queue_slots
+            .acquire()
+            .await
+            .map_err(|_| self.check_poison().err().unwrap_or(AppendError::Closed))?;
         let lsn = self.queue(entry, true)?;
         // The writer hands the slot back when it takes the entry.
         slot.forget();
@@ -482,17 +473,9 @@ impl DigestLog {
     }
 
     /// Assigns the next LSN and queues the entry under one lock, so the queue is in LSN order.
-    fn queue(&self, entry: Entry, holds_slot: bool) -> Result<Lsn, AppendError> {
+    fn queue(&self, entry: Entry, awaited: bool) -> Result<Lsn, AppendError> {
         self.check_poison()?;
-        let mut appender = lock(&self.appender);
-        let appender = appender.as_mut().ok_or(AppendError::Closed)?;
-        let lsn = appender.next_lsn;
-        appender
-            .tx
-            .send(Request { lsn, entry, holds_slot })
-            .map_err(|_| self.check_poison().err().unwrap_or(AppendError::Closed))?;
-        appender.next_lsn = lsn.next();
-        Ok(lsn)
+        self.shared.queue.push(entry, awaited).ok_or(AppendError::Closed)
     }
 
     fn check_poison(&self) -> Result<(), AppendError> {
@@ -597,7 +580,7 @@ impl DigestLog {
     }
 
     fn stop(&mut self) {
-        *lock(&self.appender) = None;
+        self.shared.queue.close();
         if let Some(handle) = self.writer.take()
             && handle.join().is_err()
         {

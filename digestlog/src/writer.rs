@@ -4,11 +4,11 @@
 //! for good.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::entry::{self, Entry, Lsn, RECORD_LEN};
 use crate::log::{Shared, create_segment, lock};
@@ -20,16 +20,117 @@ use crate::storage::StorageFile;
 /// One queued append.
 #[derive(Debug)]
 pub(crate) struct Request {
-    pub(crate) lsn: Lsn,
-    pub(crate) entry: Entry,
-    /// The append took a queue slot, handed back when the writer takes it.
-    pub(crate) holds_slot: bool,
+    lsn: Lsn,
+    entry: Entry,
+    /// An awaited append: it took a queue slot (handed back when the writer takes it) and
+    /// wakes the writer.
+    awaited: bool,
+}
+
+/// Appends waiting for the writer, in LSN order. The writer is woken only when someone waits
+/// for it: by an awaited append, or by any append while nothing is pending a sync (so an
+/// entry never waits longer than the policy says). An unawaited append to a writer sleeping
+/// until its sync deadline costs no wake-up and no thread hand-off.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+#[derive(Debug)]
+struct QueueState {
+    next_lsn: Lsn,
+    pending: Vec<Request>,
+    closed: bool,
+    /// How the writer sleeps; `None` while it works.
+    sleeping: Option<Sleep>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sleep {
+    /// Nothing unsynced: until the next append.
+    Indefinitely,
+    /// Until the group's sync deadline, unless an awaited append arrives.
+    UntilDeadline,
+}
+
+impl Queue {
+    pub(crate) fn new(next_lsn: Lsn) -> Queue {
+        let state = QueueState { next_lsn, pending: Vec::new(), closed: false, sleeping: None };
+        Queue { state: Mutex::new(state), wake: Condvar::new() }
+    }
+
+    /// Assigns the next LSN to `entry` and queues it; `None` once closed.
+    pub(crate) fn push(&self, entry: Entry, awaited: bool) -> Option<Lsn> {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return None;
+        }
+        let lsn = state.next_lsn;
+        state.next_lsn = lsn.next();
+        state.pending.push(Request { lsn, entry, awaited });
+        let wake = match state.sleeping {
+            Some(Sleep::Indefinitely) => true,
+            Some(Sleep::UntilDeadline) => awaited,
+            None => false,
+        };
+        if wake {
+            state.sleeping = None;
+            self.wake.notify_one();
+        }
+        Some(lsn)
+    }
+
+    /// Refuses appends from now on and wakes the writer to finish.
+    pub(crate) fn close(&self) {
+        lock(&self.state).closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Moves everything queued into `into`; true once closed.
+    fn take_all(&self, into: &mut Vec<Request>) -> bool {
+        let mut state = lock(&self.state);
+        into.append(&mut state.pending);
+        state.closed
+    }
+
+    fn has_pending(&self) -> bool {
+        !lock(&self.state).pending.is_empty()
+    }
+
+    /// Sleeps until `deadline` (`None`: indefinitely), a wake-up, or closing.
+    fn sleep(&self, deadline: Option<Instant>) {
+        let mut state = lock(&self.state);
+        if !state.pending.is_empty() || state.closed {
+            return;
+        }
+        state.sleeping =
+            Some(if deadline.is_some() { Sleep::UntilDeadline } else { Sleep::Indefinitely });
+        state = match deadline {
+            None => self.wake.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner),
+            Some(deadline) => {
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                self.wake
+                    .wait_timeout(state, timeout)
+                    .map_or_else(|e| e.into_inner().0, |(state, _)| state)
+            }
+        };
+        state.sleeping = None;
+    }
+
+    /// After poisoning: discards appends until closed.
+    fn drain_until_closed(&self) {
+        let mut state = lock(&self.state);
+        while !state.closed {
+            state.pending.clear();
+            state = self.wake.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    rx: mpsc::UnboundedReceiver<Request>,
     flushed: watch::Sender<Lsn>,
     acknowledged: watch::Sender<Lsn>,
     gc: GroupCommit,
@@ -47,7 +148,6 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        rx: mpsc::UnboundedReceiver<Request>,
         flushed: watch::Sender<Lsn>,
         acknowledged: watch::Sender<Lsn>,
         file: Box<dyn StorageFile>,
@@ -57,7 +157,6 @@ impl Writer {
         Writer {
             gc: GroupCommit::new(shared.config.commit),
             shared,
-            rx,
             flushed,
             acknowledged,
             file,
@@ -69,31 +168,23 @@ impl Writer {
     }
 
     pub(crate) fn run(mut self) {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                return self.poison(e);
-            }
-        };
+        let mut taken = Vec::new();
         loop {
+            let closed = self.shared.queue.take_all(&mut taken);
             let now = Instant::now();
-            let result = match self.gc.next(now, !self.rx.is_empty()) {
-                Step::Take => match self.rx.try_recv() {
-                    Ok(req) => self.accept(req, now),
-                    Err(_) => Ok(()),
-                },
+            for req in taken.drain(..) {
+                if let Err(e) = self.accept(req, now) {
+                    return self.poison(e);
+                }
+            }
+            if closed {
+                break;
+            }
+            let result = match self.gc.next(now, self.shared.queue.has_pending()) {
+                Step::Take => Ok(()),
                 Step::Wait { deadline } => {
-                    let got = match deadline {
-                        None => Some(self.rx.blocking_recv()),
-                        Some(d) => rt.block_on(async {
-                            tokio::time::timeout_at(d.into(), self.rx.recv()).await.ok()
-                        }),
-                    };
-                    match got {
-                        Some(Some(req)) => self.accept(req, Instant::now()),
-                        Some(None) => break,
-                        None => Ok(()),
-                    }
+                    self.shared.queue.sleep(deadline);
+                    Ok(())
                 }
                 Step::WriteAndAck => self.write().map(|()| self.ack_all()),
                 Step::Sync => self.sync(),
@@ -109,7 +200,7 @@ impl Writer {
     }
 
     fn accept(&mut self, req: Request, now: Instant) -> io::Result<()> {
-        if req.holds_slot {
+        if req.awaited {
             self.shared.queue_slots.add_permits(1);
         }
         debug_assert_eq!(req.lsn, self.next_lsn, "appends arrive in LSN order");
@@ -190,14 +281,12 @@ impl Writer {
     /// Records the failure for good: appends refuse from now on, waiting ones wake to the
     /// poison, and whatever is still queued is discarded until the log is dropped (tailing
     /// readers keep waiting, as for a log that stopped growing).
-    fn poison(mut self, e: io::Error) {
+    fn poison(self, e: io::Error) {
         tracing::error!(error = %e, "digest log writer poisoned");
         let _ = self.shared.poison.set(Arc::new(e));
+        // Appends waiting for a queue slot wake to the poison too.
+        self.shared.queue_slots.close();
         self.acknowledged.send_modify(|_| ());
-        while let Some(req) = self.rx.blocking_recv() {
-            if req.holds_slot {
-                self.shared.queue_slots.add_permits(1);
-            }
-        }
+        self.shared.queue.drain_until_closed();
     }
 }

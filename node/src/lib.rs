@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod command;
 pub mod index;
 pub mod info;
+mod journal_sync;
 pub mod node;
 pub mod proto;
 pub mod reclaim;

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use ferry_xdr::parked::ParkedRecord;
 
 use crate::index::PrimaryIndex;
+use crate::journal_sync::JournalSync;
 use crate::truncate::{self, Truncations};
 
 use crate::record::{self, CorruptRecord, Record};
@@ -116,7 +117,8 @@ impl Store {
             .max()
             .unwrap_or_default();
         let max_batch = namespaces.iter().map(|ns| ns.commit_max_batch).min().unwrap_or(1024);
-        let commit = GroupCommit::start(db.clone(), max_wait, u64::from(max_batch.max(1)));
+        let journal = JournalSync::new(dir);
+        let commit = GroupCommit::start(db.clone(), journal, max_wait, u64::from(max_batch.max(1)));
         let locks = (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
         let inner =
             Inner { db, namespaces: by_name, parked, truncation_marks, truncations, locks, commit };
@@ -501,14 +503,16 @@ struct Durable {
 }
 
 impl GroupCommit {
-    fn start(db: Database, max_wait: Duration, max_batch: u64) -> Self {
+    fn start(db: Database, journal: JournalSync, max_wait: Duration, max_batch: u64) -> Self {
         let shared = Arc::new((Mutex::new(CommitState::default()), Condvar::new()));
         let (publish, durable) = watch::channel(Durable::default());
         let publish = Arc::new(publish);
         let (thread_shared, thread_publish) = (shared.clone(), publish.clone());
         std::thread::Builder::new()
             .name("ferry-group-commit".into())
-            .spawn(move || sync_loop(&db, &thread_shared, &thread_publish, max_wait, max_batch))
+            .spawn(move || {
+                sync_loop(&db, journal, &thread_shared, &thread_publish, max_wait, max_batch);
+            })
             .map_err(|e| tracing::error!(error = %e, "start group-commit thread"))
             .ok();
         #[cfg(not(test))]
@@ -561,6 +565,7 @@ impl Drop for GroupCommit {
 
 fn sync_loop(
     db: &Database,
+    mut journal: JournalSync,
     shared: &(Mutex<CommitState>, Condvar),
     publish: &watch::Sender<Durable>,
     max_wait: Duration,
@@ -591,7 +596,7 @@ fn sync_loop(
             guard.wake_at = None;
             guard.requested
         };
-        if let Err(error) = db.persist(PersistMode::SyncData) {
+        if let Err(error) = journal.sync(db) {
             tracing::error!(%error, "fsync of storage failed; storage is poisoned");
             publish.send_replace(Durable { ticket: durable, poisoned: Some(error.to_string()) });
             return;
