@@ -20,23 +20,33 @@ pub fn workspace_root() -> PathBuf {
 
 /// Distinct ports on 127.0.0.1 free for both TCP and UDP (bound, then released; a test-only
 /// race accepted): a node's XDR endpoint is UDP, and QUIC sockets and relays elsewhere hold
-/// UDP ports that a TCP-only check would hand out. Take every port of a topology in one call:
-/// ports taken in separate calls may be handed out twice.
+/// UDP ports that a TCP-only check would hand out. A process never gets the same port twice, so
+/// tests running side by side cannot collide (one's nodes not yet bound, another's taking it).
 ///
 /// # Panics
 ///
 /// If no port can be bound.
 pub fn free_ports(count: usize) -> Vec<u16> {
+    // Ports handed out before in this process: tests running side by side each get their own,
+    // even when one's nodes have not bound theirs yet.
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut held = Vec::with_capacity(count);
     while held.len() < count {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap_or_else(|e| panic!("bind a free port on 127.0.0.1: {e}"));
         let port = tcp.local_addr().unwrap_or_else(|e| panic!("local address: {e}")).port();
+        if handed_out.contains(&port) {
+            continue;
+        }
         if let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
             held.push((port, tcp, udp));
         }
     }
-    held.into_iter().map(|(port, _, _)| port).collect()
+    let ports: Vec<u16> = held.into_iter().map(|(port, _, _)| port).collect();
+    handed_out.extend(&ports);
+    ports
 }
 
 /// A node of a test topology.
