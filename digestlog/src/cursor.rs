@@ -106,9 +106,16 @@ impl Cursor {
         self.slot.committed()
     }
 
-    /// Flushed entries past the committed position: changes this consumer has not finished.
+    /// Entries logged past the committed position, flushed or not: changes this consumer has
+    /// not finished.
     pub fn backlog(&self) -> u64 {
-        self.flushed().0.saturating_sub(self.slot.committed().0)
+        self.logged().0.saturating_sub(self.slot.committed().0)
+    }
+
+    /// The last LSN the log handed out: entries up to here exist, flushed or on their way
+    /// (see [`crate::DigestLog::append_nowait`]).
+    pub fn logged(&self) -> Lsn {
+        self.shared.queue.last_assigned()
     }
 
     /// About how many entries the log holds at its size cap: how far this cursor may fall

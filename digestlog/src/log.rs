@@ -496,6 +496,11 @@ impl DigestLog {
         *self.shared.flushed.borrow()
     }
 
+    /// The last LSN handed out (written or still queued).
+    pub fn logged_lsn(&self) -> Lsn {
+        self.shared.queue.last_assigned()
+    }
+
     /// The last LSN written to the OS (durable or not).
     pub fn written_lsn(&self) -> Lsn {
         Lsn(self.shared.written.load(Ordering::Acquire))
@@ -564,12 +569,12 @@ impl DigestLog {
 
     /// Every cursor: name, committed LSN, lag behind the flushed LSN, overflow.
     pub fn cursors(&self) -> Vec<crate::CursorInfo> {
-        let flushed = self.flushed_lsn();
+        let logged = self.logged_lsn();
         lock(&self.shared.state)
             .cursors
             .values()
             .map(|s| {
-                crate::CursorInfo::new(s.name.to_string(), s.committed(), flushed, s.overflow())
+                crate::CursorInfo::new(s.name.to_string(), s.committed(), logged, s.overflow())
             })
             .collect()
     }

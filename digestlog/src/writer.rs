@@ -81,6 +81,11 @@ impl Queue {
         Some(lsn)
     }
 
+    /// The last LSN handed out.
+    pub(crate) fn last_assigned(&self) -> Lsn {
+        Lsn(lock(&self.state).next_lsn.0 - 1)
+    }
+
     /// Refuses appends from now on and wakes the writer to finish.
     pub(crate) fn close(&self) {
         lock(&self.state).closed = true;

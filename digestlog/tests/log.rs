@@ -54,6 +54,22 @@ async fn append_nowait_numbers_entries_in_call_order_and_they_flush_like_any_oth
     assert!(log.poisoned().is_some());
 }
 
+#[tokio::test]
+async fn entries_on_their_way_to_disk_count_as_logged_and_behind() {
+    let config = Config { commit: CommitPolicy::buffered(Duration::from_secs(60)), ..small(100) };
+    let (log, _) = DigestLog::open(Arc::new(MemStorage::new()), config).expect("open");
+    let cursor = log.open_cursor("link", CursorStart::Oldest).expect("cursor");
+    for i in 0..3 {
+        log.append_nowait(entry(i)).expect("queued");
+    }
+    // Nothing is synced for a minute, yet a consumer is three changes behind now.
+    assert_eq!(log.flushed_lsn(), Lsn(0));
+    assert_eq!(log.logged_lsn(), Lsn(3));
+    assert_eq!(cursor.logged(), Lsn(3));
+    assert_eq!(cursor.backlog(), 3);
+    assert_eq!(log.cursors()[0].lag, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_fsyncs() {
     let disk = Disk::new();

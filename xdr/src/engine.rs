@@ -101,9 +101,9 @@ pub enum Event {
     Read(Vec<LoggedEntry>),
     /// The read found that the log deleted entries this link had not shipped.
     Overflowed(Overflow),
-    /// The operator's controls changed; `flushed_lsn` is the log's flushed position now (what
+    /// The operator's controls changed; `logged_lsn` is the last change logged now (what
     /// a drain must see acknowledged).
-    Control { control: LinkControl, flushed_lsn: u64 },
+    Control { control: LinkControl, logged_lsn: u64 },
     /// The digests and LUTs the last [`Action::Scan`] found.
     Scanned(Scanned),
     /// Every destination acknowledged batch `id`.
@@ -292,9 +292,7 @@ impl Engine {
                 tracing::warn!(dc = self.plan.dc(), lost_through = %overflow.lost_through, min_lut_ms = overflow.min_lut_ms, "digest log overflowed this link; recovering from a store scan");
                 self.start_recovery(overflow.min_lut_ms, Some(overflow));
             }
-            Event::Control { control, flushed_lsn } => {
-                self.on_control(now_ms, control, flushed_lsn)
-            }
+            Event::Control { control, logged_lsn } => self.on_control(now_ms, control, logged_lsn),
             Event::Scanned(found) => self.on_scanned(found),
             Event::Acked { id, outcome } => self.on_acked(now_ms, id, outcome),
             Event::Failed { id, cause, jitter } => self.on_failed(now_ms, id, cause, jitter),
@@ -325,8 +323,8 @@ impl Engine {
         std::mem::take(&mut self.counts)
     }
 
-    /// The gauges at `now_ms`, with the log flushed through `flushed_lsn`.
-    pub fn gauges(&mut self, now_ms: u64, flushed_lsn: u64) -> Gauges {
+    /// The gauges at `now_ms`, with changes logged through `logged_lsn` (flushed or not).
+    pub fn gauges(&mut self, now_ms: u64, logged_lsn: u64) -> Gauges {
         let oldest = self
             .open
             .iter()
@@ -334,7 +332,7 @@ impl Engine {
             .map(|(_, batch)| batch.oldest_lut_ms)
             .chain(self.pending.iter().map(|e| e.entry.lut_ms))
             .min();
-        let behind = flushed_lsn > self.acknowledged_through();
+        let behind = logged_lsn > self.acknowledged_through();
         self.forget_old_acks(now_ms);
         Gauges {
             lag_ms: self.link.lag_ms(now_ms, oldest, behind),
@@ -372,12 +370,12 @@ impl Engine {
         }
     }
 
-    fn on_control(&mut self, now_ms: u64, control: LinkControl, flushed_lsn: u64) {
+    fn on_control(&mut self, now_ms: u64, control: LinkControl, logged_lsn: u64) {
         let dc = self.plan.dc();
         self.link.set_paused(control.paused, now_ms);
         if control.drain_seq != self.control.drain_seq {
-            tracing::info!(dc, through = flushed_lsn, "drain requested");
-            self.drain_target = Some(flushed_lsn);
+            tracing::info!(dc, through = logged_lsn, "drain requested");
+            self.drain_target = Some(logged_lsn);
             self.link.set_draining(true);
         }
         if control.rewind_seq != self.control.rewind_seq {
@@ -759,7 +757,7 @@ mod tests {
     fn control(change: impl FnOnce(&mut LinkControl)) -> Event {
         let mut control = LinkControl::default();
         change(&mut control);
-        Event::Control { control, flushed_lsn: 0 }
+        Event::Control { control, logged_lsn: 0 }
     }
 
     /// Answers every scan of a recovery over the 4096 partitions of `test` with nothing,
@@ -998,7 +996,7 @@ mod tests {
         engine.handle(T0, Event::Tick);
         let drain = LinkControl { drain_seq: 1, ..LinkControl::default() };
         assert_eq!(
-            engine.handle(T0 + 10, Event::Control { control: drain, flushed_lsn: 6 }),
+            engine.handle(T0 + 10, Event::Control { control: drain, logged_lsn: 6 }),
             [Action::Read { max: 4 }, Action::SetState(LinkState::Draining)],
             "a drain resumes a paused link"
         );

@@ -361,7 +361,7 @@ impl<R: LocalRecords> Shipper<R> {
                     return Ok(None);
                 }
                 let control = *control.borrow_and_update();
-                Event::Control { control, flushed_lsn: cursor.flushed().0 }
+                Event::Control { control, logged_lsn: cursor.logged().0 }
             }
             Some(joined) = io.sends.join_next() => match joined.map_err(|_| StopError::Task)? {
                 (id, Ok(outcome)) => Event::Acked { id, outcome },
@@ -436,7 +436,9 @@ impl<R: LocalRecords> Shipper<R> {
         }
         let parked = shared.parked_summary();
         let (now, flushed, committed) = (now_ms(), cursor.flushed().0, cursor.committed().0);
-        let gauges = engine.gauges(now, flushed);
+        // Behind counts every change logged, flushed or not: an acknowledged write whose
+        // entry is still on its way to disk is not caught up.
+        let gauges = engine.gauges(now, cursor.logged().0);
         set(&stats.lag, lag_with_parked(gauges.lag_ms, now, parked));
         set(&stats.in_progress, gauges.in_progress);
         set(&stats.throughput, gauges.throughput);
