@@ -9,6 +9,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: a node allocates and frees small buffers on every
+/// request from several threads, and glibc's arenas and consolidation showed as a tenth of a
+/// node's CPU under load (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cmd::Cli::parse();
     tracing_subscriber::fmt()
