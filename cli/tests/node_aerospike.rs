@@ -1,7 +1,7 @@
 //! A real 3-node Ferry site (three `ferry node run` processes) driven by the unmodified Rust
 //! `aerospike` client: connect and tend, every single-record operation, batch reads across
-//! nodes, full scans, durability across SIGKILL, truncation of a set and of a namespace, and
-//! records deleted by removing their last bin.
+//! nodes, full scans, durability across SIGKILL, truncation of a set and of a namespace,
+//! records deleted by removing their last bin, and a storm of clients connecting at once.
 
 mod support;
 
@@ -347,4 +347,49 @@ async fn removing_the_last_bin_deletes_the_record() {
     assert_eq!(record.bins.get("s"), Some(&Value::from("tail")));
     assert_eq!(record.bins.get("p"), Some(&Value::from("head")));
     client.close().await.expect("close");
+}
+
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_clients_gets_partition_maps_and_leaves_no_connection_behind() {
+    const CLIENTS: usize = 48;
+    let site = Deployment::one_site(3, 2).await;
+    let pids: Vec<u32> =
+        site.ids("local").iter().map(|id| site.pid(id).expect("node running")).collect();
+    let before: Vec<usize> = pids.iter().map(|&pid| open_fds(pid)).collect();
+
+    // Every client connects, tends (node, peers, partition-generation, replicas) and writes
+    // and reads a key of its own at once, as a test suite creating a client per test does.
+    let storm = (0..CLIENTS).map(|i| {
+        let site = &site;
+        async move {
+            let client = site.client("local").await;
+            let key = as_key!("test", "storm", i as i64);
+            client.put(&WritePolicy::default(), &key, &[as_bin!("i", i as i64)]).await?;
+            let record = client.get(&ReadPolicy::default(), &key, Bins::All).await?;
+            client.close().await?;
+            Ok::<_, aerospike::Error>(record.bins.get("i").cloned())
+        }
+    });
+    let answers = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(storm))
+        .await
+        .expect("the storm ends within a minute");
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.expect("every client works"), Some(Value::from(i as i64)));
+    }
+
+    // Closed clients leave no connection behind on any node.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let after: Vec<usize> = pids.iter().map(|&pid| open_fds(pid)).collect();
+        if after.iter().zip(&before).all(|(after, before)| *after <= before + 4) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "descriptors {before:?} -> {after:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
