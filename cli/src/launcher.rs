@@ -101,11 +101,11 @@ impl Launcher {
 }
 
 impl NodeProcess {
-    /// Waits until the node accepts client connections.
+    /// Waits until the node answers clients (its storage open, serving).
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), LaunchError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if TcpStream::connect_timeout(&self.client, Duration::from_millis(200)).is_ok() {
+            if answers_info(self.client) {
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -189,4 +189,19 @@ pub fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Whether a node at `addr` answers an info request. Its sockets are bound before it opens
+/// storage, so a completed TCP connect alone does not mean it serves: only an answer does.
+fn answers_info(addr: SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let timeout = Duration::from_millis(500);
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else { return false };
+    let request = ferry_node::proto::frame(ferry_node::proto::TYPE_INFO, b"node\n");
+    let mut header = [0u8; 8];
+    stream.set_read_timeout(Some(timeout)).is_ok()
+        && stream.write_all(&request).is_ok()
+        && stream.read_exact(&mut header).is_ok()
+        && ferry_node::proto::ProtoHeader::parse(header)
+            .is_ok_and(|h| h.kind == ferry_node::proto::TYPE_INFO && h.size > 0)
 }

@@ -95,6 +95,7 @@ struct NamespaceStore {
 impl Store {
     /// Opens (creating if needed) the store under `dir` for these namespaces.
     pub fn open(dir: &Path, namespaces: &[Namespace]) -> Result<Self, StoreError> {
+        clear_interrupted_creation(dir)?;
         let db = Database::builder(dir).manual_journal_persist(true).open()?;
         let mut by_name = HashMap::new();
         for ns in namespaces {
@@ -409,6 +410,21 @@ fn lock_stripe(digest: &Digest) -> usize {
 }
 
 /// The truncation cut-offs stored in `marks`.
+/// fjall writes its `version` marker last when it creates a database, and cannot open (nor
+/// create again) a directory a crash left without one. Such a directory never held a version
+/// (the node opens storage before it serves), so it is emptied and created anew.
+fn clear_interrupted_creation(dir: &Path) -> Result<(), StoreError> {
+    let io = |source: std::io::Error| StoreError::Engine(fjall::Error::from(source));
+    let interrupted = dir.is_dir()
+        && !dir.join("version").try_exists().map_err(io)?
+        && std::fs::read_dir(dir).map_err(io)?.next().is_some();
+    if interrupted {
+        tracing::warn!(dir = %dir.display(), "storage creation was interrupted; creating it anew");
+        std::fs::remove_dir_all(dir).map_err(io)?;
+    }
+    Ok(())
+}
+
 /// The primary index of one namespace, from a pass over its stored versions.
 fn build_index(ns: &str, keyspace: &Keyspace) -> Result<PrimaryIndex, StoreError> {
     let index = PrimaryIndex::default();
@@ -659,6 +675,19 @@ mod tests {
         let store = Store::open(dir.path(), &[namespace("test")]).expect("reopen");
         assert_eq!(store.get("test", &d).expect("get"), Some(record(5)));
         assert!(matches!(store.get("nope", &d), Err(StoreError::UnknownNamespace(_))));
+    }
+
+    #[tokio::test]
+    async fn a_creation_cut_short_by_a_crash_is_created_anew() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // What a kill during fjall's creation leaves: a journal, no version marker.
+        std::fs::write(dir.path().join("0.jnl"), b"").expect("journal");
+        let store = Store::open(dir.path(), &[namespace("test")]).expect("created anew");
+        store.put("test", &digest(1, 1), &record(7)).expect("put");
+        store.commit("test").await.expect("durable");
+        drop(store);
+        let store = Store::open(dir.path(), &[namespace("test")]).expect("reopened");
+        assert_eq!(store.get("test", &digest(1, 1)).expect("get"), Some(record(7)));
     }
 
     #[test]
