@@ -2,7 +2,8 @@
 //! one-node sites and the `aerospike` crate: a truncation is not shipped (as in Aerospike), and
 //! a destination that truncated a set drops versions from before its cut-off that arrive later;
 //! a read that touches the record (read-touch-ttl-percent) and a write removing the record's
-//! last bin are writes like any other, and ship.
+//! last bin are writes like any other, and ship. The admin port's `/metrics` (Prometheus, under
+//! Aerospike's exporter names) and `/health` tell the same story.
 
 mod support;
 
@@ -126,4 +127,53 @@ async fn a_read_that_touches_and_removing_the_last_bin_ship() {
         r.is_some_and(|r| r.generation == 2 && r.expiration() > first.expiration())
     })
     .await;
+}
+
+/// The value of the Prometheus series `series` (name and labels after the common ones).
+fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(label))
+        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_show_the_link_and_the_namespace() {
+    let deployment = two_sites("metrics").await;
+    let (a, b) = (deployment.client("a").await, deployment.client("b").await);
+    for i in 0..30 {
+        a.put(&WritePolicy::default(), &as_key!("test", "m", i), &[as_bin!("v", i)])
+            .await
+            .expect("put");
+    }
+    a.delete(&WritePolicy::default(), &as_key!("test", "m", 0)).await.expect("delete");
+    ship_marker(&a, &b, 1).await;
+    let admin = deployment.site("a")[0].admin;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (code, text) = ferry_tests::http(admin, "GET", "/metrics");
+        assert_eq!(code, 200, "{text}");
+        if metric(&text, "aerospike_xdr_in_queue", "dc=\"b\"") == Some(0.0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the link never showed caught up:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let site = "cluster_name=\"a\"";
+    assert!(text.contains(site), "{text}");
+    // 30 puts, a delete and the marker: 32 changes, acknowledged by b or folded into a later
+    // change of the same key (the delete of a key just written).
+    let dc_b = "dc=\"b\"";
+    let success = metric(&text, "aerospike_xdr_success", dc_b).expect("success");
+    let folded = metric(&text, "aerospike_xdr_hot_keys", dc_b).expect("hot keys");
+    assert_eq!(success + folded, 32.0, "{text}");
+    assert_eq!(metric(&text, "aerospike_xdr_lag", "dc=\"b\""), Some(0.0), "{text}");
+    assert_eq!(metric(&text, "ferry_xdr_parked", "dc=\"b\""), Some(0.0), "{text}");
+    assert_eq!(metric(&text, "aerospike_namespace_objects", "ns=\"test\""), Some(30.0));
+    assert_eq!(metric(&text, "aerospike_namespace_tombstones", "ns=\"test\""), Some(1.0));
+    assert!(metric(&text, "ferry_storage_fsync_seconds_count", site).is_some_and(|n| n > 0.0));
+    assert!(metric(&text, "ferry_digestlog_bytes", site).is_some_and(|n| n > 0.0));
+    assert!(text.contains("# TYPE aerospike_xdr_success counter"), "{text}");
+
+    let (code, body) = ferry_tests::http(admin, "GET", "/health");
+    assert_eq!((code, body.contains("\"ok\"")), (200, true), "{body}");
 }

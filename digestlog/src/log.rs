@@ -496,6 +496,17 @@ impl DigestLog {
         *self.shared.flushed.borrow()
     }
 
+    /// Bytes the segments use on disk (what was written of the active one).
+    pub fn disk_bytes(&self) -> u64 {
+        let written = self.written_lsn().0;
+        let state = lock(&self.shared.state);
+        let Some((active, sealed)) = state.segments.split_last() else { return 0 };
+        let active_records = (written + 1).saturating_sub(active.first.0);
+        sealed.iter().map(|s| s.len).sum::<u64>()
+            + HEADER_LEN as u64
+            + active_records * RECORD_LEN as u64
+    }
+
     /// The last LSN handed out (written or still queued).
     pub fn logged_lsn(&self) -> Lsn {
         self.shared.queue.last_assigned()

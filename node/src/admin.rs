@@ -5,6 +5,9 @@
 //! - `GET /v1/xdr`: the receiver's counters and every link's stats.
 //! - `GET /v1/xdr/links/{dc}`: one link's stats (404 if no link to `dc` ships from here).
 //! - `POST /v1/xdr/links/{dc}/pause`, `…/resume`, `…/drain`, `…/rewind?from_ms=T` (T = 0 or absent: all).
+//! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
+//! - `GET /health`: 200 while the node serves and can acknowledge writes (the admin API runs
+//!   only once storage is open, so this is readiness too); 503 with the reasons otherwise.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -35,6 +38,8 @@ pub async fn serve(
         .route("/v1/xdr", get(xdr))
         .route("/v1/xdr/links/{dc}", get(link))
         .route("/v1/xdr/links/{dc}/{action}", post(control))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
@@ -76,6 +81,27 @@ async fn xdr(State(state): State<Arc<NodeState>>) -> Json<Value> {
         .filter_map(|dc| Some((dc.clone(), registry.get(&dc)?.snapshot())))
         .collect();
     Json(json!({ "receiver": registry.receiver_snapshot(), "links": links }))
+}
+
+async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
+    let text = crate::metrics::render(&state);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn health(State(state): State<Arc<NodeState>>) -> Response {
+    let mut failing = Vec::new();
+    if let Err(error) = state.store.writable() {
+        failing.push(error.to_string());
+    }
+    if let Err(error) = state.log_healthy() {
+        failing.push(format!("digest log: {error}"));
+    }
+    if failing.is_empty() {
+        Json(json!({ "status": "ok" })).into_response()
+    } else {
+        let body = Json(json!({ "status": "failing", "reasons": failing }));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
 }
 
 fn no_link(dc: &str) -> Response {

@@ -11,6 +11,7 @@
 //! - [`reclaim`]: background removal of expired records and old tombstones.
 //! - [`node`] and [`server`]: the node's state and its network shell.
 //! - [`admin`]: the admin HTTP API (status, XDR stats and link controls as JSON).
+//! - [`metrics`]: Prometheus text for the admin API's `/metrics`.
 //! - [`start`]: the whole node as one value: [`Node::start`] on bound [`Listeners`].
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod command;
 pub mod index;
 pub mod info;
 mod journal_sync;
+pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod reclaim;

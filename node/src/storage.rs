@@ -25,6 +25,7 @@ use ferry_xdr::parked::ParkedRecord;
 
 use crate::index::PrimaryIndex;
 use crate::journal_sync::JournalSync;
+use crate::metrics::FsyncHistogram;
 use crate::truncate::{self, Truncations};
 
 use crate::record::{self, CorruptRecord, Record};
@@ -229,7 +230,7 @@ impl Store {
     pub fn put(&self, ns: &str, digest: &Digest, record: &Record) -> Result<(), StoreError> {
         let store = self.namespace(ns)?;
         // Indexed first: a reader finding the digest absent must find nothing stored.
-        store.index.insert(digest, record.logged_lsn);
+        store.index.insert(digest, record.logged_lsn, record.tombstone);
         store.keyspace.insert(storage_key(digest), record::encode(record))?;
         Ok(())
     }
@@ -350,6 +351,17 @@ impl Store {
         Ok(after)
     }
 
+    /// How long the storage journal's fsyncs took.
+    pub fn fsync_latency(&self) -> &FsyncHistogram {
+        &self.inner.commit.latency
+    }
+
+    /// Versions stored in `ns` (truncated ones not reclaimed yet included) and how many of
+    /// them are tombstones, from the primary index: no I/O.
+    pub fn stored_counts(&self, ns: &str) -> Result<(u64, u64), StoreError> {
+        Ok(self.namespace(ns)?.index.counts())
+    }
+
     /// Approximate number of stored records (tombstones included) in a namespace.
     pub fn approximate_len(&self, ns: &str) -> Result<usize, StoreError> {
         Ok(self.namespace(ns)?.keyspace.approximate_len())
@@ -431,12 +443,12 @@ fn build_index(ns: &str, keyspace: &Keyspace) -> Result<PrimaryIndex, StoreError
     for guard in keyspace.iter() {
         let (key, value) = guard.into_inner()?;
         match stored_entry(ns, &key, &value) {
-            Ok((digest, record)) => index.insert(&digest, record.logged_lsn),
+            Ok((digest, record)) => index.insert(&digest, record.logged_lsn, record.tombstone),
             Err(error) => {
                 // Still stored: indexed, so readers meet the corruption instead of a miss.
                 tracing::warn!(%error, "unreadable record at open");
                 if let Some(digest) = key.get(2..22).and_then(|d| <[u8; 20]>::try_from(d).ok()) {
-                    index.insert(&Digest(digest), None);
+                    index.insert(&Digest(digest), None, false);
                 }
             }
         }
@@ -497,6 +509,8 @@ pub fn hex(bytes: &[u8]) -> String {
 #[derive(Debug)]
 struct GroupCommit {
     shared: Arc<(Mutex<CommitState>, Condvar)>,
+    /// How long each fsync took.
+    latency: Arc<FsyncHistogram>,
     durable: watch::Receiver<Durable>,
     /// The syncer's publisher, kept so tests can poison the store as a failed fsync would.
     #[cfg(test)]
@@ -523,18 +537,19 @@ impl GroupCommit {
         let shared = Arc::new((Mutex::new(CommitState::default()), Condvar::new()));
         let (publish, durable) = watch::channel(Durable::default());
         let publish = Arc::new(publish);
+        let latency = Arc::new(FsyncHistogram::default());
         let (thread_shared, thread_publish) = (shared.clone(), publish.clone());
+        let syncer = Syncer { db, journal, latency: latency.clone(), max_wait, max_batch };
         std::thread::Builder::new()
             .name("ferry-group-commit".into())
-            .spawn(move || {
-                sync_loop(&db, journal, &thread_shared, &thread_publish, max_wait, max_batch);
-            })
+            .spawn(move || syncer.run(&thread_shared, &thread_publish))
             .map_err(|e| tracing::error!(error = %e, "start group-commit thread"))
             .ok();
         #[cfg(not(test))]
         drop(publish);
         Self {
             shared,
+            latency,
             durable,
             #[cfg(test)]
             publish,
@@ -579,47 +594,56 @@ impl Drop for GroupCommit {
     }
 }
 
-fn sync_loop(
-    db: &Database,
-    mut journal: JournalSync,
-    shared: &(Mutex<CommitState>, Condvar),
-    publish: &watch::Sender<Durable>,
+/// The group-commit thread's state.
+struct Syncer {
+    db: Database,
+    journal: JournalSync,
+    latency: Arc<FsyncHistogram>,
     max_wait: Duration,
     max_batch: u64,
-) {
-    let (state, wake) = shared;
-    let mut durable = 0u64;
-    loop {
-        let target = {
-            let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
-            while guard.requested == durable && !guard.shutdown {
-                guard.wake_at = Some(durable + 1);
-                guard = wake.wait(guard).unwrap_or_else(PoisonError::into_inner);
-            }
-            if guard.shutdown && guard.requested == durable {
+}
+
+impl Syncer {
+    fn run(mut self, shared: &(Mutex<CommitState>, Condvar), publish: &watch::Sender<Durable>) {
+        let (max_wait, max_batch) = (self.max_wait, self.max_batch);
+        let (state, wake) = shared;
+        let mut durable = 0u64;
+        loop {
+            let target = {
+                let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
+                while guard.requested == durable && !guard.shutdown {
+                    guard.wake_at = Some(durable + 1);
+                    guard = wake.wait(guard).unwrap_or_else(PoisonError::into_inner);
+                }
+                if guard.shutdown && guard.requested == durable {
+                    return;
+                }
+                // Optionally linger for more writers to share this fsync.
+                if !max_wait.is_zero() && guard.requested - durable < max_batch {
+                    guard.wake_at = Some(durable + max_batch);
+                    guard = wake
+                        .wait_timeout_while(guard, max_wait, |s| {
+                            s.requested - durable < max_batch && !s.shutdown
+                        })
+                        .map(|(guard, _)| guard)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
+                guard.wake_at = None;
+                guard.requested
+            };
+            let started = std::time::Instant::now();
+            let synced = self.journal.sync(&self.db);
+            self.latency.observe(started.elapsed());
+            if let Err(error) = synced {
+                tracing::error!(%error, "fsync of storage failed; storage is poisoned");
+                publish
+                    .send_replace(Durable { ticket: durable, poisoned: Some(error.to_string()) });
                 return;
             }
-            // Optionally linger for more writers to share this fsync.
-            if !max_wait.is_zero() && guard.requested - durable < max_batch {
-                guard.wake_at = Some(durable + max_batch);
-                guard = wake
-                    .wait_timeout_while(guard, max_wait, |s| {
-                        s.requested - durable < max_batch && !s.shutdown
-                    })
-                    .map(|(guard, _)| guard)
-                    .unwrap_or_else(|e| e.into_inner().0);
-            }
-            guard.wake_at = None;
-            guard.requested
-        };
-        if let Err(error) = journal.sync(db) {
-            tracing::error!(%error, "fsync of storage failed; storage is poisoned");
-            publish.send_replace(Durable { ticket: durable, poisoned: Some(error.to_string()) });
-            return;
+            durable = target;
+            // Once poisoned, always poisoned: only the ticket moves.
+            publish.send_modify(|published| published.ticket = durable);
         }
-        durable = target;
-        // Once poisoned, always poisoned: only the ticket moves.
-        publish.send_modify(|published| published.ticket = durable);
     }
 }
 
