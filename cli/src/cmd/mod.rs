@@ -37,8 +37,19 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about)]
 pub(crate) struct Cli {
+    /// How log lines look: `text` for people, `json` (one object per line) for log collectors.
+    /// Nodes a command starts inherit `FERRY_LOG_FORMAT` from its environment.
+    #[arg(long, global = true, value_enum, env = "FERRY_LOG_FORMAT", default_value = "text")]
+    pub(crate) log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The format of log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
