@@ -120,15 +120,20 @@ pub fn render(state: &NodeState) -> String {
         }
     }
 
+    let counts: Vec<(String, (u64, u64))> = state
+        .store
+        .namespace_names()
+        .into_iter()
+        .filter_map(|ns| Some((ns.clone(), state.store.stored_counts(&ns).ok()?)))
+        .collect();
     for (name, help) in [
         ("aerospike_namespace_objects", "Records stored (tombstones not counted)."),
         ("aerospike_namespace_tombstones", "Tombstones stored."),
     ] {
         out.help(name, "gauge", help);
-        for ns in state.store.namespace_names() {
-            let Ok((versions, tombstones)) = state.store.stored_counts(&ns) else { continue };
-            let value = if name.ends_with("objects") { versions - tombstones } else { tombstones };
-            out.sample(name, &[("ns", &ns)], value as f64);
+        for (ns, (versions, tombstones)) in &counts {
+            let value = if name.ends_with("objects") { versions - tombstones } else { *tombstones };
+            out.sample(name, &[("ns", ns)], value as f64);
         }
     }
 

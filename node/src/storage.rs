@@ -101,13 +101,10 @@ impl Store {
         let mut by_name = HashMap::new();
         for ns in namespaces {
             // Namespace names are 1..=31 bytes (validated), within fjall's keyspace name limit.
-            let keyspace =
-                db.keyspace(&format!("ns.{}", ns.name), KeyspaceCreateOptions::default)?;
-            let index = build_index(&ns.name.to_string(), &keyspace)?;
-            by_name.insert(
-                ns.name.to_string(),
-                NamespaceStore { keyspace, mode: ns.commit_mode, index },
-            );
+            let name = ns.name.to_string();
+            let keyspace = db.keyspace(&format!("ns.{name}"), KeyspaceCreateOptions::default)?;
+            let index = build_index(&name, &keyspace)?;
+            by_name.insert(name, NamespaceStore { keyspace, mode: ns.commit_mode, index });
         }
         let parked = db.keyspace("xdr.parked", KeyspaceCreateOptions::default)?;
         let truncation_marks = db.keyspace("meta.truncate", KeyspaceCreateOptions::default)?;
@@ -421,7 +418,6 @@ fn lock_stripe(digest: &Digest) -> usize {
     usize::from(u16::from_le_bytes([digest[4], digest[5]])) % LOCK_STRIPES
 }
 
-/// The truncation cut-offs stored in `marks`.
 /// fjall writes its `version` marker last when it creates a database, and cannot open (nor
 /// create again) a directory a crash left without one. Such a directory never held a version
 /// (the node opens storage before it serves), so it is emptied and created anew.
@@ -447,8 +443,8 @@ fn build_index(ns: &str, keyspace: &Keyspace) -> Result<PrimaryIndex, StoreError
             Err(error) => {
                 // Still stored: indexed, so readers meet the corruption instead of a miss.
                 tracing::warn!(%error, "unreadable record at open");
-                if let Some(digest) = key.get(2..22).and_then(|d| <[u8; 20]>::try_from(d).ok()) {
-                    index.insert(&Digest(digest), None, false);
+                if let Some(digest) = key_digest(&key) {
+                    index.insert(&digest, None, false);
                 }
             }
         }
@@ -456,6 +452,7 @@ fn build_index(ns: &str, keyspace: &Keyspace) -> Result<PrimaryIndex, StoreError
     Ok(index)
 }
 
+/// The truncation cut-offs stored in `marks`.
 fn load_truncations(marks: &Keyspace) -> Result<Truncations, StoreError> {
     let mut truncations = Truncations::default();
     for guard in marks.iter() {
@@ -480,14 +477,18 @@ fn storage_key(digest: &Digest) -> [u8; 22] {
     key
 }
 
+/// The digest in a [`storage_key`].
+fn key_digest(key: &[u8]) -> Option<Digest> {
+    key.get(2..22).and_then(|d| d.try_into().ok())
+}
+
 /// The digest and record of one stored entry of namespace `ns` (key: [`storage_key`]).
 fn stored_entry(ns: &str, key: &[u8], value: &[u8]) -> Result<(Digest, Record), StoreError> {
-    let digest: Digest =
-        key.get(2..22).and_then(|d| d.try_into().ok()).ok_or_else(|| StoreError::Corrupt {
-            namespace: ns.to_owned(),
-            digest: hex(key),
-            source: CorruptRecord("storage key is not partition and digest"),
-        })?;
+    let digest = key_digest(key).ok_or_else(|| StoreError::Corrupt {
+        namespace: ns.to_owned(),
+        digest: hex(key),
+        source: CorruptRecord("storage key is not partition and digest"),
+    })?;
     Ok((digest, decode(ns, &digest, value)?))
 }
 
