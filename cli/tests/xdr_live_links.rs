@@ -1,14 +1,14 @@
 //! DR link changes apply live: nodes follow the topology service, and applying a new version
 //! enables, reconfigures, disables and removes a link without restarting any process. A
 //! disabled link keeps its place in the log, so enabling it ships what was written meanwhile;
-//! a removed one drops it.
+//! a removed one drops it. A site's role and write fence apply live too.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{Link, TopologyBuilder};
+use aerospike::{Client, ClientPolicy, Error, ResultCode, WritePolicy, as_bin, as_key};
+use ferry_tests::{Link, Role, Site, TopologyBuilder, WriteFence, http};
 use ferry_topology::store::{ApplyRequest, TopologyStore};
 use support::Deployment;
 
@@ -21,6 +21,44 @@ async fn apply(store: &TopologyStore, content: &str, comment: &str) {
         expected_parent: None,
     };
     store.apply(request).await.expect("apply a topology version");
+}
+
+/// Serves a topology store under `dir` holding `first` as version 1; returns the store, the
+/// node arguments that make nodes follow it, and what stops it.
+async fn serve_topology(
+    dir: &std::path::Path,
+    first: &str,
+) -> (TopologyStore, Vec<String>, tokio::sync::oneshot::Sender<()>) {
+    let url = format!("sqlite://{}?mode=rwc", dir.join("topology.db").display());
+    let store = TopologyStore::open(&url).await.expect("open store");
+    apply(&store, first, "first version").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let service = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = store.clone();
+    tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        ferry_topology::service::serve(listener, served, shutdown).await.expect("serve");
+    });
+    (store, vec!["--topology-service".to_owned(), service], stop)
+}
+
+/// Waits until every node of `site` reports topology `version` applied.
+async fn wait_applied(deployment: &Deployment, site: &str, version: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in deployment.site(site) {
+        loop {
+            let (_, body) = http(node.admin, "GET", "/v1/status");
+            let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+            if status["topology_version"].as_u64() >= Some(version) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} never applied version {version}", node.id);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 async fn put_range(client: &Client, keys: std::ops::Range<i64>) {
@@ -59,20 +97,7 @@ async fn enabling_reconfiguring_and_disabling_a_link_apply_without_restarts() {
     let removed = TopologyBuilder::new("xdr-test").sites(&["a", "b"], 2).build_like(&first).text;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("topology.db").display());
-    let store = TopologyStore::open(&url).await.expect("open store");
-    apply(&store, &disabled, "link disabled").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let service = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = store.clone();
-    tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        ferry_topology::service::serve(listener, served, shutdown).await.expect("serve");
-    });
-    let args = vec!["--topology-service".to_owned(), service];
+    let (store, args, stop) = serve_topology(dir.path(), &disabled).await;
     let deployment = Deployment::start_with(&disabled, nodes, args).await;
     let seed = deployment.site("a")[0].client.to_string();
     let a = Client::new(&ClientPolicy::default(), &seed).await.expect("connect");
@@ -112,6 +137,54 @@ async fn enabling_reconfiguring_and_disabling_a_link_apply_without_restarts() {
     while cursors.iter().any(|c| c.exists()) {
         assert!(Instant::now() < deadline, "a removed link's cursors stayed: {cursors:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_fence_and_a_standby_role_apply_live() {
+    let sites = |role: Role, fence: Option<WriteFence>| {
+        let a = Site::new("a", 2).role(role);
+        let a = match fence {
+            Some(fence) => a.write_fence(fence),
+            None => a,
+        };
+        TopologyBuilder::new("xdr-test").add_site(a).site("b", 1).link(Link::new("a", "b"))
+    };
+    let first = sites(Role::Active, None).build();
+    let fenced = sites(Role::Active, Some(WriteFence::ClientWrites)).build_like(&first).text;
+    let standby = sites(Role::Standby, None).build_like(&first).text;
+    let open_standby = sites(Role::Standby, Some(WriteFence::None)).build_like(&first).text;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, args, stop) = serve_topology(dir.path(), &first.text).await;
+    let deployment = Deployment::start_with(&first.text, first.nodes.clone(), args).await;
+    wait_applied(&deployment, "a", 1).await;
+    let a = deployment.client("a").await;
+    let put = |i: i64| {
+        let a = &a;
+        async move {
+            a.put(&WritePolicy::default(), &as_key!("test", "fence", i), &[as_bin!("v", i)]).await
+        }
+    };
+    let refused = |result: Result<(), Error>| {
+        result.is_err_and(|e: Error| e.server_result_code() == Some(ResultCode::FailForbidden))
+    };
+    put(0).await.expect("an active site takes client writes");
+
+    for (version, text, takes_writes) in [
+        (2, &fenced, false),
+        (3, &first.text, true),
+        (4, &standby, false),
+        (5, &open_standby, true),
+    ] {
+        apply(&store, text, "change the fence").await;
+        wait_applied(&deployment, "a", version).await;
+        let result = put(version.try_into().expect("small")).await;
+        if takes_writes {
+            result.unwrap_or_else(|e| panic!("version {version}: a write is taken: {e}"));
+        } else {
+            assert!(refused(result), "version {version}: a write is refused as forbidden");
+        }
     }
     let _ = stop.send(());
 }

@@ -1,7 +1,8 @@
 //! The node's admin HTTP API (the `admin` address in the topology): the same numbers as the
 //! info protocol, as JSON, and the link controls.
 //!
-//! - `GET /v1/status`: node, site, per-namespace records and partitions owned, counters.
+//! - `GET /v1/status`: node, site, the topology service version applied here (0: the file it
+//!   started with) and the write fence up, per-namespace records and partitions owned, counters.
 //! - `GET /v1/xdr`: the receiver's counters and every link's stats.
 //! - `GET /v1/xdr/links/{dc}`: one link's stats (404 if no link to `dc` ships from here).
 //! - `POST /v1/xdr/links/{dc}/pause`, `…/resume`, `…/drain`, `…/rewind?from_ms=T` (T = 0 or absent: all).
@@ -62,6 +63,8 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<Value> {
     Json(json!({
         "node": state.cluster.node().id.as_str(),
         "site": state.cluster.site().name.as_str(),
+        "topology_version": state.topology_version.load(Ordering::SeqCst),
+        "write_fence": state.fence.current().to_string(),
         "namespaces": namespaces,
         "counters": {
             "reads": load(&stats.reads),

@@ -49,7 +49,7 @@ impl NodeState {
             .ok_or_else(|| ApplyError::UnknownNamespace(namespace.to_owned()))?;
         let policy = settings.conflict_resolution_policy;
         let max_record_size = settings.max_record_size;
-        if self.cluster.site().write_fence == ferry_topology::model::WriteFence::XdrWrites {
+        if self.fence.refuses_xdr() {
             return Err(ApplyError::Fenced);
         }
         // A poisoned store acknowledges nothing: refuse before storing or logging anything.

@@ -6,6 +6,7 @@
 //! - [`index`]: the primary index in memory (which digests are stored, and where logged).
 //! - [`proto`]: the wire protocol as pure encoding and decoding.
 //! - [`command`]: what each client command means and does.
+//! - [`fence`]: the site's write fences on this node, changed live.
 //! - [`cluster`]: the node's view of its site (ownership, `replicas`, peers).
 //! - [`info`]: answers to info commands.
 //! - [`reclaim`]: background removal of expired records and old tombstones.
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod apply;
 pub mod cluster;
 pub mod command;
+pub mod fence;
 pub mod index;
 pub mod info;
 mod journal_sync;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_topology::Topology;
-use ferry_topology::model::{Namespace, WriteFence};
+use ferry_topology::model::Namespace;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -112,6 +112,11 @@ pub struct NodeState {
     pub xdr: Arc<ferry_xdr::stats::Registry>,
     pub store: Store,
     pub stats: Stats,
+    /// Which writers the site refuses now (follows the topology service).
+    pub fence: crate::fence::WriteGate,
+    /// The topology service version whose site settings this node applies; 0 while it runs
+    /// the topology it started with.
+    pub topology_version: AtomicU64,
     namespaces: HashMap<String, Namespace>,
     fabric: Fabric,
     log: Option<DigestLog>,
@@ -126,12 +131,15 @@ impl NodeState {
         let store = Store::open(&dir, &namespaces)
             .map_err(|source| NodeError::Storage { dir: dir.display().to_string(), source })?;
         let log = if config.digest_log { Some(open_log(config, &namespaces)?) } else { None };
+        let fence = crate::fence::WriteGate::for_site(cluster.site());
         let state = Self {
             cluster,
             topology: ferry_topology::SharedTopology::new(Arc::new(config.topology.clone())),
             xdr: Arc::default(),
             store,
             stats: Stats::default(),
+            fence,
+            topology_version: AtomicU64::new(0),
             namespaces: namespaces.into_iter().map(|ns| (ns.name.to_string(), ns)).collect(),
             fabric: Fabric::default(),
             log,
@@ -261,9 +269,21 @@ impl NodeState {
         self.cluster.site().src_id.get()
     }
 
-    /// Whether client writes are refused (site fenced).
-    pub fn client_writes_fenced(&self) -> bool {
-        self.cluster.site().write_fence == WriteFence::ClientWrites
+    /// Takes a new topology from the topology service: the site's role and write fence apply
+    /// at once (XDR reconciles the links). Resolves once a client fence holds on every write
+    /// in flight, so a drain that starts afterwards covers every write admitted before it.
+    pub async fn apply_topology(&self, topology: Arc<Topology>) {
+        let site = self.cluster.site();
+        let fence = topology.site(site.name.as_str()).map_or(site.fence(), |now| now.fence());
+        self.topology.replace(topology);
+        self.fence.set(fence);
+        loop {
+            let in_flight = self.fence.settle(FENCE_PATIENCE).await;
+            if in_flight == 0 {
+                break;
+            }
+            tracing::warn!(in_flight, %fence, "client writes admitted before the fence still run");
+        }
     }
 
     /// Sends a framed request to a peer's fabric address and returns its framed reply.
@@ -326,6 +346,9 @@ pub enum ForwardError {
     Timeout { peer: SocketAddr },
 }
 
+/// How long a node waits for client writes in flight under a new fence before it says so in
+/// its log (it keeps waiting: the version counts as applied only once they are done).
+const FENCE_PATIENCE: Duration = Duration::from_secs(5);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle connections kept per peer.
 const POOL_SIZE: usize = 16;

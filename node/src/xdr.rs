@@ -151,28 +151,33 @@ impl XdrService {
     }
 }
 
-/// Applies every new topology version from the service at `url` to the node's links.
+/// Applies every new topology version from the service at `url`: the site's fence and role,
+/// and the node's links. A version counts as applied on this node (`topology_version`) once
+/// both hold.
 async fn follow(url: String, state: Arc<NodeState>, links: Arc<tokio::sync::Mutex<Links>>) {
     let mut versions =
         ferry_topology::service::spawn_watcher(ferry_topology::service::TopologyClient::new(&url));
     while versions.changed().await.is_ok() {
         let Some(version) = versions.borrow_and_update().clone() else { continue };
         let topology = Arc::new(version.topology.clone());
-        if *topology == *state.topology.get() {
-            continue;
+        if *topology != *state.topology.get() {
+            let site = state.cluster.site();
+            let placed =
+                |s: &ferry_topology::model::Site| (s.src_id, s.nodes.clone(), s.namespaces.clone());
+            if topology.site(site.name.as_str()).map(placed) != Some(placed(site)) {
+                tracing::warn!(
+                    version = version.version,
+                    "this site's nodes or namespaces changed: restart the nodes to apply that part"
+                );
+            }
+            tracing::info!(version = version.version, "topology changed; applying it");
+            state.apply_topology(topology.clone()).await;
+            if let Err(error) = links.lock().await.reconcile(&topology).await {
+                tracing::error!(%error, "could not apply a link change");
+            }
         }
-        let site = state.cluster.site();
-        if topology.site(site.name.as_str()) != Some(site) {
-            tracing::warn!(
-                version = version.version,
-                "this site's nodes or namespaces changed: restart the nodes to apply that part"
-            );
-        }
-        tracing::info!(version = version.version, "topology changed; applying link changes");
-        state.topology.replace(topology.clone());
-        if let Err(error) = links.lock().await.reconcile(&topology).await {
-            tracing::error!(%error, "could not apply a link change");
-        }
+        let applied = u64::try_from(version.version).unwrap_or(0);
+        state.topology_version.store(applied, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -368,9 +368,9 @@ impl Link {
 
 /// A site (`[[sites]]`) for [`TopologyBuilder::add_site`].
 ///
-/// Unless set: src-id is the site's position from 1, the role is `active` for the first site
-/// and for every site that ships somewhere (`standby` otherwise), node `j` is `<site>-<j>` on
-/// rack `j % 2` with no zone, and the namespaces are the builder's.
+/// Unless set: src-id is the site's position from 1, the role is `active` (a standby refuses
+/// client writes, and most tests write at every site), node `j` is `<site>-<j>` on rack
+/// `j % 2` with no zone, and the namespaces are the builder's.
 #[derive(Debug, Clone)]
 pub struct Site {
     name: String,
@@ -585,9 +585,7 @@ impl TopologyBuilder {
         let mut text = format!("name = {}\n", self.name.as_str().toml());
         let mut nodes = Vec::new();
         for (i, site) in self.sites.iter().enumerate() {
-            let ships = self.links.iter().any(|link| link.from == site.name);
-            let role =
-                site.role.unwrap_or(if i == 0 || ships { Role::Active } else { Role::Standby });
+            let role = site.role.unwrap_or(Role::Active);
             let src_id = site.src_id.unwrap_or_else(|| u8::try_from(i + 1).unwrap_or(u8::MAX));
             let _ = writeln!(
                 text,
@@ -704,7 +702,7 @@ mod tests {
         let clients = built.clients();
         assert_eq!(clients.len(), 4);
         assert_eq!(clients[2], ("b-0".to_owned(), built.nodes[2].client));
-        assert!(built.text.contains("name = \"b\"\nsrc-id = 2\nrole = \"standby\""));
+        assert!(built.text.contains("name = \"b\"\nsrc-id = 2\nrole = \"active\""));
         assert!(
             built
                 .text
@@ -744,7 +742,7 @@ mod tests {
         }
         // The second site keeps the defaults: src-id from its position, no fence, no zones.
         assert_eq!(at(&table, "sites.1.src-id"), "2");
-        assert_eq!(at(&table, "sites.1.role"), "\"standby\"");
+        assert_eq!(at(&table, "sites.1.role"), "\"active\"");
         let west = table["sites"].get(1).expect("west");
         assert!(west.get("write-fence").is_none() && west.get("zones").is_none(), "{west}");
         assert!(west["nodes"].get(0).expect("node").get("zone").is_none(), "{west}");

@@ -71,11 +71,8 @@ fn site_changes(before: &Site, after: &Site, changes: &mut Vec<String>) {
     if before.role != after.role {
         changes.push(format!("site {name}: role {:?} → {:?}", before.role, after.role));
     }
-    if before.write_fence != after.write_fence {
-        changes.push(format!(
-            "site {name}: write fence {:?} → {:?}",
-            before.write_fence, after.write_fence
-        ));
+    if before.fence() != after.fence() {
+        changes.push(format!("site {name}: write fence {} → {}", before.fence(), after.fence()));
     }
     if before.src_id != after.src_id {
         changes.push(format!("site {name}: src-id {} → {}", before.src_id, after.src_id));

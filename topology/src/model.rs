@@ -68,15 +68,27 @@ pub struct Site {
     pub zones: Vec<String>,
     /// Whether the site takes client writes (`active`) or receives replication (`standby`).
     pub role: Role,
-    /// Which writes the site refuses. Default: `none`.
-    #[serde(default)]
-    pub write_fence: WriteFence,
+    /// Which writes the site refuses. Default: by role ([`Site::fence`]): an active site
+    /// refuses none, a standby refuses client writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_fence: Option<WriteFence>,
     /// The storage nodes, at least one.
     #[serde(default)]
     pub nodes: Vec<Node>,
     /// Namespaces served by every node of the site.
     #[serde(default)]
     pub namespaces: Vec<Namespace>,
+}
+
+impl Site {
+    /// The writes the site refuses: its `write-fence`, or when it has none, what its role
+    /// implies (a standby takes writes only from replication unless its fence says `none`).
+    pub fn fence(&self) -> WriteFence {
+        self.write_fence.unwrap_or(match self.role {
+            Role::Active => WriteFence::None,
+            Role::Standby => WriteFence::ClientWrites,
+        })
+    }
 }
 
 /// A site's role in replication.

@@ -147,7 +147,7 @@ pub(crate) async fn collect(topology: &Topology, dir: &std::path::Path) -> Statu
             name: site.name.to_string(),
             src_id: site.src_id.get(),
             role: site.role.to_string(),
-            write_fence: site.write_fence.to_string(),
+            write_fence: site.fence().to_string(),
             nodes,
         });
     }

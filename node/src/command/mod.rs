@@ -190,9 +190,10 @@ async fn write(
     let ns = target.namespace.as_str();
     let store = &state.store;
     let storage_error = |error| storage_error(ns, error);
-    if state.client_writes_fenced() {
+    // In flight until durable: a node reports a new fence applied only once this is done.
+    let Some(_admitted) = state.fence.admit_client() else {
         return Err(result::FORBIDDEN);
-    }
+    };
     // A write after a truncation is stamped at or after its cut-off, so it outlives it.
     let ctx =
         ops::Context { now_ms: ctx.now_ms.max(store.truncation_cutoff(ns, &target.set)), ..ctx };
