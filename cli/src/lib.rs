@@ -7,7 +7,9 @@
 //! - [`deploy`]: a whole deployment of a topology on this machine — dev certificates, the
 //!   topology service on SQLite, a WAN relay per simulated link, every node — and the queries
 //!   an operator (or a test) asks of it while it runs.
+//! - [`verify`]: whether two sites hold the same data, and every record where they do not.
 
 pub mod client;
 pub mod deploy;
 pub mod launcher;
+pub mod verify;

@@ -6,6 +6,9 @@
 //! - `GET /v1/xdr`: the receiver's counters and every link's stats.
 //! - `GET /v1/xdr/links/{dc}`: one link's stats (404 if no link to `dc` ships from here).
 //! - `POST /v1/xdr/links/{dc}/pause`, `…/resume`, `…/drain`, `…/rewind?from_ms=T` (T = 0 or absent: all).
+//! - `GET /v1/verify/{ns}?until_ms=W`: per partition this node masters, the count and hash of
+//!   its versions with LUT ≤ W (absent: all) and how many are newer ([`crate::verify`]).
+//! - `GET /v1/verify/{ns}/{partition}`: every version of a partition this node masters.
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //! - `GET /health`: 200 while the node serves and can acknowledge writes (the admin API runs
 //!   only once storage is open, so this is readiness too); 503 with the reasons otherwise.
@@ -39,6 +42,8 @@ pub async fn serve(
         .route("/v1/xdr", get(xdr))
         .route("/v1/xdr/links/{dc}", get(link))
         .route("/v1/xdr/links/{dc}/{action}", post(control))
+        .route("/v1/verify/{ns}", get(verify_partitions))
+        .route("/v1/verify/{ns}/{partition}", get(verify_versions))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .with_state(state);
@@ -107,9 +112,71 @@ async fn health(State(state): State<Arc<NodeState>>) -> Response {
     }
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct VerifyQuery {
+    until_ms: Option<u64>,
+}
+
+fn error_response(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Runs a store scan on the blocking pool (verification reads whole partitions; the workers
+/// answering clients must not wait behind it) and answers its result as JSON.
+async fn scan_answer<T: serde::Serialize + Send + 'static>(
+    scan: impl FnOnce() -> Result<T, crate::storage::StoreError> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(scan).await {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(error)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        Err(error) => error_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+fn unknown_namespace(ns: &str) -> Response {
+    error_response(StatusCode::NOT_FOUND, format!("namespace '{ns}' is not served here"))
+}
+
+async fn verify_partitions(
+    State(state): State<Arc<NodeState>>,
+    Path(ns): Path<String>,
+    Query(query): Query<VerifyQuery>,
+) -> Response {
+    if !state.store.has_namespace(&ns) {
+        return unknown_namespace(&ns);
+    }
+    let until_ms = query.until_ms.unwrap_or(u64::MAX);
+    scan_answer(move || {
+        let owned =
+            (0..ferry_topology::placement::PARTITIONS).filter(|&p| state.cluster.is_master(&ns, p));
+        let partitions = owned
+            .map(|p| crate::verify::summarize_partition(&state.store, &ns, p, until_ms))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(json!({ "node": state.cluster.node().id.as_str(), "partitions": partitions }))
+    })
+    .await
+}
+
+async fn verify_versions(
+    State(state): State<Arc<NodeState>>,
+    Path((ns, partition)): Path<(String, u16)>,
+) -> Response {
+    if !state.store.has_namespace(&ns) {
+        return unknown_namespace(&ns);
+    }
+    if !state.cluster.is_master(&ns, partition) {
+        let message = format!("partition {partition} of '{ns}' is not mastered here");
+        return error_response(StatusCode::NOT_FOUND, message);
+    }
+    scan_answer(move || {
+        let versions = crate::verify::list_partition(&state.store, &ns, partition)?;
+        Ok(json!({ "partition": partition, "versions": versions }))
+    })
+    .await
+}
+
 fn no_link(dc: &str) -> Response {
-    let message = format!("no link to dc '{dc}' ships from this node");
-    (StatusCode::NOT_FOUND, Json(json!({ "error": message }))).into_response()
+    error_response(StatusCode::NOT_FOUND, format!("no link to dc '{dc}' ships from this node"))
 }
 
 async fn link(State(state): State<Arc<NodeState>>, Path(dc): Path<String>) -> Response {
@@ -131,7 +198,7 @@ async fn control(
 ) -> Response {
     let Some(command) = LinkCommand::parse(&action, query.from_ms.unwrap_or(0)) else {
         let message = format!("unknown action '{action}': pause, resume, rewind or drain");
-        return (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response();
+        return error_response(StatusCode::BAD_REQUEST, message);
     };
     if state.xdr.command(&dc, command) {
         Json(json!({ "dc": dc, "action": action })).into_response()

@@ -168,7 +168,7 @@ fn xdr_stats(state: &NodeState, args: &str) -> String {
 }
 
 /// `verify-digest:namespace=NS`: what two sites compare to prove they converged. Each stored
-/// version (tombstones included: digest, generation, LUT, origin, bins) is hashed and the hashes
+/// version (tombstones included) is hashed ([`crate::verify::version_hash`]) and the hashes
 /// XORed, so the digests of a site's nodes XOR into the site's, in any order.
 fn verify_digest(state: &NodeState, ns: &str) -> String {
     let mut records = 0u64;
@@ -180,18 +180,13 @@ fn verify_digest(state: &NodeState, ns: &str) -> String {
             Err(e) => return store_error(&e),
         };
         for item in scan {
-            let (digest, mut record) = match item {
+            let (digest, record) = match item {
                 Ok(item) => item,
                 Err(e) => return store_error(&e),
             };
             records += 1;
             tombstones += u64::from(record.tombstone);
-            // Where this site logged it is local bookkeeping, not part of the version.
-            record.logged_lsn = None;
-            let encoded = crate::record::encode(&record);
-            xor ^= digest.iter().chain(&encoded).fold(0xcbf2_9ce4_8422_2325u64, |hash, &b| {
-                (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            });
+            xor ^= crate::verify::version_hash(&digest, &record);
         }
     }
     format!("records={records};tombstones={tombstones};xor={xor:016x}")

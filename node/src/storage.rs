@@ -649,12 +649,13 @@ impl Syncer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::record::{Bin, Value};
     use ferry_tests::{Site, TopologyBuilder};
 
-    fn namespace(name: &str) -> Namespace {
+    /// Namespace `name` with the topology's defaults.
+    pub(crate) fn namespace(name: &str) -> Namespace {
         let text = TopologyBuilder::new("ferry")
             .add_site(Site::new("a", 1).node_ids(&["n"]))
             .namespace(ferry_tests::Namespace::new(name))
@@ -680,7 +681,8 @@ mod tests {
         }
     }
 
-    fn digest(first: u8, partition: u16) -> Digest {
+    /// A digest of `partition`, otherwise `first` repeated.
+    pub(crate) fn digest(first: u8, partition: u16) -> Digest {
         let mut d = [first; 20];
         d[0..2].copy_from_slice(&partition.to_le_bytes());
         d[2] = 0;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use ferry::client::{self, ClientError};
-use ferry_topology::{Topology, load_topology};
+use ferry_topology::Topology;
 use ferry_xdr::stats::LinkSnapshot;
 
 #[derive(Debug, clap::Args)]
@@ -69,15 +69,7 @@ enum LinkAction {
 }
 
 pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
-    let path = args.topology.unwrap_or_else(|| args.dir.join("topology.toml"));
-    let topology = load_topology(&path)
-        .with_context(|| {
-            format!(
-                "read the topology {} (start a deployment with `ferry up`, or pass --topology)",
-                path.display()
-            )
-        })?
-        .topology;
+    let topology = super::deployment_topology(args.topology.as_deref(), &args.dir)?;
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
     runtime.block_on(async {
         match args.action {

@@ -27,6 +27,7 @@ mod node;
 mod status;
 mod topology;
 mod up;
+mod verify;
 mod wan;
 
 use std::process::ExitCode;
@@ -78,6 +79,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Print (and follow) one node's log.
     Logs(logs::LogsArgs),
+    /// Compare two sites partition by partition and list every record where they differ
+    /// (exit 0: identical, 1: divergent, 2: could not verify).
+    Verify(verify::VerifyArgs),
     #[command(flatten)]
     Data(data::DataCommand),
 }
@@ -95,8 +99,26 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Down(args) => up::down(args),
         Command::Status(args) => status::run(args),
         Command::Logs(args) => logs::run(args),
+        Command::Verify(args) => verify::run(args),
         Command::Data(command) => data::run(command),
     }
+}
+
+/// The topology of a deployment: the file `--topology` names, else the one `ferry up` keeps
+/// in its state directory `dir`.
+pub(crate) fn deployment_topology(
+    topology: Option<&std::path::Path>,
+    dir: &std::path::Path,
+) -> anyhow::Result<ferry_topology::Topology> {
+    use anyhow::Context as _;
+    let path = topology.map_or_else(|| dir.join("topology.toml"), std::path::Path::to_path_buf);
+    let loaded = ferry_topology::load_topology(&path).with_context(|| {
+        format!(
+            "read the topology {} (start a deployment with `ferry up`, or pass --topology)",
+            path.display()
+        )
+    })?;
+    Ok(loaded.topology)
 }
 
 /// Ctrl-C or SIGTERM.

@@ -101,6 +101,19 @@ impl Deployment {
         text
     }
 
+    /// Runs `ferry ARGS --dir <state directory>` against this deployment; returns the exit
+    /// code, stdout and stderr.
+    pub fn ferry(&self, args: &[&str]) -> (i32, String, String) {
+        let output = std::process::Command::new(ferry_bin())
+            .args(args)
+            .arg("--dir")
+            .arg(&self.running.state.root)
+            .output()
+            .expect("run ferry");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+    }
+
     /// The pid of node `id`, while it runs.
     pub fn pid(&self, id: &str) -> Option<u32> {
         self.running.processes().get(id)?.pid()
