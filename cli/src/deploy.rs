@@ -50,6 +50,12 @@ impl StateDir {
         self.root.join("topology.db")
     }
 
+    /// The URL of the topology service while the deployment serves one (what `ferry drill`
+    /// applies new versions to).
+    pub fn topology_service(&self) -> PathBuf {
+        self.root.join("topology-service")
+    }
+
     /// Where a drill or verification saves its reports.
     pub fn reports(&self) -> PathBuf {
         self.root.join("reports")
@@ -369,6 +375,7 @@ impl Deployment {
             relay.handle.shutdown().await;
         }
         if let Some(service) = self.service.take() {
+            let _ = std::fs::remove_file(self.state.topology_service());
             let _ = service.stop.send(());
             let _ = service.task.await;
         }
@@ -489,7 +496,10 @@ async fn start_service(
             tracing::error!(%error, "topology service stopped");
         }
     });
-    Ok(Service { url: format!("http://{addr}"), stop, task })
+    let url = format!("http://{addr}");
+    let url_file = state.topology_service();
+    std::fs::write(&url_file, &url).map_err(io_error("write", &url_file))?;
+    Ok(Service { url, stop, task })
 }
 
 #[cfg(test)]

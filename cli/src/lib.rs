@@ -7,9 +7,13 @@
 //! - [`deploy`]: a whole deployment of a topology on this machine — dev certificates, the
 //!   topology service on SQLite, a WAN relay per simulated link, every node — and the queries
 //!   an operator (or a test) asks of it while it runs.
+//! - [`ops`]: link drains, node health and applied topology versions, unshipped records.
+//! - [`drill`]: switchover, failover and failback, each ending in a report.
 //! - [`verify`]: whether two sites hold the same data, and every record where they do not.
 
 pub mod client;
 pub mod deploy;
+pub mod drill;
 pub mod launcher;
+pub mod ops;
 pub mod verify;

@@ -403,6 +403,32 @@ async fn site_summaries(
     Ok(owners.into_iter().flatten().collect())
 }
 
+/// Every version of one partition of `ns` at `site`, from the node that masters it there.
+pub async fn partition_versions(
+    http: &reqwest::Client,
+    topology: &Topology,
+    site: &str,
+    ns: &str,
+    partition: u16,
+) -> Result<Vec<VersionSummary>, VerifyError> {
+    let unknown =
+        || VerifyError::UnknownNamespace { site: site.to_owned(), namespace: ns.to_owned() };
+    let map = ferry_topology::placement::PartitionMap::for_namespace(topology, site, ns)
+        .map_err(|_| unknown())?;
+    let master = map.master(partition).to_string();
+    let admin = site_admins(topology, site)
+        .into_iter()
+        .find(|(id, _)| *id == master)
+        .map(|(_, admin)| admin)
+        .ok_or_else(unknown)?;
+    let owner = Owner {
+        node: master,
+        admin,
+        summary: PartitionSummary { partition, records: 0, newer: 0, hash: 0 },
+    };
+    list_partition(http, &owner, ns).await
+}
+
 /// Every version of one partition at its master.
 async fn list_partition(
     http: &reqwest::Client,

@@ -11,9 +11,10 @@ use tokio::sync::watch;
 
 use crate::checkpoint::{Checkpoint, CursorName, Overflow};
 use crate::cursor::{Cursor, CursorStart};
-use crate::entry::{Entry, Lsn, RECORD_LEN};
-use crate::error::{AppendError, ConfigError, CursorError, OpenError};
+use crate::entry::{Entry, LoggedEntry, Lsn, RECORD_LEN};
+use crate::error::{AppendError, ConfigError, CursorError, OpenError, ReadError};
 use crate::policy::CommitPolicy;
+use crate::read;
 use crate::recovery::{self, RecoveryMode, RecoveryReport, SegmentMeta};
 use crate::segment::{self, HEADER_LEN, NO_LUT, SegmentHeader};
 use crate::storage::{self, Storage, StorageFile, TMP_SUFFIX};
@@ -494,6 +495,33 @@ impl DigestLog {
     /// The last durable LSN; readers see entries up to here.
     pub fn flushed_lsn(&self) -> Lsn {
         *self.shared.flushed.borrow()
+    }
+
+    /// Resolves once every entry through `lsn` is flushed (readable by cursors and
+    /// [`DigestLog::read_flushed`]); fails if the log is poisoned or closed first.
+    pub async fn flushed_through(&self, lsn: Lsn) -> Result<(), AppendError> {
+        let mut flushed = self.shared.flushed.clone();
+        loop {
+            if *flushed.borrow_and_update() >= lsn {
+                return Ok(());
+            }
+            self.check_poison()?;
+            if flushed.changed().await.is_err() {
+                self.check_poison()?;
+                return Err(AppendError::Closed);
+            }
+        }
+    }
+
+    /// Up to `max` flushed entries after `after`, read without any cursor (for questions
+    /// about what a cursor has not committed yet, which must not move it). Blocking I/O.
+    pub fn read_flushed(&self, after: Lsn, max: usize) -> Result<Vec<LoggedEntry>, ReadError> {
+        let (from, last) = (after.next(), self.flushed_lsn());
+        if from > last || max == 0 {
+            return Ok(Vec::new());
+        }
+        let segments = lock(&self.shared.state).segments.clone();
+        read::read_range(self.shared.storage.as_ref(), &segments, &mut None, from, last, max)
     }
 
     /// Bytes the segments use on disk (what was written of the active one).

@@ -70,6 +70,28 @@ async fn entries_on_their_way_to_disk_count_as_logged_and_behind() {
     assert_eq!(log.cursors()[0].lag, 3);
 }
 
+#[tokio::test]
+async fn what_a_cursor_has_not_committed_reads_without_moving_it() {
+    let config = Config { commit: CommitPolicy::buffered(Duration::from_millis(5)), ..small(4) };
+    let (log, _) = DigestLog::open(Arc::new(MemStorage::new()), config).expect("open");
+    let mut cursor = log.open_cursor("link", CursorStart::Oldest).expect("cursor");
+    for i in 0..10 {
+        log.append_nowait(entry(i)).expect("queued");
+    }
+    log.flushed_through(Lsn(10)).await.expect("flushed in the background");
+    let Some(Batch::Entries(read)) = cursor.try_next_batch(4).expect("read") else {
+        panic!("nothing flushed")
+    };
+    cursor.commit(read[3].lsn).await.expect("commit");
+    let rest = log.read_flushed(cursor.committed(), 100).expect("read past the cursor");
+    let lsns: Vec<u64> = rest.iter().map(|e| e.lsn.0).collect();
+    assert_eq!(lsns, (5..=10).collect::<Vec<_>>(), "across segments of four entries");
+    assert_eq!(rest[0].entry.digest, entry(4).digest);
+    assert_eq!(log.read_flushed(Lsn(8), 1).expect("bounded").len(), 1);
+    assert!(log.read_flushed(Lsn(10), 100).expect("nothing after the end").is_empty());
+    assert_eq!(cursor.committed(), Lsn(4), "reading moved no cursor");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_fsyncs() {
     let disk = Disk::new();

@@ -5,6 +5,10 @@
 //!   started with) and the write fence up, per-namespace records and partitions owned, counters.
 //! - `GET /v1/xdr`: the receiver's counters and every link's stats.
 //! - `GET /v1/xdr/links/{dc}`: one link's stats (404 if no link to `dc` ships from here).
+//! - `GET /v1/xdr/conflicts?limit=N`: the last N (default 100) shipped versions that lost
+//!   their conflict here, oldest first.
+//! - `GET /v1/xdr/links/{dc}/unshipped`: the records this node changed that the link has not
+//!   shipped (past its cursor, or parked) ([`crate::unshipped`]).
 //! - `POST /v1/xdr/links/{dc}/pause`, `…/resume`, `…/drain`, `…/rewind?from_ms=T` (T = 0 or absent: all).
 //! - `GET /v1/verify/{ns}?until_ms=W`: per partition this node masters, the count and hash of
 //!   its versions with LUT ≤ W (absent: all) and how many are newer ([`crate::verify`]).
@@ -40,7 +44,9 @@ pub async fn serve(
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/xdr", get(xdr))
+        .route("/v1/xdr/conflicts", get(conflicts))
         .route("/v1/xdr/links/{dc}", get(link))
+        .route("/v1/xdr/links/{dc}/unshipped", get(unshipped))
         .route("/v1/xdr/links/{dc}/{action}", post(control))
         .route("/v1/verify/{ns}", get(verify_partitions))
         .route("/v1/verify/{ns}/{partition}", get(verify_versions))
@@ -89,6 +95,18 @@ async fn xdr(State(state): State<Arc<NodeState>>) -> Json<Value> {
         .filter_map(|dc| Some((dc.clone(), registry.get(&dc)?.snapshot())))
         .collect();
     Json(json!({ "receiver": registry.receiver_snapshot(), "links": links }))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn conflicts(
+    State(state): State<Arc<NodeState>>,
+    Query(query): Query<LimitQuery>,
+) -> Response {
+    Json(state.xdr.conflicts(query.limit.unwrap_or(100))).into_response()
 }
 
 async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
@@ -183,6 +201,17 @@ async fn link(State(state): State<Arc<NodeState>>, Path(dc): Path<String>) -> Re
     match state.xdr.get(&dc) {
         Some(stats) => Json(stats.snapshot()).into_response(),
         None => no_link(&dc),
+    }
+}
+
+async fn unshipped(State(state): State<Arc<NodeState>>, Path(dc): Path<String>) -> Response {
+    use crate::unshipped::UnshippedError;
+    match crate::unshipped::unshipped(state, dc).await {
+        Ok(report) => Json(report).into_response(),
+        Err(error @ (UnshippedError::NoLink(_) | UnshippedError::NoCursor(_))) => {
+            error_response(StatusCode::NOT_FOUND, error.to_string())
+        }
+        Err(error) => error_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     }
 }
 

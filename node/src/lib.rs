@@ -12,6 +12,7 @@
 //! - [`reclaim`]: background removal of expired records and old tombstones.
 //! - [`node`] and [`server`]: the node's state and its network shell.
 //! - [`admin`]: the admin HTTP API (status, XDR stats and link controls as JSON).
+//! - [`unshipped`]: what a link has not shipped from this node (a failover's lost writes).
 //! - [`verify`]: per-partition hashes and version lists two sites compare.
 //! - [`metrics`]: Prometheus text for the admin API's `/metrics`.
 //! - [`start`]: the whole node as one value: [`Node::start`] on bound [`Listeners`].
@@ -33,6 +34,7 @@ pub mod server;
 mod start;
 pub mod storage;
 pub mod truncate;
+pub mod unshipped;
 pub mod verify;
 pub mod xdr;
 

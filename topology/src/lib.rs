@@ -4,9 +4,12 @@
 //! - [`model`]: the typed deployment (sites, nodes, namespaces, DR links).
 //! - [`parse_topology`] / [`load_topology`]: read a TOML file into the model; every problem is a
 //!   [`Diagnostic`] naming file, line, column and field.
+//! - [`edit`]: edits of a topology file that keep its comments (the drills' role and link
+//!   changes).
 //! - [`placement`]: the pure function from (topology, site, namespace) to a partition map.
 
 pub mod diff;
+pub mod edit;
 pub mod model;
 pub mod placement;
 pub mod service;

@@ -22,7 +22,7 @@
 use ferry_topology::model::ConflictPolicy;
 
 /// The metadata conflict resolution compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VersionStamp {
     pub generation: u16,
     pub last_update_ms: u64,

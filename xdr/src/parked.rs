@@ -98,18 +98,18 @@ impl ParkedIndex {
 }
 
 /// Digests as hex in JSON, the way operators see them everywhere else.
-mod hex_digest {
+pub(crate) mod hex_digest {
     use ferry_digestlog::Digest;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(
+    pub(crate) fn serialize<S: Serializer>(
         digest: &Digest,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         serializer.collect_str(digest)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Digest, D::Error> {
         let text = String::deserialize(deserializer)?;

@@ -363,9 +363,10 @@ mod state_or_starting {
 }
 
 /// A shipped version that lost against the local one at this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict {
     pub namespace: String,
+    #[serde(with = "crate::parked::hex_digest")]
     pub digest: Digest,
     /// The version kept.
     pub local: VersionStamp,

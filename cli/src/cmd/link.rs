@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use ferry::client::{self, ClientError};
+use ferry::client;
 use ferry_topology::Topology;
-use ferry_xdr::stats::LinkSnapshot;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct LinkArgs {
@@ -75,7 +74,7 @@ pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
         match args.action {
             LinkAction::Status { link } => {
                 let (from, to) = resolve(&topology, &link)?;
-                for (node, stats) in link_stats(&topology, &from, &to).await? {
+                for (node, stats) in ferry::ops::link_stats(&topology, &from, &to).await? {
                     match stats {
                         Ok(stats) => {
                             println!(
@@ -94,37 +93,8 @@ pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
             }
             LinkAction::Drain { link, timeout } => {
                 let (from, to) = resolve(&topology, &link)?;
-                // A node that does not answer counts as not drained (0 drains so far).
-                let drains = |answers: &[(String, Result<LinkSnapshot, ClientError>)]| -> Vec<u64> {
-                    answers
-                        .iter()
-                        .map(|(_, stats)| stats.as_ref().map_or(0, |s| s.counters.drains))
-                        .collect()
-                };
-                let before = drains(&link_stats(&topology, &from, &to).await?);
-                command(&topology, &link, "drain", None).await?;
-                let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
-                loop {
-                    let answers = link_stats(&topology, &from, &to).await?;
-                    let now = drains(&answers);
-                    let draining: Vec<&str> = answers
-                        .iter()
-                        .zip(now.iter().zip(&before))
-                        .filter(|(_, (now, before))| now <= before)
-                        .map(|((node, _), _)| node.as_str())
-                        .collect();
-                    if draining.is_empty() {
-                        println!("{from} -> {to}: drained on every node");
-                        break;
-                    }
-                    if std::time::Instant::now() >= deadline {
-                        bail!(
-                            "{from} -> {to} not drained after {timeout} s on {}",
-                            draining.join(", ")
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                ferry::ops::drain_link(&topology, &from, &to, Duration::from_secs(timeout)).await?;
+                println!("{from} -> {to}: drained on every node");
             }
             LinkAction::Parked { link, limit, retry, discard } => {
                 if retry {
@@ -169,20 +139,6 @@ pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(ExitCode::SUCCESS)
     })
-}
-
-/// The stats of link `from -> to` on every node of `from`.
-async fn link_stats(
-    topology: &Topology,
-    from: &str,
-    to: &str,
-) -> anyhow::Result<Vec<(String, Result<LinkSnapshot, ClientError>)>> {
-    let site = topology.site(from).with_context(|| format!("no site '{from}'"))?;
-    let mut answers = Vec::new();
-    for node in &site.nodes {
-        answers.push((node.id.to_string(), client::link_stats(node.client.addr(), to).await));
-    }
-    Ok(answers)
 }
 
 /// `FROM:TO`, or just `TO` when exactly one link leads there.

@@ -21,6 +21,7 @@ mod certs;
 mod data;
 mod demo;
 mod digestlog;
+mod drill;
 mod link;
 mod logs;
 mod node;
@@ -79,6 +80,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Print (and follow) one node's log.
     Logs(logs::LogsArgs),
+    /// Run a DR drill: switchover, failover or failback, each ending in a verified report.
+    Drill(drill::DrillArgs),
     /// Compare two sites partition by partition and list every record where they differ
     /// (exit 0: identical, 1: divergent, 2: could not verify).
     Verify(verify::VerifyArgs),
@@ -100,6 +103,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args),
         Command::Logs(args) => logs::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Drill(args) => drill::run(args),
         Command::Data(command) => data::run(command),
     }
 }

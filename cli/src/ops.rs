@@ -1,0 +1,233 @@
+//! Operations on the sites and links of a running deployment that the link commands and the
+//! drills share: draining a link on every node of its source site, the nodes' health and the
+//! topology version each has applied (admin API), and the records a link has not shipped.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ferry_node::unshipped::UnshippedReport;
+use ferry_topology::Topology;
+use ferry_xdr::stats::LinkSnapshot;
+
+use crate::client::{self, ClientError};
+
+/// How long one admin request may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Why an operation did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpsError {
+    #[error("no site '{0}' in the topology")]
+    UnknownSite(String),
+    #[error("{action} did not succeed on node {node}: {answer}")]
+    Refused { action: String, node: String, answer: String },
+    #[error("{from} -> {to} not drained after {timeout:?} on {nodes}")]
+    NotDrained { from: String, to: String, timeout: Duration, nodes: String },
+    #[error("topology version {version} not applied after {timeout:?} on {nodes}")]
+    NotApplied { version: u64, timeout: Duration, nodes: String },
+    #[error("node {node} ({addr}): {message}")]
+    Admin { node: String, addr: SocketAddr, message: String },
+}
+
+/// A node of a site: id, client (info) address, admin address.
+#[derive(Debug, Clone)]
+pub struct SiteNode {
+    pub id: String,
+    pub client: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// The nodes of `site`.
+pub fn site_nodes(topology: &Topology, site: &str) -> Result<Vec<SiteNode>, OpsError> {
+    let site = topology.site(site).ok_or_else(|| OpsError::UnknownSite(site.to_owned()))?;
+    Ok(site
+        .nodes
+        .iter()
+        .map(|n| SiteNode { id: n.id.to_string(), client: n.client.addr(), admin: n.admin.addr() })
+        .collect())
+}
+
+/// The stats of the link `from -> to` on every node of `from`; a node that does not answer
+/// gives its error.
+pub async fn link_stats(
+    topology: &Topology,
+    from: &str,
+    to: &str,
+) -> Result<Vec<(String, Result<LinkSnapshot, ClientError>)>, OpsError> {
+    let mut answers = Vec::new();
+    for node in site_nodes(topology, from)? {
+        answers.push((node.id, client::link_stats(node.client, to).await));
+    }
+    Ok(answers)
+}
+
+/// Sends `xdr-link:dc=<to>;action=<action>` to every node of `from`; returns each node's
+/// answer, failing on the first that is not `ok`.
+pub async fn link_action(
+    topology: &Topology,
+    from: &str,
+    to: &str,
+    action: &str,
+) -> Result<Vec<(String, String)>, OpsError> {
+    let name = format!("xdr-link:dc={to};action={action}");
+    let mut answers = Vec::new();
+    for node in site_nodes(topology, from)? {
+        let answer =
+            client::ask(node.client, &name).await.unwrap_or_else(|e| format!("ERROR:1:{e}"));
+        if answer != "ok" {
+            return Err(OpsError::Refused { action: action.to_owned(), node: node.id, answer });
+        }
+        answers.push((node.id, answer));
+    }
+    Ok(answers)
+}
+
+/// Ships everything logged so far on the link `from -> to` (resuming it if paused) and waits
+/// until every node of `from` has it acknowledged, for at most `timeout`.
+pub async fn drain_link(
+    topology: &Topology,
+    from: &str,
+    to: &str,
+    timeout: Duration,
+) -> Result<(), OpsError> {
+    // A node that does not answer counts as not drained (0 drains so far).
+    let drains = |answers: &[(String, Result<LinkSnapshot, ClientError>)]| -> Vec<u64> {
+        answers.iter().map(|(_, stats)| stats.as_ref().map_or(0, |s| s.counters.drains)).collect()
+    };
+    let before = drains(&link_stats(topology, from, to).await?);
+    link_action(topology, from, to, "drain").await?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let answers = link_stats(topology, from, to).await?;
+        let now = drains(&answers);
+        let draining: Vec<&str> = answers
+            .iter()
+            .zip(now.iter().zip(&before))
+            .filter(|(_, (now, before))| now <= before)
+            .map(|((node, _), _)| node.as_str())
+            .collect();
+        if draining.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let (from, to, nodes) = (from.to_owned(), to.to_owned(), draining.join(", "));
+            return Err(OpsError::NotDrained { from, to, timeout, nodes });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// An HTTP client for the nodes' admin APIs.
+pub fn admin_client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(ADMIN_TIMEOUT).build().unwrap_or_default()
+}
+
+/// GET `path` from a node's admin API as JSON.
+pub async fn admin_get<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    node: &SiteNode,
+    path: &str,
+) -> Result<T, OpsError> {
+    let failed = |message: String| OpsError::Admin {
+        node: node.id.clone(),
+        addr: node.admin,
+        message: format!("GET {path}: {message}"),
+    };
+    let response = http
+        .get(format!("http://{}{path}", node.admin))
+        .send()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| failed(e.to_string()))?;
+    if !status.is_success() {
+        return Err(failed(format!("{status}: {body}")));
+    }
+    serde_json::from_str(&body).map_err(|e| failed(format!("bad answer: {e}")))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct NodeStatus {
+    topology_version: u64,
+}
+
+/// Why each node of `sites` that is not healthy is not (`/health`), as `node: reason`.
+pub async fn unhealthy(http: &reqwest::Client, topology: &Topology, sites: &[&str]) -> Vec<String> {
+    let mut failing = Vec::new();
+    for site in sites {
+        let nodes = match site_nodes(topology, site) {
+            Ok(nodes) => nodes,
+            Err(error) => {
+                failing.push(error.to_string());
+                continue;
+            }
+        };
+        for node in nodes {
+            if let Err(error) = admin_get::<serde_json::Value>(http, &node, "/health").await {
+                failing.push(error.to_string());
+            }
+        }
+    }
+    failing
+}
+
+/// Which nodes [`wait_applied`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Every node: one that does not answer has not applied the version.
+    Every,
+    /// The nodes that answer (after an aborted drill: a node that is gone applies the version
+    /// from the topology service when it returns).
+    Reachable,
+}
+
+/// Waits until every node of `sites` reports topology `version` (or a later one) applied.
+pub async fn wait_applied(
+    http: &reqwest::Client,
+    topology: &Topology,
+    sites: &[&str],
+    version: u64,
+    (waiting, timeout): (Waiting, Duration),
+) -> Result<(), OpsError> {
+    let deadline = Instant::now() + timeout;
+    let mut nodes = Vec::new();
+    for site in sites {
+        nodes.extend(site_nodes(topology, site)?);
+    }
+    loop {
+        let mut behind = Vec::new();
+        for node in &nodes {
+            let behind_here = match admin_get::<NodeStatus>(http, node, "/v1/status").await {
+                Ok(status) => status.topology_version < version,
+                Err(_) => waiting == Waiting::Every,
+            };
+            if behind_here {
+                behind.push(node.id.clone());
+            }
+        }
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(OpsError::NotApplied { version, timeout, nodes: behind.join(", ") });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The records the link `from -> to` has not shipped, from every node of `from`.
+pub async fn unshipped(
+    http: &reqwest::Client,
+    topology: &Topology,
+    from: &str,
+    to: &str,
+) -> Result<Vec<UnshippedReport>, OpsError> {
+    let mut reports = Vec::new();
+    for node in site_nodes(topology, from)? {
+        reports.push(admin_get(http, &node, &format!("/v1/xdr/links/{to}/unshipped")).await?);
+    }
+    Ok(reports)
+}
