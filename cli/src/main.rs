@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cmd;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -17,23 +18,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = cmd::Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(
-            |_| tracing_subscriber::EnvFilter::new("info,aerospike_core=warn,aerospike=warn"),
-        ))
-        .with_writer(std::io::stderr)
-        // A failed log write (a full disk) must not take the node down: the fallback report
-        // of it is an `eprintln!`, which panics when stderr cannot be written either.
-        .log_internal_errors(false);
-    match args.log_format {
-        cmd::LogFormat::Text => logs.init(),
-        cmd::LogFormat::Json => logs.json().init(),
-    }
-    match cmd::run(args) {
+    let telemetry =
+        match telemetry::init(args.log_format, args.otlp_endpoint.as_deref(), args.instance()) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("ferry: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let code = match cmd::run(args) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("ferry: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(telemetry);
+    code
 }

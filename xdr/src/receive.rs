@@ -9,6 +9,7 @@ use std::sync::Arc;
 use ferry_topology::SharedTopology;
 use ferry_topology::model::SiteName;
 use ferry_transport::{Frame, Handler, HandlerError, RequestContext};
+use tracing::Instrument as _;
 
 use crate::ack::{self, Ack, Refusal, Refused};
 use crate::batch::Batch;
@@ -175,9 +176,19 @@ impl<A: Applier> Receiver<A> {
         })?;
         let refused_origins =
             if delivery == Delivery::Link { self.admit(ctx, &mut batch)? } else { Vec::new() };
+        let span = tracing::debug_span!(
+            "xdr.apply",
+            site = %self.local_site,
+            from = %ctx.peer.site,
+            peer = %ctx.peer.node,
+            batch = batch.id,
+            records = batch.records.len(),
+            forwarded = delivery == Delivery::Forwarded
+        );
         let mut outcome = self
             .applier
             .apply(&batch, delivery)
+            .instrument(span)
             .await
             .map_err(|refusal| self.reject(refusal.retryable, refusal.message))?;
         outcome.refused.extend(refused_origins);

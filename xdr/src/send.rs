@@ -13,6 +13,7 @@ use ferry_digestlog::Digest;
 use ferry_topology::model::NodeId;
 use ferry_transport::{Client, DEFAULT_MAX_PAYLOAD, Frame, TransportError};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::ack::{self, Ack, AckError};
 use crate::batch::{Batch, Compression, ShippedRecord};
@@ -241,11 +242,102 @@ impl<R: LocalRecords> Shared<R> {
     }
 
     /// One attempt: read the current records, group them by destination, send every group,
-    /// park what the destination refuses for good.
+    /// park what the destination refuses for good. Traced as an `xdr.batch` span with its
+    /// `xdr.read` and `xdr.send` (encode, then `xdr.ack`) children.
     pub async fn attempt(&self, id: u64, changes: &[Change]) -> Result<Outcome, AttemptError> {
+        let plan = &self.plan;
+        let span = tracing::debug_span!(
+            "xdr.batch",
+            site = %plan.link.from,
+            link = %plan.link.to,
+            batch = id,
+            changes = changes.len()
+        );
+        self.attempt_traced(id, changes).instrument(span).await
+    }
+
+    async fn attempt_traced(&self, id: u64, changes: &[Change]) -> Result<Outcome, AttemptError> {
         let plan = &self.plan;
         let mut outcome = Outcome::default();
         let mut parking = Parking::default();
+        let groups = self
+            .read_changes(changes, &mut outcome, &mut parking)
+            .instrument(tracing::debug_span!("xdr.read", changes = changes.len()))
+            .await?;
+        let namespaces: std::collections::BTreeSet<usize> =
+            groups.keys().map(|(ns, _)| *ns).collect();
+        for ns in namespaces {
+            let namespace = &plan.namespaces[ns].name;
+            self.records
+                .durable(namespace)
+                .await
+                .map_err(|e| AttemptError::ReadRecord(Box::new(e)))?;
+        }
+        let mut sends = JoinSet::new();
+        for ((ns, node), records) in groups {
+            let Some(client) = self.clients.get(&node).cloned() else {
+                return Err(AttemptError::NoDestination {
+                    namespace: plan.namespaces[ns].name.to_string(),
+                    partition: ferry_topology::placement::partition_of(&records[0].digest),
+                });
+            };
+            for records in frames(records) {
+                let batch = Batch {
+                    id,
+                    source_site: plan.local_site_id,
+                    namespace: plan.namespaces[ns].name.to_string(),
+                    records,
+                };
+                let (client, compression) = (client.clone(), self.compression);
+                let span = tracing::debug_span!(
+                    "xdr.send",
+                    destination = %node,
+                    records = batch.records.len(),
+                    wire_bytes = tracing::field::Empty
+                );
+                sends.spawn(
+                    async move {
+                        let (reply, size) = send(&client, &batch, compression).await;
+                        (client, batch, reply, size)
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+        let mut failure = None;
+        while let Some(joined) = sends.join_next().await {
+            let Ok((client, batch, reply, size)) = joined else {
+                failure = Some(AttemptError::SendTask);
+                continue;
+            };
+            outcome.bytes_raw += size.0;
+            outcome.bytes_wire += size.1;
+            let settled = match reply {
+                Err(TransportError::Remote { retryable: false, message, .. }) => {
+                    self.isolate(&client, batch, message, &mut outcome, &mut parking).await
+                }
+                reply => settle(&batch, reply, &mut outcome, &mut parking),
+            };
+            if let Err(error) = settled {
+                failure = Some(error);
+            }
+        }
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        outcome.unparked = self.apply_parking(parking).await?;
+        Ok(outcome)
+    }
+
+    /// Reads the current version of every change and groups the records to ship by
+    /// namespace and destination node.
+    async fn read_changes(
+        &self,
+        changes: &[Change],
+        outcome: &mut Outcome,
+        parking: &mut Parking,
+    ) -> Result<BTreeMap<(usize, NodeId), Vec<ShippedRecord>>, AttemptError> {
+        let plan = &self.plan;
         let mut groups: BTreeMap<(usize, NodeId), Vec<ShippedRecord>> = BTreeMap::new();
         for change in changes {
             let namespace = &plan.namespaces[change.ns].name;
@@ -287,60 +379,7 @@ impl<R: LocalRecords> Shared<R> {
             };
             groups.entry((change.ns, destination.id.clone())).or_default().push(record);
         }
-        let namespaces: std::collections::BTreeSet<usize> =
-            groups.keys().map(|(ns, _)| *ns).collect();
-        for ns in namespaces {
-            let namespace = &plan.namespaces[ns].name;
-            self.records
-                .durable(namespace)
-                .await
-                .map_err(|e| AttemptError::ReadRecord(Box::new(e)))?;
-        }
-        let mut sends = JoinSet::new();
-        for ((ns, node), records) in groups {
-            let Some(client) = self.clients.get(&node).cloned() else {
-                return Err(AttemptError::NoDestination {
-                    namespace: plan.namespaces[ns].name.to_string(),
-                    partition: ferry_topology::placement::partition_of(&records[0].digest),
-                });
-            };
-            for records in frames(records) {
-                let batch = Batch {
-                    id,
-                    source_site: plan.local_site_id,
-                    namespace: plan.namespaces[ns].name.to_string(),
-                    records,
-                };
-                let (client, compression) = (client.clone(), self.compression);
-                sends.spawn(async move {
-                    let (reply, size) = send(&client, &batch, compression).await;
-                    (client, batch, reply, size)
-                });
-            }
-        }
-        let mut failure = None;
-        while let Some(joined) = sends.join_next().await {
-            let Ok((client, batch, reply, size)) = joined else {
-                failure = Some(AttemptError::SendTask);
-                continue;
-            };
-            outcome.bytes_raw += size.0;
-            outcome.bytes_wire += size.1;
-            let settled = match reply {
-                Err(TransportError::Remote { retryable: false, message, .. }) => {
-                    self.isolate(&client, batch, message, &mut outcome, &mut parking).await
-                }
-                reply => settle(&batch, reply, &mut outcome, &mut parking),
-            };
-            if let Err(error) = settled {
-                failure = Some(error);
-            }
-        }
-        if let Some(error) = failure {
-            return Err(error);
-        }
-        outcome.unparked = self.apply_parking(parking).await?;
-        Ok(outcome)
+        Ok(groups)
     }
 
     /// The destination refused `batch` as a whole and for good: sends its records one by one,
@@ -394,7 +433,9 @@ async fn send(
     compression: Compression,
 ) -> (Result<Frame, TransportError>, (u64, u64)) {
     let (bytes, size) = batch.encode(compression);
-    let reply = client.request(Frame::new(ack::frame_type(ack::BATCH), bytes)).await;
+    tracing::Span::current().record("wire_bytes", size.wire);
+    let frame = Frame::new(ack::frame_type(ack::BATCH), bytes);
+    let reply = client.request(frame).instrument(tracing::debug_span!("xdr.ack")).await;
     (reply, (size.raw as u64, size.wire as u64))
 }
 

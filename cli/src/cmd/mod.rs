@@ -43,6 +43,10 @@ pub(crate) struct Cli {
     /// Nodes a command starts inherit `FERRY_LOG_FORMAT` from its environment.
     #[arg(long, global = true, value_enum, env = "FERRY_LOG_FORMAT", default_value = "text")]
     pub(crate) log_format: LogFormat,
+    /// Export tracing spans (a batch's read, send, ack and apply) over OTLP/HTTP to this
+    /// collector, e.g. `http://127.0.0.1:4318`. Nodes `ferry up` starts get it too.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub(crate) otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,6 +93,16 @@ enum Command {
     Data(data::DataCommand),
 }
 
+impl Cli {
+    /// What names this process in exported traces: the node id of `ferry node run`.
+    pub(crate) fn instance(&self) -> Option<&str> {
+        match &self.command {
+            Command::Node(node::NodeCommand::Run { node, .. }) => Some(node),
+            _ => None,
+        }
+    }
+}
+
 /// Runs the parsed command; the exit code tells scripts whether it succeeded.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -98,7 +112,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(command) => certs::run(command),
         Command::Wan(args) => wan::run(args),
         Command::Link(args) => link::run(args),
-        Command::Up(args) => up::up(args),
+        Command::Up(args) => up::up(args, cli.otlp_endpoint.as_deref()),
         Command::Down(args) => up::down(args),
         Command::Status(args) => status::run(args),
         Command::Logs(args) => logs::run(args),

@@ -59,7 +59,8 @@ fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
 }
 
-pub(crate) fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+/// `ferry up`; the nodes export their spans to `otlp_endpoint` too.
+pub(crate) fn up(args: UpArgs, otlp_endpoint: Option<&str>) -> anyhow::Result<ExitCode> {
     let state = StateDir { root: args.dir.clone() };
     std::fs::create_dir_all(&state.root)
         .with_context(|| format!("create state directory {}", state.root.display()))?;
@@ -89,6 +90,9 @@ pub(crate) fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         topology_source: name,
         // Nodes follow the service, so `ferry topology apply --store …` changes links live.
         topology_service: Some(args.topology_listen),
+        node_args: otlp_endpoint
+            .map(|url| vec!["--otlp-endpoint".to_owned(), url.to_owned()])
+            .unwrap_or_default(),
         ..DeploySpec::new(
             std::env::current_exe().context("locate the ferry binary")?,
             &state.root,
