@@ -188,3 +188,50 @@ async fn a_write_fence_and_a_standby_role_apply_live() {
     }
     let _ = stop.send(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aerospikes_xdr_config_commands_show_and_change_a_running_link() {
+    let built = TopologyBuilder::new("xdr-test")
+        .sites(&["a", "b"], 1)
+        .link(Link::new("a", "b").period_ms(20))
+        .build();
+    let deployment = Deployment::start(&built.text, built.nodes).await;
+    let info = |name: String| {
+        let deployment = &deployment;
+        async move { deployment.info("a", &name).await.remove(0) }
+    };
+    assert_eq!(info("get-config:context=xdr".into()).await, "dcs=b;src-id=1;trace-sample=0");
+    let config = info("get-config:context=xdr;dc=b".into()).await;
+    for setting in ["period-ms=20", "namespaces=test", "max-throughput=100000", "enabled=true"] {
+        assert!(config.split(';').any(|s| s == setting), "{setting} in {config}");
+    }
+
+    // Throttled live to 50 records a second: 200 records take seconds to ship.
+    let set = info("set-config:context=xdr;dc=b;namespace=test;max-throughput=50".into()).await;
+    assert_eq!(set, "ok");
+    let config = info("get-config:context=xdr;dc=b;namespace=test".into()).await;
+    assert!(config.split(';').any(|s| s == "max-throughput=50"), "{config}");
+    let a = deployment.client("a").await;
+    let started = Instant::now();
+    put_range(&a, 0..200).await;
+    wait_records(&deployment, 200, Duration::from_secs(60)).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "shipped at the throttled rate: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(info("set-config:context=xdr;dc=b;max-throughput=100000".into()).await, "ok");
+
+    // Bad values and names change nothing.
+    let refused = info("set-config:context=xdr;dc=b;compression-level=99".into()).await;
+    assert!(refused.starts_with("ERROR:4:") && refused.contains("compression-level"), "{refused}");
+    let unknown = info("set-config:context=xdr;dc=mars;period-ms=5".into()).await;
+    assert!(unknown.starts_with("ERROR:2:"), "{unknown}");
+    let config = info("get-config:context=xdr;dc=b".into()).await;
+    assert!(config.split(';').any(|s| s == "compression-level=1"), "{config}");
+
+    let stats = info("get-stats:context=xdr;dc=b;namespace=test".into()).await;
+    assert!(stats.starts_with("state=") && stats.contains("success="), "{stats}");
+    let other = info("get-stats:context=xdr;dc=b;namespace=nope".into()).await;
+    assert!(other.starts_with("ERROR:2:"), "{other}");
+}

@@ -113,6 +113,12 @@ fn parameterized(state: &NodeState, name: &str) -> String {
     if let Some(args) = name.strip_prefix("get-stats:") {
         return xdr_stats(state, args);
     }
+    if let Some(args) = name.strip_prefix("get-config:") {
+        return crate::xdr_config::get_config(state, args);
+    }
+    if let Some(args) = name.strip_prefix("set-config:") {
+        return crate::xdr_config::set_config(state, args);
+    }
     if let Some(path) = name.strip_prefix("sets/") {
         return match path.split_once('/') {
             Some((ns, set)) => sets(state, Some(ns), Some(set)),
@@ -147,10 +153,12 @@ fn statistics(state: &NodeState) -> String {
 fn xdr_stats(state: &NodeState, args: &str) -> String {
     let mut context = None;
     let mut dc = None;
+    let mut namespace = None;
     for pair in args.split(';') {
         match pair.split_once('=') {
             Some(("context", value)) => context = Some(value),
             Some(("dc", value)) => dc = Some(value),
+            Some(("namespace", value)) => namespace = Some(value),
             _ => return error(PARAMETER, format!("bad parameter '{pair}'")),
         }
     }
@@ -158,13 +166,39 @@ fn xdr_stats(state: &NodeState, args: &str) -> String {
         return error(PARAMETER, "only context=xdr is supported");
     }
     let registry = &state.xdr;
-    match dc {
-        Some(dc) => match registry.get(dc) {
-            Some(link) => link.snapshot().to_info(),
-            None => error(NOT_FOUND, format!("no link to dc '{dc}' ships from this node")),
-        },
-        None => registry.receiver_snapshot().to_info(),
+    let Some(dc) = dc else { return registry.receiver_snapshot().to_info() };
+    let Some(link) = registry.get(dc) else {
+        return error(NOT_FOUND, format!("no link to dc '{dc}' ships from this node"));
+    };
+    if let Some(ns) = namespace {
+        // A link's counters cover all its namespaces: a namespace's are the link's when it
+        // is the only one shipped.
+        let site = &state.cluster.site().name;
+        let topology = state.topology.get();
+        let shipped: Vec<&str> = topology
+            .links
+            .iter()
+            .filter(|l| l.from == *site && l.to == *dc)
+            .flat_map(|l| l.namespaces.iter().map(|n| n.as_str()))
+            .collect();
+        if !shipped.contains(&ns) {
+            return error(
+                NOT_FOUND,
+                format!("the link to dc '{dc}' does not ship namespace '{ns}'"),
+            );
+        }
+        if shipped.len() > 1 {
+            return error(
+                PARAMETER,
+                format!(
+                    "the link to dc '{dc}' ships {} namespaces and counts them together; ask \
+                     get-stats:context=xdr;dc={dc}",
+                    shipped.len()
+                ),
+            );
+        }
     }
+    link.snapshot().to_info()
 }
 
 /// `verify-digest:namespace=NS`: what two sites compare to prove they converged. Each stored

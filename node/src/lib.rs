@@ -15,6 +15,7 @@
 //! - [`unshipped`]: what a link has not shipped from this node (a failover's lost writes).
 //! - [`verify`]: per-partition hashes and version lists two sites compare.
 //! - [`metrics`]: Prometheus text for the admin API's `/metrics`.
+//! - [`xdr_config`]: Aerospike's `get-config`/`set-config` for XDR links.
 //! - [`start`]: the whole node as one value: [`Node::start`] on bound [`Listeners`].
 
 pub mod admin;
@@ -37,5 +38,6 @@ pub mod truncate;
 pub mod unshipped;
 pub mod verify;
 pub mod xdr;
+pub mod xdr_config;
 
 pub use start::{Listeners, Node, NodeHandle, StartError};

@@ -117,6 +117,9 @@ pub struct NodeState {
     /// The topology service version whose site settings this node applies; 0 while it runs
     /// the topology it started with.
     pub topology_version: AtomicU64,
+    /// Woken when the links' settings changed on this node alone (`set-config`), so XDR
+    /// reconciles its shippers with [`NodeState::topology`].
+    pub links_changed: tokio::sync::Notify,
     namespaces: HashMap<String, Namespace>,
     fabric: Fabric,
     log: Option<DigestLog>,
@@ -140,6 +143,7 @@ impl NodeState {
             stats: Stats::default(),
             fence,
             topology_version: AtomicU64::new(0),
+            links_changed: tokio::sync::Notify::new(),
             namespaces: namespaces.into_iter().map(|ns| (ns.name.to_string(), ns)).collect(),
             fabric: Fabric::default(),
             log,

@@ -53,6 +53,8 @@ pub struct XdrService {
     endpoint: Endpoint,
     links: Arc<tokio::sync::Mutex<Links>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// Applies link settings changed on this node alone (`set-config`).
+    local: tokio::task::JoinHandle<()>,
 }
 
 /// The node's store as the shipper and the receiver see it, and the way to the other nodes of
@@ -127,9 +129,10 @@ impl XdrService {
         links.reconcile(&topology).await?;
         tracing::info!(xdr = %addr, links = links.running.len(), "XDR started");
         let links = Arc::new(tokio::sync::Mutex::new(links));
-        let watcher =
-            topology_service.map(|url| tokio::spawn(follow(url.to_owned(), state, links.clone())));
-        Ok(Some(XdrService { endpoint, links, watcher }))
+        let watcher = topology_service
+            .map(|url| tokio::spawn(follow(url.to_owned(), state.clone(), links.clone())));
+        let local = tokio::spawn(follow_local_changes(state, links.clone()));
+        Ok(Some(XdrService { endpoint, links, watcher, local }))
     }
 
     /// Stops the shippers (their cursors stay at the last acknowledged batch) and drains the
@@ -138,6 +141,7 @@ impl XdrService {
         if let Some(watcher) = self.watcher {
             watcher.abort();
         }
+        self.local.abort();
         let mut links = self.links.lock().await;
         let running = std::mem::take(&mut links.running);
         for link in running.values() {
@@ -178,6 +182,17 @@ async fn follow(url: String, state: Arc<NodeState>, links: Arc<tokio::sync::Mute
         }
         let applied = u64::try_from(version.version).unwrap_or(0);
         state.topology_version.store(applied, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Reconciles the shippers whenever `set-config` changed a link's settings on this node.
+async fn follow_local_changes(state: Arc<NodeState>, links: Arc<tokio::sync::Mutex<Links>>) {
+    loop {
+        state.links_changed.notified().await;
+        let topology = state.topology.get();
+        if let Err(error) = links.lock().await.reconcile(&topology).await {
+            tracing::error!(%error, "could not apply a link settings change");
+        }
     }
 }
 

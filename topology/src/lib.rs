@@ -25,6 +25,15 @@ pub use model::Topology;
 pub use shared::SharedTopology;
 pub use source::{Diagnostic, Severity};
 
+/// The first validation error of a topology built or changed in memory rather than parsed
+/// (e.g. a link's settings changed live), as `field.path: message`; `None` when it is valid.
+pub fn first_error(topology: &Topology) -> Option<String> {
+    validate::validate(topology)
+        .into_iter()
+        .find(|finding| finding.severity == Severity::Error)
+        .map(|finding| format!("{}: {}", finding.path, finding.message))
+}
+
 /// A topology that passed validation, with the warnings it raised.
 #[derive(Debug, Clone)]
 pub struct Validated {
