@@ -173,6 +173,28 @@ async fn metrics_and_health_show_the_link_and_the_namespace() {
     assert!(metric(&text, "ferry_storage_fsync_seconds_count", site).is_some_and(|n| n > 0.0));
     assert!(metric(&text, "ferry_digestlog_bytes", site).is_some_and(|n| n > 0.0));
     assert!(text.contains("# TYPE aerospike_xdr_success counter"), "{text}");
+    assert_eq!(
+        metric(&text, "ferry_xdr_log_time_left", dc_b),
+        Some(f64::INFINITY),
+        "idle: no limit"
+    );
+    // Every series the Grafana dashboard queries is exported.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/grafana/ferry-xdr.json"))
+            .expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for expr in panels.iter().flat_map(|p| p["targets"].as_array().expect("targets")) {
+        let expr = expr["expr"].as_str().expect("expr");
+        let series = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("aerospike_") || word.starts_with("ferry_"));
+        for name in series {
+            assert!(
+                text.contains(&format!("\n{name}{{")),
+                "the dashboard's {name} is not exported:\n{text}"
+            );
+        }
+    }
 
     let (code, body) = ferry_tests::http(admin, "GET", "/health");
     assert_eq!((code, body.contains("\"ok\"")), (200, true), "{body}");

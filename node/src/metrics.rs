@@ -106,6 +106,8 @@ pub fn render(state: &NodeState) -> String {
                 // Aerospike's units: lag in seconds, the compression ratio as a ratio.
                 "lag" => value / 1000.0,
                 "compression_ratio" => value / 1000.0,
+                // Not growing: no time limit (the stats' `unbounded`).
+                "log_time_left" if value >= u64::MAX as f64 => f64::INFINITY,
                 _ => value,
             };
             out.sample(&name, &[("dc", dc)], value);
@@ -189,6 +191,12 @@ impl Exposition {
             .chain(labels)
             .map(|(key, value)| format!("{key}=\"{}\"", escape(value)))
             .collect();
+        // The format spells infinities `+Inf` and `-Inf`.
+        let value = match value {
+            f64::INFINITY => "+Inf".to_owned(),
+            f64::NEG_INFINITY => "-Inf".to_owned(),
+            value => value.to_string(),
+        };
         let _ = writeln!(self.text, "{name}{{{}}} {value}", labels.join(","));
     }
 }

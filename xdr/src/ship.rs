@@ -196,6 +196,8 @@ impl<R: LocalRecords> Shipper<R> {
         let mut engine = Engine::new(plan, self.settings, cursor.committed().0, initial, started);
         let every_ms = self.settings.heartbeat.as_millis() as u64;
         let mut rates = LogRates::new(every_ms, started, cursor.flushed().0, cursor.committed().0);
+        // No estimate until the first rates are sampled: not "no time left".
+        set(&self.stats.log_time_left, u64::MAX);
         let mut io = InProgress::default();
         let mut last_control = initial;
         let mut error_shown = self.stats.error().is_some();
