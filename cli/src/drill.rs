@@ -145,6 +145,9 @@ pub struct Drills {
     pub timeout: Duration,
     /// Run even when the deployment is unhealthy.
     pub force: bool,
+    /// The state directory of a deployment on this machine, whose node processes a failover
+    /// may freeze and a failback resumes.
+    pub local_dir: Option<PathBuf>,
     journal: Arc<Mutex<Journal>>,
     on_step: fn(&Step),
 }
@@ -181,6 +184,7 @@ impl Drills {
             topology_file,
             timeout: Duration::from_secs(120),
             force: false,
+            local_dir: None,
             journal: Arc::default(),
             on_step,
         }
@@ -487,11 +491,14 @@ impl Drills {
 
     /// `ferry drill failover --lose SITE`: declare the active site lost, promote the standby
     /// it shipped to, enable the reverse link for the later failback, and report what the lost
-    /// site acknowledged and never shipped.
+    /// site acknowledged and never shipped. With `freeze`, the lost site's node processes on
+    /// this machine are stopped (SIGSTOP) first, as if its region were gone: the RPO is then a
+    /// bound until the failback brings them back.
     pub async fn failover(
         &self,
         lost: &str,
         promote: Option<&str>,
+        freeze: bool,
     ) -> Result<FailoverReport, DrillError> {
         let started = Instant::now();
         let start = self.current().await?;
@@ -515,6 +522,14 @@ impl Drills {
                 ))
             })
             .await?;
+        if freeze {
+            self.step("cut off", async {
+                let processes = self.local_processes(&start.topology, lost)?;
+                ops::signal(&processes, nix::sys::signal::Signal::SIGSTOP);
+                Ok(((), format!("froze {} node processes of {lost} (SIGSTOP)", processes.len())))
+            })
+            .await?;
+        }
         let promoted_version = self
             .step("promote", async {
                 let next = self
@@ -546,6 +561,10 @@ impl Drills {
             .step("lost writes", async {
                 // The lost site's shippers stop once it applied the version; what is past their
                 // cursors then is what it acknowledged and never shipped.
+                if freeze {
+                    let detail = format!("{lost} is frozen; bound from its last reported queue");
+                    return Ok(((Vec::new(), false), detail));
+                }
                 let reachable = ops::wait_applied(
                     &self.http,
                     &promoted_version.topology,
@@ -643,6 +662,27 @@ impl Drills {
         let from = active_source(&start.topology, to)?;
         let from = from.as_str();
         let sites = [from, to];
+        if let Some(dir) = &self.local_dir {
+            let frozen: Vec<_> = ops::local_processes(dir, &start.topology, to)?
+                .into_iter()
+                .filter(|(_, p)| p.frozen)
+                .collect();
+            if !frozen.is_empty() {
+                self.step("bring back", async {
+                    ops::signal(&frozen, nix::sys::signal::Signal::SIGCONT);
+                    let number = version_number(start.version);
+                    let waiting = (Waiting::Every, self.timeout);
+                    ops::wait_applied(&self.http, &start.topology, &[to], number, waiting).await?;
+                    let detail = format!(
+                        "resumed {} node processes of {to}; on version {}",
+                        frozen.len(),
+                        start.version
+                    );
+                    Ok(((), detail))
+                })
+                .await?;
+            }
+        }
         self.step("preflight", async {
             self.preflight(&start.topology, &sites, start.version).await
         })
@@ -771,6 +811,28 @@ fn standby_target(topology: &Topology, lost: &str) -> Result<String, DrillError>
                 "'{lost}' ships to no standby; name the site to promote with --promote"
             ))
         })
+}
+
+impl Drills {
+    /// The node processes of `site` on this machine; an error unless there are some.
+    fn local_processes(
+        &self,
+        topology: &Topology,
+        site: &str,
+    ) -> Result<Vec<(String, ops::LocalProcess)>, DrillError> {
+        let dir = self.local_dir.as_ref().ok_or_else(|| {
+            DrillError::Refused("--freeze needs the deployment's state directory".to_owned())
+        })?;
+        let processes = ops::local_processes(dir, topology, site)?;
+        if processes.is_empty() {
+            return Err(DrillError::Refused(format!(
+                "no node process of '{site}' runs from {} on this machine: --freeze works on a \
+                 local deployment",
+                dir.display()
+            )));
+        }
+        Ok(processes)
+    }
 }
 
 /// Checks the link `from -> to` is active, unparked and error-free on every node.

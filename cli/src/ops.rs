@@ -231,3 +231,53 @@ pub async fn unshipped(
     }
     Ok(reports)
 }
+
+/// A node process of a deployment on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalProcess {
+    pub pid: i32,
+    /// Stopped by SIGSTOP (frozen), as `/proc/<pid>/stat` says.
+    pub frozen: bool,
+}
+
+/// The `ferry node run` processes of the nodes of `site` in the deployment kept in
+/// `state_root` (each runs with `--dir <state_root>/<node>`), by node id.
+pub fn local_processes(
+    state_root: &std::path::Path,
+    topology: &Topology,
+    site: &str,
+) -> Result<Vec<(String, LocalProcess)>, OpsError> {
+    let root = state_root.canonicalize().unwrap_or_else(|_| state_root.to_path_buf());
+    let wanted: Vec<(String, String)> = site_nodes(topology, site)?
+        .into_iter()
+        .map(|n| (root.join(&n.id).to_string_lossy().into_owned(), n.id))
+        .collect();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Ok(found) };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> =
+            cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if !args.windows(2).any(|w| w[0] == "node" && w[1] == "run") {
+            continue;
+        }
+        let dir = args.windows(2).find(|w| w[0] == "--dir").map(|w| w[1].clone());
+        if let Some((_, id)) = wanted.iter().find(|(path, _)| Some(path) == dir.as_ref()) {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The state follows the command name in parentheses: `pid (comm) S …`.
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            found.push((id.clone(), LocalProcess { pid, frozen: state == Some("T") }));
+        }
+    }
+    Ok(found)
+}
+
+/// Sends `signal` to each process.
+pub fn signal(processes: &[(String, LocalProcess)], signal: nix::sys::signal::Signal) {
+    for (_, process) in processes {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(process.pid), signal);
+    }
+}

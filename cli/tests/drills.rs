@@ -263,3 +263,64 @@ async fn a_drill_that_cannot_finish_or_is_interrupted_restores_the_topology() {
         "the file shows the restored version:\n{topology}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_site_fails_over_with_a_bound_and_fails_back_exactly() {
+    let deployment = active_standby().await;
+    let (a, b) = (deployment.client("a").await, deployment.client("b").await);
+    let wp = WritePolicy::default();
+    for i in 0..20 {
+        a.put(&wp, &as_key!("test", "base", i), &[as_bin!("v", i)]).await.expect("put");
+    }
+    deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
+    deployment.ferry_link(&["pause", "a:b"]);
+    let lost: Vec<Key> = (0..6).map(|i| as_key!("test", "frozen", i)).collect();
+    for key in &lost {
+        a.put(&wp, key, &[as_bin!("v", 1)]).await.expect("put while paused");
+    }
+    // The bound comes from what the link last reported: wait until it reported these.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while deployment.link_sum("a", "b", |c| c.in_queue).await < lost.len() as u64 {
+        assert!(Instant::now() < deadline, "the link never reported its queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (code, report) = drill(&deployment, &["failover", "--lose", "a", "--freeze"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        (&report["rpo_exact"], &report["rpo_records"]),
+        (&Json::Bool(false), &lost.len().into()),
+        "{report}"
+    );
+    assert_eq!(report["lost_writes"], Json::Array(Vec::new()), "no manifest from a frozen site");
+    assert!(step_names(&report).contains(&"cut off".to_owned()), "{report}");
+    let topology =
+        ferry_topology::load_topology(&deployment.topology_file()).expect("topology").topology;
+    let processes = ferry::ops::local_processes(&deployment.running.state.root, &topology, "a")
+        .expect("processes");
+    assert_eq!(processes.len(), 2);
+    assert!(processes.iter().all(|(_, p)| p.frozen), "a's nodes are frozen: {processes:?}");
+    b.put(&wp, &as_key!("test", "after", 1), &[as_bin!("v", 1)]).await.expect("b is active");
+
+    let (code, report) = drill(&deployment, &["failback", "--to", "a"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(step_names(&report)[0], "bring back", "{report}");
+    assert_eq!(report["lost_writes_shipped"], lost.len(), "exact once a is back: {report}");
+    let manifest: BTreeSet<String> = report["lost_writes"]
+        .as_array()
+        .expect("manifest")
+        .iter()
+        .flat_map(|p| {
+            p["digests"]
+                .as_array()
+                .expect("digests")
+                .iter()
+                .map(|d| d.as_str().expect("hex").to_owned())
+        })
+        .collect();
+    assert_eq!(manifest, lost.iter().map(digest).collect::<BTreeSet<_>>());
+    assert_eq!(report["verified"], true);
+    for key in &lost {
+        assert!(read_value(&b, key).await.is_some(), "{key} shipped to b");
+    }
+}

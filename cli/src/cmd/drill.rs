@@ -58,6 +58,10 @@ enum DrillCommand {
         /// The site to promote. Default: the standby the lost site ships to.
         #[arg(long)]
         promote: Option<String>,
+        /// Freeze the lost site's node processes on this machine (SIGSTOP), as if its region
+        /// were gone; the failback resumes them. The RPO is then a bound until they return.
+        #[arg(long)]
+        freeze: bool,
     },
     /// Bring a site lost in a failover back: ship what diverged both ways, list the
     /// conflicts, verify, and make it active again.
@@ -99,6 +103,7 @@ pub(crate) fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
     let topology_file = args.topology.clone().unwrap_or_else(|| args.dir.join("topology.toml"));
     let mut drills = Drills::new(&service, Some(topology_file), print_step);
     drills.force = args.force;
+    drills.local_dir = Some(args.dir.clone());
     drills.timeout = Duration::from_secs(args.timeout);
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
     let outcome = runtime.block_on(async {
@@ -108,9 +113,9 @@ pub(crate) fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
                     say_err!("drill switchover to {to}");
                     drills.switchover(to).await.map(Report::Switchover)
                 }
-                DrillCommand::Failover { lose, promote } => {
+                DrillCommand::Failover { lose, promote, freeze } => {
                     say_err!("drill failover: {lose} lost");
-                    drills.failover(lose, promote.as_deref()).await.map(Report::Failover)
+                    drills.failover(lose, promote.as_deref(), *freeze).await.map(Report::Failover)
                 }
                 DrillCommand::Failback { to } => {
                     say_err!("drill failback to {to}");
