@@ -51,6 +51,13 @@ fn drill(deployment: &Deployment, args: &[&str]) -> (i32, Json) {
     (code, report)
 }
 
+/// Every digest a report's lost-write manifest lists.
+fn manifest(report: &Json) -> BTreeSet<String> {
+    let partitions = report["lost_writes"].as_array().expect("manifest");
+    let digests = partitions.iter().flat_map(|p| p["digests"].as_array().expect("digests"));
+    digests.map(|d| d.as_str().expect("hex").to_owned()).collect()
+}
+
 fn step_names(report: &Json) -> Vec<String> {
     report["steps"]
         .as_array()
@@ -171,19 +178,7 @@ async fn failover_reports_exactly_the_unshipped_writes_and_failback_ships_and_co
     let mut lost: BTreeSet<String> = acked.iter().map(digest).collect();
     lost.insert(digest(&contested));
     assert_eq!(report["rpo_records"], lost.len(), "every acknowledged unshipped write: {report}");
-    let manifest: BTreeSet<String> = report["lost_writes"]
-        .as_array()
-        .expect("manifest")
-        .iter()
-        .flat_map(|p| {
-            p["digests"]
-                .as_array()
-                .expect("digests")
-                .iter()
-                .map(|d| d.as_str().expect("hex").to_owned())
-        })
-        .collect();
-    assert_eq!(manifest, lost);
+    assert_eq!(manifest(&report), lost);
     for partition in report["lost_writes"].as_array().expect("manifest") {
         let count = partition["count"].as_u64().expect("count");
         assert_eq!(count, partition["digests"].as_array().expect("digests").len() as u64);
@@ -306,19 +301,7 @@ async fn a_frozen_site_fails_over_with_a_bound_and_fails_back_exactly() {
     assert_eq!(code, 0, "{report}");
     assert_eq!(step_names(&report)[0], "bring back", "{report}");
     assert_eq!(report["lost_writes_shipped"], lost.len(), "exact once a is back: {report}");
-    let manifest: BTreeSet<String> = report["lost_writes"]
-        .as_array()
-        .expect("manifest")
-        .iter()
-        .flat_map(|p| {
-            p["digests"]
-                .as_array()
-                .expect("digests")
-                .iter()
-                .map(|d| d.as_str().expect("hex").to_owned())
-        })
-        .collect();
-    assert_eq!(manifest, lost.iter().map(digest).collect::<BTreeSet<_>>());
+    assert_eq!(manifest(&report), lost.iter().map(digest).collect::<BTreeSet<_>>());
     assert_eq!(report["verified"], true);
     for key in &lost {
         assert!(read_value(&b, key).await.is_some(), "{key} shipped to b");
