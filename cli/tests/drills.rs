@@ -67,6 +67,43 @@ fn step_names(report: &Json) -> Vec<String> {
         .collect()
 }
 
+/// What a [`moving_writer`] did: the last value acknowledged per key, how often it was
+/// refused, and whether it ended at the second site.
+type Written = (BTreeMap<i64, i64>, u64, bool);
+
+/// A client that writes keys `0..500` of `set` round and round to `first`, and moves to the
+/// other site whenever the one it writes to refuses (a fence), until `stop`.
+fn moving_writer(
+    first: Arc<Client>,
+    second: Arc<Client>,
+    set: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Written> {
+    tokio::spawn(async move {
+        let wp = WritePolicy::default();
+        let (mut acked, mut refused, mut at_second) = (BTreeMap::new(), 0u64, false);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut i = 0i64;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let key = as_key!("test", set, i % 500);
+            let site = if at_second { &second } else { &first };
+            match site.put(&wp, &key, &[as_bin!("v", i)]).await {
+                Ok(()) => {
+                    acked.insert(i % 500, i);
+                    i += 1;
+                }
+                Err(e) if forbidden(&e) => {
+                    refused += 1;
+                    at_second = !at_second;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("write {i}: {e}"),
+            }
+        }
+        (acked, refused, at_second)
+    })
+}
+
 async fn read_value(client: &Client, key: &Key) -> Option<Value> {
     let record = client.get(&ReadPolicy::default(), key, Bins::All).await.ok()?;
     record.bins.get("v").cloned()
@@ -78,32 +115,7 @@ async fn a_switchover_under_write_load_loses_nothing_and_refuses_only_while_role
     let (a, b) = (Arc::new(deployment.client("a").await), Arc::new(deployment.client("b").await));
     let stop = Arc::new(AtomicBool::new(false));
     // A client that writes to the active site and moves to the other when refused.
-    let writer = {
-        let (a, b, stop) = (a.clone(), b.clone(), stop.clone());
-        tokio::spawn(async move {
-            let wp = WritePolicy::default();
-            let (mut acked, mut refused, mut at_b) = (BTreeMap::new(), 0u64, false);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut i = 0i64;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let key = as_key!("test", "load", i % 500);
-                let site = if at_b { &b } else { &a };
-                match site.put(&wp, &key, &[as_bin!("v", i)]).await {
-                    Ok(()) => {
-                        acked.insert(i % 500, i);
-                        i += 1;
-                    }
-                    Err(e) if forbidden(&e) => {
-                        refused += 1;
-                        at_b = !at_b;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err(e) => panic!("write {i}: {e}"),
-                }
-            }
-            (acked, refused, at_b)
-        })
-    };
+    let writer = moving_writer(a.clone(), b.clone(), "load", stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (code, report) = drill(&deployment, &["switchover", "--to", "b"]);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -189,8 +201,21 @@ async fn failover_reports_exactly_the_unshipped_writes_and_failback_ships_and_co
     b.put(&wp, &contested, &[as_bin!("v", "from b")]).await.expect("b is active");
     b.put(&wp, &as_key!("test", "after", 1), &[as_bin!("v", 1)]).await.expect("put at b");
 
+    // Clients keep writing at b through the failback and move to a when b is fenced.
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = moving_writer(b.clone(), a.clone(), "failback", stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (code, report) = drill(&deployment, &["failback", "--to", "a"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (written, refused, ended_at_a) = writer.await.expect("writer");
     assert_eq!(code, 0, "{report}");
+    assert!(refused > 0 && ended_at_a, "the writer was refused at b and moved to a");
+    for (k, v) in &written {
+        let key = as_key!("test", "failback", *k);
+        assert_eq!(read_value(&a, &key).await, Some(Value::Int(*v)), "key {k} at a");
+    }
     assert_eq!(report["lost_writes_shipped"], lost.len(), "{report}");
     assert!(report["shipped"]["a -> b"].as_u64().expect("a -> b") >= lost.len() as u64, "{report}");
     let conflicts: Vec<&str> = report["conflicts"]
