@@ -88,10 +88,13 @@ pub struct FailoverReport {
     pub lost: String,
     pub promoted: String,
     /// Records the lost site acknowledged to clients and did not ship. Exact when
-    /// `rpo_exact`; otherwise a bound from the link's last reported queue.
+    /// `rpo_exact`; otherwise an estimate from the link's last reported queue (`rpo_note`).
     pub rpo_records: u64,
     pub rpo_exact: bool,
-    /// Per partition: count, LUT range and digests (empty when the RPO is a bound).
+    /// Why the RPO is not exact, and what the estimate counts; empty when it is exact.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rpo_note: String,
+    /// Per partition: count, LUT range and digests (empty when the RPO is an estimate).
     pub lost_writes: Vec<LostPartition>,
     /// From the start of the drill until the promoted site took client writes.
     pub rto_ms: u64,
@@ -127,9 +130,21 @@ struct Journal {
     steps: Vec<Step>,
     /// The step running now.
     current: Option<String>,
-    /// The topology to restore if the drill stops now: the content it started from, while
-    /// client writes are fenced for the drill.
-    restore: Option<String>,
+    /// What to restore if the drill stops now, while client writes are fenced for it.
+    restore: Option<Restore>,
+    /// Node processes the drill froze and has not yet handed over to a promoted site: resumed
+    /// if the drill stops before the promotion is published.
+    frozen: Vec<(String, ops::LocalProcess)>,
+}
+
+/// The topology a stopped drill puts back.
+#[derive(Debug, Clone)]
+struct Restore {
+    /// The content the drill published (or was publishing) to fence writes: restore only if
+    /// it is still the current version, never over someone else's change.
+    fenced: String,
+    /// The content the drill started from.
+    original: String,
 }
 
 /// What the drills need: the topology service, the nodes' admin APIs, where the deployment
@@ -165,6 +180,10 @@ impl From<Version> for Current {
         Current { version: v.version, content: v.content, topology: v.topology }
     }
 }
+
+/// The longest a drill waits for a site it may have lost, or for nodes to show they follow the
+/// topology service, unless `--timeout` is shorter.
+const SHORT_WAIT: Duration = Duration::from_secs(10);
 
 fn ms_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -221,41 +240,70 @@ impl Drills {
         }
     }
 
-    /// Undoes what the drill changed (if it fenced writes) after `step` failed.
+    /// Undoes what the drill changed after `step` failed.
     async fn abort(&self, step: &str, reason: String) -> DrillError {
-        let undone = match self.restore().await {
-            Ok(Some(version)) => format!("restored the topology as it was (version {version})"),
-            Ok(None) => "nothing to undo".to_owned(),
-            Err(error) => format!("could not restore the topology: {error}"),
-        };
+        let undone = self.unwind().await.unwrap_or_else(|| "nothing to undo".to_owned());
         DrillError::Aborted { step: step.to_owned(), reason, undone }
     }
 
-    /// Applies the content the drill started from if it is still fenced; returns the version.
-    async fn restore(&self) -> Result<Option<i64>, DrillError> {
-        let Some(content) = self.journal().restore.take() else { return Ok(None) };
-        let head = Current::from(self.service.current().await?);
-        let restored = self.publish(&head, content, "restore after an interrupted drill").await?;
+    /// Resumes processes the drill froze and restores the topology it fenced; says what it did,
+    /// `None` when there was nothing to undo.
+    async fn unwind(&self) -> Option<String> {
+        let mut done = Vec::new();
+        let frozen = std::mem::take(&mut self.journal().frozen);
+        if !frozen.is_empty() {
+            ops::signal(&frozen, nix::sys::signal::Signal::SIGCONT);
+            done.push(format!("resumed the {} node processes it froze", frozen.len()));
+        }
+        match self.restore().await {
+            Ok(Some(restored)) => done.push(restored),
+            Ok(None) => {}
+            Err(error) => done.push(format!("could not restore the topology: {error}")),
+        }
+        (!done.is_empty()).then(|| done.join("; "))
+    }
+
+    /// Publishes the content the drill started from if the drill's fence is still the current
+    /// version; says what it did.
+    async fn restore(&self) -> Result<Option<String>, DrillError> {
+        let Some(restore) = self.journal().restore.clone() else { return Ok(None) };
+        let head = self.current().await?;
+        if head.content != restore.fenced {
+            self.journal().restore = None;
+            return Ok(Some(format!(
+                "not restoring: the topology changed since the drill fenced writes (now version \
+                 {}); check `ferry status`",
+                head.version
+            )));
+        }
+        let restored =
+            self.publish(&head, restore.original, "restore after an interrupted drill").await?;
+        self.journal().restore = None;
         let sites: Vec<String> =
             restored.topology.sites.iter().map(|s| s.name.to_string()).collect();
         let sites: Vec<&str> = sites.iter().map(String::as_str).collect();
         // A node that is gone applies it from the service when it returns.
         let waiting = (Waiting::Reachable, self.timeout);
         let number = version_number(restored.version);
-        ops::wait_applied(&self.http, &restored.topology, &sites, number, waiting).await?;
-        Ok(Some(restored.version))
+        let applied = ops::wait_applied(&self.http, &restored.topology, &sites, number, waiting);
+        let behind = match applied.await {
+            Ok(()) => String::new(),
+            Err(error) => format!(" ({error})"),
+        };
+        Ok(Some(format!(
+            "restored the topology as it was before the drill (version {}){behind}",
+            restored.version
+        )))
     }
 
-    /// After an interrupt: undoes what the drill changed if it had fenced writes, and says
-    /// where things stand.
+    /// After an interrupt: undoes what the drill changed, and says where things stand.
     pub async fn undo(&self) -> String {
         let step = self.journal().current.clone().unwrap_or_else(|| "start".to_owned());
-        match self.restore().await {
-            Ok(Some(version)) => format!(
-                "interrupted during {step}: restored the topology as it was before the drill \
-                 (version {version}); run the drill again to retry"
-            ),
-            Ok(None) => match self.service.current().await {
+        match self.unwind().await {
+            Some(done) => {
+                format!("interrupted during {step}: {done}; run the drill again to retry")
+            }
+            None => match self.service.current().await {
                 Ok(v) => format!(
                     "interrupted during {step}: topology version {} is in effect and \
                      consistent; nothing to undo (run the drill again to continue)",
@@ -263,7 +311,6 @@ impl Drills {
                 ),
                 Err(error) => format!("interrupted during {step}; topology service: {error}"),
             },
-            Err(error) => format!("interrupted during {step}; could not restore: {error}"),
         }
     }
 
@@ -298,6 +345,23 @@ impl Drills {
         Ok(Current { version, content, topology })
     }
 
+    /// `parent`'s content with `edit` made, validated.
+    fn edited(
+        parent: &Current,
+        edit: impl FnOnce(&mut TopologyEdit) -> Result<(), EditError>,
+    ) -> Result<String, DrillError> {
+        let mut document = TopologyEdit::new(&parent.content)?;
+        edit(&mut document)?;
+        Ok(document.finish("drill.toml")?.0)
+    }
+
+    /// Waits until every node of `sites` has applied `version`.
+    async fn applied(&self, version: &Current, sites: &[&str]) -> Result<(), DrillError> {
+        let number = version_number(version.version);
+        let waiting = (Waiting::Every, self.timeout);
+        Ok(ops::wait_applied(&self.http, &version.topology, sites, number, waiting).await?)
+    }
+
     /// Applies `edit` to `parent` as a new version and waits until every node of `sites` has
     /// applied it.
     async fn change(
@@ -307,18 +371,8 @@ impl Drills {
         comment: &str,
         sites: &[&str],
     ) -> Result<Current, DrillError> {
-        let mut document = TopologyEdit::new(&parent.content)?;
-        edit(&mut document)?;
-        let (content, _) = document.finish("drill.toml")?;
-        let next = self.publish(parent, content, comment).await?;
-        ops::wait_applied(
-            &self.http,
-            &next.topology,
-            sites,
-            version_number(next.version),
-            (Waiting::Every, self.timeout),
-        )
-        .await?;
+        let next = self.publish(parent, Self::edited(parent, edit)?, comment).await?;
+        self.applied(&next, sites).await?;
         Ok(next)
     }
 
@@ -343,7 +397,7 @@ impl Drills {
                 failing.join("; ")
             )));
         }
-        let waiting = (Waiting::Every, Duration::from_secs(10));
+        let waiting = (Waiting::Every, self.timeout.min(SHORT_WAIT));
         ops::wait_applied(&self.http, topology, sites, version_number(version), waiting)
             .await
             .map_err(|error| {
@@ -372,7 +426,9 @@ impl Drills {
             drill: "switchover".to_owned(),
             from: from.clone(),
             to: to.to_owned(),
-            rpo_records: outcome.rpo_records,
+            // The verification found the sites identical with writes fenced and every link
+            // drained: nothing acknowledged at `from` is missing at `to`.
+            rpo_records: 0,
             rto_ms: outcome.rto_ms,
             verified: true,
             records_verified: outcome.records_verified,
@@ -389,26 +445,24 @@ impl Drills {
         to: &str,
     ) -> Result<Switched, DrillError> {
         let sites = [from, to];
+        // Client writes are refused from the moment the fence is published.
+        let fenced_at = Instant::now();
         let fenced = self
             .step("fence", async {
-                let fenced = self
-                    .change(
-                        &start,
-                        |e| e.set_fence(from, Some(WriteFence::ClientWrites)).map(drop),
-                        &format!("drill: fence client writes at {from}"),
-                        &[],
-                    )
-                    .await?;
-                self.journal().restore = Some(start.content.clone());
-                let number = version_number(fenced.version);
-                let waiting = (Waiting::Every, self.timeout);
-                ops::wait_applied(&self.http, &fenced.topology, &sites, number, waiting).await?;
+                let content = Self::edited(&start, |e| {
+                    e.set_fence(from, Some(WriteFence::ClientWrites)).map(drop)
+                })?;
+                // Armed before publishing: a publish whose answer is lost may still have landed.
+                self.journal().restore =
+                    Some(Restore { fenced: content.clone(), original: start.content.clone() });
+                let comment = format!("drill: fence client writes at {from}");
+                let fenced = self.publish(&start, content, &comment).await?;
+                self.applied(&fenced, &sites).await?;
                 let detail =
                     format!("client writes refused at {from} (version {})", fenced.version);
                 Ok((fenced, detail))
             })
             .await?;
-        let fenced_at = Instant::now();
         self.step("drain", async {
             let mut drained = Vec::new();
             for link in fenced.topology.links.iter().filter(|l| l.enabled && between(l, from, to)) {
@@ -432,7 +486,11 @@ impl Drills {
                     namespaces: Vec::new(),
                     watermark: Watermark::All,
                 };
-                let report = verify::verify(&fenced.topology, &request, |_| {}).await?;
+                let verifying = verify::verify(&fenced.topology, &request, |_| {});
+                let report =
+                    tokio::time::timeout(self.timeout, verifying).await.map_err(|_| {
+                        DrillError::Refused(format!("no verdict within {:?}", self.timeout))
+                    })??;
                 if !report.identical {
                     return Err(DrillError::Refused(format!(
                         "the sites differ after the drain: {} missing at {to}, {} missing at \
@@ -449,24 +507,27 @@ impl Drills {
             .await?;
         let swapped = self
             .step("swap", async {
-                let swapped = self
-                    .change(
-                        &fenced,
-                        |e| {
-                            e.set_role(from, Role::Standby)?
-                                .set_fence(from, None)?
-                                .set_role(to, Role::Active)?
-                                .set_fence(to, None)?
-                                .set_link_enabled(from, to, false)?
-                                .add_reverse_link(from, to)?
-                                .set_link_enabled(to, from, true)
-                                .map(drop)
-                        },
-                        &format!("drill: {to} active, {from} standby"),
-                        &sites,
-                    )
-                    .await?;
+                let content = Self::edited(&fenced, |e| {
+                    e.set_role(from, Role::Standby)?
+                        .set_fence(from, None)?
+                        .set_role(to, Role::Active)?
+                        .set_fence(to, None)?
+                        .set_link_enabled(from, to, false)?
+                        .add_reverse_link(from, to)?
+                        .set_link_enabled(to, from, true)
+                        .map(drop)
+                })?;
+                let comment = format!("drill: {to} active, {from} standby");
+                let swapped = self.publish(&fenced, content, &comment).await?;
+                // Published: from here `to` may acknowledge writes, so nothing may undo it.
                 self.journal().restore = None;
+                self.applied(&swapped, &sites).await.map_err(|error| {
+                    DrillError::Refused(format!(
+                        "version {} ({to} active) is published but not yet applied everywhere: \
+                         {error}",
+                        swapped.version
+                    ))
+                })?;
                 let detail = format!(
                     "{to} active and taking writes, {from} standby; {to} -> {from} enabled (version {})",
                     swapped.version
@@ -480,20 +541,16 @@ impl Drills {
             Ok(((), format!("{to} -> {from} active on every node")))
         })
         .await?;
-        Ok(Switched {
-            version: swapped.version,
-            rto_ms,
-            rpo_records: (verification.missing_at_destination.len() + verification.different.len())
-                as u64,
-            records_verified: verification.records,
-        })
+        Ok(Switched { version: swapped.version, rto_ms, records_verified: verification.records })
     }
 
     /// `ferry drill failover --lose SITE`: declare the active site lost, promote the standby
-    /// it shipped to, enable the reverse link for the later failback, and report what the lost
-    /// site acknowledged and never shipped. With `freeze`, the lost site's node processes on
-    /// this machine are stopped (SIGSTOP) first, as if its region were gone: the RPO is then a
-    /// bound until the failback brings them back.
+    /// it shipped to, and report what the lost site acknowledged and never shipped; then enable
+    /// the reverse link for the later failback. With `freeze`, the lost site's node processes
+    /// on this machine are stopped (SIGSTOP) first, as if its region were gone: the RPO is then
+    /// an estimate until the failback brings them back, and the reverse link waits for the
+    /// failback too (shipping the promoted site's writes into the lost one before its unshipped
+    /// writes are listed would hide those it overwrote).
     pub async fn failover(
         &self,
         lost: &str,
@@ -503,7 +560,7 @@ impl Drills {
         let started = Instant::now();
         let start = self.current().await?;
         let promoted = match promote {
-            Some(site) => site.to_owned(),
+            Some(site) => linked_site(&start.topology, lost, site)?,
             None => standby_target(&start.topology, lost)?,
         };
         let promoted = promoted.as_str();
@@ -511,97 +568,131 @@ impl Drills {
             self.preflight(&start.topology, &[promoted], start.version).await
         })
         .await?;
-        let bound = self
+        let (queued, answered) = self
             .step("sample", async {
-                let (bound, answered, nodes) = queued_bound(&start.topology, lost, promoted).await;
-                Ok((
-                    bound,
-                    format!(
-                        "{answered} of {nodes} nodes of {lost} answered; {bound} changes queued"
-                    ),
-                ))
+                let (queued, answered, nodes) = queued_bound(&start.topology, lost, promoted).await;
+                let detail = format!(
+                    "{answered} of {nodes} nodes of {lost} answered; {queued} changes queued"
+                );
+                Ok(((queued, answered == nodes), detail))
             })
             .await?;
         if freeze {
             self.step("cut off", async {
                 let processes = self.local_processes(&start.topology, lost)?;
                 ops::signal(&processes, nix::sys::signal::Signal::SIGSTOP);
-                Ok(((), format!("froze {} node processes of {lost} (SIGSTOP)", processes.len())))
+                let detail =
+                    format!("froze {} node processes of {lost} (SIGSTOP)", processes.len());
+                self.journal().frozen = processes;
+                Ok(((), detail))
             })
             .await?;
         }
         let promoted_version = self
             .step("promote", async {
-                let next = self
-                    .change(
-                        &start,
-                        |e| {
-                            e.set_role(lost, Role::Standby)?
-                                .set_fence(lost, None)?
-                                .set_link_enabled(lost, promoted, false)?
-                                .set_role(promoted, Role::Active)?
-                                .set_fence(promoted, None)?
-                                .add_reverse_link(lost, promoted)?
-                                .set_link_enabled(promoted, lost, true)
-                                .map(drop)
-                        },
-                        &format!("drill: {lost} lost, {promoted} promoted"),
-                        &[promoted],
-                    )
-                    .await?;
+                let content = Self::edited(&start, |e| {
+                    e.set_role(lost, Role::Standby)?
+                        .set_fence(lost, None)?
+                        .set_link_enabled(lost, promoted, false)?
+                        .set_role(promoted, Role::Active)?
+                        .set_fence(promoted, None)?
+                        .add_reverse_link(lost, promoted)?
+                        .set_link_enabled(promoted, lost, false)
+                        .map(drop)
+                })?;
+                let comment = format!("drill: {lost} lost, {promoted} promoted");
+                let next = self.publish(&start, content, &comment).await?;
+                // Published: the promoted site may take writes now; the frozen stay frozen.
+                self.journal().frozen.clear();
+                self.applied(&next, &[promoted]).await?;
                 let detail = format!(
-                    "{promoted} active and taking writes; {lost} standby; {promoted} -> {lost} enabled (version {})",
+                    "{promoted} active and taking writes; {lost} standby (version {})",
                     next.version
                 );
                 Ok((next, detail))
             })
             .await?;
         let rto_ms = ms_since(started);
-        let (lost_writes, exact) = self
+        let (lost_writes, exact, note) = self
             .step("lost writes", async {
-                // The lost site's shippers stop once it applied the version; what is past their
-                // cursors then is what it acknowledged and never shipped.
-                if freeze {
-                    let detail = format!("{lost} is frozen; bound from its last reported queue");
-                    return Ok(((Vec::new(), false), detail));
-                }
-                let reachable = ops::wait_applied(
-                    &self.http,
-                    &promoted_version.topology,
-                    &[lost],
-                    version_number(promoted_version.version),
-                    (Waiting::Every, Duration::from_secs(10)),
-                )
-                .await;
-                match reachable {
-                    Ok(()) => {
-                        let manifest =
-                            self.lost_writes(&promoted_version.topology, lost, promoted).await?;
-                        let count: u64 = manifest.iter().map(|p| p.count).sum();
-                        Ok((
-                            (manifest, true),
-                            format!("{count} records, exact (from {lost}'s digest logs)"),
-                        ))
-                    }
-                    Err(error) => Ok((
-                        (Vec::new(), false),
-                        format!("{lost} unreachable ({error}); bound from its last reported queue"),
-                    )),
-                }
+                let (manifest, note) =
+                    match self.exact_lost_writes(&promoted_version, lost, promoted, freeze).await {
+                        Ok(manifest) => (Some(manifest), String::new()),
+                        Err(reason) => (None, reason),
+                    };
+                let detail = match &manifest {
+                    Some(m) => format!(
+                        "{} records, exact (from {lost}'s digest logs)",
+                        m.iter().map(|p| p.count).sum::<u64>()
+                    ),
+                    None => format!("{note}; estimated from the link's last report"),
+                };
+                let exact = manifest.is_some();
+                Ok(((manifest.unwrap_or_default(), exact, note), detail))
             })
             .await?;
-        let rpo_records = if exact { lost_writes.iter().map(|p| p.count).sum() } else { bound };
+        let mut version = promoted_version;
+        if exact {
+            version = self
+                .step("reverse", async {
+                    let next = self
+                        .change(
+                            &version,
+                            |e| e.set_link_enabled(promoted, lost, true).map(drop),
+                            &format!("drill: {promoted} ships to {lost} for the failback"),
+                            &[promoted],
+                        )
+                        .await?;
+                    let detail = format!("{promoted} -> {lost} enabled (version {})", next.version);
+                    Ok((next, detail))
+                })
+                .await?;
+        }
+        let (rpo_records, rpo_note) = if exact {
+            (lost_writes.iter().map(|p| p.count).sum(), String::new())
+        } else {
+            let reporting = if answered { "every node" } else { "not every node" };
+            let note = format!(
+                "{note}: an estimate, the changes the link last reported queued ({reporting} \
+                 of {lost} answered; changes after that report are not counted); the failback \
+                 lists them exactly"
+            );
+            (queued, note)
+        };
         Ok(FailoverReport {
             drill: "failover".to_owned(),
             lost: lost.to_owned(),
             promoted: promoted.to_owned(),
             rpo_records,
             rpo_exact: exact,
+            rpo_note,
             lost_writes,
             rto_ms,
-            topology_version: promoted_version.version,
+            topology_version: version.version,
             steps: self.steps(),
         })
+    }
+
+    /// The exact lost-write manifest once `lost` has applied `version` (its shippers to
+    /// `survivor` stopped); why there is none otherwise.
+    async fn exact_lost_writes(
+        &self,
+        version: &Current,
+        lost: &str,
+        survivor: &str,
+        frozen: bool,
+    ) -> Result<Vec<LostPartition>, String> {
+        if frozen {
+            return Err(format!("{lost} is frozen"));
+        }
+        let number = version_number(version.version);
+        let waiting = (Waiting::Every, self.timeout.min(SHORT_WAIT));
+        ops::wait_applied(&self.http, &version.topology, &[lost], number, waiting)
+            .await
+            .map_err(|error| format!("{lost} is unreachable ({error})"))?;
+        self.lost_writes(&version.topology, lost, survivor)
+            .await
+            .map_err(|error| format!("{lost}'s unshipped records could not be listed ({error})"))
     }
 
     /// The records `lost` has not shipped to `survivor` and `survivor` does not hold, grouped
@@ -659,7 +750,7 @@ impl Drills {
     /// the sites are verified, then it becomes active again.
     pub async fn failback(&self, to: &str) -> Result<FailbackReport, DrillError> {
         let start = self.current().await?;
-        let from = active_source(&start.topology, to)?;
+        let from = failback_source(&start.topology, to)?;
         let from = from.as_str();
         let sites = [from, to];
         if let Some(dir) = &self.local_dir {
@@ -763,7 +854,6 @@ impl Drills {
 struct Switched {
     version: i64,
     rto_ms: u64,
-    rpo_records: u64,
     records_verified: u64,
 }
 
@@ -771,46 +861,82 @@ fn between(link: &ferry_topology::model::Link, a: &str, b: &str) -> bool {
     (link.from == *a && link.to == *b) || (link.from == *b && link.to == *a)
 }
 
-/// The active site with an enabled link to `to` (a standby).
-fn active_source(topology: &Topology, to: &str) -> Result<String, DrillError> {
-    let site = topology
-        .site(to)
-        .ok_or_else(|| DrillError::Refused(format!("no site '{to}' in the topology")))?;
-    if site.role == Role::Active {
-        return Err(DrillError::Refused(format!("site '{to}' is already active")));
+/// `site`, checked to exist and (with `active`) to have that role or not.
+fn site_role(topology: &Topology, site: &str, active: bool) -> Result<(), DrillError> {
+    let role = topology
+        .site(site)
+        .ok_or_else(|| DrillError::Refused(format!("no site '{site}' in the topology")))?
+        .role;
+    match (role == Role::Active, active) {
+        (true, false) => Err(DrillError::Refused(format!("site '{site}' is already active"))),
+        (false, true) => {
+            Err(DrillError::Refused(format!("site '{site}' is not active; nothing to fail over")))
+        }
+        _ => Ok(()),
     }
-    topology
-        .links
-        .iter()
-        .filter(|l| l.enabled && l.to == *to)
-        .find(|l| topology.site(l.from.as_str()).is_some_and(|s| s.role == Role::Active))
-        .map(|l| l.from.to_string())
-        .ok_or_else(|| {
-            DrillError::Refused(format!("no active site ships to '{to}' over an enabled link"))
-        })
 }
 
-/// The standby `lost` ships to over an enabled link.
+/// Which links [`partner`] follows from a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linked {
+    /// Enabled links out of the site.
+    To,
+    /// Enabled links into the site.
+    From,
+    /// Any link either way, enabled or not.
+    Either,
+}
+
+/// The first site linked with `site` as `linked` says that passes `wanted`.
+fn partner(
+    topology: &Topology,
+    site: &str,
+    linked: Linked,
+    wanted: impl Fn(&ferry_topology::model::Site) -> bool,
+) -> Option<String> {
+    topology.links.iter().find_map(|l| {
+        let far = match linked {
+            Linked::To if l.enabled && l.from == *site => &l.to,
+            Linked::From if l.enabled && l.to == *site => &l.from,
+            Linked::Either if l.from == *site => &l.to,
+            Linked::Either if l.to == *site => &l.from,
+            _ => return None,
+        };
+        topology.site(far.as_str()).is_some_and(&wanted).then(|| far.to_string())
+    })
+}
+
+/// The active site with an enabled link to `to` (a standby).
+fn active_source(topology: &Topology, to: &str) -> Result<String, DrillError> {
+    site_role(topology, to, false)?;
+    partner(topology, to, Linked::From, |s| s.role == Role::Active).ok_or_else(|| {
+        DrillError::Refused(format!("no active site ships to '{to}' over an enabled link"))
+    })
+}
+
+/// The active site linked with `to` (a standby lost in a failover) either way.
+fn failback_source(topology: &Topology, to: &str) -> Result<String, DrillError> {
+    site_role(topology, to, false)?;
+    partner(topology, to, Linked::Either, |s| s.role == Role::Active)
+        .ok_or_else(|| DrillError::Refused(format!("no active site is linked with '{to}'")))
+}
+
+/// The standby `lost` (an active site) ships to over an enabled link.
 fn standby_target(topology: &Topology, lost: &str) -> Result<String, DrillError> {
-    let site = topology
-        .site(lost)
-        .ok_or_else(|| DrillError::Refused(format!("no site '{lost}' in the topology")))?;
-    if site.role != Role::Active {
-        return Err(DrillError::Refused(format!(
-            "site '{lost}' is not active; nothing to fail over"
-        )));
-    }
-    topology
-        .links
-        .iter()
-        .filter(|l| l.enabled && l.from == *lost)
-        .find(|l| topology.site(l.to.as_str()).is_some_and(|s| s.role == Role::Standby))
-        .map(|l| l.to.to_string())
-        .ok_or_else(|| {
-            DrillError::Refused(format!(
-                "'{lost}' ships to no standby; name the site to promote with --promote"
-            ))
-        })
+    site_role(topology, lost, true)?;
+    partner(topology, lost, Linked::To, |s| s.role == Role::Standby).ok_or_else(|| {
+        DrillError::Refused(format!(
+            "'{lost}' ships to no standby; name the site to promote with --promote"
+        ))
+    })
+}
+
+/// `promote`, checked to be a site `lost` (an active site) ships to over an enabled link.
+fn linked_site(topology: &Topology, lost: &str, promote: &str) -> Result<String, DrillError> {
+    site_role(topology, lost, true)?;
+    partner(topology, lost, Linked::To, |s| s.name == *promote).ok_or_else(|| {
+        DrillError::Refused(format!("'{lost}' has no enabled link to '{promote}' to promote"))
+    })
 }
 
 impl Drills {

@@ -93,11 +93,17 @@ pub async fn drain_link(
     to: &str,
     timeout: Duration,
 ) -> Result<(), OpsError> {
-    // A node that does not answer counts as not drained (0 drains so far).
+    // Later, a node that does not answer counts as not drained (0 drains so far); before the
+    // drain every node must answer, or its old count could pass for progress.
     let drains = |answers: &[(String, Result<LinkSnapshot, ClientError>)]| -> Vec<u64> {
         answers.iter().map(|(_, stats)| stats.as_ref().map_or(0, |s| s.counters.drains)).collect()
     };
-    let before = drains(&link_stats(topology, from, to).await?);
+    let answers = link_stats(topology, from, to).await?;
+    if let Some((node, Err(error))) = answers.iter().find(|(_, stats)| stats.is_err()) {
+        let answer = error.to_string();
+        return Err(OpsError::Refused { action: "drain".to_owned(), node: node.clone(), answer });
+    }
+    let before = drains(&answers);
     link_action(topology, from, to, "drain").await?;
     let deadline = Instant::now() + timeout;
     loop {
@@ -200,9 +206,12 @@ pub async fn wait_applied(
     loop {
         let mut behind = Vec::new();
         for node in &nodes {
-            let behind_here = match admin_get::<NodeStatus>(http, node, "/v1/status").await {
-                Ok(status) => status.topology_version < version,
-                Err(_) => waiting == Waiting::Every,
+            // One slow node must not hold the wait past its deadline.
+            let left = deadline.saturating_duration_since(Instant::now()).max(POLL);
+            let asked = admin_get::<NodeStatus>(http, node, "/v1/status");
+            let behind_here = match tokio::time::timeout(left, asked).await {
+                Ok(Ok(status)) => status.topology_version < version,
+                Ok(Err(_)) | Err(_) => waiting == Waiting::Every,
             };
             if behind_here {
                 behind.push(node.id.clone());

@@ -9,11 +9,10 @@
 //! left out and counted.
 //!
 //! What counts as the same: equal versions (digest, generation, LUT, tombstone, expiry, set,
-//! bins); or a deleted record on one side and none on the other (sites reclaim tombstones on
-//! their own schedules); or a tombstone on both sides.
+//! bins); or a deleted or expired record on one side and none on the other (sites reclaim
+//! tombstones and expired records on their own schedules); or deleted or expired on both.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_node::verify::{PartitionSummary, VersionSummary};
@@ -22,6 +21,7 @@ use ferry_topology::placement::PARTITIONS;
 use serde::{Deserialize, Serialize};
 
 use crate::client;
+use crate::ops::{self, SiteNode};
 
 /// How far behind its sample time a live watermark stays: link gauges are published
 /// periodically and LUTs follow the log only roughly, so a change logged just before a link
@@ -42,8 +42,8 @@ pub enum VerifyError {
     UnknownNamespace { site: String, namespace: String },
     #[error("sites '{0}' and '{1}' share no namespace")]
     NothingShared(String, String),
-    #[error("node {node} ({addr}): {message}")]
-    Node { node: String, addr: SocketAddr, message: String },
+    #[error(transparent)]
+    Node(#[from] crate::ops::OpsError),
     #[error("site '{site}': no node answered for partitions {partitions} of '{namespace}'")]
     Unowned { site: String, namespace: String, partitions: String },
     #[error("link {from} -> {to}: cannot tell how far it shipped: {source}")]
@@ -187,8 +187,7 @@ pub async fn verify(
         elapsed_ms: 0,
     };
     let sites = [request.from.as_str(), request.to.as_str()];
-    let total =
-        namespaces.len() * sites.iter().map(|s| site_admins(topology, s).len()).sum::<usize>();
+    let total = namespaces.len() * sites.iter().map(|s| nodes_of(topology, s).len()).sum::<usize>();
     let mut answered = 0;
     for ns in &namespaces {
         let mut owners = Vec::with_capacity(2);
@@ -199,7 +198,7 @@ pub async fn verify(
                 })
                 .await?,
             );
-            answered += site_admins(topology, site).len();
+            answered += nodes_of(topology, site).len();
         }
         let (source, destination) = (&owners[0], &owners[1]);
         report.partitions_compared += u64::from(PARTITIONS);
@@ -308,8 +307,7 @@ pub async fn live_watermark(topology: &Topology, a: &str, b: &str) -> Result<u64
 /// The partition summary of one partition, with the node that masters it.
 #[derive(Debug, Clone)]
 struct Owner {
-    node: String,
-    admin: SocketAddr,
+    node: SiteNode,
     summary: PartitionSummary,
 }
 
@@ -323,34 +321,9 @@ struct PartitionListing {
     versions: Vec<VersionSummary>,
 }
 
-/// (node id, admin address) of every node of `site`.
-fn site_admins(topology: &Topology, site: &str) -> Vec<(String, SocketAddr)> {
-    topology
-        .site(site)
-        .map(|s| s.nodes.iter().map(|n| (n.id.to_string(), n.admin.addr())).collect())
-        .unwrap_or_default()
-}
-
-/// GET `url` from node `node` and decode its JSON answer.
-async fn get_json<T: serde::de::DeserializeOwned>(
-    http: &reqwest::Client,
-    node: &str,
-    admin: SocketAddr,
-    path: &str,
-) -> Result<T, VerifyError> {
-    let failed =
-        |message: String| VerifyError::Node { node: node.to_owned(), addr: admin, message };
-    let response = http
-        .get(format!("http://{admin}{path}"))
-        .send()
-        .await
-        .map_err(|e| failed(format!("GET {path}: {e}")))?;
-    let status = response.status();
-    let body = response.text().await.map_err(|e| failed(format!("GET {path}: {e}")))?;
-    if !status.is_success() {
-        return Err(failed(format!("GET {path}: {status}: {body}")));
-    }
-    serde_json::from_str(&body).map_err(|e| failed(format!("GET {path}: bad answer: {e}")))
+/// The nodes of `site` (the request checked that it exists).
+fn nodes_of(topology: &Topology, site: &str) -> Vec<SiteNode> {
+    ops::site_nodes(topology, site).unwrap_or_default()
 }
 
 /// Every partition of `ns` at `site`, summarized by its master; `answered(n)` after each of
@@ -364,21 +337,21 @@ async fn site_summaries(
     mut answered: impl FnMut(usize),
 ) -> Result<Vec<Owner>, VerifyError> {
     let mut requests = tokio::task::JoinSet::new();
-    for (node, admin) in site_admins(topology, site) {
+    for node in nodes_of(topology, site) {
         let http = http.clone();
         let path = format!("/v1/verify/{ns}?until_ms={until_ms}");
         requests.spawn(async move {
-            let answer: NodeSummaries = get_json(&http, &node, admin, &path).await?;
-            Ok::<_, VerifyError>((node, admin, answer.partitions))
+            let answer: NodeSummaries = ops::admin_get(&http, &node, &path).await?;
+            Ok::<_, VerifyError>((node, answer.partitions))
         });
     }
     let mut owners: Vec<Option<Owner>> = vec![None; usize::from(PARTITIONS)];
     let mut nodes = 0;
     while let Some(joined) = requests.join_next().await {
-        let (node, admin, partitions) = joined.map_err(|e| VerifyError::Task(e.to_string()))??;
+        let (node, partitions) = joined.map_err(|e| VerifyError::Task(e.to_string()))??;
         for summary in partitions {
             if let Some(slot) = owners.get_mut(usize::from(summary.partition)) {
-                *slot = Some(Owner { node: node.clone(), admin, summary });
+                *slot = Some(Owner { node: node.clone(), summary });
             }
         }
         nodes += 1;
@@ -415,17 +388,13 @@ pub async fn partition_versions(
         || VerifyError::UnknownNamespace { site: site.to_owned(), namespace: ns.to_owned() };
     let map = ferry_topology::placement::PartitionMap::for_namespace(topology, site, ns)
         .map_err(|_| unknown())?;
-    let master = map.master(partition).to_string();
-    let admin = site_admins(topology, site)
+    let master = map.master(partition);
+    let node = nodes_of(topology, site)
         .into_iter()
-        .find(|(id, _)| *id == master)
-        .map(|(_, admin)| admin)
+        .find(|n| n.id == master.as_str())
         .ok_or_else(unknown)?;
-    let owner = Owner {
-        node: master,
-        admin,
-        summary: PartitionSummary { partition, records: 0, newer: 0, hash: 0 },
-    };
+    let owner =
+        Owner { node, summary: PartitionSummary { partition, records: 0, newer: 0, hash: 0 } };
     list_partition(http, &owner, ns).await
 }
 
@@ -436,7 +405,7 @@ async fn list_partition(
     ns: &str,
 ) -> Result<Vec<VersionSummary>, VerifyError> {
     let path = format!("/v1/verify/{ns}/{}", owner.summary.partition);
-    let listing: PartitionListing = get_json(http, &owner.node, owner.admin, &path).await?;
+    let listing: PartitionListing = ops::admin_get(http, &owner.node, &path).await?;
     Ok(listing.versions)
 }
 
@@ -490,10 +459,11 @@ pub fn compare_partition(
             diff.newer += 1;
             continue;
         }
+        let gone = |v: &VersionSummary| v.tombstone || v.expired;
         match (s, d) {
-            (Some(s), None) if !s.tombstone => diff.missing_at_destination.push(one_sided(s)),
-            (None, Some(d)) if !d.tombstone => diff.missing_at_source.push(one_sided(d)),
-            (Some(s), Some(d)) if s.hash != d.hash && !(s.tombstone && d.tombstone) => {
+            (Some(s), None) if !gone(s) => diff.missing_at_destination.push(one_sided(s)),
+            (None, Some(d)) if !gone(d) => diff.missing_at_source.push(one_sided(d)),
+            (Some(s), Some(d)) if s.hash != d.hash && !(gone(s) && gone(d)) => {
                 diff.different.push(Different {
                     namespace: ns.to_owned(),
                     set: s.set.clone(),
@@ -521,6 +491,7 @@ mod tests {
             last_update_ms: lut,
             origin_site: 1,
             tombstone,
+            expired: false,
             hash: u64::from(digest) << 32 | u64::from(generation) << 16 | u64::from(tombstone),
         }
     }
@@ -528,11 +499,12 @@ mod tests {
     #[test]
     fn every_kind_of_divergence_is_named_and_deletions_match_absence() {
         let source = [
-            version(1, 1, 10, false), // same on both
+            version(1, 1, 10, false),                                     // same on both
             version(2, 1, 10, false), // missing at the destination
             version(3, 2, 20, false), // different
             version(4, 2, 20, true),  // deleted here, never arrived there: the same
             version(6, 3, 30, true),  // deleted on both, different tombstones: the same
+            VersionSummary { expired: true, ..version(8, 1, 10, false) }, // expired, reclaimed there
         ];
         let destination = [
             version(1, 1, 10, false),

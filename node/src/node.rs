@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ferry_topology::Topology;
@@ -120,6 +120,9 @@ pub struct NodeState {
     /// Woken when the links' settings changed on this node alone (`set-config`), so XDR
     /// reconciles its shippers with [`NodeState::topology`].
     pub links_changed: tokio::sync::Notify,
+    /// Held across a read-modify-write of [`NodeState::topology`] (`set-config`) and across
+    /// taking a new version, so neither undoes the other.
+    pub topology_edit: Mutex<()>,
     namespaces: HashMap<String, Namespace>,
     fabric: Fabric,
     log: Option<DigestLog>,
@@ -144,6 +147,7 @@ impl NodeState {
             fence,
             topology_version: AtomicU64::new(0),
             links_changed: tokio::sync::Notify::new(),
+            topology_edit: Mutex::new(()),
             namespaces: namespaces.into_iter().map(|ns| (ns.name.to_string(), ns)).collect(),
             fabric: Fabric::default(),
             log,
@@ -279,7 +283,10 @@ impl NodeState {
     pub async fn apply_topology(&self, topology: Arc<Topology>) {
         let site = self.cluster.site();
         let fence = topology.site(site.name.as_str()).map_or(site.fence(), |now| now.fence());
-        self.topology.replace(topology);
+        {
+            let _editing = self.topology_edit.lock().unwrap_or_else(PoisonError::into_inner);
+            self.topology.replace(topology);
+        }
         self.fence.set(fence);
         loop {
             let in_flight = self.fence.settle(FENCE_PATIENCE).await;

@@ -37,6 +37,10 @@ pub struct VersionSummary {
     /// The site id of the write that made this version.
     pub origin_site: u8,
     pub tombstone: bool,
+    /// Expired and not yet reclaimed: as good as deleted (each site reclaims on its own
+    /// schedule).
+    #[serde(default)]
+    pub expired: bool,
     /// [`version_hash`] of the version.
     pub hash: u64,
 }
@@ -105,10 +109,12 @@ pub fn list_partition(
     ns: &str,
     partition: u16,
 ) -> Result<Vec<VersionSummary>, StoreError> {
+    let now_secs = crate::record::now_citrusleaf_secs();
     store
         .scan_partition(ns, partition, None)?
         .map(|item| {
             item.map(|(digest, record)| VersionSummary {
+                expired: record.expired(now_secs),
                 digest: digest.to_string(),
                 set: record.set.clone(),
                 generation: record.generation,

@@ -177,7 +177,10 @@ async fn follow(url: String, state: Arc<NodeState>, links: Arc<tokio::sync::Mute
             tracing::info!(version = version.version, "topology changed; applying it");
             state.apply_topology(topology.clone()).await;
             if let Err(error) = links.lock().await.reconcile(&topology).await {
-                tracing::error!(%error, "could not apply a link change");
+                // Not reported as applied: a drill waiting for this version must not take
+                // the links for stopped or started.
+                tracing::error!(%error, version = version.version, "could not apply a link change");
+                continue;
             }
         }
         let applied = u64::try_from(version.version).unwrap_or(0);
@@ -189,8 +192,11 @@ async fn follow(url: String, state: Arc<NodeState>, links: Arc<tokio::sync::Mute
 async fn follow_local_changes(state: Arc<NodeState>, links: Arc<tokio::sync::Mutex<Links>>) {
     loop {
         state.links_changed.notified().await;
+        // The topology is read under the links' lock, so a newer version reconciled meanwhile
+        // is never undone by this older read.
+        let mut links = links.lock().await;
         let topology = state.topology.get();
-        if let Err(error) = links.lock().await.reconcile(&topology).await {
+        if let Err(error) = links.reconcile(&topology).await {
             tracing::error!(%error, "could not apply a link settings change");
         }
     }

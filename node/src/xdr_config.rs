@@ -11,8 +11,8 @@
 //!   running link on this node at once (its shipper restarts from its cursor: nothing is lost
 //!   or skipped). As in Aerospike the change lives in the node until it restarts; in Ferry also
 //!   until the topology service publishes a new version. A Ferry link's settings hold for all
-//!   its namespaces, so a namespace-level change applies to the whole link. `ship-set` and
-//!   `ignore-set` add a set.
+//!   its namespaces, so a namespace-level change applies to the whole link (`enabled=false`
+//!   stops the link on this node). `ship-set` and `ignore-set` add a set.
 //!
 //! A value is checked by the same validation as a topology file before it applies.
 
@@ -146,6 +146,15 @@ fn set(link: &mut Link, name: &str, value: &str) -> Result<(), String> {
         "ship-only-specified-sets" => link.ship_only_specified_sets = flag(name, value)?,
         "ship-nsup-deletes" => link.ship_nsup_deletes = flag(name, value)?,
         "forward" => link.forward = flag(name, value)?,
+        "enabled" => link.enabled = flag(name, value)?,
+        // Ferry compresses every batch above `compression-threshold`.
+        "enable-compression" if flag(name, value)? => {}
+        "enable-compression" => {
+            return Err(error(
+                PARAMETER,
+                "Ferry always compresses batches above compression-threshold",
+            ));
+        }
         "ship-set" if !link.ship_set.iter().any(|s| s == value) => {
             link.ship_set.push(value.to_owned())
         }
@@ -179,6 +188,7 @@ pub fn set_config(state: &NodeState, args: &str) -> String {
     if changes.is_empty() {
         return error(PARAMETER, "nothing to set");
     }
+    let _editing = state.topology_edit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let current = state.topology.get();
     let mut topology = (*current).clone();
     let link = match outgoing(state, &current, dc) {

@@ -178,8 +178,11 @@ fn print_report(report: &Report) {
         Report::Failover(r) => {
             say!("drill failover: {} lost, {} promoted", r.lost, r.promoted);
             print_steps(&r.steps);
-            let exact = if r.rpo_exact { "exact" } else { "a bound: the lost site is unreachable" };
+            let exact = if r.rpo_exact { "exact" } else { "an estimate" };
             say!("  {:<20}{} records ({exact})", "RPO", r.rpo_records);
+            if !r.rpo_note.is_empty() {
+                say!("  {:<20}{}", "", r.rpo_note);
+            }
             say!("  {:<20}{} ms", "RTO", r.rto_ms);
             say!("  {:<20}{}", "topology version", r.topology_version);
             print_lost_writes(&r.lost_writes);
