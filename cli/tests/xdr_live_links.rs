@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, Error, ResultCode, WritePolicy, as_bin, as_key};
-use ferry_tests::{Link, Role, Site, TopologyBuilder, WriteFence, http};
+use ferry_tests::{Link, Namespace, Role, Site, TopologyBuilder, WriteFence, http};
 use ferry_topology::store::{ApplyRequest, TopologyStore};
 use support::Deployment;
 
@@ -193,7 +193,9 @@ async fn a_write_fence_and_a_standby_role_apply_live() {
 async fn aerospikes_xdr_config_commands_show_and_change_a_running_link() {
     let built = TopologyBuilder::new("xdr-test")
         .sites(&["a", "b"], 1)
-        .link(Link::new("a", "b").period_ms(20))
+        .namespace(Namespace::new("test"))
+        .namespace(Namespace::new("other"))
+        .link(Link::new("a", "b").namespaces(&["test", "other"]).period_ms(20))
         .build();
     let deployment = Deployment::start(&built.text, built.nodes).await;
     let info = |name: String| {
@@ -202,7 +204,9 @@ async fn aerospikes_xdr_config_commands_show_and_change_a_running_link() {
     };
     assert_eq!(info("get-config:context=xdr".into()).await, "dcs=b;src-id=1;trace-sample=0");
     let config = info("get-config:context=xdr;dc=b".into()).await;
-    for setting in ["period-ms=20", "namespaces=test", "max-throughput=100000", "enabled=true"] {
+    for setting in
+        ["period-ms=20", "namespaces=test,other", "max-throughput=100000", "enabled=true"]
+    {
         assert!(config.split(';').any(|s| s == setting), "{setting} in {config}");
     }
 
@@ -230,8 +234,29 @@ async fn aerospikes_xdr_config_commands_show_and_change_a_running_link() {
     let config = info("get-config:context=xdr;dc=b".into()).await;
     assert!(config.split(';').any(|s| s == "compression-level=1"), "{config}");
 
-    let stats = info("get-stats:context=xdr;dc=b;namespace=test".into()).await;
-    assert!(stats.starts_with("state=") && stats.contains("success="), "{stats}");
+    // Each namespace counts its own records.
+    let wp = WritePolicy::default();
+    for i in 0..7 {
+        a.put(&wp, &as_key!("other", "o", i), &[as_bin!("v", i)]).await.expect("put other");
+    }
+    let success = |stats: &str| {
+        let field = stats.split(';').find_map(|f| f.strip_prefix("success="));
+        field.and_then(|n| n.parse::<u64>().ok()).unwrap_or_else(|| panic!("success in {stats}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let test = info("get-stats:context=xdr;dc=b;namespace=test".into()).await;
+        let other = info("get-stats:context=xdr;dc=b;namespace=other".into()).await;
+        if (success(&test), success(&other)) == (200, 7) {
+            assert!(
+                test.contains("in_queue=0;") && other.contains("in_queue=0;"),
+                "{test}\n{other}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "per-namespace success: {test}\n{other}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let other = info("get-stats:context=xdr;dc=b;namespace=nope".into()).await;
     assert!(other.starts_with("ERROR:2:"), "{other}");
 }

@@ -171,32 +171,21 @@ fn xdr_stats(state: &NodeState, args: &str) -> String {
         return error(NOT_FOUND, format!("no link to dc '{dc}' ships from this node"));
     };
     if let Some(ns) = namespace {
-        // A link's counters cover all its namespaces: a namespace's are the link's when it
-        // is the only one shipped.
         let site = &state.cluster.site().name;
         let topology = state.topology.get();
-        let shipped: Vec<&str> = topology
+        let ships = topology
             .links
             .iter()
             .filter(|l| l.from == *site && l.to == *dc)
-            .flat_map(|l| l.namespaces.iter().map(|n| n.as_str()))
-            .collect();
-        if !shipped.contains(&ns) {
+            .any(|l| l.namespaces.iter().any(|n| n.as_str() == ns));
+        if !ships {
             return error(
                 NOT_FOUND,
                 format!("the link to dc '{dc}' does not ship namespace '{ns}'"),
             );
         }
-        if shipped.len() > 1 {
-            return error(
-                PARAMETER,
-                format!(
-                    "the link to dc '{dc}' ships {} namespaces and counts them together; ask \
-                     get-stats:context=xdr;dc={dc}",
-                    shipped.len()
-                ),
-            );
-        }
+        // Before the shipper first published, the namespace's share is the link's (nothing).
+        return link.namespace_snapshot(ns).unwrap_or_else(|| link.snapshot()).to_info();
     }
     link.snapshot().to_info()
 }

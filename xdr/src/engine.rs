@@ -65,10 +65,13 @@ pub struct Change {
 }
 
 /// What the destination made of one batch, plus what never left.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// Records the destination applied or already had.
     pub shipped: u64,
+    /// `shipped`, `not_found` and `filtered` (as `success`, `not_found`, `filtered_out`) by
+    /// namespace index.
+    pub by_namespace: BTreeMap<usize, NamespaceCounts>,
     /// Parked records that shipped this time, so they are parked no more.
     pub unparked: u64,
     /// Records gone locally without a trace at send time.
@@ -145,7 +148,7 @@ pub enum Action {
 }
 
 /// Counters accumulated since the last [`Engine::take_counts`], under the stat names.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counts {
     pub entries_read: u64,
     pub filtered_out: u64,
@@ -158,6 +161,38 @@ pub struct Counts {
     pub retry_dest: u64,
     pub recoveries: u64,
     pub drains: u64,
+    /// The counts that belong to one namespace, by the link's namespace index.
+    pub by_namespace: BTreeMap<usize, NamespaceCounts>,
+}
+
+/// Counts of one namespace of a link (Aerospike's per-namespace `get-stats`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceCounts {
+    pub success: u64,
+    pub not_found: u64,
+    pub filtered_out: u64,
+    pub hot_keys: u64,
+}
+
+impl NamespaceCounts {
+    /// Adds what an acknowledged attempt did.
+    pub fn add(&mut self, other: NamespaceCounts) {
+        self.success += other.success;
+        self.not_found += other.not_found;
+        self.filtered_out += other.filtered_out;
+        self.hot_keys += other.hot_keys;
+    }
+}
+
+/// Gauges of one namespace of a link at one instant.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceGauges {
+    /// Like the link's lag, over this namespace's changes read from the log.
+    pub lag_ms: u64,
+    /// This namespace's changes read and not yet acknowledged.
+    pub in_queue: u64,
+    /// This namespace's records in batches sent and not yet acknowledged.
+    pub in_progress: u64,
 }
 
 /// Gauges at one instant.
@@ -225,6 +260,8 @@ pub struct Engine {
     /// The highest log position whose lost entries an overflow recovery re-shipped.
     recovered_through: u64,
     committed: u64,
+    /// The highest log position read so far (or committed, if higher).
+    read_through: u64,
     last_commit_ms: u64,
     heartbeat_at_ms: u64,
     heartbeat_out: bool,
@@ -268,6 +305,7 @@ impl Engine {
             control,
             recovered_through: 0,
             committed,
+            read_through: committed,
             last_commit_ms: now_ms,
             heartbeat_at_ms: now_ms,
             heartbeat_out: false,
@@ -342,6 +380,46 @@ impl Engine {
         }
     }
 
+    /// Per-namespace gauges. While the link holds work whose namespace is unknown here —
+    /// changes logged and not read yet, a paused link, a recovery scan, parked records (`parked`)
+    /// — every namespace shows the link's lag and queue (`link`), upper bounds, so no namespace
+    /// reads caught up while the link is not.
+    pub fn namespace_gauges(
+        &self,
+        now_ms: u64,
+        logged_lsn: u64,
+        link: NamespaceGauges,
+        parked: bool,
+    ) -> BTreeMap<usize, NamespaceGauges> {
+        let unread = logged_lsn > self.read_through.max(self.acknowledged_through());
+        let unattributed = unread || parked || !self.link.may_ship() || self.recovery.is_some();
+        let mut gauges: BTreeMap<usize, (NamespaceGauges, Option<u64>)> =
+            (0..self.plan.namespaces.len()).map(|ns| (ns, Default::default())).collect();
+        for change in self.open.values().flat_map(|batch| &batch.changes) {
+            let (g, oldest) = gauges.entry(change.ns).or_default();
+            g.in_progress += 1;
+            g.in_queue += 1;
+            *oldest = Some(oldest.map_or(change.oldest_lut_ms, |o| o.min(change.oldest_lut_ms)));
+        }
+        for logged in &self.pending {
+            let Ok(ns) = self.plan.admit_entry(&logged.entry) else { continue };
+            let (g, oldest) = gauges.entry(ns).or_default();
+            g.in_queue += 1;
+            *oldest = Some(oldest.map_or(logged.entry.lut_ms, |o| o.min(logged.entry.lut_ms)));
+        }
+        gauges
+            .into_iter()
+            .map(|(ns, (mut g, oldest))| {
+                if unattributed {
+                    (g.lag_ms, g.in_queue) = (link.lag_ms, link.in_queue);
+                } else if let Some(lut) = oldest {
+                    g.lag_ms = now_ms.saturating_sub(lut).max(1);
+                }
+                (ns, g)
+            })
+            .collect()
+    }
+
     /// When the retry of batch `id` is due, if one is scheduled.
     pub fn retry_at(&self, id: u64) -> Option<u64> {
         self.due.iter().find(|(_, due)| *due == id).map(|(at, _)| *at)
@@ -355,6 +433,9 @@ impl Engine {
     fn on_read(&mut self, now_ms: u64, entries: Vec<LoggedEntry>) {
         self.reading = None;
         self.counts.entries_read += entries.len() as u64;
+        if let Some(last) = entries.last() {
+            self.read_through = self.read_through.max(last.lsn.0);
+        }
         if self.pending.is_empty() {
             // Hold the batch for the accumulation window, so repeated changes of a hot key
             // fold into one, and until `delay-ms` has passed for its oldest change.
@@ -440,6 +521,9 @@ impl Engine {
         counts.success += outcome.shipped;
         counts.not_found += outcome.not_found;
         counts.filtered_out += outcome.filtered;
+        for (ns, by_ns) in outcome.by_namespace {
+            counts.by_namespace.entry(ns).or_default().add(by_ns);
+        }
         counts.bytes_raw += outcome.bytes_raw;
         counts.bytes_shipped += outcome.bytes_wire;
         self.latency_ms = now_ms.saturating_sub(batch.cut_ms);
@@ -552,6 +636,7 @@ impl Engine {
             match latest.get(&(ns, entry.digest)) {
                 Some(&at) => {
                     self.counts.hot_keys += 1;
+                    self.counts.by_namespace.entry(ns).or_default().hot_keys += 1;
                     let folded = &mut changes[at];
                     folded.oldest_lut_ms = folded.oldest_lut_ms.min(entry.lut_ms);
                 }
@@ -830,6 +915,37 @@ mod tests {
         let mut engine = started(|l| l.delay_ms(400));
         let actions = engine.handle(T0, Event::Read(vec![write(1, 1, T0 - 100)]));
         assert_eq!(actions, [Action::Read { max: 3 }, Action::WakeAt(T0 + 300)]);
+    }
+
+    #[test]
+    fn a_namespace_shows_its_own_queue_and_counts_and_the_links_while_work_is_unread() {
+        let mut engine = started(identity);
+        let link = NamespaceGauges { lag_ms: 9_000, in_queue: 50, in_progress: 0 };
+        // Logged through 3, nothing read: which namespace it is is unknown, the link's stands.
+        assert_eq!(
+            engine.namespace_gauges(T0, 3, link, false)[&0],
+            NamespaceGauges { in_progress: 0, ..link }
+        );
+        // Read (key 1 twice: folded), nothing unread: the namespace's own.
+        let read = vec![write(1, 1, T0 - 40), write(2, 2, T0 - 30), write(3, 1, T0 - 20)];
+        engine.handle(T0, Event::Read(read));
+        let own = engine.namespace_gauges(T0, 3, link, false)[&0];
+        assert_eq!(own, NamespaceGauges { lag_ms: 40, in_queue: 3, in_progress: 0 });
+        engine.handle(T0 + 100, Event::Tick);
+        let sent = engine.namespace_gauges(T0 + 100, 3, link, false)[&0];
+        assert_eq!(sent, NamespaceGauges { lag_ms: 140, in_queue: 2, in_progress: 2 });
+        assert_eq!(engine.namespace_gauges(T0 + 100, 3, link, true)[&0].lag_ms, 9_000, "parked");
+        let mut outcome = Outcome { shipped: 2, ..Outcome::default() };
+        outcome
+            .by_namespace
+            .insert(0, NamespaceCounts { success: 2, ..NamespaceCounts::default() });
+        engine.handle(T0 + 150, Event::Acked { id: 0, outcome });
+        let counts = engine.take_counts().by_namespace[&0];
+        assert_eq!((counts.success, counts.hot_keys), (2, 1));
+        assert_eq!(
+            engine.namespace_gauges(T0 + 150, 3, link, false)[&0],
+            NamespaceGauges::default()
+        );
     }
 
     #[test]
@@ -1190,6 +1306,7 @@ mod tests {
             filtered: 0,
             bytes_raw: 300,
             bytes_wire: 100,
+            ..Outcome::default()
         };
         engine.handle(T0 + 30, Event::Acked { id: 0, outcome });
         let counts = engine.take_counts();

@@ -298,7 +298,7 @@ impl<R: LocalRecords> Shared<R> {
                 sends.spawn(
                     async move {
                         let (reply, size) = send(&client, &batch, compression).await;
-                        (client, batch, reply, size)
+                        (ns, client, batch, reply, size)
                     }
                     .instrument(span),
                 );
@@ -306,7 +306,7 @@ impl<R: LocalRecords> Shared<R> {
         }
         let mut failure = None;
         while let Some(joined) = sends.join_next().await {
-            let Ok((client, batch, reply, size)) = joined else {
+            let Ok((ns, client, batch, reply, size)) = joined else {
                 failure = Some(AttemptError::SendTask);
                 continue;
             };
@@ -314,9 +314,9 @@ impl<R: LocalRecords> Shared<R> {
             outcome.bytes_wire += size.1;
             let settled = match reply {
                 Err(TransportError::Remote { retryable: false, message, .. }) => {
-                    self.isolate(&client, batch, message, &mut outcome, &mut parking).await
+                    self.isolate(ns, &client, batch, message, &mut outcome, &mut parking).await
                 }
-                reply => settle(&batch, reply, &mut outcome, &mut parking),
+                reply => settle(ns, &batch, reply, &mut outcome, &mut parking),
             };
             if let Err(error) = settled {
                 failure = Some(error);
@@ -350,6 +350,7 @@ impl<R: LocalRecords> Shared<R> {
                 LocalRecord::Current(record) => record,
                 LocalRecord::Gone => {
                     outcome.not_found += 1;
+                    outcome.by_namespace.entry(change.ns).or_default().not_found += 1;
                     parking.settled.push((namespace.to_string(), change.digest));
                     continue;
                 }
@@ -369,6 +370,7 @@ impl<R: LocalRecords> Shared<R> {
                 || plan.admit_set(&record.set).is_err()
             {
                 outcome.filtered += 1;
+                outcome.by_namespace.entry(change.ns).or_default().filtered_out += 1;
                 continue;
             }
             let Some(destination) = plan.destination(change.ns, &change.digest) else {
@@ -386,6 +388,7 @@ impl<R: LocalRecords> Shared<R> {
     /// so the one it cannot take is parked and the others apply.
     async fn isolate(
         &self,
+        ns: usize,
         client: &Client,
         batch: Batch,
         message: String,
@@ -419,7 +422,7 @@ impl<R: LocalRecords> Shared<R> {
                     let reason = format!("refused by the destination: {message}");
                     parking.park(&namespace, &single.records[0], reason);
                 }
-                reply => settle(&single, reply, outcome, parking)?,
+                reply => settle(ns, &single, reply, outcome, parking)?,
             }
         }
         Ok(())
@@ -441,6 +444,7 @@ async fn send(
 
 /// Counts what the destination did with `batch` and notes what it refused for good.
 fn settle(
+    ns: usize,
     batch: &Batch,
     reply: Result<Frame, TransportError>,
     outcome: &mut Outcome,
@@ -463,7 +467,9 @@ fn settle(
     {
         return Err(AttemptError::UnknownRefusal(*unknown));
     }
-    outcome.shipped += u64::from(ack.applied) + u64::from(ack.stale);
+    let shipped = u64::from(ack.applied) + u64::from(ack.stale);
+    outcome.shipped += shipped;
+    outcome.by_namespace.entry(ns).or_default().success += shipped;
     for record in &batch.records {
         match refused.get(&record.digest) {
             Some(refusal) => parking.park(&batch.namespace, record, refusal.to_string()),

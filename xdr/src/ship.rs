@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::ack;
 use crate::batch::{Compression, ShippedRecord};
-use crate::engine::{Action, Engine, Event, Outcome, Scanned};
+use crate::engine::{Action, Engine, Event, NamespaceGauges, Outcome, Scanned};
 use crate::link::{LinkState, LogRates, lag_with_parked, shown_state};
 use crate::parked::ParkedRecord;
 use crate::plan::LinkPlan;
@@ -441,11 +441,21 @@ impl<R: LocalRecords> Shipper<R> {
         // Behind counts every change logged, flushed or not: an acknowledged write whose
         // entry is still on its way to disk is not caught up.
         let gauges = engine.gauges(now, cursor.logged().0);
-        set(&stats.lag, lag_with_parked(gauges.lag_ms, now, parked));
-        set(&stats.in_progress, gauges.in_progress);
+        let link = NamespaceGauges {
+            lag_ms: lag_with_parked(gauges.lag_ms, now, parked),
+            in_queue: cursor.backlog() + parked.count,
+            in_progress: gauges.in_progress,
+        };
+        set(&stats.lag, link.lag_ms);
+        set(&stats.in_progress, link.in_progress);
         set(&stats.throughput, gauges.throughput);
         set(&stats.latency_ms, gauges.latency_ms);
-        set(&stats.in_queue, cursor.backlog() + parked.count);
+        set(&stats.in_queue, link.in_queue);
+        let by_namespace = engine.namespace_gauges(now, cursor.logged().0, link, parked.count > 0);
+        for (i, ns) in shared.plan.namespaces.iter().enumerate() {
+            let (counts, gauges) = (counts.by_namespace.get(&i), by_namespace.get(&i));
+            stats.publish_namespace(&ns.name, counts.copied(), gauges.copied());
+        }
         set(&stats.parked, parked.count);
         if let Some(left) = rates.sample(now, flushed, committed, cursor.capacity_entries()) {
             set(&stats.log_time_left, left.unwrap_or(u64::MAX));

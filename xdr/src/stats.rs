@@ -134,6 +134,8 @@ stats_family! {
         /// Why the shipper last stopped on its own; cleared once its restart reaches the
         /// destination.
         error: Mutex<Option<String>>,
+        /// What belongs to each namespace of the link, by name.
+        namespaces: Mutex<BTreeMap<String, NamespaceStats>>,
     } => /// [`LinkStats`] read at one instant.
     LinkCounters {
         /// Milliseconds: now − LUT of the oldest unacknowledged change (see [`crate::link`]).
@@ -318,6 +320,50 @@ impl LinkStats {
     pub fn snapshot(&self) -> LinkSnapshot {
         LinkSnapshot { state: self.state(), counters: self.counters(), error: self.error() }
     }
+
+    /// Adds counts and sets the gauges of namespace `ns`.
+    pub fn publish_namespace(
+        &self,
+        ns: &str,
+        counts: Option<crate::engine::NamespaceCounts>,
+        gauges: Option<crate::engine::NamespaceGauges>,
+    ) {
+        let mut namespaces =
+            self.namespaces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stats = namespaces.entry(ns.to_owned()).or_default();
+        if let Some(counts) = counts {
+            stats.counts.add(counts);
+        }
+        if let Some(gauges) = gauges {
+            stats.gauges = gauges;
+        }
+    }
+
+    /// The link's snapshot as namespace `ns` sees it (Aerospike's per-namespace
+    /// `get-stats`): its own `lag`, `in_queue`, `in_progress`, `success`, `not_found`,
+    /// `filtered_out` and `hot_keys`; the other counters are the link's. `None` until the
+    /// shipper published anything for `ns`.
+    pub fn namespace_snapshot(&self, ns: &str) -> Option<LinkSnapshot> {
+        let namespaces = self.namespaces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stats = namespaces.get(ns)?;
+        let mut snapshot = self.snapshot();
+        let counters = &mut snapshot.counters;
+        counters.lag = stats.gauges.lag_ms;
+        counters.in_queue = stats.gauges.in_queue;
+        counters.in_progress = stats.gauges.in_progress;
+        counters.success = stats.counts.success;
+        counters.not_found = stats.counts.not_found;
+        counters.filtered_out = stats.counts.filtered_out;
+        counters.hot_keys = stats.counts.hot_keys;
+        Some(snapshot)
+    }
+}
+
+/// One namespace's share of a link's stats.
+#[derive(Debug, Default, Clone, Copy)]
+struct NamespaceStats {
+    counts: crate::engine::NamespaceCounts,
+    gauges: crate::engine::NamespaceGauges,
 }
 
 /// A link state in stats: its name, or `starting` before the shipper published one.
