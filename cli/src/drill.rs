@@ -719,29 +719,30 @@ impl Drills {
                 .push(record);
         }
         let mut manifest = Vec::new();
-        for ((namespace, partition), records) in by_partition {
-            let held =
-                verify::partition_versions(&self.http, topology, survivor, &namespace, partition)
+        let topology = Arc::new(topology.clone());
+        let partitions: Vec<_> = by_partition.into_iter().collect();
+        for chunk in partitions.chunks(LOOKUP_CONCURRENCY) {
+            let mut lookups = tokio::task::JoinSet::new();
+            for ((namespace, partition), records) in chunk.iter().cloned() {
+                let (http, topology, survivor) =
+                    (self.http.clone(), topology.clone(), survivor.to_owned());
+                lookups.spawn(async move {
+                    let held = verify::partition_versions(
+                        &http, &topology, &survivor, &namespace, partition,
+                    )
                     .await?;
-            let held: BTreeMap<String, (u16, u64)> =
-                held.into_iter().map(|v| (v.digest, (v.generation, v.last_update_ms))).collect();
-            let lost: Vec<_> = records
-                .into_iter()
-                .filter(|r| held.get(&r.digest) != Some(&(r.generation, r.lut_ms)))
-                .collect();
-            if lost.is_empty() {
-                continue;
+                    Ok::<_, DrillError>((namespace, partition, records, held))
+                });
             }
-            let digests: BTreeSet<String> = lost.iter().map(|r| r.digest.clone()).collect();
-            manifest.push(LostPartition {
-                namespace,
-                partition,
-                count: digests.len() as u64,
-                lut_min: lost.iter().map(|r| r.lut_ms).min().unwrap_or(0),
-                lut_max: lost.iter().map(|r| r.lut_ms).max().unwrap_or(0),
-                digests: digests.into_iter().collect(),
-            });
+            while let Some(joined) = lookups.join_next().await {
+                let (namespace, partition, records, held) = joined
+                    .map_err(|e| DrillError::Refused(format!("survivor lookup failed: {e}")))??;
+                if let Some(lost) = lost_in_partition(namespace, partition, records, held) {
+                    manifest.push(lost);
+                }
+            }
         }
+        manifest.sort_by(|a, b| (&a.namespace, a.partition).cmp(&(&b.namespace, b.partition)));
         Ok(manifest)
     }
 
@@ -847,6 +848,37 @@ impl Drills {
             steps: self.steps(),
         })
     }
+}
+
+/// Partitions looked up at a survivor at once while listing lost writes.
+const LOOKUP_CONCURRENCY: usize = 16;
+
+/// The records of one partition a lost site had not shipped, less those the survivor holds in
+/// the very version unshipped (applied there, the acknowledgement lost); `None` if none is left.
+fn lost_in_partition(
+    namespace: String,
+    partition: u16,
+    records: Vec<ferry_node::unshipped::Unshipped>,
+    held: Vec<ferry_node::verify::VersionSummary>,
+) -> Option<LostPartition> {
+    let held: BTreeMap<String, (u16, u64)> =
+        held.into_iter().map(|v| (v.digest, (v.generation, v.last_update_ms))).collect();
+    let lost: Vec<_> = records
+        .into_iter()
+        .filter(|r| held.get(&r.digest) != Some(&(r.generation, r.lut_ms)))
+        .collect();
+    if lost.is_empty() {
+        return None;
+    }
+    let digests: BTreeSet<String> = lost.iter().map(|r| r.digest.clone()).collect();
+    Some(LostPartition {
+        namespace,
+        partition,
+        count: digests.len() as u64,
+        lut_min: lost.iter().map(|r| r.lut_ms).min().unwrap_or(0),
+        lut_max: lost.iter().map(|r| r.lut_ms).max().unwrap_or(0),
+        digests: digests.into_iter().collect(),
+    })
 }
 
 /// What [`Drills::switch_roles`] achieved.
@@ -1075,4 +1107,52 @@ async fn conflicts_since(
     }
     recent.sort_by_key(|c| c.at_ms);
     recent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_node::unshipped::Unshipped;
+    use ferry_node::verify::VersionSummary;
+
+    fn unshipped(digest: &str, generation: u16, lut_ms: u64) -> Unshipped {
+        Unshipped {
+            namespace: "test".to_owned(),
+            partition: 7,
+            digest: digest.to_owned(),
+            generation,
+            lut_ms,
+            parked: false,
+        }
+    }
+
+    fn held(digest: &str, generation: u16, last_update_ms: u64) -> VersionSummary {
+        VersionSummary {
+            digest: digest.to_owned(),
+            set: String::new(),
+            generation,
+            last_update_ms,
+            origin_site: 1,
+            tombstone: false,
+            expired: false,
+            hash: 0,
+        }
+    }
+
+    #[test]
+    fn a_record_the_survivor_holds_in_that_very_version_is_not_lost() {
+        let records = vec![unshipped("aa", 2, 20), unshipped("bb", 3, 30), unshipped("cc", 1, 5)];
+        // aa arrived (acknowledgement lost); bb is there in an older version; cc never arrived.
+        let survivor = vec![held("aa", 2, 20), held("bb", 2, 25)];
+        let lost = lost_in_partition("test".to_owned(), 7, records, survivor).expect("lost");
+        assert_eq!(lost.digests, ["bb", "cc"]);
+        assert_eq!((lost.count, lost.lut_min, lost.lut_max), (2, 5, 30));
+        let arrived = lost_in_partition(
+            "test".to_owned(),
+            7,
+            vec![unshipped("aa", 2, 20)],
+            vec![held("aa", 2, 20)],
+        );
+        assert_eq!(arrived, None);
+    }
 }
