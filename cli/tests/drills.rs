@@ -335,3 +335,31 @@ async fn a_frozen_site_fails_over_with_a_bound_and_fails_back_exactly() {
         assert!(read_value(&b, key).await.is_some(), "{key} shipped to b");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_version_the_nodes_follow_not_the_file_they_started_from() {
+    let deployment = active_standby().await;
+    let state = &deployment.running.state;
+    let url = std::fs::read_to_string(state.topology_service()).expect("the service's URL");
+    let service = ferry_topology::service::TopologyClient::new(url.trim());
+    let current = service.current().await.expect("current version");
+    let fenced = current.content.replacen(
+        "role = \"active\"",
+        "role = \"active\"\nwrite-fence = \"client-writes\"",
+        1,
+    );
+    let request = ferry_topology::store::ApplyRequest {
+        source: "operator.toml".to_owned(),
+        content: fenced,
+        author: "test".to_owned(),
+        comment: "fence a by hand".to_owned(),
+        expected_parent: Some(current.version),
+    };
+    service.apply(&request).await.expect("apply");
+    let (code, json, stderr) = deployment.ferry(&["status", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let status: Json = serde_json::from_str(&json).expect("status JSON");
+    assert_eq!(status["sites"][0]["write_fence"], "client-writes", "{status}");
+    let file = std::fs::read_to_string(deployment.topology_file()).expect("file");
+    assert!(!file.contains("client-writes"), "the file is not what status read");
+}

@@ -122,13 +122,19 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The topology of a deployment: the file `--topology` names, else the one `ferry up` keeps
-/// in its state directory `dir`.
+/// The topology of a deployment: the file `--topology` names; else the current version of the
+/// topology service `ferry up` serves for `dir` (what the nodes follow, which an operator or a
+/// drill may have changed since the start); else the file `ferry up` keeps in `dir`.
 pub(crate) fn deployment_topology(
     topology: Option<&std::path::Path>,
     dir: &std::path::Path,
 ) -> anyhow::Result<ferry_topology::Topology> {
     use anyhow::Context as _;
+    if topology.is_none()
+        && let Some(current) = served_topology(dir)
+    {
+        return Ok(current);
+    }
     let path = topology.map_or_else(|| dir.join("topology.toml"), std::path::Path::to_path_buf);
     let loaded = ferry_topology::load_topology(&path).with_context(|| {
         format!(
@@ -137,6 +143,30 @@ pub(crate) fn deployment_topology(
         )
     })?;
     Ok(loaded.topology)
+}
+
+/// How long a command waits for the topology service before it reads the file instead.
+const SERVICE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The current version of the topology service of the deployment in `dir`, if it serves one
+/// and answers within a moment.
+fn served_topology(dir: &std::path::Path) -> Option<ferry_topology::Topology> {
+    let url = std::fs::read_to_string(dir.join("topology-service")).ok()?;
+    let client = ferry_topology::service::TopologyClient::new(url.trim());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let asked = async { tokio::time::timeout(SERVICE_PATIENCE, client.current()).await };
+    let current = runtime.block_on(asked);
+    match current {
+        Ok(Ok(version)) => Some(version.topology),
+        Ok(Err(error)) => {
+            say_err!("ferry: the topology service does not answer ({error}); using the file");
+            None
+        }
+        Err(_) => {
+            say_err!("ferry: the topology service does not answer; using the file");
+            None
+        }
+    }
 }
 
 /// Ctrl-C or SIGTERM.

@@ -90,14 +90,10 @@ struct LinkNodeStatus {
 }
 
 pub(crate) fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let path = args.dir.join("topology.toml");
-    let topology = ferry_topology::load_topology(&path)
-        .with_context(|| {
-            format!("no deployment in {} (start one with `ferry up`)", args.dir.display())
-        })?
-        .topology;
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
     loop {
+        // Read each time: the service's current version is what the nodes follow.
+        let topology = super::deployment_topology(None, &args.dir)?;
         let status = runtime.block_on(collect(&topology, &args.dir));
         if args.json {
             println!("{}", serde_json::to_string_pretty(&status).context("encode status")?);
