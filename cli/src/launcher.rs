@@ -205,3 +205,11 @@ fn answers_info(addr: SocketAddr) -> bool {
         && ferry_node::proto::ProtoHeader::parse(header)
             .is_ok_and(|h| h.kind == ferry_node::proto::TYPE_INFO && h.size > 0)
 }
+/// The command line of process `pid` if it is a `ferry node run` (so a pid read from a file,
+/// or found in `/proc`, is known not to be a recycled one).
+pub fn node_run_args(pid: i32) -> Option<Vec<String>> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> =
+        cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    args.windows(2).any(|w| w[0] == "node" && w[1] == "run").then_some(args)
+}

@@ -267,12 +267,7 @@ pub fn local_processes(
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> =
-            cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if !args.windows(2).any(|w| w[0] == "node" && w[1] == "run") {
-            continue;
-        }
+        let Some(args) = crate::launcher::node_run_args(pid) else { continue };
         let dir = args.windows(2).find(|w| w[0] == "--dir").map(|w| w[1].clone());
         if let Some((_, id)) = wanted.iter().find(|(path, _)| Some(path) == dir.as_ref()) {
             let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();

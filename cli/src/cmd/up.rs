@@ -221,23 +221,16 @@ pub(crate) fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether `pid` is still a `ferry node run` process (not a recycled pid).
-fn is_ferry_node(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmdline| {
-            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            args.windows(2).any(|w| w == [b"node".as_slice(), b"run".as_slice()])
-        })
-        .unwrap_or(false)
-}
-
 /// SIGKILLs the node processes listed in `file` that are still alive.
 fn kill_orphans(file: &Path) -> usize {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let killed = text
         .lines()
         .filter_map(|l| l.trim().parse::<i32>().ok())
-        .filter(|&pid| is_ferry_node(pid) && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok())
+        .filter(|&pid| {
+            ferry::launcher::node_run_args(pid).is_some()
+                && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+        })
         .count();
     let _ = std::fs::remove_file(file);
     killed
