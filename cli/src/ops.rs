@@ -64,25 +64,36 @@ pub async fn link_stats(
     Ok(answers)
 }
 
-/// Sends `xdr-link:dc=<to>;action=<action>` to every node of `from`; returns each node's
-/// answer, failing on the first that is not `ok`.
-pub async fn link_action(
+/// Asks every node of `site` for one info name; a node that cannot be reached answers with
+/// the error, as an info error.
+pub async fn ask_site(
+    topology: &Topology,
+    site: &str,
+    name: &str,
+) -> Result<Vec<(String, String)>, OpsError> {
+    let mut answers = Vec::new();
+    for node in site_nodes(topology, site)? {
+        let answer =
+            client::ask(node.client, name).await.unwrap_or_else(|e| format!("ERROR:1:{e}"));
+        answers.push((node.id, answer));
+    }
+    Ok(answers)
+}
+
+/// Sends `xdr-link:dc=<to>;action=<action>` to every node of `from`; fails with the first
+/// node that does not answer `ok`.
+async fn link_action(
     topology: &Topology,
     from: &str,
     to: &str,
     action: &str,
-) -> Result<Vec<(String, String)>, OpsError> {
+) -> Result<(), OpsError> {
     let name = format!("xdr-link:dc={to};action={action}");
-    let mut answers = Vec::new();
-    for node in site_nodes(topology, from)? {
-        let answer =
-            client::ask(node.client, &name).await.unwrap_or_else(|e| format!("ERROR:1:{e}"));
-        if answer != "ok" {
-            return Err(OpsError::Refused { action: action.to_owned(), node: node.id, answer });
-        }
-        answers.push((node.id, answer));
+    let answers = ask_site(topology, from, &name).await?;
+    match answers.into_iter().find(|(_, answer)| answer != "ok") {
+        Some((node, answer)) => Err(OpsError::Refused { action: action.to_owned(), node, answer }),
+        None => Ok(()),
     }
-    Ok(answers)
 }
 
 /// Ships everything logged so far on the link `from -> to` (resuming it if paused) and waits

@@ -130,7 +130,7 @@ pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
                 let (_, to) = resolve(&topology, &link)?;
                 let name = format!("xdr-conflicts:limit={limit}");
                 println!("node namespace digest at_ms kept(gen/lut/origin) lost(gen/lut/origin)");
-                for (node, value) in ask_site(&topology, &to, &name).await? {
+                for (node, value) in ferry::ops::ask_site(&topology, &to, &name).await? {
                     for conflict in value.split(';').filter(|c| !c.is_empty()) {
                         println!("{node} {}", conflict.replace(',', " "));
                     }
@@ -174,7 +174,7 @@ async fn command(
         name.push_str(&format!(";from-ms={ms}"));
     }
     let mut failed = false;
-    for (node, value) in ask_site(topology, &from, &name).await? {
+    for (node, value) in ferry::ops::ask_site(topology, &from, &name).await? {
         failed |= value != "ok";
         println!("{from} -> {to} on {node}: {value}");
     }
@@ -182,23 +182,6 @@ async fn command(
         bail!("{action} did not succeed on every node of {from}");
     }
     Ok(())
-}
-
-/// Asks every node of `site` for one info name; unreachable nodes answer with the error.
-async fn ask_site(
-    topology: &Topology,
-    site: &str,
-    name: &str,
-) -> anyhow::Result<Vec<(String, String)>> {
-    let site = topology.site(site).with_context(|| format!("no site '{site}'"))?;
-    let mut answers = Vec::new();
-    for node in &site.nodes {
-        let value = client::ask(node.client.addr(), name)
-            .await
-            .unwrap_or_else(|error| format!("ERROR:1:{error}"));
-        answers.push((node.id.to_string(), value));
-    }
-    Ok(answers)
 }
 
 /// `all` → 0; `90s`/`15m`/`2h`/`1d` → that long ago; digits → ms since the Unix epoch.
