@@ -16,12 +16,12 @@ pub const BUILD: &str = "8.1.0.0";
 
 /// Info error codes: Aerospike's result codes.
 const SERVER_ERROR: u8 = 1;
-const NOT_FOUND: u8 = 2;
-const PARAMETER: u8 = 4;
+pub(crate) const NOT_FOUND: u8 = 2;
+pub(crate) const PARAMETER: u8 = 4;
 const NAMESPACE_NOT_FOUND: u8 = 20;
 
 /// An info error answer, `ERROR:<code>:<message>`.
-fn error(code: u8, message: impl std::fmt::Display) -> String {
+pub(crate) fn error(code: u8, message: impl std::fmt::Display) -> String {
     format!("ERROR:{code}:{message}")
 }
 
@@ -151,38 +151,23 @@ fn statistics(state: &NodeState) -> String {
 /// `get-stats:context=xdr;dc=NAME` (one link's shipping stats) and
 /// `get-stats:context=xdr` (the receiver's stats and the list of links).
 fn xdr_stats(state: &NodeState, args: &str) -> String {
-    let mut context = None;
-    let mut dc = None;
-    let mut namespace = None;
-    for pair in args.split(';') {
-        match pair.split_once('=') {
-            Some(("context", value)) => context = Some(value),
-            Some(("dc", value)) => dc = Some(value),
-            Some(("namespace", value)) => namespace = Some(value),
-            _ => return error(PARAMETER, format!("bad parameter '{pair}'")),
-        }
-    }
-    if context != Some("xdr") {
+    let params = match params(args, &["context", "dc", "namespace"]) {
+        Ok(params) => params,
+        Err(answer) => return answer,
+    };
+    if params.get("context") != Some(&"xdr") {
         return error(PARAMETER, "only context=xdr is supported");
     }
+    let (dc, namespace) = (params.get("dc").copied(), params.get("namespace").copied());
     let registry = &state.xdr;
     let Some(dc) = dc else { return registry.receiver_snapshot().to_info() };
     let Some(link) = registry.get(dc) else {
         return error(NOT_FOUND, format!("no link to dc '{dc}' ships from this node"));
     };
     if let Some(ns) = namespace {
-        let site = &state.cluster.site().name;
-        let topology = state.topology.get();
-        let ships = topology
-            .links
-            .iter()
-            .filter(|l| l.from == *site && l.to == *dc)
-            .any(|l| l.namespaces.iter().any(|n| n.as_str() == ns));
-        if !ships {
-            return error(
-                NOT_FOUND,
-                format!("the link to dc '{dc}' does not ship namespace '{ns}'"),
-            );
+        if let Err(answer) = crate::xdr_config::outgoing(state, &state.topology.get(), dc, Some(ns))
+        {
+            return answer;
         }
         // Before the shipper first published, the namespace's share is the link's (nothing).
         return link.namespace_snapshot(ns).unwrap_or_else(|| link.snapshot()).to_info();
@@ -217,7 +202,10 @@ fn verify_digest(state: &NodeState, ns: &str) -> String {
 
 /// The `name=value` parameters of an info command, each name one of `known`; an error answer
 /// for anything else.
-fn params<'a>(args: &'a str, known: &[&str]) -> Result<HashMap<&'a str, &'a str>, String> {
+pub(crate) fn params<'a>(
+    args: &'a str,
+    known: &[&str],
+) -> Result<HashMap<&'a str, &'a str>, String> {
     args.split(';')
         .map(|pair| match pair.split_once('=') {
             Some((name, value)) if known.contains(&name) => Ok((name, value)),

@@ -20,17 +20,10 @@ use std::sync::Arc;
 
 use ferry_topology::model::Link;
 
+use crate::info::{NOT_FOUND, PARAMETER, error, params};
 use crate::node::NodeState;
 
-/// Info error codes (Aerospike's result codes).
-const NOT_FOUND: u8 = 2;
-const PARAMETER: u8 = 4;
-
-fn error(code: u8, message: impl std::fmt::Display) -> String {
-    format!("ERROR:{code}:{message}")
-}
-
-/// The `name=value` parameters of a command, in order.
+/// The `name=value` parameters of a command whose names are open, in order.
 fn pairs(args: &str) -> Result<Vec<(&str, &str)>, String> {
     args.split(';')
         .filter(|p| !p.is_empty())
@@ -40,18 +33,25 @@ fn pairs(args: &str) -> Result<Vec<(&str, &str)>, String> {
         .collect()
 }
 
-/// The link out of this site to `dc`.
-fn outgoing<'a>(
+/// The link out of this site to `dc`, checked to ship `namespace` when one is named; an
+/// error answer otherwise.
+pub(crate) fn outgoing<'a>(
     state: &NodeState,
     topology: &'a ferry_topology::Topology,
     dc: &str,
+    namespace: Option<&str>,
 ) -> Result<&'a Link, String> {
     let site = &state.cluster.site().name;
-    topology
-        .links
-        .iter()
-        .find(|l| l.from == *site && l.to == *dc)
-        .ok_or_else(|| error(NOT_FOUND, format!("no link to dc '{dc}' ships from this site")))
+    let link =
+        topology.links.iter().find(|l| l.from == *site && l.to == *dc).ok_or_else(|| {
+            error(NOT_FOUND, format!("no link to dc '{dc}' ships from this site"))
+        })?;
+    match namespace {
+        Some(ns) if !link.namespaces.iter().any(|n| n.as_str() == ns) => {
+            Err(error(NOT_FOUND, format!("the link to dc '{dc}' does not ship namespace '{ns}'")))
+        }
+        _ => Ok(link),
+    }
 }
 
 fn namespace_settings(link: &Link) -> Vec<(&'static str, String)> {
@@ -81,19 +81,14 @@ fn render(settings: Vec<(&'static str, String)>) -> String {
 
 /// `get-config:context=xdr[;dc=DC[;namespace=NS]]`.
 pub fn get_config(state: &NodeState, args: &str) -> String {
-    let pairs = match pairs(args) {
-        Ok(pairs) => pairs,
+    let params = match params(args, &["context", "dc", "namespace"]) {
+        Ok(params) => params,
         Err(answer) => return answer,
     };
-    let (mut dc, mut namespace) = (None, None);
-    for (name, value) in pairs {
-        match name {
-            "context" if value == "xdr" => {}
-            "dc" => dc = Some(value),
-            "namespace" => namespace = Some(value),
-            _ => return error(PARAMETER, format!("bad parameter '{name}={value}'")),
-        }
+    if let Some(context) = params.get("context").filter(|&&c| c != "xdr") {
+        return error(PARAMETER, format!("bad parameter 'context={context}'"));
     }
+    let (dc, namespace) = (params.get("dc").copied(), params.get("namespace").copied());
     let topology = state.topology.get();
     let Some(dc) = dc else {
         let site = &state.cluster.site().name;
@@ -101,14 +96,11 @@ pub fn get_config(state: &NodeState, args: &str) -> String {
             topology.links.iter().filter(|l| l.from == *site).map(|l| l.to.as_str()).collect();
         return format!("dcs={};src-id={};trace-sample=0", dcs.join(","), state.site_id());
     };
-    let link = match outgoing(state, &topology, dc) {
+    let link = match outgoing(state, &topology, dc, namespace) {
         Ok(link) => link,
         Err(answer) => return answer,
     };
     match namespace {
-        Some(ns) if !link.namespaces.iter().any(|n| n.as_str() == ns) => {
-            error(NOT_FOUND, format!("the link to dc '{dc}' does not ship namespace '{ns}'"))
-        }
         Some(_) => render(namespace_settings(link)),
         None => {
             let names: Vec<&str> = link.namespaces.iter().map(|n| n.as_str()).collect();
@@ -191,15 +183,10 @@ pub fn set_config(state: &NodeState, args: &str) -> String {
     let _editing = state.topology_edit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let current = state.topology.get();
     let mut topology = (*current).clone();
-    let link = match outgoing(state, &current, dc) {
+    let link = match outgoing(state, &current, dc, namespace) {
         Ok(link) => link,
         Err(answer) => return answer,
     };
-    if let Some(ns) = namespace
-        && !link.namespaces.iter().any(|n| n.as_str() == ns)
-    {
-        return error(NOT_FOUND, format!("the link to dc '{dc}' does not ship namespace '{ns}'"));
-    }
     let Some(edited) = topology.links.iter_mut().find(|l| l.from == link.from && l.to == link.to)
     else {
         return error(NOT_FOUND, format!("no link to dc '{dc}'"));
