@@ -508,10 +508,7 @@ impl Drills {
         let swapped = self
             .step("swap", async {
                 let content = Self::edited(&fenced, |e| {
-                    e.set_role(from, Role::Standby)?
-                        .set_fence(from, None)?
-                        .set_role(to, Role::Active)?
-                        .set_fence(to, None)?
+                    e.hand_over(from, to)?
                         .set_link_enabled(from, to, false)?
                         .add_reverse_link(from, to)?
                         .set_link_enabled(to, from, true)
@@ -591,11 +588,8 @@ impl Drills {
         let promoted_version = self
             .step("promote", async {
                 let content = Self::edited(&start, |e| {
-                    e.set_role(lost, Role::Standby)?
-                        .set_fence(lost, None)?
+                    e.hand_over(lost, promoted)?
                         .set_link_enabled(lost, promoted, false)?
-                        .set_role(promoted, Role::Active)?
-                        .set_fence(promoted, None)?
                         .add_reverse_link(lost, promoted)?
                         .set_link_enabled(promoted, lost, false)
                         .map(drop)
@@ -781,11 +775,12 @@ impl Drills {
         .await?;
         let lost_writes = self
             .step("lost writes", async {
-                let manifest =
-                    match start.topology.links.iter().any(|l| l.from == *to && l.to == *from) {
-                        true => self.lost_writes(&start.topology, to, from).await?,
-                        false => Vec::new(),
-                    };
+                let linked = start.topology.links.iter().any(|l| l.from == *to && l.to == *from);
+                let manifest = if linked {
+                    self.lost_writes(&start.topology, to, from).await?
+                } else {
+                    Vec::new()
+                };
                 let count: u64 = manifest.iter().map(|p| p.count).sum();
                 Ok((manifest, format!("{to} holds {count} records it never shipped to {from}")))
             })

@@ -80,6 +80,15 @@ impl TopologyEdit {
         Ok(self)
     }
 
+    /// Hands the active role from `from` to `to`: `to` active, `from` standby, each with the
+    /// fence its role implies (a standby refuses client writes).
+    pub fn hand_over(&mut self, from: &str, to: &str) -> Result<&mut Self, EditError> {
+        self.set_role(from, Role::Standby)?
+            .set_fence(from, None)?
+            .set_role(to, Role::Active)?
+            .set_fence(to, None)
+    }
+
     /// Enables or disables the link `from -> to`.
     pub fn set_link_enabled(
         &mut self,
@@ -134,9 +143,8 @@ mod tests {
     #[test]
     fn a_switchover_edit_swaps_roles_and_links_and_keeps_comments() {
         let mut edit = TopologyEdit::new(TWO_SITES).expect("toml");
-        edit.set_role("us-east", Role::Standby)
-            .and_then(|e| e.set_role("eu-west", Role::Active))
-            .and_then(|e| e.set_fence("us-east", None))
+        edit.set_fence("eu-west", Some(WriteFence::ClientWrites))
+            .and_then(|e| e.hand_over("us-east", "eu-west"))
             .and_then(|e| e.set_link_enabled("us-east", "eu-west", false))
             .and_then(|e| e.set_link_enabled("eu-west", "us-east", true))
             .expect("edits");
@@ -146,6 +154,7 @@ mod tests {
         let site = |name: &str| topology.site(name).expect("site");
         assert_eq!((site("us-east").role, site("eu-west").role), (Role::Standby, Role::Active));
         assert_eq!(site("us-east").fence(), WriteFence::ClientWrites, "a standby refuses clients");
+        assert_eq!(site("eu-west").fence(), WriteFence::None, "the new active's fence is lifted");
         let enabled = |from: &str, to: &str| {
             topology.links.iter().find(|l| l.from == *from && l.to == *to).map(|l| l.enabled)
         };
