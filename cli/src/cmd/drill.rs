@@ -240,7 +240,5 @@ fn print_lost_writes(lost: &[ferry::drill::LostPartition]) {
             p.lut_max
         );
     }
-    if lost.len() > 20 {
-        say!("    … and {} more partitions (--json lists all)", lost.len() - 20);
-    }
+    super::verify::more(lost.len(), 20, " partitions");
 }

@@ -159,7 +159,7 @@ pub(crate) fn print_report(report: &Report, show: usize) {
                 version(&record.destination)
             );
         }
-        more(report.different.len(), show);
+        more(report.different.len(), show, "");
     }
 }
 
@@ -189,12 +189,14 @@ fn print_one_sided(title: &str, records: &[OneSided], show: usize) {
             v.origin_site
         );
     }
-    more(records.len(), show);
+    more(records.len(), show, "");
 }
 
-fn more(len: usize, show: usize) {
+/// Says how many of `len` rows a table left out after showing `show` (`what`: their noun, or
+/// empty).
+pub(crate) fn more(len: usize, show: usize, what: &str) {
     if len > show {
-        say!("    … and {} more (--json lists all)", len - show);
+        say!("    … and {} more{what} (--json lists all)", len - show);
     }
 }
 
