@@ -217,6 +217,9 @@ struct OpenBatch {
     changes: Vec<Change>,
     oldest_lut_ms: u64,
     cut_ms: u64,
+    /// Per namespace index: how many of `changes`, and their oldest LUT (summed once here, so
+    /// the per-namespace gauges cost a few entries per batch, not one per change).
+    by_namespace: BTreeMap<usize, (u64, u64)>,
 }
 
 /// A store scan re-shipping records changed since a LUT (overflow recovery or rewind).
@@ -395,11 +398,11 @@ impl Engine {
         let unattributed = unread || parked || !self.link.may_ship() || self.recovery.is_some();
         let mut gauges: BTreeMap<usize, (NamespaceGauges, Option<u64>)> =
             (0..self.plan.namespaces.len()).map(|ns| (ns, Default::default())).collect();
-        for change in self.open.values().flat_map(|batch| &batch.changes) {
-            let (g, oldest) = gauges.entry(change.ns).or_default();
-            g.in_progress += 1;
-            g.in_queue += 1;
-            *oldest = Some(oldest.map_or(change.oldest_lut_ms, |o| o.min(change.oldest_lut_ms)));
+        for (&ns, &(count, lut)) in self.open.values().flat_map(|batch| &batch.by_namespace) {
+            let (g, oldest) = gauges.entry(ns).or_default();
+            g.in_progress += count;
+            g.in_queue += count;
+            *oldest = Some(oldest.map_or(lut, |o| o.min(lut)));
         }
         for logged in &self.pending {
             let Ok(ns) = self.plan.admit_entry(&logged.entry) else { continue };
@@ -653,12 +656,18 @@ impl Engine {
     fn dispatch(&mut self, now_ms: u64, id: u64, changes: Vec<Change>) {
         let wait = self.throttle.take(changes.len() as u64, now_ms);
         let oldest_lut_ms = changes.iter().map(|c| c.oldest_lut_ms).min().unwrap_or(now_ms);
+        let mut by_namespace: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+        for change in &changes {
+            let (count, oldest) = by_namespace.entry(change.ns).or_insert((0, u64::MAX));
+            *count += 1;
+            *oldest = (*oldest).min(change.oldest_lut_ms);
+        }
         if wait.is_zero() {
             self.actions.push(Action::Send { id, changes: changes.clone() });
         } else {
             self.due.insert((now_ms + ceil_ms(wait), id));
         }
-        self.open.insert(id, OpenBatch { changes, oldest_lut_ms, cut_ms: now_ms });
+        self.open.insert(id, OpenBatch { changes, oldest_lut_ms, cut_ms: now_ms, by_namespace });
     }
 
     /// Sends scanned batches while the window allows, scans the next partition once they are
