@@ -32,6 +32,17 @@ async fn active_standby() -> Deployment {
     .await
 }
 
+/// Writes `records` keys of set `base` at `a`, waits until `b` holds them, then pauses the
+/// link `a -> b`: from here on, what `a` takes stays there.
+async fn converge_then_cut(deployment: &Deployment, a: &Client, records: i64) {
+    for i in 0..records {
+        let key = as_key!("test", "base", i);
+        a.put(&WritePolicy::default(), &key, &[as_bin!("v", i)]).await.expect("put");
+    }
+    deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
+    deployment.ferry_link(&["pause", "a:b"]);
+}
+
 fn forbidden(error: &Error) -> bool {
     error.server_result_code() == Some(ResultCode::FailForbidden)
 }
@@ -157,14 +168,9 @@ async fn failover_reports_exactly_the_unshipped_writes_and_failback_ships_and_co
     let deployment = active_standby().await;
     let (a, b) = (deployment.client("a").await, deployment.client("b").await);
     let wp = WritePolicy::default();
-    for i in 0..100 {
-        a.put(&wp, &as_key!("test", "base", i), &[as_bin!("v", i)]).await.expect("put");
-    }
-    deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
-
     // Shipping is cut. A record both sites held is updated twice at a (generation 3 there), and
     // a writer keeps writing new keys at a until the failover fences it.
-    deployment.ferry_link(&["pause", "a:b"]);
+    converge_then_cut(&deployment, &a, 100).await;
     let contested = as_key!("test", "base", 0);
     for v in ["a once", "a twice"] {
         a.put(&wp, &contested, &[as_bin!("v", v)]).await.expect("update at a");
@@ -292,11 +298,7 @@ async fn a_frozen_site_fails_over_with_a_bound_and_fails_back_exactly() {
     let deployment = active_standby().await;
     let (a, b) = (deployment.client("a").await, deployment.client("b").await);
     let wp = WritePolicy::default();
-    for i in 0..20 {
-        a.put(&wp, &as_key!("test", "base", i), &[as_bin!("v", i)]).await.expect("put");
-    }
-    deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
-    deployment.ferry_link(&["pause", "a:b"]);
+    converge_then_cut(&deployment, &a, 20).await;
     let lost: Vec<Key> = (0..6).map(|i| as_key!("test", "frozen", i)).collect();
     for key in &lost {
         a.put(&wp, key, &[as_bin!("v", 1)]).await.expect("put while paused");

@@ -26,6 +26,12 @@ struct Span {
     instance: String,
 }
 
+impl Span {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
 fn text(value: Option<&AnyValue>) -> String {
     match value.and_then(|v| v.value.as_ref()) {
         Some(any_value::Value::StringValue(s)) => s.clone(),
@@ -142,16 +148,8 @@ async fn nodes_export_a_batchs_spans_over_otlp() {
                     .count()
             };
             if children("xdr.read") > 0 && children("xdr.send") > 0 {
-                assert_eq!(
-                    batch.attributes.get("site").map(String::as_str),
-                    Some("a"),
-                    "{batch:?}"
-                );
-                assert_eq!(
-                    batch.attributes.get("link").map(String::as_str),
-                    Some("b"),
-                    "{batch:?}"
-                );
+                assert_eq!(batch.attribute("site"), Some("a"), "{batch:?}");
+                assert_eq!(batch.attribute("link"), Some("b"), "{batch:?}");
                 assert_eq!(batch.instance, a_node, "the source node names itself: {batch:?}");
                 let send = named(&received, "xdr.send")
                     .into_iter()
@@ -164,16 +162,8 @@ async fn nodes_export_a_batchs_spans_over_otlp() {
                     "an ack span under the send"
                 );
                 let apply = &applies[0];
-                assert_eq!(
-                    apply.attributes.get("site").map(String::as_str),
-                    Some("b"),
-                    "{apply:?}"
-                );
-                assert_eq!(
-                    apply.attributes.get("from").map(String::as_str),
-                    Some("a"),
-                    "{apply:?}"
-                );
+                assert_eq!(apply.attribute("site"), Some("b"), "{apply:?}");
+                assert_eq!(apply.attribute("from"), Some("a"), "{apply:?}");
                 assert_eq!(apply.instance, b_node, "the destination node names itself: {apply:?}");
                 return;
             }
