@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::state::{Command, SiteMembership};
+use crate::state::{Intent, SiteMembership};
 
 /// How often nodes heartbeat each other and how many missed intervals make a node failed, as
 /// in Aerospike's `heartbeat.interval` (150 ms) and `heartbeat.timeout` (10).
@@ -57,7 +57,7 @@ impl FailureDetector {
         now.saturating_duration_since(self.last_heard.get(node).copied().unwrap_or(self.started))
     }
 
-    /// What the leader `me` should propose for `voters` given the committed membership: remove
+    /// What the leader `me` should plan for `voters` given the committed membership: remove
     /// each live node silent past the timeout, re-admit each removed node heard within the
     /// last two intervals. Never proposes anything about `me`.
     pub fn judge(
@@ -66,14 +66,14 @@ impl FailureDetector {
         voters: &[String],
         membership: &SiteMembership,
         now: Instant,
-    ) -> Vec<Command> {
+    ) -> Vec<Intent> {
         let mut commands = Vec::new();
         for node in voters.iter().filter(|node| *node != me) {
             let silence = self.silence(node, now);
             if membership.is_live(node) && silence > self.heartbeat.timeout() {
-                commands.push(Command::Remove { node: node.clone() });
+                commands.push(Intent::Remove { node: node.clone() });
             } else if !membership.is_live(node) && silence <= self.heartbeat.interval * 2 {
-                commands.push(Command::Readmit { node: node.clone() });
+                commands.push(Intent::Readmit { node: node.clone() });
             }
         }
         commands
@@ -94,19 +94,28 @@ mod tests {
         let heartbeat = Heartbeat::default();
         let mut detector = FailureDetector::new(heartbeat, t0);
         let mut membership = SiteMembership::default();
+        let apply = |membership: &mut SiteMembership, down: &[&str]| {
+            let change = crate::state::Change {
+                base_epoch: membership.epoch,
+                down: down.iter().map(|n| n.to_string()).collect(),
+                holders: Default::default(),
+                reason: Intent::Remove { node: "c".into() },
+            };
+            assert!(membership.apply(&change));
+        };
         let at = |ms| t0 + Duration::from_millis(ms);
         detector.heard("b", at(100));
         detector.heard("c", at(100));
         assert!(detector.judge("a", &voters(), &membership, at(1_500)).is_empty());
         detector.heard("b", at(1_550));
         let judged = detector.judge("a", &voters(), &membership, at(1_700));
-        assert_eq!(judged, [Command::Remove { node: "c".into() }], "c silent 1.6 s > 1.5 s");
-        membership.apply(&judged[0]);
+        assert_eq!(judged, [Intent::Remove { node: "c".into() }], "c silent 1.6 s > 1.5 s");
+        apply(&mut membership, &["c"]);
         assert!(detector.judge("a", &voters(), &membership, at(1_700)).is_empty());
         detector.heard("b", at(3_000));
         detector.heard("c", at(3_000));
         let judged = detector.judge("a", &voters(), &membership, at(3_100));
-        assert_eq!(judged, [Command::Readmit { node: "c".into() }]);
+        assert_eq!(judged, [Intent::Readmit { node: "c".into() }]);
     }
 
     #[test]
@@ -120,7 +129,7 @@ mod tests {
         let judged = detector.judge("a", &voters(), &membership, t0 + Duration::from_secs(2));
         assert_eq!(
             judged,
-            [Command::Remove { node: "b".into() }, Command::Remove { node: "c".into() }]
+            [Intent::Remove { node: "b".into() }, Intent::Remove { node: "c".into() }]
         );
     }
 }

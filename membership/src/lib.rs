@@ -1,7 +1,8 @@
 //! A site's membership: which of its provisioned nodes take part in placement, and the epoch
 //! that numbers each change, agreed through **openraft** among the site's nodes (DESIGN §12).
 //!
-//! - [`state`]: what the group commits ([`SiteMembership`], [`Command`]).
+//! - [`state`]: what the group commits ([`SiteMembership`], [`Change`]) and how the node plans
+//!   it ([`Planner`]).
 //! - [`detector`]: failure detection from heartbeats, as a pure state machine.
 //! - [`lease`]: the write lease that keeps a minority from acknowledging writes.
 //! - [`Member`]: the async shell; the node carries its messages over the fabric
@@ -21,5 +22,5 @@ mod types;
 pub use detector::Heartbeat;
 pub use member::{Member, MemberConfig, MemberStatus, MembershipError};
 pub use rpc::Transport;
-pub use state::{Command, SiteMembership};
+pub use state::{Change, Holders, Intent, Planner, SiteMembership};
 pub use types::{Peer, TypeConfig, raft_id};

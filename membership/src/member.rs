@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use crate::detector::{FailureDetector, Heartbeat};
 use crate::lease::Lease;
 use crate::rpc::{self, Network, Reply, Request, Transport};
-use crate::state::SiteMembership;
+use crate::state::{Intent, Planner, SiteMembership};
 use crate::types::{Peer, Raft, raft_id};
 
 /// How a member runs.
@@ -75,6 +75,7 @@ pub struct MemberStatus {
 
 struct Inner<T> {
     config: MemberConfig,
+    planner: Arc<dyn Planner>,
     names: BTreeMap<u64, String>,
     raft: Raft,
     transport: Arc<T>,
@@ -99,7 +100,12 @@ impl<T> std::fmt::Debug for Member<T> {
 impl<T: Transport> Member<T> {
     /// Opens the group's store, starts openraft (initializing the group with every voter on
     /// first start: safe on every node with the same voters) and the heartbeat and judge loops.
-    pub async fn start(config: MemberConfig, transport: Arc<T>) -> Result<Self, MembershipError> {
+    /// `planner` turns intents into changes while this node leads.
+    pub async fn start(
+        config: MemberConfig,
+        transport: Arc<T>,
+        planner: Arc<dyn Planner>,
+    ) -> Result<Self, MembershipError> {
         if !config.voters.contains(&config.me) {
             return Err(MembershipError::NotAVoter(config.me.clone()));
         }
@@ -144,6 +150,7 @@ impl<T: Transport> Member<T> {
             detector: Mutex::new(FailureDetector::new(config.heartbeat, now)),
             lease: Mutex::new(Lease::new(config.lease, config.voters.len())),
             config,
+            planner,
             names,
             raft,
             transport,
@@ -171,12 +178,41 @@ impl<T: Transport> Member<T> {
             Ok(Request::Append(rpc)) => Reply::Append(inner.raft.append_entries(rpc).await),
             Ok(Request::Vote(rpc)) => Reply::Vote(inner.raft.vote(rpc).await),
             Ok(Request::Snapshot(rpc)) => Reply::Snapshot(inner.raft.install_snapshot(rpc).await),
+            Ok(Request::Propose(intent)) => Reply::Proposed(if inner.leading() {
+                inner.commit(&intent).await
+            } else {
+                Err("not the leader".to_owned())
+            }),
         };
         serde_json::to_vec(&reply).unwrap_or_default()
+    }
+
+    /// Has the group carry out `intent`: here when this node leads, else at the leader.
+    /// Returns the epoch after it.
+    pub async fn propose(&self, intent: Intent) -> Result<u64, String> {
+        let inner = &self.inner;
+        if inner.leading() {
+            return inner.commit(&intent).await;
+        }
+        let leader = inner.raft.metrics().borrow().current_leader;
+        let Some(leader) = leader.and_then(|id| inner.names.get(&id)) else {
+            return Err("no leader".to_owned());
+        };
+        let timeout = inner.config.heartbeat.timeout();
+        match rpc::call(&*inner.transport, leader, &Request::Propose(intent), timeout).await {
+            Ok(Reply::Proposed(outcome)) => outcome,
+            Ok(_) => Err("reply of the wrong kind".to_owned()),
+            Err(error) => Err(error.to_string()),
+        }
     }
 }
 
 impl<T> Member<T> {
+    /// This node's id.
+    pub fn name(&self) -> &str {
+        &self.inner.config.me
+    }
+
     /// The committed membership, updated as changes commit.
     pub fn membership(&self) -> watch::Receiver<SiteMembership> {
         self.inner.membership.clone()
@@ -240,6 +276,30 @@ impl<T> Inner<T> {
     fn peers(&self) -> impl Iterator<Item = &String> {
         self.config.voters.iter().filter(|voter| **voter != self.config.me)
     }
+
+    fn leading(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == ServerState::Leader
+            && metrics.current_leader == Some(raft_id(&self.config.me))
+    }
+
+    /// Plans `intent` on the committed membership and commits the change; returns the epoch
+    /// after it. A leader cut off from its majority cannot commit: it gives up after a
+    /// failure-detection timeout.
+    async fn commit(&self, intent: &Intent) -> Result<u64, String> {
+        let current = self.membership.borrow().clone();
+        let Some(change) = self.planner.plan(&current, intent) else {
+            return Ok(current.epoch);
+        };
+        tracing::info!(%intent, epoch = current.epoch, "proposing a membership change");
+        let write = self.raft.client_write(change);
+        match tokio::time::timeout(self.config.heartbeat.timeout(), write).await {
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("not committed in time".to_owned()),
+        }
+    }
 }
 
 /// Every interval, a heartbeat to each peer; an answer renews the lease and tells the detector
@@ -271,19 +331,14 @@ async fn heartbeat_loop<T: Transport>(inner: Arc<Inner<T>>) {
     }
 }
 
-/// While this node leads, commits what the detector judges, one change at a time.
+/// While this node leads, commits what the detector judges, one change at a time (each
+/// planned on the membership the previous one left).
 async fn judge_loop<T: Transport>(inner: Arc<Inner<T>>) {
     let mut ticks = tokio::time::interval(inner.config.heartbeat.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let me = raft_id(&inner.config.me);
     loop {
         ticks.tick().await;
-        let leading = {
-            let metrics = inner.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics.state == ServerState::Leader && metrics.current_leader == Some(me)
-        };
-        if !leading {
+        if !inner.leading() {
             continue;
         }
         let membership = inner.membership.borrow().clone();
@@ -293,14 +348,10 @@ async fn judge_loop<T: Transport>(inner: Arc<Inner<T>>) {
             &membership,
             Instant::now(),
         );
-        for command in judged {
-            tracing::info!(%command, epoch = membership.epoch, "proposing a membership change");
-            let write = inner.raft.client_write(command.clone());
-            // A leader cut off from its majority cannot commit; it tries again next tick.
-            match tokio::time::timeout(inner.config.heartbeat.timeout(), write).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => tracing::warn!(%command, %error, "membership change refused"),
-                Err(_) => tracing::warn!(%command, "membership change not committed in time"),
+        for intent in judged {
+            if let Err(error) = inner.commit(&intent).await {
+                tracing::warn!(%intent, %error, "membership change not committed; retrying");
+                break;
             }
         }
     }

@@ -15,6 +15,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::state::Intent;
 use crate::types::{Peer, TypeConfig};
 
 /// Carries an encoded request to a peer (by node id) and brings back its encoded reply.
@@ -37,6 +38,8 @@ pub(crate) enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// To the leader: plan and commit this.
+    Propose(Intent),
 }
 
 /// The reply to a [`Request`] of the same kind.
@@ -48,6 +51,8 @@ pub(crate) enum Reply {
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// The epoch after the proposal, or why it was not committed.
+    Proposed(Result<u64, String>),
     /// The request could not be decoded (or this node runs no group).
     Refused(String),
 }

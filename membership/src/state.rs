@@ -1,23 +1,37 @@
-//! What a site's membership group agrees on: which provisioned nodes are out of placement, and
-//! the epoch that numbers every change. The partition map is a pure function of this and the
-//! topology, so every node derives the same map for an epoch.
+//! What a site's membership group agrees on: which provisioned nodes are out of placement,
+//! which nodes hold full copies of partitions whose copies are not where placement puts them
+//! (after a loss, until migrations fill the new places), and the epoch that numbers every
+//! change. The partition map is a pure function of this and the topology, so every node
+//! derives the same map for an epoch.
+//!
+//! The group does not know the topology: the leader plans each [`Change`] from an [`Intent`]
+//! (through the node's [`Planner`]) and the group commits the planned result. A change names
+//! the epoch it was planned on, and applies only on that epoch, so two plans made from the
+//! same state cannot both apply.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+/// Per namespace, per partition: the nodes holding a full copy, where that differs from the
+/// placement's replica list.
+pub type Holders = BTreeMap<String, BTreeMap<u16, Vec<String>>>;
 
 /// The committed membership of a site.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteMembership {
-    /// Numbers the committed changes; starts at 1 (every provisioned node in).
+    /// Numbers the committed changes; starts at 1 (every provisioned node in, every copy where
+    /// placement puts it).
     pub epoch: u64,
     /// Provisioned nodes taken out of placement (failed, not yet re-admitted).
     pub down: BTreeSet<String>,
+    /// Full copies that are not where placement puts them.
+    pub holders: Holders,
 }
 
 impl Default for SiteMembership {
     fn default() -> Self {
-        Self { epoch: 1, down: BTreeSet::new() }
+        Self { epoch: 1, down: BTreeSet::new(), holders: Holders::new() }
     }
 }
 
@@ -27,53 +41,101 @@ impl SiteMembership {
         !self.down.contains(node)
     }
 
-    /// Applies a committed command; returns whether it changed anything (and so bumped the
-    /// epoch). A command that changes nothing (a repeat) leaves the epoch alone.
-    pub fn apply(&mut self, command: &Command) -> bool {
-        let changed = match command {
-            Command::Remove { node } => self.down.insert(node.clone()),
-            Command::Readmit { node } => self.down.remove(node),
-        };
-        if changed {
-            self.epoch += 1;
+    /// Partitions whose copies are not all where placement puts them.
+    pub fn pending_partitions(&self) -> usize {
+        self.holders.values().map(BTreeMap::len).sum()
+    }
+
+    /// Applies a committed change if it was planned on this epoch; returns whether it applied
+    /// (and so bumped the epoch).
+    pub fn apply(&mut self, change: &Change) -> bool {
+        if change.base_epoch != self.epoch {
+            return false;
         }
-        changed
+        self.down.clone_from(&change.down);
+        for (namespace, partitions) in &change.holders {
+            let held = self.holders.entry(namespace.clone()).or_default();
+            for (&partition, holders) in partitions {
+                match holders {
+                    Some(holders) => held.insert(partition, holders.clone()),
+                    None => held.remove(&partition),
+                };
+            }
+        }
+        self.holders.retain(|_, partitions| !partitions.is_empty());
+        self.epoch += 1;
+        true
     }
 }
 
-/// A change the group's leader proposes.
+/// A change the leader commits: the new down set and the partitions whose holders change
+/// (`None`: back to the placement's list).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command {
+pub struct Change {
+    /// The epoch this change was planned on; on any other it does nothing.
+    pub base_epoch: u64,
+    pub down: BTreeSet<String>,
+    pub holders: BTreeMap<String, BTreeMap<u16, Option<Vec<String>>>>,
+    /// Why, for the log.
+    pub reason: Intent,
+}
+
+/// What someone wants changed; the leader's [`Planner`] turns it into a [`Change`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Intent {
     /// Take a node that stopped answering out of placement.
     Remove { node: String },
     /// Put a node that answers again back into placement.
     Readmit { node: String },
+    /// `node` now holds full copies of these partitions (a migration filled them).
+    Filled { node: String, namespace: String, partitions: Vec<u16> },
 }
 
-impl std::fmt::Display for Command {
+impl std::fmt::Display for Intent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Remove { node } => write!(f, "remove {node}"),
-            Command::Readmit { node } => write!(f, "readmit {node}"),
+            Intent::Remove { node } => write!(f, "remove {node}"),
+            Intent::Readmit { node } => write!(f, "readmit {node}"),
+            Intent::Filled { node, namespace, partitions } => {
+                write!(f, "{node} filled {} partitions of {namespace}", partitions.len())
+            }
         }
     }
+}
+
+/// Plans changes with what the group does not know: the topology and its placement.
+pub trait Planner: Send + Sync + 'static {
+    /// The change that carries out `intent` on `current`, or `None` when it changes nothing.
+    fn plan(&self, current: &SiteMembership, intent: &Intent) -> Option<Change>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn change(base_epoch: u64, down: &[&str], partition: u16, holders: Option<&[&str]>) -> Change {
+        let holders = holders.map(|h| h.iter().map(|n| n.to_string()).collect());
+        Change {
+            base_epoch,
+            down: down.iter().map(|n| n.to_string()).collect(),
+            holders: BTreeMap::from([("test".into(), BTreeMap::from([(partition, holders)]))]),
+            reason: Intent::Remove { node: "b".into() },
+        }
+    }
+
     #[test]
-    fn only_real_changes_bump_the_epoch() {
+    fn a_change_applies_only_on_the_epoch_it_was_planned_on() {
         let mut site = SiteMembership::default();
-        let remove = Command::Remove { node: "b".into() };
-        assert!(site.apply(&remove));
-        assert!(!site.apply(&remove), "a repeated removal changes nothing");
+        let removal = change(1, &["b"], 7, Some(&["a"]));
+        assert!(site.apply(&removal));
+        assert!(!site.apply(&removal), "planned on epoch 1, now 2");
         assert_eq!(site.epoch, 2);
         assert!(!site.is_live("b"));
-        assert!(site.apply(&Command::Readmit { node: "b".into() }));
-        assert!(!site.apply(&Command::Readmit { node: "c".into() }), "c was never out");
-        assert_eq!(site.epoch, 3);
+        assert_eq!(site.holders["test"][&7], ["a"]);
+        assert_eq!(site.pending_partitions(), 1);
+        assert!(site.apply(&change(2, &[], 7, None)));
         assert!(site.is_live("b"));
+        assert!(site.holders.is_empty(), "an emptied namespace is dropped");
+        assert_eq!(site.epoch, 3);
     }
 }

@@ -312,9 +312,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.applied.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(command) => {
-                    if self.applied.site.apply(&command) {
-                        tracing::info!(%command, epoch = self.applied.site.epoch, "membership changed");
+                EntryPayload::Normal(change) => {
+                    let reason = &change.reason;
+                    if self.applied.site.apply(&change) {
+                        let epoch = self.applied.site.epoch;
+                        tracing::info!(%reason, epoch, "membership changed");
+                    } else {
+                        tracing::debug!(%reason, base = change.base_epoch, "stale change ignored");
                     }
                 }
                 EntryPayload::Membership(membership) => {

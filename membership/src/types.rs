@@ -4,12 +4,12 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::Command;
+use crate::state::Change;
 
 openraft::declare_raft_types!(
-    /// The membership group's types: commands in, the epoch after them out.
+    /// The membership group's types: planned changes in, the epoch after them out.
     pub TypeConfig:
-        D = Command,
+        D = Change,
         R = u64,
         NodeId = u64,
         Node = Peer,
@@ -30,7 +30,7 @@ impl std::fmt::Display for Peer {
 }
 
 /// The raft id of a node: FNV-1a (64-bit) of its node id, stable across restarts and topology
-/// edits (the topology's validator refuses two node ids of one site that collide).
+/// edits (a member refuses to start when two of its site's node ids collide).
 pub fn raft_id(node: &str) -> u64 {
     node.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)

@@ -6,7 +6,34 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use ferry_membership::{Heartbeat, Member, MemberConfig, SiteMembership, Transport};
+use ferry_membership::{
+    Change, Heartbeat, Intent, Member, MemberConfig, Planner, SiteMembership, Transport,
+};
+
+/// Plans removals and re-admissions as down-set changes, and a filled partition as its holder.
+struct DownSet;
+
+impl Planner for DownSet {
+    fn plan(&self, current: &SiteMembership, intent: &Intent) -> Option<Change> {
+        let mut down = current.down.clone();
+        let mut holders = BTreeMap::new();
+        match intent {
+            Intent::Remove { node } => down.insert(node.clone()),
+            Intent::Readmit { node } => down.remove(node),
+            Intent::Filled { node, namespace, partitions } => {
+                let filled = partitions.iter().map(|&p| (p, Some(vec![node.clone()])));
+                holders.insert(namespace.clone(), filled.collect());
+                true
+            }
+        }
+        .then(|| Change {
+            base_epoch: current.epoch,
+            down,
+            holders,
+            reason: intent.clone(),
+        })
+    }
+}
 
 /// Delivers requests to members in this process, except to or from a cut node.
 #[derive(Default)]
@@ -56,7 +83,7 @@ async fn start(net: &Arc<Loopback>, dir: &std::path::Path) -> Vec<Arc<Member<Wir
         config.heartbeat = heartbeat();
         config.lease = heartbeat().timeout() * 2 / 3;
         let wire = Arc::new(Wire { me: name.to_owned(), net: Arc::clone(net) });
-        let member = Arc::new(Member::start(config, wire).await.expect("start"));
+        let member = Arc::new(Member::start(config, wire, Arc::new(DownSet)).await.expect("start"));
         net.members.lock().expect("members").insert(name.to_owned(), Arc::downgrade(&member));
         members.push(member);
     }
@@ -117,6 +144,16 @@ async fn a_cut_node_loses_its_lease_before_its_removal_commits_and_returns_when_
     until("c's lease", Duration::from_secs(5), || c.lease_holds()).await;
     let status = c.status();
     assert_eq!((status.epoch, status.down.len()), (3, 0));
+
+    // Any member may propose; the leader plans and commits it.
+    let follower =
+        members.iter().find(|m| m.status().leader.as_deref() != Some(m.name())).expect("one");
+    let filled = Intent::Filled { node: "c".into(), namespace: "test".into(), partitions: vec![9] };
+    assert_eq!(follower.propose(filled).await, Ok(4));
+    until("the filled partition everywhere", Duration::from_secs(5), || {
+        members.iter().all(|m| committed(m).holders.get("test").is_some_and(|p| p.contains_key(&9)))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
