@@ -78,6 +78,8 @@ pub struct DeploySpec {
     pub topology_service: Option<SocketAddr>,
     /// Extra arguments for every `ferry node run`.
     pub node_args: Vec<String>,
+    /// Extra arguments for one node's `ferry node run`, by node id (e.g. its `--fabric-route`s).
+    pub per_node_args: BTreeMap<String, Vec<String>>,
     /// A relay shaped like this in front of every node of the named site, dialed by the nodes
     /// of every other site (besides the relays of links with `simulate-wan`).
     pub relays: Vec<(String, LinkShape)>,
@@ -98,6 +100,7 @@ impl DeploySpec {
             topology_text: topology_text.to_owned(),
             topology_service: None,
             node_args: Vec::new(),
+            per_node_args: BTreeMap::new(),
             relays: Vec::new(),
         }
     }
@@ -163,7 +166,7 @@ pub struct Deployment {
     pub state: StateDir,
     pub topology: Topology,
     launcher: Launcher,
-    /// Per node: the `--xdr-route` arguments that make it dial relays.
+    /// Per node: its extra arguments, and the `--xdr-route`s that make it dial relays.
     routes: BTreeMap<String, Vec<String>>,
     nodes: BTreeMap<String, NodeProcess>,
     relays: Vec<NodeRelay>,
@@ -202,7 +205,7 @@ impl Deployment {
             state,
             topology,
             launcher,
-            routes: BTreeMap::new(),
+            routes: spec.per_node_args.clone(),
             nodes: BTreeMap::new(),
             relays: Vec::new(),
             service,

@@ -40,6 +40,7 @@ fn entry(i: u64) -> Entry {
         op: Op::Write,
         xdr_applied: false,
         origin_site: 1,
+        copy: false,
     }
 }
 

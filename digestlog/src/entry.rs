@@ -67,6 +67,9 @@ pub struct Entry {
     pub xdr_applied: bool,
     /// Site the change originated at (the local site for client writes).
     pub origin_site: u8,
+    /// The node stored the change as a copy of another node's write (it was not the
+    /// partition's master): it ships it only if it masters the partition when it reads it.
+    pub copy: bool,
 }
 
 /// An entry together with the LSN the log assigned to it.
@@ -90,8 +93,14 @@ impl fmt::Display for LoggedEntry {
         };
         write!(
             f,
-            " ns={} partition={} gen={} lut_ms={} op={op} xdr_applied={} origin={}",
-            e.namespace, e.partition, e.generation, e.lut_ms, e.xdr_applied, e.origin_site
+            " ns={} partition={} gen={} lut_ms={} op={op} xdr_applied={} origin={}{}",
+            e.namespace,
+            e.partition,
+            e.generation,
+            e.lut_ms,
+            e.xdr_applied,
+            e.origin_site,
+            if e.copy { " copy" } else { "" }
         )
     }
 }
@@ -107,6 +116,7 @@ const FLAG_WRITE: u8 = 0b001;
 const FLAG_DELETE: u8 = 0b010;
 const FLAG_XDR_APPLIED: u8 = 0b100;
 const FLAG_EXPIRE: u8 = 0b1000;
+const FLAG_COPY: u8 = 0b1_0000;
 
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -148,7 +158,9 @@ pub(crate) fn encode_record(lsn: Lsn, entry: &Entry, out: &mut Vec<u8>) {
         Op::Delete => FLAG_DELETE,
         Op::Expire => FLAG_EXPIRE,
     };
-    payload[44] = op | if entry.xdr_applied { FLAG_XDR_APPLIED } else { 0 };
+    payload[44] = op
+        | if entry.xdr_applied { FLAG_XDR_APPLIED } else { 0 }
+        | if entry.copy { FLAG_COPY } else { 0 };
     payload[45] = entry.origin_site;
     let len = (PAYLOAD_LEN as u32).to_le_bytes();
     let crc = crc32c::crc32c_append(crc32c::crc32c(&len), &payload);
@@ -173,7 +185,7 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<LoggedEntry, RecordError> {
         return Err(RecordError::BadCrc { stored, computed });
     }
     let flags = payload[44];
-    let op = match flags & !FLAG_XDR_APPLIED {
+    let op = match flags & !(FLAG_XDR_APPLIED | FLAG_COPY) {
         FLAG_WRITE => Op::Write,
         FLAG_DELETE => Op::Delete,
         FLAG_EXPIRE => Op::Expire,
@@ -192,6 +204,7 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<LoggedEntry, RecordError> {
             op,
             xdr_applied: flags & FLAG_XDR_APPLIED != 0,
             origin_site: payload[45],
+            copy: flags & FLAG_COPY != 0,
         },
     })
 }
@@ -230,6 +243,7 @@ pub(crate) mod tests {
             op: if i.is_multiple_of(5) { Op::Delete } else { Op::Write },
             xdr_applied: i.is_multiple_of(7),
             origin_site: (i % 4) as u8,
+            copy: i.is_multiple_of(3),
         }
     }
 
@@ -245,6 +259,7 @@ pub(crate) mod tests {
             op: Op::Write,
             xdr_applied: true,
             origin_site: 9,
+            copy: false,
         };
         let mut out = Vec::new();
         encode_record(Lsn(0x1122_3344_5566_7788), &entry, &mut out);

@@ -34,6 +34,7 @@ fn entry(id: u64) -> Entry {
         op: Op::Write,
         xdr_applied: false,
         origin_site: 1,
+        copy: false,
     }
 }
 

@@ -27,11 +27,20 @@ pub struct SiteMembership {
     pub down: BTreeSet<String>,
     /// Full copies that are not where placement puts them.
     pub holders: Holders,
+    /// The epoch at which each re-admitted node came back: a migration to it that started
+    /// before then filled a copy it has since lost.
+    #[serde(default)]
+    pub readmitted: BTreeMap<String, u64>,
 }
 
 impl Default for SiteMembership {
     fn default() -> Self {
-        Self { epoch: 1, down: BTreeSet::new(), holders: Holders::new() }
+        Self {
+            epoch: 1,
+            down: BTreeSet::new(),
+            holders: Holders::new(),
+            readmitted: BTreeMap::new(),
+        }
     }
 }
 
@@ -52,6 +61,10 @@ impl SiteMembership {
         if change.base_epoch != self.epoch {
             return false;
         }
+        let epoch = self.epoch + 1;
+        for back in self.down.difference(&change.down) {
+            self.readmitted.insert(back.clone(), epoch);
+        }
         self.down.clone_from(&change.down);
         for (namespace, partitions) in &change.holders {
             let held = self.holders.entry(namespace.clone()).or_default();
@@ -63,7 +76,7 @@ impl SiteMembership {
             }
         }
         self.holders.retain(|_, partitions| !partitions.is_empty());
-        self.epoch += 1;
+        self.epoch = epoch;
         true
     }
 }
@@ -87,8 +100,9 @@ pub enum Intent {
     Remove { node: String },
     /// Put a node that answers again back into placement.
     Readmit { node: String },
-    /// `node` now holds full copies of these partitions (a migration filled them).
-    Filled { node: String, namespace: String, partitions: Vec<u16> },
+    /// `node` now holds full copies of these partitions: migrations that started at epoch
+    /// `since` filled them (void if the node was re-admitted after `since`).
+    Filled { node: String, namespace: String, partitions: Vec<u16>, since: u64 },
 }
 
 impl std::fmt::Display for Intent {
@@ -96,7 +110,7 @@ impl std::fmt::Display for Intent {
         match self {
             Intent::Remove { node } => write!(f, "remove {node}"),
             Intent::Readmit { node } => write!(f, "readmit {node}"),
-            Intent::Filled { node, namespace, partitions } => {
+            Intent::Filled { node, namespace, partitions, .. } => {
                 write!(f, "{node} filled {} partitions of {namespace}", partitions.len())
             }
         }
@@ -135,6 +149,7 @@ mod tests {
         assert_eq!(site.pending_partitions(), 1);
         assert!(site.apply(&change(2, &[], 7, None)));
         assert!(site.is_live("b"));
+        assert_eq!(site.readmitted["b"], 3, "back at epoch 3");
         assert!(site.holders.is_empty(), "an emptied namespace is dropped");
         assert_eq!(site.epoch, 3);
     }

@@ -20,7 +20,7 @@ impl Planner for DownSet {
         match intent {
             Intent::Remove { node } => down.insert(node.clone()),
             Intent::Readmit { node } => down.remove(node),
-            Intent::Filled { node, namespace, partitions } => {
+            Intent::Filled { node, namespace, partitions, .. } => {
                 let filled = partitions.iter().map(|&p| (p, Some(vec![node.clone()])));
                 holders.insert(namespace.clone(), filled.collect());
                 true
@@ -148,7 +148,12 @@ async fn a_cut_node_loses_its_lease_before_its_removal_commits_and_returns_when_
     // Any member may propose; the leader plans and commits it.
     let follower =
         members.iter().find(|m| m.status().leader.as_deref() != Some(m.name())).expect("one");
-    let filled = Intent::Filled { node: "c".into(), namespace: "test".into(), partitions: vec![9] };
+    let filled = Intent::Filled {
+        node: "c".into(),
+        namespace: "test".into(),
+        partitions: vec![9],
+        since: 3,
+    };
     assert_eq!(follower.propose(filled).await, Ok(4));
     until("the filled partition everywhere", Duration::from_secs(5), || {
         members.iter().all(|m| committed(m).holders.get("test").is_some_and(|p| p.contains_key(&9)))

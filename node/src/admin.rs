@@ -58,6 +58,7 @@ pub async fn serve(
 
 async fn status(State(state): State<Arc<NodeState>>) -> Json<Value> {
     let stats = &state.stats;
+    let view = state.cluster();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let namespaces: Vec<Value> = state
         .store
@@ -67,15 +68,37 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<Value> {
             json!({
                 "name": ns,
                 "records": state.store.approximate_len(ns).unwrap_or(0),
-                "partitions_owned": state.cluster.owned_partitions(ns),
+                "partitions_owned": view.owned_partitions(ns),
+                "partitions_filling": view.filling_partitions(ns),
             })
         })
         .collect();
+    let membership = state.member_status().map(|member| {
+        json!({
+            "epoch": member.epoch,
+            "leader": member.leader,
+            "term": member.term,
+            "down": member.down,
+            "lease_ms": member.lease_ms,
+            "silent_ms": member.silent_ms,
+            "pending_partitions": view.membership().pending_partitions(),
+        })
+    });
     Json(json!({
-        "node": state.cluster.node().id.as_str(),
-        "site": state.cluster.site().name.as_str(),
+        "node": state.this_node().id.as_str(),
+        "site": state.site().name.as_str(),
         "topology_version": state.topology_version.load(Ordering::SeqCst),
         "write_fence": state.fence.current().to_string(),
+        "epoch": view.epoch(),
+        "membership": membership,
+        "migrations": {
+            "migrating": load(&state.migrations.migrating),
+            "partitions_sent": load(&state.migrations.partitions_sent),
+            "records_sent": load(&state.migrations.records_sent),
+            "bytes_sent": load(&state.migrations.bytes_sent),
+            "records_received": load(&state.migrations.records_received),
+            "records_dropped": load(&state.migrations.records_dropped),
+        },
         "namespaces": namespaces,
         "counters": {
             "reads": load(&stats.reads),
@@ -165,12 +188,12 @@ async fn verify_partitions(
     }
     let until_ms = query.until_ms.unwrap_or(u64::MAX);
     scan_answer(move || {
-        let owned =
-            (0..ferry_topology::placement::PARTITIONS).filter(|&p| state.cluster.is_master(&ns, p));
+        let owned = (0..ferry_topology::placement::PARTITIONS)
+            .filter(|&p| state.cluster().is_master(&ns, p));
         let partitions = owned
             .map(|p| crate::verify::summarize_partition(&state.store, &ns, p, until_ms))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(json!({ "node": state.cluster.node().id.as_str(), "partitions": partitions }))
+        Ok(json!({ "node": state.this_node().id.as_str(), "partitions": partitions }))
     })
     .await
 }
@@ -182,7 +205,7 @@ async fn verify_versions(
     if !state.store.has_namespace(&ns) {
         return unknown_namespace(&ns);
     }
-    if !state.cluster.is_master(&ns, partition) {
+    if !state.cluster().is_master(&ns, partition) {
         let message = format!("partition {partition} of '{ns}' is not mastered here");
         return error_response(StatusCode::NOT_FOUND, message);
     }

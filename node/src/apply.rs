@@ -31,8 +31,12 @@ pub enum ApplyError {
     UnknownNamespace(String),
     #[error("this site refuses XDR writes (write-fence = xdr-writes)")]
     Fenced,
+    #[error("this node is cut off from its site's majority (no write lease)")]
+    NoLease,
     #[error("digest log: {0}")]
     Log(#[from] ferry_digestlog::AppendError),
+    #[error(transparent)]
+    Replication(#[from] crate::replica::ReplicationError),
     #[error(transparent)]
     Storage(#[from] crate::storage::StoreError),
 }
@@ -52,12 +56,16 @@ impl NodeState {
         if self.fence.refuses_xdr() {
             return Err(ApplyError::Fenced);
         }
+        if !self.write_lease().await {
+            return Err(ApplyError::NoLease);
+        }
         // A poisoned store acknowledges nothing: refuse before storing or logging anything.
         self.store.writable()?;
         let mut counts = ApplyCounts::default();
         // Whether a version counted stale may not be durable yet: it equals the stored one,
         // which a concurrent apply or write may have stored and not yet committed.
         let mut redelivered = false;
+        let mut stored = Vec::new();
         for shipped in records {
             let record = to_record(shipped);
             if let Err(limit) = check_limits(&record, max_record_size) {
@@ -81,7 +89,13 @@ impl NodeState {
             match resolve(policy, local_version.as_ref(), &incoming) {
                 Resolution::Stale => {
                     counts.lost_conflict += 1;
-                    redelivered |= local_stamp == Some(shipped.stamp);
+                    if local_stamp == Some(shipped.stamp) {
+                        // A redelivery: its first apply may have failed to reach the copies.
+                        redelivered = true;
+                        if let Some(local) = local.clone() {
+                            stored.push((shipped.digest, local));
+                        }
+                    }
                     // A redelivery of the version already here is not a conflict.
                     if let Some(local) = local_stamp.filter(|local| *local != shipped.stamp) {
                         self.xdr.record_conflict(Conflict {
@@ -99,6 +113,7 @@ impl NodeState {
                         record.logged_lsn = self.log_change(namespace, &shipped.digest, &record)?;
                     }
                     self.store.put(namespace, &shipped.digest, &record)?;
+                    stored.push((shipped.digest, record));
                     counts.applied += 1;
                 }
             }
@@ -106,6 +121,10 @@ impl NodeState {
         // A redelivered version is acknowledged only once it is durable here too.
         if counts.applied > 0 || redelivered {
             self.store.commit(namespace).await?;
+        }
+        // Acknowledged to the sender only once every copy holds what won (or was redelivered).
+        for (digest, record) in &stored {
+            self.replicate(namespace, digest, record).await?;
         }
         Ok(counts)
     }

@@ -42,7 +42,7 @@ pub fn answer(state: &NodeState, names: &[&str]) -> Vec<u8> {
 }
 
 fn value(state: &NodeState, name: &str) -> String {
-    let cluster = &state.cluster;
+    let cluster = state.cluster();
     match name {
         "node" => cluster.node().id.to_string(),
         "build" | "version" => BUILD.to_owned(),
@@ -82,7 +82,7 @@ fn parameterized(state: &NodeState, name: &str) -> String {
             config.replication_factor,
             config.conflict_resolution_policy,
             config.default_ttl,
-            state.cluster.owned_partitions(ns),
+            state.cluster().owned_partitions(ns),
         );
     }
     if let Some(ns) = name.strip_prefix("verify-digest:namespace=") {

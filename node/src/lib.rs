@@ -7,7 +7,11 @@
 //! - [`proto`]: the wire protocol as pure encoding and decoding.
 //! - [`command`]: what each client command means and does.
 //! - [`fence`]: the site's write fences on this node, changed live.
-//! - [`cluster`]: the node's view of its site (ownership, `replicas`, peers).
+//! - [`cluster`]: the node's view of its site at a membership epoch (copies, masters,
+//!   `replicas`, peers).
+//! - [`membership`]: the node's seat in its site's membership group (openraft).
+//! - [`fabric`]: requests between the site's nodes; [`replica`]: copies of every change;
+//!   [`migrate`]: partitions pushed to the nodes being filled.
 //! - [`info`]: answers to info commands.
 //! - [`reclaim`]: background removal of expired records and old tombstones.
 //! - [`node`] and [`server`]: the node's state and its network shell.
@@ -22,15 +26,19 @@ pub mod admin;
 pub mod apply;
 pub mod cluster;
 pub mod command;
+pub mod fabric;
 pub mod fence;
 pub mod index;
 pub mod info;
 mod journal_sync;
+pub mod membership;
 pub mod metrics;
+pub mod migrate;
 pub mod node;
 pub mod proto;
 pub mod reclaim;
 pub mod record;
+pub mod replica;
 pub mod server;
 mod start;
 pub mod storage;

@@ -73,8 +73,8 @@ const FERRY_XDR_GAUGES: &[&str] = &["parked", "log_time_left"];
 
 /// The node's statistics in Prometheus text format 0.0.4.
 pub fn render(state: &NodeState) -> String {
-    let site = state.cluster.site().name.to_string();
-    let service = state.cluster.node().client.to_string();
+    let site = state.site().name.to_string();
+    let service = state.this_node().client.to_string();
     let mut out = Exposition { text: String::new(), common: vec![site, service] };
 
     let registry = &state.xdr;
@@ -151,6 +151,50 @@ pub fn render(state: &NodeState) -> String {
     ] {
         out.help(name, "counter", "Requests this node served.");
         out.sample(name, &[], counter.load(Ordering::Relaxed) as f64);
+    }
+    let view = state.cluster();
+    out.help("ferry_membership_epoch", "gauge", "The site's committed membership epoch here.");
+    out.sample("ferry_membership_epoch", &[], view.epoch() as f64);
+    if let Some(member) = state.member_status() {
+        out.help("ferry_membership_down_nodes", "gauge", "Site nodes out of placement.");
+        out.sample("ferry_membership_down_nodes", &[], member.down.len() as f64);
+        out.help(
+            "ferry_membership_lease_seconds",
+            "gauge",
+            "How long this node may still ack writes.",
+        );
+        out.sample("ferry_membership_lease_seconds", &[], member.lease_ms as f64 / 1000.0);
+    }
+    let migrations = &state.migrations;
+    out.help("ferry_migrate_partitions_active", "gauge", "Partitions this node is pushing now.");
+    out.sample(
+        "ferry_migrate_partitions_active",
+        &[],
+        migrations.migrating.load(Ordering::Relaxed) as f64,
+    );
+    for (name, counter) in [
+        ("ferry_migrate_partitions_sent", &migrations.partitions_sent),
+        ("ferry_migrate_records_sent", &migrations.records_sent),
+        ("ferry_migrate_bytes_sent", &migrations.bytes_sent),
+        ("ferry_migrate_records_received", &migrations.records_received),
+        ("ferry_migrate_records_dropped", &migrations.records_dropped),
+    ] {
+        out.help(name, "counter", "Partition migrations since the node started.");
+        out.sample(name, &[], counter.load(Ordering::Relaxed) as f64);
+    }
+    for (name, help) in [
+        ("ferry_partitions_owned", "Partitions this node masters."),
+        ("ferry_partitions_filling", "Partitions whose placed copies are still being filled."),
+    ] {
+        out.help(name, "gauge", help);
+        for ns in state.store.namespace_names() {
+            let value = if name.ends_with("owned") {
+                view.owned_partitions(&ns)
+            } else {
+                view.filling_partitions(&ns)
+            };
+            out.sample(name, &[("ns", &ns)], value as f64);
+        }
     }
     out.help("ferry_storage_bytes", "gauge", "Bytes the node's storage uses on disk.");
     out.sample("ferry_storage_bytes", &[], state.store.disk_space() as f64);

@@ -10,15 +10,13 @@ use std::time::Duration;
 
 use ferry_topology::Topology;
 use ferry_topology::model::Namespace;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use ferry_digestlog::{AppendError, CommitPolicy, DigestLog, Entry, OpenError};
 use ferry_topology::model::CommitMode;
 use ferry_topology::placement::partition_of;
 
 use crate::cluster::{ClusterError, ClusterView};
-use crate::proto::{FrameError, ProtoHeader};
+pub use crate::fabric::ForwardError;
 use crate::record::Record;
 use crate::storage::Digest;
 use crate::storage::{Store, StoreError};
@@ -42,10 +40,16 @@ pub struct NodeConfig {
     pub certs: PathBuf,
     /// Addresses to dial instead of destination nodes' own XDR addresses (WAN relays).
     pub xdr_routes: crate::xdr::XdrRoutes,
+    /// Addresses to dial instead of this site's other nodes' own fabric addresses (a relay or
+    /// proxy between them), by node id.
+    pub fabric_routes: std::collections::BTreeMap<String, SocketAddr>,
     /// Follow the topology service at this URL: DR link changes apply without a restart.
     pub topology_service: Option<String>,
     /// Time between passes that remove expired records and old tombstones (`nsup-period`).
     pub nsup_period: Duration,
+    /// Heartbeats between the site's nodes (sites of three nodes or more): interval and the
+    /// missed intervals that make a node failed.
+    pub heartbeat: ferry_membership::Heartbeat,
 }
 
 impl NodeConfig {
@@ -62,8 +66,10 @@ impl NodeConfig {
             digest_log: true,
             digest_log_cap: None,
             xdr_routes: crate::xdr::XdrRoutes::new(),
+            fabric_routes: std::collections::BTreeMap::new(),
             topology_service: None,
             nsup_period: Duration::from_secs(30),
+            heartbeat: ferry_membership::Heartbeat::default(),
         }
     }
 }
@@ -104,7 +110,17 @@ impl Stats {
 /// Everything a request handler needs.
 #[derive(Debug)]
 pub struct NodeState {
-    pub cluster: ClusterView,
+    /// The site as this node sees it at the latest committed membership epoch.
+    cluster: std::sync::RwLock<Arc<ClusterView>>,
+    /// This node's seat in the site's membership group (sites of three nodes or more).
+    pub(crate) member: std::sync::OnceLock<crate::membership::SiteMember>,
+    site: ferry_topology::model::Site,
+    node: ferry_topology::model::Node,
+    /// The latest shipping watermarks each peer announced (for takeovers).
+    pub(crate) shipped: Mutex<std::collections::BTreeMap<String, crate::membership::Shipped>>,
+    /// What this node migrated.
+    pub migrations: crate::migrate::MigrationStats,
+    fabric_routes: std::collections::BTreeMap<String, SocketAddr>,
     /// The deployment's current topology (XDR plans its links from it; it follows the
     /// topology service when the node watches one).
     pub topology: ferry_topology::SharedTopology,
@@ -124,7 +140,7 @@ pub struct NodeState {
     /// taking a new version, so neither undoes the other.
     pub topology_edit: Mutex<()>,
     namespaces: HashMap<String, Namespace>,
-    fabric: Fabric,
+    fabric: crate::fabric::Fabric,
     log: Option<DigestLog>,
 }
 
@@ -133,13 +149,20 @@ impl NodeState {
     pub fn open(config: &NodeConfig) -> Result<Self, NodeError> {
         let cluster = ClusterView::new(&config.topology, &config.site, &config.node)?;
         let namespaces = cluster.site().namespaces.clone();
+        let (site, node) = (cluster.site().clone(), cluster.node().clone());
         let dir = config.data_dir.join("storage");
         let store = Store::open(&dir, &namespaces)
             .map_err(|source| NodeError::Storage { dir: dir.display().to_string(), source })?;
         let log = if config.digest_log { Some(open_log(config, &namespaces)?) } else { None };
         let fence = crate::fence::WriteGate::for_site(cluster.site());
         let state = Self {
-            cluster,
+            cluster: std::sync::RwLock::new(Arc::new(cluster)),
+            member: std::sync::OnceLock::new(),
+            site,
+            node,
+            shipped: Mutex::default(),
+            migrations: crate::migrate::MigrationStats::default(),
+            fabric_routes: config.fabric_routes.clone(),
             topology: ferry_topology::SharedTopology::new(Arc::new(config.topology.clone())),
             xdr: Arc::default(),
             store,
@@ -149,7 +172,7 @@ impl NodeState {
             links_changed: tokio::sync::Notify::new(),
             topology_edit: Mutex::new(()),
             namespaces: namespaces.into_iter().map(|ns| (ns.name.to_string(), ns)).collect(),
-            fabric: Fabric::default(),
+            fabric: crate::fabric::Fabric::default(),
             log,
         };
         let relogged = state.relog_lost_changes()?;
@@ -201,9 +224,18 @@ impl NodeState {
         digest: &Digest,
         record: &Record,
     ) -> Result<Option<u64>, AppendError> {
-        let op =
-            if record.tombstone { ferry_digestlog::Op::Delete } else { ferry_digestlog::Op::Write };
-        self.log_op(namespace, digest, record, op)
+        self.log_op(namespace, digest, record, change_op(record), false)
+    }
+
+    /// Logs a change stored as a copy of the partition master's write (see
+    /// [`crate::replica`]); returns its position like [`NodeState::log_change`].
+    pub fn log_copy(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        record: &Record,
+    ) -> Result<Option<u64>, AppendError> {
+        self.log_op(namespace, digest, record, change_op(record), true)
     }
 
     /// Logs the tombstone an expiration left (see [`NodeState::ships_expirations`]); returns
@@ -214,7 +246,7 @@ impl NodeState {
         digest: &Digest,
         tombstone: &Record,
     ) -> Result<Option<u64>, AppendError> {
-        self.log_op(namespace, digest, tombstone, ferry_digestlog::Op::Expire)
+        self.log_op(namespace, digest, tombstone, ferry_digestlog::Op::Expire, false)
     }
 
     /// Fails once the digest log is poisoned: a change stored since may have no entry until
@@ -232,6 +264,7 @@ impl NodeState {
         digest: &Digest,
         record: &Record,
         op: ferry_digestlog::Op,
+        copy: bool,
     ) -> Result<Option<u64>, AppendError> {
         let Some(log) = &self.log else { return Ok(None) };
         let entry = Entry {
@@ -243,6 +276,7 @@ impl NodeState {
             op,
             xdr_applied: record.origin_site != self.site_id(),
             origin_site: record.origin_site,
+            copy,
         };
         log.append_nowait(entry).map(|lsn| Some(lsn.0))
     }
@@ -251,15 +285,38 @@ impl NodeState {
     /// `forward = true` can ship them (any other link filters them by origin), so without one
     /// logging them would cost an fsync'd append per record for nothing.
     pub fn forwards_applied_versions(&self) -> bool {
-        let site = &self.cluster.site().name;
+        let site = &self.site().name;
         self.topology.get().links.iter().any(|link| link.from == *site && link.forward)
     }
 
     /// Whether expirations must ship: a link out of this site has `ship-nsup-deletes`. Then an
     /// expired record becomes a logged tombstone instead of vanishing.
     pub fn ships_expirations(&self) -> bool {
-        let site = &self.cluster.site().name;
+        let site = &self.site().name;
         self.topology.get().links.iter().any(|link| link.from == *site && link.ship_nsup_deletes)
+    }
+
+    /// The site as this node sees it now (a new view with each membership epoch).
+    pub fn cluster(&self) -> Arc<ClusterView> {
+        Arc::clone(&self.cluster.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Installs the view of a newer membership epoch (an older or equal one is ignored).
+    pub(crate) fn set_cluster(&self, view: ClusterView) {
+        let mut current = self.cluster.write().unwrap_or_else(PoisonError::into_inner);
+        if view.epoch() > current.epoch() {
+            *current = Arc::new(view);
+        }
+    }
+
+    /// This node's site, as the topology the node started with describes it.
+    pub fn site(&self) -> &ferry_topology::model::Site {
+        &self.site
+    }
+
+    /// This node, as the topology the node started with describes it.
+    pub fn this_node(&self) -> &ferry_topology::model::Node {
+        &self.node
     }
 
     /// The node's digest log, unless it runs without one.
@@ -274,14 +331,14 @@ impl NodeState {
 
     /// This site's id, stamped on client writes.
     pub fn site_id(&self) -> u8 {
-        self.cluster.site().src_id.get()
+        self.site().src_id.get()
     }
 
     /// Takes a new topology from the topology service: the site's role and write fence apply
     /// at once (XDR reconciles the links). Resolves once a client fence holds on every write
     /// in flight, so a drain that starts afterwards covers every write admitted before it.
     pub async fn apply_topology(&self, topology: Arc<Topology>) {
-        let site = self.cluster.site();
+        let site = self.site();
         let fence = topology.site(site.name.as_str()).map_or(site.fence(), |now| now.fence());
         {
             let _editing = self.topology_edit.lock().unwrap_or_else(PoisonError::into_inner);
@@ -300,17 +357,29 @@ impl NodeState {
     /// Sends a framed request to a peer's fabric address and returns its framed reply.
     pub async fn forward(&self, peer: SocketAddr, request: &[u8]) -> Result<Vec<u8>, ForwardError> {
         Stats::bump(&self.stats.forwarded);
-        self.fabric.exchange(peer, request).await
+        self.fabric.exchange(peer, request, FORWARD_TIMEOUT).await
+    }
+
+    /// The pooled connections to this site's other nodes.
+    pub fn fabric(&self) -> &crate::fabric::Fabric {
+        &self.fabric
+    }
+
+    /// Where to reach `node` of this site: its route when it has one, else its fabric address.
+    pub fn fabric_addr(&self, node: &ferry_topology::model::Node) -> SocketAddr {
+        self.fabric_routes.get(node.id.as_str()).copied().unwrap_or_else(|| node.fabric.addr())
     }
 
     /// Asks every other node of this site the info command `name` over the fabric; returns
     /// each node's id and its answer, or why it could not answer.
     pub async fn ask_peers(&self, name: &str) -> Vec<(String, Result<String, ForwardError>)> {
         let request = crate::proto::frame(crate::proto::TYPE_INFO, format!("{name}\n").as_bytes());
-        let me = &self.cluster.node().id;
+        let me = &self.this_node().id;
         let mut answers = Vec::new();
-        for node in self.cluster.site().nodes.iter().filter(|node| node.id != *me) {
-            let reply = self.fabric.exchange(node.fabric.addr(), &request).await.map(|reply| {
+        for node in self.site().nodes.iter().filter(|node| node.id != *me) {
+            let reply =
+                self.fabric.exchange(self.fabric_addr(node), &request, FORWARD_TIMEOUT).await;
+            let reply = reply.map(|reply| {
                 let body = reply.get(8..).unwrap_or_default();
                 let answers = crate::proto::info::parse_reply(body);
                 let answer = answers.into_iter().find(|(asked, _)| asked == name);
@@ -320,6 +389,11 @@ impl NodeState {
         }
         answers
     }
+}
+
+/// A stored version's log operation: tombstones are deletes.
+fn change_op(record: &Record) -> ferry_digestlog::Op {
+    if record.tombstone { ferry_digestlog::Op::Delete } else { ferry_digestlog::Op::Write }
 }
 
 fn open_log(config: &NodeConfig, namespaces: &[Namespace]) -> Result<DigestLog, NodeError> {
@@ -345,76 +419,11 @@ fn open_log(config: &NodeConfig, namespaces: &[Namespace]) -> Result<DigestLog, 
     Ok(log)
 }
 
-/// Failure to forward a request to its owner.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ForwardError {
-    #[error("forward to {peer}: {source}")]
-    Io { peer: SocketAddr, source: std::io::Error },
-    #[error("forward to {peer}: bad reply: {source}")]
-    Frame { peer: SocketAddr, source: FrameError },
-    #[error("forward to {peer}: no reply within {0:?}", FORWARD_TIMEOUT)]
-    Timeout { peer: SocketAddr },
-}
-
 /// How long a node waits for client writes in flight under a new fence before it says so in
 /// its log (it keeps waiting: the version counts as applied only once they are done).
 const FENCE_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a forwarded request may take at the partition's owner.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle connections kept per peer.
-const POOL_SIZE: usize = 16;
-
-/// Pooled connections to peers' fabric listeners.
-#[derive(Debug, Default)]
-struct Fabric {
-    pools: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
-}
-
-impl Fabric {
-    async fn exchange(&self, peer: SocketAddr, request: &[u8]) -> Result<Vec<u8>, ForwardError> {
-        let pooled = self.pools.lock().ok().and_then(|mut pools| pools.get_mut(&peer)?.pop());
-        // One deadline covers the connect too: a peer that is down but not refusing (a
-        // blackholed address) must not hold the request past it.
-        let exchange = async {
-            let mut stream = match pooled {
-                Some(stream) => stream,
-                None => TcpStream::connect(peer).await.map_err(RoundTripError::Io)?,
-            };
-            round_trip(&mut stream, request).await.map(|reply| (stream, reply))
-        };
-        let (stream, reply) = tokio::time::timeout(FORWARD_TIMEOUT, exchange)
-            .await
-            .map_err(|_| ForwardError::Timeout { peer })?
-            .map_err(|e| match e {
-                RoundTripError::Io(source) => ForwardError::Io { peer, source },
-                RoundTripError::Frame(source) => ForwardError::Frame { peer, source },
-            })?;
-        if let Ok(mut pools) = self.pools.lock() {
-            let pool = pools.entry(peer).or_default();
-            if pool.len() < POOL_SIZE {
-                pool.push(stream);
-            }
-        }
-        Ok(reply)
-    }
-}
-
-enum RoundTripError {
-    Io(std::io::Error),
-    Frame(FrameError),
-}
-
-async fn round_trip(stream: &mut TcpStream, request: &[u8]) -> Result<Vec<u8>, RoundTripError> {
-    stream.write_all(request).await.map_err(RoundTripError::Io)?;
-    let mut header = [0u8; 8];
-    stream.read_exact(&mut header).await.map_err(RoundTripError::Io)?;
-    let parsed = ProtoHeader::parse(header).map_err(RoundTripError::Frame)?;
-    let mut reply = Vec::with_capacity(8 + parsed.size as usize);
-    reply.extend_from_slice(&header);
-    reply.resize(8 + parsed.size as usize, 0);
-    stream.read_exact(&mut reply[8..]).await.map_err(RoundTripError::Io)?;
-    Ok(reply)
-}
 
 #[cfg(test)]
 mod tests {

@@ -46,11 +46,11 @@ pub struct Shipped {
 
 impl Shipped {
     /// What the links carrying `namespace` have shipped, from their cursors and parked lists.
-    fn of(state: &NodeState, namespace: &str) -> Result<Shipped, StoreError> {
+    pub(crate) fn of(state: &NodeState, namespace: &str) -> Result<Shipped, StoreError> {
         let Some(log) = state.digest_log() else { return Ok(Shipped::default()) };
         let committed: std::collections::HashMap<String, u64> =
             log.cursors().into_iter().map(|c| (c.name, c.committed.0)).collect();
-        let site = &state.cluster.site().name;
+        let site = &state.site().name;
         let topology = state.topology.get();
         let mut links = Vec::new();
         for link in &topology.links {
@@ -68,7 +68,7 @@ impl Shipped {
     }
 
     /// Whether every link shipped the change of `digest` logged at `lsn`.
-    fn everywhere(&self, digest: &Digest, lsn: u64) -> bool {
+    pub(crate) fn everywhere(&self, digest: &Digest, lsn: u64) -> bool {
         self.links.iter().all(|(through, parked)| *through >= lsn && !parked.contains(digest))
     }
 }
@@ -113,7 +113,7 @@ pub async fn pass(state: &NodeState) -> Result<usize, ReclaimError> {
         let tombstone_ttl = state.namespace(&ns).map_or(0, |n| n.tombstone_ttl);
         let shipped = Shipped::of(state, &ns)?;
         for partition in 0..PARTITIONS {
-            if !state.cluster.is_master(&ns, partition) {
+            if !state.cluster().is_master(&ns, partition) {
                 continue;
             }
             let mut after: Option<Digest> = None;

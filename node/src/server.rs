@@ -18,7 +18,9 @@ use tokio::task::JoinSet;
 use crate::command;
 use crate::node::NodeState;
 use crate::proto::msg::{Msg, info1};
-use crate::proto::{self, FrameError, ProtoHeader, TYPE_COMPRESSED, TYPE_INFO, TYPE_MSG};
+use crate::proto::{
+    self, FrameError, ProtoHeader, TYPE_COMPRESSED, TYPE_FABRIC, TYPE_INFO, TYPE_MSG,
+};
 
 /// Longest wait for the rest of a frame once its header arrived; a client that stalls mid-frame
 /// is disconnected instead of holding a task forever.
@@ -208,6 +210,10 @@ async fn serve(
                 let compress = msg.info1 & info1::COMPRESS_RESPONSE != 0;
                 let mut out = ReplySink { writer: &mut writer, compress };
                 command::execute(&state, msg, &body, origin, &mut out).await?;
+            }
+            // The site's own traffic: never from a client.
+            TYPE_FABRIC if origin == Origin::Fabric => {
+                writer.write_all(&crate::fabric::serve(&state, &body).await).await?;
             }
             _ => return Err(FrameError::Kind(header.kind).into()),
         }

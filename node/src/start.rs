@@ -56,6 +56,8 @@ pub enum StartError {
     Open(#[from] NodeError),
     #[error(transparent)]
     Xdr(#[from] XdrError),
+    #[error("join the site's membership group: {0}")]
+    Membership(#[from] ferry_membership::MembershipError),
     #[error("bind {what} address {addr} (in use?): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("bind XDR address {addr} (UDP): {source}")]
@@ -111,6 +113,7 @@ impl Node {
             .local_addr()
             .map_err(|source| StartError::Io { what: "XDR address", source })?;
         let state = Arc::new(NodeState::open(&config)?);
+        crate::membership::join(&state, &config).await?;
         let xdr_service = XdrService::start(state.clone(), &config, listeners.xdr).await?;
         tracing::info!(
             node = %config.node,

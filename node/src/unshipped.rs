@@ -86,7 +86,7 @@ pub async fn unshipped(
 fn collect(state: &NodeState, dc: &str, logged: Lsn) -> Result<UnshippedReport, UnshippedError> {
     let log = state.digest_log().ok_or(UnshippedError::NoLog)?;
     let topology = state.topology.get();
-    let site = &state.cluster.site().name;
+    let site = &state.site().name;
     let link = topology
         .links
         .iter()
@@ -150,7 +150,7 @@ fn collect(state: &NodeState, dc: &str, logged: Lsn) -> Result<UnshippedReport, 
         }
     }
     Ok(UnshippedReport {
-        node: state.cluster.node().id.to_string(),
+        node: state.this_node().id.to_string(),
         dc: dc.to_owned(),
         cursor: cursor.0,
         logged: logged.0,

@@ -98,12 +98,12 @@ impl XdrService {
         let (certs, routes) = (config.certs.as_path(), &config.xdr_routes);
         let topology_service = config.topology_service.as_deref();
         let topology = state.topology.get();
-        let site = state.cluster.site().name.clone();
+        let site = state.site().name.clone();
         let linked = topology.links.iter().any(|l| l.from == site || l.to == site);
         if !linked && topology_service.is_none() {
             return Ok(None);
         }
-        let node = state.cluster.node().clone();
+        let node = state.this_node().clone();
         let certs_error = |source| XdrError::Certs { dir: certs.display().to_string(), source };
         let identity = peer_identity(&site, &node.id)?;
         let creds =
@@ -165,7 +165,7 @@ async fn follow(url: String, state: Arc<NodeState>, links: Arc<tokio::sync::Mute
         let Some(version) = versions.borrow_and_update().clone() else { continue };
         let topology = Arc::new(version.topology.clone());
         if *topology != *state.topology.get() {
-            let site = state.cluster.site();
+            let site = state.site();
             let placed =
                 |s: &ferry_topology::model::Site| (s.src_id, s.nodes.clone(), s.namespaces.clone());
             if topology.site(site.name.as_str()).map(placed) != Some(placed(site)) {
@@ -207,7 +207,7 @@ impl Links {
     /// stops removed, disabled and changed ones, starts new ones. A disabled link keeps its
     /// cursor, so the log keeps its changes until it is enabled again (or overflows).
     async fn reconcile(&mut self, topology: &Topology) -> Result<(), XdrError> {
-        let site = self.state.cluster.site().name.clone();
+        let site = self.state.site().name.clone();
         let outgoing: BTreeMap<String, &Link> = topology
             .links
             .iter()
@@ -384,6 +384,10 @@ pub(crate) fn transport_settings() -> TransportSettings {
 impl LocalRecords for NodeRecords {
     type Error = StoreError;
 
+    fn masters(&self, namespace: &str, digest: &Digest) -> bool {
+        self.state.cluster().is_master(namespace, partition_of(&digest.0))
+    }
+
     async fn read(&self, namespace: &str, digest: &Digest) -> Result<LocalRecord, StoreError> {
         let _guard = self.state.store.lock(digest).await;
         match self.state.store.get(namespace, digest) {
@@ -442,7 +446,7 @@ impl NodeRecords {
         if let Some(client) = peers.get(node.id.as_str()) {
             return Ok(client.clone());
         }
-        let identity = peer_identity(&self.state.cluster.site().name, &node.id)?;
+        let identity = peer_identity(&self.state.site().name, &node.id)?;
         let client = self.endpoint.client(identity, node.xdr.addr());
         peers.insert(node.id.to_string(), client.clone());
         Ok(client)
@@ -460,9 +464,10 @@ impl NodeRecords {
         let mut outcome = ApplyOutcome::default();
         let mut by_owner: BTreeMap<String, (ferry_topology::model::Node, Vec<ShippedRecord>)> =
             BTreeMap::new();
+        let view = self.state.cluster();
         for record in records {
             let partition = partition_of(&record.digest);
-            let Some(owner) = self.state.cluster.master(namespace, partition) else {
+            let Some(owner) = view.master(namespace, partition) else {
                 return Err(ApplyRefusal {
                     retryable: true,
                     message: format!("no node of this site owns partition {partition}"),
@@ -507,11 +512,14 @@ impl Applier for NodeRecords {
         // (the sender's map of this site differs from ours); forwarded ones are applied here.
         let (owned, foreign): (Vec<ShippedRecord>, Vec<ShippedRecord>) = match delivery {
             Delivery::Forwarded => (batch.records.clone(), Vec::new()),
-            Delivery::Link => batch
-                .records
-                .iter()
-                .cloned()
-                .partition(|r| state.cluster.is_master(namespace, partition_of(&r.digest))),
+            Delivery::Link => {
+                let view = state.cluster();
+                batch
+                    .records
+                    .iter()
+                    .cloned()
+                    .partition(|r| view.is_master(namespace, partition_of(&r.digest)))
+            }
         };
         // Every failure is worth retrying: a namespace this node does not serve yet (it
         // restarts with a newer topology), a fence, a full disk. Records that break a limit
@@ -602,7 +610,7 @@ mod tests {
             };
             let state = Arc::new(NodeState::open(&config).expect("open node"));
             async move {
-                let node = state.cluster.node().clone();
+                let node = state.this_node().clone();
                 let socket = Endpoint::bind_socket(node.xdr.addr(), &transport_settings())
                     .expect("bind XDR");
                 let xdr = XdrService::start(state.clone(), &config, socket)
@@ -625,7 +633,7 @@ mod tests {
         let owned_by_b1: Vec<&ShippedRecord> = batch
             .records
             .iter()
-            .filter(|r| !b0.cluster.is_master("test", partition_of(&r.digest)))
+            .filter(|r| !b0.cluster().is_master("test", partition_of(&r.digest)))
             .collect();
         assert!(!owned_by_b1.is_empty() && owned_by_b1.len() < 64, "both nodes own some");
 

@@ -41,7 +41,7 @@ pub(crate) fn outgoing<'a>(
     dc: &str,
     namespace: Option<&str>,
 ) -> Result<&'a Link, String> {
-    let site = &state.cluster.site().name;
+    let site = &state.site().name;
     let link =
         topology.links.iter().find(|l| l.from == *site && l.to == *dc).ok_or_else(|| {
             error(NOT_FOUND, format!("no link to dc '{dc}' ships from this site"))
@@ -91,7 +91,7 @@ pub fn get_config(state: &NodeState, args: &str) -> String {
     let (dc, namespace) = (params.get("dc").copied(), params.get("namespace").copied());
     let topology = state.topology.get();
     let Some(dc) = dc else {
-        let site = &state.cluster.site().name;
+        let site = &state.site().name;
         let dcs: Vec<&str> =
             topology.links.iter().filter(|l| l.from == *site).map(|l| l.to.as_str()).collect();
         return format!("dcs={};src-id={};trace-sample=0", dcs.join(","), state.site_id());

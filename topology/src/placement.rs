@@ -69,6 +69,17 @@ impl PartitionMap {
         site: &str,
         namespace: &str,
     ) -> Result<Self, PlacementError> {
+        Self::for_live_nodes(topology, site, namespace, |_| true)
+    }
+
+    /// The map of `namespace` at `site` over the nodes `is_live` keeps (the site's committed
+    /// membership).
+    pub fn for_live_nodes(
+        topology: &Topology,
+        site: &str,
+        namespace: &str,
+        is_live: impl Fn(&str) -> bool,
+    ) -> Result<Self, PlacementError> {
         let site_def =
             topology.site(site).ok_or_else(|| PlacementError::UnknownSite(site.to_owned()))?;
         let ns = site_def.namespace(namespace).ok_or_else(|| PlacementError::UnknownNamespace {
@@ -78,6 +89,7 @@ impl PartitionMap {
         let members: Vec<Member> = site_def
             .nodes
             .iter()
+            .filter(|node| is_live(node.id.as_str()))
             .map(|node| Member {
                 id: node.id.clone(),
                 rack: node.rack_id,

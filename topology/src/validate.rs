@@ -84,8 +84,9 @@ fn check_sites(topology: &Topology, findings: &mut Findings) {
             findings.warning(
                 path.key("nodes"),
                 format!(
-                    "site '{}' has {} node(s): fewer than 3 means no automatic takeover when a \
-                     node fails",
+                    "site '{}' has {} node(s): fewer than 3 runs no membership group, so there \
+                     is no automatic takeover: a failed node's partitions (and those it copies) \
+                     take no writes until it returns",
                     site.name,
                     site.nodes.len()
                 ),

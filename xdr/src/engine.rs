@@ -62,6 +62,9 @@ pub struct Change {
     pub digest: Digest,
     /// LUT of the oldest change folded into this one (for lag).
     pub oldest_lut_ms: u64,
+    /// Every change folded into this one was stored here as a copy (or found by a store
+    /// scan): it ships from here only while this node masters the record's partition.
+    pub copy_only: bool,
 }
 
 /// What the destination made of one batch, plus what never left.
@@ -115,8 +118,20 @@ pub enum Event {
     Failed { id: u64, cause: Cause, jitter: f64 },
     /// The last [`Action::Heartbeat`] was answered (`alive`) or not.
     Heartbeat { alive: bool },
+    /// This node took over mastership of these partitions (namespace index, partition) from a
+    /// node whose shipping of this link was acknowledged through the given LUT: re-ship what
+    /// changed in them since (the copies' own log entries were left to the old master).
+    TakeOver(Vec<TakenOver>),
     /// The shipper is stopping.
     Shutdown,
+}
+
+/// A partition this node now masters, and the LUT its previous master shipped it through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakenOver {
+    pub ns: usize,
+    pub partition: u16,
+    pub since_lut_ms: u64,
 }
 
 /// What the shell must do, in order.
@@ -222,14 +237,15 @@ struct OpenBatch {
     by_namespace: BTreeMap<usize, (u64, u64)>,
 }
 
-/// A store scan re-shipping records changed since a LUT (overflow recovery or rewind).
+/// A store scan re-shipping records changed since a LUT (overflow recovery, rewind, or a
+/// takeover of partitions).
 #[derive(Debug)]
 struct Recovery {
-    min_lut_ms: u64,
-    /// The overflow to acknowledge once every record is re-shipped (`None`: a rewind).
+    /// The overflow to acknowledge once every record is re-shipped (`None`: a rewind or a
+    /// takeover).
     overflow: Option<Overflow>,
-    /// The next partition to scan as (namespace index, partition); `None` once all are.
-    next: Option<(usize, u16)>,
+    /// Partitions left to scan, each since its own LUT.
+    todo: VecDeque<TakenOver>,
     /// The namespace of the partition an [`Action::Scan`] is out for.
     scanning: Option<usize>,
     /// Batches scanned and not yet sent.
@@ -337,6 +353,7 @@ impl Engine {
             Event::Scanned(found) => self.on_scanned(found),
             Event::Acked { id, outcome } => self.on_acked(now_ms, id, outcome),
             Event::Failed { id, cause, jitter } => self.on_failed(now_ms, id, cause, jitter),
+            Event::TakeOver(taken) => self.on_taken_over(now_ms, taken),
             Event::Heartbeat { alive } => {
                 self.heartbeat_out = false;
                 if alive {
@@ -477,27 +494,58 @@ impl Engine {
     }
 
     fn start_recovery(&mut self, min_lut_ms: u64, overflow: Option<Overflow>) {
+        let everything = (0..self.plan.namespaces.len()).flat_map(|ns| {
+            (0..PARTITIONS).map(move |partition| TakenOver {
+                ns,
+                partition,
+                since_lut_ms: min_lut_ms,
+            })
+        });
+        if let Some(running) = &mut self.recovery {
+            // Lost more while scanning: scan everything again from the earlier watermark and
+            // acknowledge the newer overflow at the end. Batches already sent stay counted, so
+            // their acknowledgements still balance.
+            let earliest = running.todo.iter().map(|t| t.since_lut_ms).fold(min_lut_ms, u64::min);
+            running.todo = everything.map(|t| TakenOver { since_lut_ms: earliest, ..t }).collect();
+            running.overflow = overflow.or(running.overflow.take());
+            running.queued.clear();
+            self.counts.recoveries += 1;
+            return;
+        }
+        self.scan(everything.collect(), overflow);
+    }
+
+    /// Starts a recovery over `todo`, or adds `todo` to the one running.
+    fn scan(&mut self, todo: VecDeque<TakenOver>, overflow: Option<Overflow>) {
         self.counts.recoveries += 1;
         self.link.set_recovering(true);
         if let Some(running) = &mut self.recovery {
-            // Lost more while scanning: scan again from the first partition, from the earlier
-            // watermark, and acknowledge the newer overflow at the end. Batches already sent
-            // stay counted, so their acknowledgements still balance.
-            running.min_lut_ms = running.min_lut_ms.min(min_lut_ms);
-            running.overflow = overflow.or(running.overflow.take());
-            running.next = (!self.plan.namespaces.is_empty()).then_some((0, 0));
-            running.queued.clear();
+            running.todo.extend(todo);
             return;
         }
         self.recovery = Some(Recovery {
-            min_lut_ms,
             overflow,
-            next: (!self.plan.namespaces.is_empty()).then_some((0, 0)),
+            todo,
             scanning: None,
             queued: VecDeque::new(),
             in_flight: 0,
             scanned: 0,
         });
+    }
+
+    fn on_taken_over(&mut self, now_ms: u64, taken: Vec<TakenOver>) {
+        let taken: Vec<TakenOver> =
+            taken.into_iter().filter(|t| t.ns < self.plan.namespaces.len()).collect();
+        if taken.is_empty() {
+            return;
+        }
+        tracing::info!(
+            dc = self.plan.dc(),
+            partitions = taken.len(),
+            "re-shipping partitions taken over"
+        );
+        self.scan(taken.into(), None);
+        self.pump_recovery(now_ms);
     }
 
     fn on_scanned(&mut self, found: Scanned) {
@@ -508,7 +556,12 @@ impl Engine {
         for chunk in found.chunks(batch_records) {
             let changes = chunk
                 .iter()
-                .map(|&(digest, lut_ms)| Change { ns, digest, oldest_lut_ms: lut_ms })
+                .map(|&(digest, lut_ms)| Change {
+                    ns,
+                    digest,
+                    oldest_lut_ms: lut_ms,
+                    copy_only: true,
+                })
                 .collect();
             recovery.queued.push_back(changes);
         }
@@ -642,10 +695,16 @@ impl Engine {
                     self.counts.by_namespace.entry(ns).or_default().hot_keys += 1;
                     let folded = &mut changes[at];
                     folded.oldest_lut_ms = folded.oldest_lut_ms.min(entry.lut_ms);
+                    folded.copy_only &= entry.copy;
                 }
                 None => {
                     latest.insert((ns, entry.digest), changes.len());
-                    changes.push(Change { ns, digest: entry.digest, oldest_lut_ms: entry.lut_ms });
+                    changes.push(Change {
+                        ns,
+                        digest: entry.digest,
+                        oldest_lut_ms: entry.lut_ms,
+                        copy_only: entry.copy,
+                    });
                 }
             }
         }
@@ -686,16 +745,14 @@ impl Engine {
             self.recovery = Some(recovery);
             return;
         }
-        if let Some((ns, partition)) = recovery.next {
+        if !recovery.todo.is_empty() {
             // Like the log, the store is not read while paused; what was read still ships.
-            if self.link.may_ship() {
-                self.actions.push(Action::Scan { ns, partition, min_lut_ms: recovery.min_lut_ms });
+            if self.link.may_ship()
+                && let Some(next) = recovery.todo.pop_front()
+            {
+                let TakenOver { ns, partition, since_lut_ms } = next;
+                self.actions.push(Action::Scan { ns, partition, min_lut_ms: since_lut_ms });
                 recovery.scanning = Some(ns);
-                recovery.next = match partition + 1 {
-                    PARTITIONS if ns + 1 < self.plan.namespaces.len() => Some((ns + 1, 0)),
-                    PARTITIONS => None,
-                    next => Some((ns, next)),
-                };
             }
             self.recovery = Some(recovery);
             return;
@@ -823,6 +880,7 @@ mod tests {
                 op: Op::Write,
                 xdr_applied: false,
                 origin_site: 1,
+                copy: false,
             },
         }
     }
@@ -837,11 +895,16 @@ mod tests {
     }
 
     fn change(key: u8, oldest_lut_ms: u64) -> Change {
-        Change { ns: 0, digest: digest(key), oldest_lut_ms }
+        Change { ns: 0, digest: digest(key), oldest_lut_ms, copy_only: false }
     }
 
     fn changes(keys: std::ops::RangeInclusive<u8>) -> Vec<Change> {
         keys.map(|key| change(key, T0)).collect()
+    }
+
+    /// Changes a store scan found: they ship only from the partition's master.
+    fn scanned(keys: std::ops::RangeInclusive<u8>) -> Vec<Change> {
+        keys.map(|key| Change { copy_only: true, ..change(key, T0) }).collect()
     }
 
     fn acked(id: u64) -> Event {
@@ -955,6 +1018,35 @@ mod tests {
             engine.namespace_gauges(T0 + 150, 3, link, false)[&0],
             NamespaceGauges::default()
         );
+    }
+
+    #[test]
+    fn a_takeover_re_ships_only_the_partitions_taken_over_each_since_its_own_lut() {
+        let mut engine = started(|link| link);
+        let taken = |partition, since_lut_ms| TakenOver { ns: 0, partition, since_lut_ms };
+        let actions = engine.handle(T0, Event::TakeOver(vec![taken(5, T0 - 900), taken(9, 0)]));
+        assert!(actions.contains(&Action::SetState(LinkState::Recovering)), "{actions:?}");
+        assert!(actions.contains(&Action::Scan { ns: 0, partition: 5, min_lut_ms: T0 - 900 }));
+        let actions = engine.handle(T0, Event::Scanned(vec![(digest(7), T0 - 10)]));
+        let found = [Change { copy_only: true, ..change(7, T0 - 10) }];
+        assert!(
+            matches!(&actions[0], Action::Send { changes, .. } if changes == &found),
+            "{actions:?}"
+        );
+        assert!(
+            actions.contains(&Action::Scan { ns: 0, partition: 9, min_lut_ms: 0 }),
+            "{actions:?}"
+        );
+        assert!(
+            !engine
+                .handle(T0, Event::Scanned(Vec::new()))
+                .iter()
+                .any(|a| matches!(a, Action::Scan { .. }))
+        );
+        let id = RECOVERY_ID_BASE;
+        let actions = engine.handle(T0 + 1, acked(id));
+        assert!(actions.contains(&Action::SetState(LinkState::Active)), "{actions:?}");
+        assert_eq!(engine.take_counts().recoveries, 1);
     }
 
     #[test]
@@ -1160,8 +1252,8 @@ mod tests {
         assert_eq!(
             engine.handle(T0, Event::Scanned(found)),
             [
-                Action::Send { id: RECOVERY_ID_BASE, changes: changes(1..=4) },
-                Action::Send { id: RECOVERY_ID_BASE + 1, changes: changes(5..=5) },
+                Action::Send { id: RECOVERY_ID_BASE, changes: scanned(1..=4) },
+                Action::Send { id: RECOVERY_ID_BASE + 1, changes: scanned(5..=5) },
                 Action::Scan { ns: 0, partition: 1, min_lut_ms: 5 },
             ],
             "batches of at most 4, two at a time"
@@ -1183,15 +1275,15 @@ mod tests {
         assert_eq!(
             engine.handle(T0, Event::Scanned(found)),
             [
-                Action::Send { id: RECOVERY_ID_BASE, changes: changes(1..=4) },
-                Action::Send { id: RECOVERY_ID_BASE + 1, changes: changes(5..=8) },
+                Action::Send { id: RECOVERY_ID_BASE, changes: scanned(1..=4) },
+                Action::Send { id: RECOVERY_ID_BASE + 1, changes: scanned(5..=8) },
             ],
             "the third batch waits for room; the next partition waits for it"
         );
         assert_eq!(
             engine.handle(T0, acked(RECOVERY_ID_BASE)),
             [
-                Action::Send { id: RECOVERY_ID_BASE + 2, changes: changes(9..=12) },
+                Action::Send { id: RECOVERY_ID_BASE + 2, changes: scanned(9..=12) },
                 Action::Scan { ns: 0, partition: 1, min_lut_ms: 0 },
             ]
         );
@@ -1233,7 +1325,7 @@ mod tests {
         assert_eq!(
             engine.handle(T0, Event::Scanned(found)),
             [
-                Action::Send { id: RECOVERY_ID_BASE, changes: changes(1..=1) },
+                Action::Send { id: RECOVERY_ID_BASE, changes: scanned(1..=1) },
                 Action::Scan { ns: 0, partition: 1, min_lut_ms: 7 },
             ]
         );

@@ -26,6 +26,8 @@ pub struct LinkControl {
     pub retry_parked_seq: u64,
     /// Bumped to drop the parked records.
     pub discard_parked_seq: u64,
+    /// Bumped when this node took over partitions (the link's stats hold which).
+    pub takeover_seq: u64,
 }
 
 /// An operator command to a running link.

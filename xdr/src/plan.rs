@@ -224,6 +224,7 @@ mod tests {
             op: Op::Write,
             xdr_applied: origin_site != 1,
             origin_site,
+            copy: false,
         }
     }
 

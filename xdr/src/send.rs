@@ -80,7 +80,13 @@ pub struct Shared<R> {
     parked: tokio::sync::Mutex<ParkedIndex>,
     /// What the gauges show of them.
     parked_summary: Mutex<ParkedSummary>,
+    /// Destination nodes that did not answer, and since when: their records go to another
+    /// node of the site, which hands them to whoever owns them there now.
+    unreachable: Mutex<BTreeMap<NodeId, std::time::Instant>>,
 }
+
+/// How long a destination node that did not answer is passed over before it is tried again.
+const UNREACHABLE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl<R> std::fmt::Debug for Shared<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,6 +131,7 @@ impl<R: LocalRecords> Shared<R> {
             compression,
             parked: tokio::sync::Mutex::new(ParkedIndex::default()),
             parked_summary: Mutex::new(ParkedSummary::default()),
+            unreachable: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -205,7 +212,9 @@ impl<R: LocalRecords> Shared<R> {
             .iter()
             .filter_map(|record| {
                 let ns = self.plan.namespaces.iter().position(|n| n.name == *record.namespace)?;
-                Some(Change { ns, digest: record.digest, oldest_lut_ms: record.lut_ms })
+                // Parked here, so this node shipped it: it is this node's to ship again.
+                let copy_only = false;
+                Some(Change { ns, digest: record.digest, oldest_lut_ms: record.lut_ms, copy_only })
             })
             .collect();
         let mut unparked = 0;
@@ -274,7 +283,8 @@ impl<R: LocalRecords> Shared<R> {
                 .map_err(|e| AttemptError::ReadRecord(Box::new(e)))?;
         }
         let mut sends = JoinSet::new();
-        for ((ns, node), records) in groups {
+        for ((ns, owner), records) in groups {
+            let node = self.reachable(&owner);
             let Some(client) = self.clients.get(&node).cloned() else {
                 return Err(AttemptError::NoDestination {
                     namespace: plan.namespaces[ns].name.to_string(),
@@ -295,10 +305,11 @@ impl<R: LocalRecords> Shared<R> {
                     records = batch.records.len(),
                     wire_bytes = tracing::field::Empty
                 );
+                let node = node.clone();
                 sends.spawn(
                     async move {
                         let (reply, size) = send(&client, &batch, compression).await;
-                        (ns, client, batch, reply, size)
+                        (ns, node, client, batch, reply, size)
                     }
                     .instrument(span),
                 );
@@ -306,10 +317,15 @@ impl<R: LocalRecords> Shared<R> {
         }
         let mut failure = None;
         while let Some(joined) = sends.join_next().await {
-            let Ok((ns, client, batch, reply, size)) = joined else {
+            let Ok((ns, node, client, batch, reply, size)) = joined else {
                 failure = Some(AttemptError::SendTask);
                 continue;
             };
+            if let Err(error) = &reply
+                && !matches!(error, TransportError::Remote { .. })
+            {
+                self.pass_over(&node);
+            }
             outcome.bytes_raw += size.0;
             outcome.bytes_wire += size.1;
             let settled = match reply {
@@ -329,6 +345,33 @@ impl<R: LocalRecords> Shared<R> {
         Ok(outcome)
     }
 
+    /// The node to send `owner`'s records to: `owner` unless it did not answer lately, then
+    /// the next destination node that did (any node of the site hands records to their
+    /// owner), or `owner` again when none did.
+    fn reachable(&self, owner: &NodeId) -> NodeId {
+        let Ok(mut unreachable) = self.unreachable.lock() else { return owner.clone() };
+        unreachable.retain(|_, since| since.elapsed() < UNREACHABLE_FOR);
+        if !unreachable.contains_key(owner) {
+            return owner.clone();
+        }
+        let after = self
+            .clients
+            .range::<NodeId, _>((std::ops::Bound::Excluded(owner), std::ops::Bound::Unbounded));
+        let wrapped = after.chain(self.clients.range::<NodeId, _>(..owner));
+        wrapped
+            .map(|(node, _)| node)
+            .find(|node| !unreachable.contains_key(*node))
+            .cloned()
+            .unwrap_or_else(|| owner.clone())
+    }
+
+    /// `node` did not answer: pass over it for a while.
+    fn pass_over(&self, node: &NodeId) {
+        if let Ok(mut unreachable) = self.unreachable.lock() {
+            unreachable.entry(node.clone()).or_insert_with(std::time::Instant::now);
+        }
+    }
+
     /// Reads the current version of every change and groups the records to ship by
     /// namespace and destination node.
     async fn read_changes(
@@ -341,6 +384,10 @@ impl<R: LocalRecords> Shared<R> {
         let mut groups: BTreeMap<(usize, NodeId), Vec<ShippedRecord>> = BTreeMap::new();
         for change in changes {
             let namespace = &plan.namespaces[change.ns].name;
+            if change.copy_only && !self.records.masters(namespace, &change.digest) {
+                // Another node of this site masters the partition and ships its changes.
+                continue;
+            }
             let found = self
                 .records
                 .read(namespace, &change.digest)

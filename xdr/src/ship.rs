@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::ack;
 use crate::batch::{Compression, ShippedRecord};
-use crate::engine::{Action, Engine, Event, NamespaceGauges, Outcome, Scanned};
+use crate::engine::{Action, Engine, Event, NamespaceGauges, Outcome, Scanned, TakenOver};
 use crate::link::{LinkState, LogRates, lag_with_parked, shown_state};
 use crate::parked::ParkedRecord;
 use crate::plan::LinkPlan;
@@ -55,6 +55,10 @@ pub trait LocalRecords: Send + Sync + 'static {
         namespace: &str,
         digest: &Digest,
     ) -> impl Future<Output = Result<LocalRecord, Self::Error>> + Send;
+
+    /// Whether this node masters the record's partition now. A change it stored only as a
+    /// copy (or found by a store scan) ships from the master alone.
+    fn masters(&self, namespace: &str, digest: &Digest) -> bool;
 
     /// Resolves once every version of `namespace` read so far is durable here: the shipper
     /// waits for it before sending, so a destination never holds a version that a power loss
@@ -216,9 +220,13 @@ impl<R: LocalRecords> Shipper<R> {
             let next = self.next(&shared, &mut cursor, &mut control, &mut shutdown, &mut io);
             actions = match next.await {
                 Ok(Some(Next::Event(event))) => {
+                    let mut taken_over = Vec::new();
                     match &event {
                         Event::Control { control, .. } => {
                             self.on_control(&shared, &last_control, control, &mut io);
+                            if control.takeover_seq != last_control.takeover_seq {
+                                taken_over = self.taken_over(&shared.plan);
+                            }
                             last_control = *control;
                         }
                         // The destination answers again: the last stop is behind us.
@@ -228,7 +236,11 @@ impl<R: LocalRecords> Shipper<R> {
                         }
                         _ => {}
                     }
-                    engine.handle(now_ms(), event)
+                    let mut actions = engine.handle(now_ms(), event);
+                    if !taken_over.is_empty() {
+                        actions.extend(engine.handle(now_ms(), Event::TakeOver(taken_over)));
+                    }
+                    actions
                 }
                 Ok(Some(Next::Failed { id, error })) => {
                     let (now, cause) = (now_ms(), error.cause());
@@ -255,6 +267,19 @@ impl<R: LocalRecords> Shipper<R> {
         }
         tracing::info!(dc, committed = %cursor.committed(), "link stopped");
         stopped
+    }
+
+    /// The partitions this node took over since last asked, by the link's namespace index
+    /// (a namespace the link does not ship is dropped).
+    fn taken_over(&self, plan: &LinkPlan) -> Vec<TakenOver> {
+        self.stats
+            .take_takeovers()
+            .into_iter()
+            .filter_map(|t| {
+                let ns = plan.namespaces.iter().position(|n| n.name.as_str() == t.namespace)?;
+                Some(TakenOver { ns, partition: t.partition, since_lut_ms: t.since_lut_ms })
+            })
+            .collect()
     }
 
     /// Starts the operator's commands on parked records that `control` asks for anew.

@@ -136,6 +136,8 @@ stats_family! {
         error: Mutex<Option<String>>,
         /// What belongs to each namespace of the link, by name.
         namespaces: Mutex<BTreeMap<String, NamespaceStats>>,
+        /// Partitions this node took over and the shipper has not been told of yet.
+        takeovers: Mutex<Vec<Takeover>>,
     } => /// [`LinkStats`] read at one instant.
     LinkCounters {
         /// Milliseconds: now − LUT of the oldest unacknowledged change (see [`crate::link`]).
@@ -291,7 +293,21 @@ impl ReceiverSnapshot {
     }
 }
 
+/// A partition this node now masters, and the LUT through which its previous master had
+/// shipped this link (0: unknown, ship all of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Takeover {
+    pub namespace: String,
+    pub partition: u16,
+    pub since_lut_ms: u64,
+}
+
 impl LinkStats {
+    /// The takeovers not yet handed to the shipper, oldest first.
+    pub fn take_takeovers(&self) -> Vec<Takeover> {
+        self.takeovers.lock().map(|mut queued| std::mem::take(&mut *queued)).unwrap_or_default()
+    }
+
     /// Publishes the link's state.
     pub fn set_state(&self, state: LinkState) {
         if let Ok(mut slot) = self.state.lock() {
@@ -482,6 +498,18 @@ impl Registry {
             }
             None => false,
         }
+    }
+
+    /// Has link `dc` re-ship `partitions` this node took over; false if no such link runs
+    /// here (nothing to re-ship: a link started later reads its whole log).
+    pub fn take_over(&self, dc: &str, partitions: Vec<Takeover>) -> bool {
+        let Ok(controls) = self.controls.lock() else { return false };
+        let Some(sender) = controls.get(dc) else { return false };
+        if let Ok(mut queued) = self.link(dc).takeovers.lock() {
+            queued.extend(partitions);
+        }
+        sender.send_modify(|control| control.takeover_seq += 1);
+        true
     }
 
     /// Records a lost conflict, dropping the oldest beyond [`CONFLICT_LOG_LEN`].

@@ -31,6 +31,18 @@ pub(crate) enum NodeCommand {
         /// of it: `NODE=ADDR` (repeatable). The peer's certificate must still name NODE.
         #[arg(long = "xdr-route", value_name = "NODE=ADDR", value_parser = parse_route)]
         xdr_routes: Vec<(String, std::net::SocketAddr)>,
+        /// Dial another node of this site at another address for the fabric (replication,
+        /// membership), e.g. a proxy in front of it: `NODE=ADDR` (repeatable).
+        #[arg(long = "fabric-route", value_name = "NODE=ADDR", value_parser = parse_route)]
+        fabric_routes: Vec<(String, std::net::SocketAddr)>,
+        /// Milliseconds between heartbeats to the site's other nodes (sites of three nodes or
+        /// more), as Aerospike's `heartbeat.interval`.
+        #[arg(long, default_value_t = 150, value_name = "MS")]
+        heartbeat_interval_ms: u64,
+        /// Missed heartbeat intervals that make a node failed, as Aerospike's
+        /// `heartbeat.timeout`. Nodes of one site should agree on both.
+        #[arg(long, default_value_t = 10, value_name = "INTERVALS")]
+        heartbeat_timeout: u32,
         /// Most bytes the digest log may use before links left behind overflow and recover
         /// from a store scan. Default: 4 GiB.
         #[arg(long, value_name = "BYTES")]
@@ -57,6 +69,9 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         dir,
         certs,
         xdr_routes,
+        fabric_routes,
+        heartbeat_interval_ms,
+        heartbeat_timeout,
         digest_log_cap,
         topology_service,
         nsup_period_secs,
@@ -76,6 +91,11 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         digest_log: !no_digest_log,
         digest_log_cap,
         xdr_routes: xdr_routes.into_iter().collect(),
+        fabric_routes: fabric_routes.into_iter().collect(),
+        heartbeat: ferry_node::membership::Heartbeat {
+            interval: Duration::from_millis(heartbeat_interval_ms.max(10)),
+            misses: heartbeat_timeout.max(3),
+        },
         topology_service,
         nsup_period: Duration::from_secs(nsup_period_secs.max(1)),
         ..NodeConfig::new(topology, &site, &node, data_dir)

@@ -281,6 +281,26 @@ pub mod raw {
             .await
             .expect("raw put")
     }
+
+    /// The length of blob bin `bin` of record `[digest; 20]` in namespace `test`, read from
+    /// the node at `addr` (`None` when the record is not found).
+    pub async fn blob_len(addr: SocketAddr, digest: u8, bin: &str) -> Option<usize> {
+        let msg = Msg {
+            info1: ferry_node::proto::msg::info1::READ | ferry_node::proto::msg::info1::GET_ALL,
+            fields: vec![
+                Field { kind: field::NAMESPACE, data: Bytes::from_static(b"test") },
+                Field { kind: field::DIGEST, data: Bytes::copy_from_slice(&[digest; 20]) },
+            ],
+            ..Msg::default()
+        };
+        let bin = bin.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let reply = request(&mut connect(addr), &msg);
+            reply.ops.iter().find(|op| op.name == bin).map(|op| op.value.len())
+        })
+        .await
+        .expect("raw get")
+    }
 }
 
 /// Load for the benchmarks: concurrent `aerospike` clients, and the CPU a process used.

@@ -25,6 +25,7 @@ fn entry(id: u64) -> Entry {
         op: if id.is_multiple_of(9) { Op::Delete } else { Op::Write },
         xdr_applied: false,
         origin_site: 1,
+        copy: false,
     }
 }
 

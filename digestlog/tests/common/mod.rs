@@ -19,6 +19,7 @@ pub fn entry(i: u64) -> Entry {
         op: if i.is_multiple_of(5) { Op::Delete } else { Op::Write },
         xdr_applied: i.is_multiple_of(7),
         origin_site: (i % 4) as u8,
+        copy: false,
     }
 }
 

@@ -100,13 +100,15 @@ fn route(state: &NodeState, msg: &Msg, origin: Origin) -> Route {
         return Route::Refuse(result::INVALID_NAMESPACE);
     }
     let partition = partition_of(&target.digest);
-    if origin == Origin::Client
-        && !state.cluster.is_master(&target.namespace, partition)
-        && let Some(owner) = state.cluster.master(&target.namespace, partition)
-    {
-        return Route::Forward(owner.fabric.addr());
+    let view = state.cluster();
+    if view.is_master(&target.namespace, partition) {
+        return Route::Local(target);
     }
-    Route::Local(target)
+    match (origin, view.master(&target.namespace, partition)) {
+        (Origin::Client, Some(owner)) => Route::Forward(state.fabric_addr(owner)),
+        // Forwarded by a peer whose map is not this node's: the client retries once maps agree.
+        _ => Route::Refuse(result::PARTITION_UNAVAILABLE),
+    }
 }
 
 /// The namespace, set, digest and key a request names.
@@ -190,6 +192,11 @@ async fn write(
     let ns = target.namespace.as_str();
     let store = &state.store;
     let storage_error = |error| storage_error(ns, error);
+    // A master cut off from its site's majority acknowledges nothing (its partitions are
+    // about to be taken over).
+    if !state.write_lease().await {
+        return Err(result::PARTITION_UNAVAILABLE);
+    }
     // In flight until durable: a node reports a new fence applied only once this is done.
     let Some(_admitted) = state.fence.admit_client() else {
         return Err(result::FORBIDDEN);
@@ -220,7 +227,16 @@ async fn write(
         store.put(ns, &target.digest, &outcome.0).map_err(storage_error)?;
         outcome
     };
-    store.commit(ns).await.map_err(storage_error)?;
+    let (committed, replicated) =
+        tokio::join!(store.commit(ns), state.replicate(ns, &target.digest, &outcome.0));
+    committed.map_err(storage_error)?;
+    replicated.map_err(|error| {
+        tracing::warn!(%error, "write not on every copy; not acknowledged");
+        match error {
+            crate::replica::ReplicationError::Unavailable { .. } => result::TIMEOUT,
+            _ => result::PARTITION_UNAVAILABLE,
+        }
+    })?;
     state.log_healthy().map_err(|error| {
         tracing::error!(%error, "digest log poisoned; a stored write is not acknowledged");
         result::SERVER_ERROR

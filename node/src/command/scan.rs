@@ -93,7 +93,7 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
     let mut sent = 0u64;
     let mut buffer = Vec::with_capacity(FRAME_TARGET);
     'partitions: for start in starts {
-        if !state.cluster.is_master(&namespace, start.partition) {
+        if !state.cluster().is_master(&namespace, start.partition) {
             let marker = Msg {
                 info3: info3::PARTITION_DONE,
                 result_code: result::PARTITION_UNAVAILABLE,

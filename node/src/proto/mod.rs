@@ -2,7 +2,8 @@
 //!
 //! Every message starts with an 8-byte proto header: version (2), type, and a 48-bit big-endian
 //! body size. Type 1 carries info commands (text), type 3 an AS_MSG (binary record operations),
-//! type 4 a zlib-compressed message. The byte layouts are in `docs/wire-protocol.md`.
+//! type 4 a zlib-compressed message; type 70 is Ferry's own site traffic (fabric listener only).
+//! The byte layouts are in `docs/wire-protocol.md`.
 
 pub mod info;
 pub mod msg;
@@ -17,6 +18,9 @@ pub const PROTO_VERSION: u8 = 2;
 pub const TYPE_INFO: u8 = 1;
 pub const TYPE_MSG: u8 = 3;
 pub const TYPE_COMPRESSED: u8 = 4;
+/// Ferry's own traffic between the nodes of a site (membership, replica writes); accepted on
+/// the fabric listener only. Outside Aerospike's range of types.
+pub const TYPE_FABRIC: u8 = 0x46;
 
 /// Largest body accepted from a client; a bigger declared size is refused before reading it.
 pub const MAX_BODY: u64 = 64 << 20;
@@ -35,7 +39,7 @@ pub struct ProtoHeader {
 pub enum FrameError {
     #[error("protocol version {0} is not 2")]
     Version(u8),
-    #[error("message type {0} is not info (1), AS_MSG (3) or compressed (4)")]
+    #[error("message type {0} is not info (1), AS_MSG (3), compressed (4) or fabric (70)")]
     Kind(u8),
     #[error("message of {0} bytes exceeds the {MAX_BODY}-byte limit")]
     TooLarge(u64),
@@ -52,7 +56,7 @@ impl ProtoHeader {
             return Err(FrameError::Version(bytes[0]));
         }
         let kind = bytes[1];
-        if !matches!(kind, TYPE_INFO | TYPE_MSG | TYPE_COMPRESSED) {
+        if !matches!(kind, TYPE_INFO | TYPE_MSG | TYPE_COMPRESSED | TYPE_FABRIC) {
             return Err(FrameError::Kind(kind));
         }
         let mut size_bytes = [0u8; 8];

@@ -1,0 +1,385 @@
+//! The node's seat in its site's membership group (sites of three nodes or more): the group's
+//! messages over the fabric, the planner that turns the leader's intents into changes from the
+//! topology's placement, and the follower that installs each committed epoch's view.
+//!
+//! Sites of one or two nodes run no group: a majority of two is both, so no node could take
+//! over for the other; their membership stays at epoch 1 and writes need no lease.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_membership::{Change, Intent, Member, MemberConfig, Planner, SiteMembership, Transport};
+use ferry_topology::Topology;
+use ferry_topology::placement::PARTITIONS;
+
+use crate::cluster::{ClusterView, PartitionCopies, placement};
+use crate::fabric::{self, Fabric, Kind};
+use crate::node::{NodeConfig, NodeState};
+
+pub use ferry_membership::Heartbeat;
+
+/// A member whose messages travel over the fabric.
+pub type SiteMember = Member<FabricTransport>;
+
+/// Nodes a site needs for automatic takeover: a majority must survive a loss.
+pub const MIN_NODES_FOR_TAKEOVER: usize = 3;
+
+/// How long a write waits for this node's lease before it is refused as unavailable (a node
+/// just started, or a blip): about one heartbeat timeout.
+const LEASE_PATIENCE: Duration = Duration::from_millis(1_500);
+
+/// Carries the group's messages to peers' fabric listeners on its own connections.
+#[derive(Debug)]
+pub struct FabricTransport {
+    fabric: Fabric,
+    peers: BTreeMap<String, SocketAddr>,
+}
+
+impl Transport for FabricTransport {
+    async fn call(
+        &self,
+        peer: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, std::io::Error> {
+        let addr = *self.peers.get(peer).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no node '{peer}'"))
+        })?;
+        let reply = self
+            .fabric
+            .exchange(addr, &fabric::frame(Kind::Membership, &request), timeout)
+            .await
+            .map_err(std::io::Error::other)?;
+        let payload = fabric::payload(&reply, Kind::Membership).map_err(std::io::Error::other)?;
+        Ok(payload.to_vec())
+    }
+}
+
+/// Plans membership changes from the topology's placement.
+#[derive(Debug)]
+pub struct SitePlanner {
+    topology: Arc<Topology>,
+    site: String,
+}
+
+impl Planner for SitePlanner {
+    fn plan(&self, current: &SiteMembership, intent: &Intent) -> Option<Change> {
+        let site = self.topology.site(&self.site)?;
+        let provisioned = |node: &str| site.nodes.iter().any(|n| n.id == *node);
+        let mut down = current.down.clone();
+        let (lost, filled) = match intent {
+            Intent::Remove { node } if provisioned(node) && down.insert(node.clone()) => {
+                (Some(node.as_str()), None)
+            }
+            Intent::Readmit { node } if down.remove(node) => (None, None),
+            Intent::Filled { node, namespace, partitions, since }
+                if current.is_live(node)
+                    && current.readmitted.get(node).is_none_or(|back| since >= back) =>
+            {
+                (None, Some((node, namespace, partitions)))
+            }
+            _ => return None,
+        };
+        let next = SiteMembership { down: down.clone(), ..current.clone() };
+        let mut holders = BTreeMap::new();
+        for ns in &site.namespaces {
+            let name = ns.name.as_str();
+            let before = placement(&self.topology, &self.site, name, current).ok()?;
+            let after = placement(&self.topology, &self.site, name, &next).ok()?;
+            let held_before = current.holders.get(name);
+            let mut changed = BTreeMap::new();
+            for p in 0..PARTITIONS {
+                let exception = held_before.and_then(|h| h.get(&p));
+                let copies = PartitionCopies::derive(&before, exception, p);
+                let mut full: BTreeSet<String> =
+                    copies.full.iter().map(ToString::to_string).collect();
+                if let Some(lost) = lost {
+                    full.remove(lost);
+                }
+                if let Some((node, _, partitions)) = filled.filter(|f| f.1 == name)
+                    && partitions.contains(&p)
+                {
+                    full.insert(node.clone());
+                }
+                let placed: BTreeSet<String> = after.replicas(p).map(ToString::to_string).collect();
+                // Back to the placement's list when every placed node holds a copy, or when no
+                // copy survived (nothing to wait for).
+                let next_exception = if full.is_superset(&placed) || full.is_empty() {
+                    if full.is_empty() {
+                        tracing::error!(namespace = name, partition = p, "every copy lost");
+                    }
+                    None
+                } else {
+                    Some(full.into_iter().collect::<Vec<_>>())
+                };
+                if next_exception.as_ref() != exception {
+                    changed.insert(p, next_exception);
+                }
+            }
+            if !changed.is_empty() {
+                holders.insert(name.to_owned(), changed);
+            }
+        }
+        if down == current.down && holders.is_empty() {
+            return None;
+        }
+        Some(Change { base_epoch: current.epoch, down, holders, reason: intent.clone() })
+    }
+}
+
+/// Joins the site's membership group when the site has three nodes or more, and installs the
+/// view of each committed epoch as it commits.
+pub async fn join(
+    state: &Arc<NodeState>,
+    config: &NodeConfig,
+) -> Result<(), ferry_membership::MembershipError> {
+    let site = state.site();
+    if site.nodes.len() < MIN_NODES_FOR_TAKEOVER {
+        return Ok(());
+    }
+    let voters = site.nodes.iter().map(|n| n.id.to_string()).collect();
+    let mut member_config = MemberConfig::new(
+        state.this_node().id.as_str(),
+        voters,
+        config.data_dir.join("membership"),
+    );
+    member_config.heartbeat = config.heartbeat;
+    member_config.lease = config.heartbeat.timeout() * 2 / 3;
+    let transport = FabricTransport {
+        fabric: Fabric::default(),
+        peers: site.nodes.iter().map(|n| (n.id.to_string(), state.fabric_addr(n))).collect(),
+    };
+    let planner =
+        SitePlanner { topology: Arc::new(config.topology.clone()), site: site.name.to_string() };
+    let member = Member::start(member_config, Arc::new(transport), Arc::new(planner)).await?;
+    let mut committed = member.membership();
+    if state.member.set(member).is_err() {
+        return Ok(());
+    }
+    tokio::spawn(announce_shipped(Arc::clone(state)));
+    tokio::spawn(crate::migrate::run(Arc::clone(state)));
+    let (topology, state) = (config.topology.clone(), Arc::clone(state));
+    tokio::spawn(async move {
+        loop {
+            let membership = committed.borrow_and_update().clone();
+            let (site, node) = (state.site().name.to_string(), state.this_node().id.to_string());
+            match ClusterView::at(&topology, &site, &node, &membership) {
+                Ok(view) => {
+                    tracing::info!(
+                        epoch = membership.epoch,
+                        down = ?membership.down,
+                        pending = membership.pending_partitions(),
+                        "partition map of a new epoch"
+                    );
+                    let before = state.cluster();
+                    let taken = takeovers(&state, &before, &view);
+                    state.set_cluster(view);
+                    // After the new view is in place: from now on the previous masters' copies
+                    // of these changes are this node's to ship.
+                    for (dc, partitions) in taken {
+                        let count = partitions.len();
+                        if state.xdr.take_over(&dc, partitions) {
+                            tracing::info!(dc, partitions = count, "took over shipping partitions");
+                        }
+                    }
+                }
+                Err(error) => tracing::error!(%error, "no partition map for the new epoch"),
+            }
+            if committed.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+impl NodeState {
+    /// Whether this node may acknowledge a write now: always in a site without a membership
+    /// group, else while its lease holds — waiting up to [`LEASE_PATIENCE`] for it.
+    pub async fn write_lease(&self) -> bool {
+        let Some(member) = self.member.get() else { return true };
+        let deadline = tokio::time::Instant::now() + LEASE_PATIENCE;
+        loop {
+            if member.lease_holds() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The membership group as this node sees it, if the site runs one.
+    pub fn member_status(&self) -> Option<ferry_membership::MemberStatus> {
+        self.member.get().map(Member::status)
+    }
+}
+
+/// How often a node tells its peers how far its links shipped.
+const SHIPPED_EVERY: Duration = Duration::from_millis(500);
+/// Taken off a previous master's watermark: node clocks may differ a little, and re-shipping
+/// a little more is harmless (apply is idempotent).
+const TAKEOVER_SLACK_MS: u64 = 2_000;
+
+/// How far one node's links shipped: every change with a LUT before the watermark is
+/// acknowledged at the destination (now − the link's lag, which counts unread changes too).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shipped {
+    pub from: String,
+    pub links: BTreeMap<String, u64>,
+}
+
+/// Every [`SHIPPED_EVERY`], tells each live peer how far this node's links shipped.
+async fn announce_shipped(state: Arc<NodeState>) {
+    let fabric = Fabric::default();
+    let mut ticks = tokio::time::interval(SHIPPED_EVERY);
+    loop {
+        ticks.tick().await;
+        let now = ferry_xdr::ship::now_ms();
+        let registry = &state.xdr;
+        let links = registry
+            .dcs()
+            .into_iter()
+            .filter_map(|dc| {
+                let snapshot = registry.get(&dc)?.snapshot();
+                snapshot.state?;
+                Some((dc, now.saturating_sub(snapshot.counters.lag)))
+            })
+            .collect();
+        let shipped = Shipped { from: state.this_node().id.to_string(), links };
+        let Ok(payload) = serde_json::to_vec(&shipped) else { continue };
+        let request = fabric::frame(Kind::Shipped, &payload);
+        for peer in state.cluster().live_peers() {
+            if let Err(error) =
+                fabric.exchange(state.fabric_addr(peer), &request, SHIPPED_EVERY).await
+            {
+                tracing::trace!(peer = %peer.id, %error, "shipping watermark not delivered");
+            }
+        }
+    }
+}
+
+/// The partitions this node masters in `after` and did not in `before`, per link out of this
+/// site: each to be re-shipped since its previous master's watermark for the link.
+fn takeovers(
+    state: &NodeState,
+    before: &ClusterView,
+    after: &ClusterView,
+) -> BTreeMap<String, Vec<ferry_xdr::stats::Takeover>> {
+    let me = &state.this_node().id;
+    let heard = state.shipped.lock().map(|heard| heard.clone()).unwrap_or_default();
+    let mut by_dc: BTreeMap<String, Vec<ferry_xdr::stats::Takeover>> = BTreeMap::new();
+    let dcs = state.xdr.dcs();
+    for ns in &state.site().namespaces {
+        let ns = ns.name.as_str();
+        for partition in 0..PARTITIONS {
+            let (Some(was), Some(now)) =
+                (before.copies(ns, partition), after.copies(ns, partition))
+            else {
+                continue;
+            };
+            if now.master() != me || was.master() == me {
+                continue;
+            }
+            let previous = heard.get(was.master().as_str());
+            for dc in &dcs {
+                let watermark = previous.and_then(|p| p.links.get(dc)).copied().unwrap_or(0);
+                by_dc.entry(dc.clone()).or_default().push(ferry_xdr::stats::Takeover {
+                    namespace: ns.to_owned(),
+                    partition,
+                    since_lut_ms: watermark.saturating_sub(TAKEOVER_SLACK_MS),
+                });
+            }
+        }
+    }
+    by_dc
+}
+
+impl NodeState {
+    /// A peer's shipping watermarks arrived.
+    pub(crate) fn heard_shipped(&self, payload: &[u8]) {
+        match serde_json::from_slice::<Shipped>(payload) {
+            Ok(shipped) => {
+                if let Ok(mut heard) = self.shipped.lock() {
+                    heard.insert(shipped.from.clone(), shipped);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "undecodable shipping watermark"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Arc<Topology> {
+        let parsed = ferry_topology::parse_topology(
+            "two-sites.toml",
+            include_str!("../../examples/two-sites.toml"),
+        );
+        Arc::new(parsed.expect("valid").topology)
+    }
+
+    fn view(topology: &Topology, node: &str, membership: &SiteMembership) -> ClusterView {
+        ClusterView::at(topology, "us-east", node, membership).expect("view")
+    }
+
+    /// Fills every partition being filled, as the masters' migrations would.
+    fn fill_all(planner: &SitePlanner, membership: &mut SiteMembership) {
+        let topology = &planner.topology;
+        let any = view(topology, "use-a", membership);
+        let mut by_node: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+        for p in 0..PARTITIONS {
+            for node in &any.copies("test", p).expect("copies").filling {
+                by_node.entry(node.to_string()).or_default().push(p);
+            }
+        }
+        for (node, partitions) in by_node {
+            let since = membership.epoch;
+            let intent = Intent::Filled { node, namespace: "test".into(), partitions, since };
+            let change = planner.plan(membership, &intent).expect("a change");
+            assert!(membership.apply(&change));
+        }
+    }
+
+    #[test]
+    fn a_loss_then_a_return_fill_every_placed_copy_and_end_balanced() {
+        let planner = SitePlanner { topology: example(), site: "us-east".into() };
+        let topology = Arc::clone(&planner.topology);
+        let mut membership = SiteMembership::default();
+        let initial = view(&topology, "use-c", &membership);
+        let c_copies = (0..PARTITIONS)
+            .filter(|&p| {
+                initial
+                    .copies("test", p)
+                    .expect("copies")
+                    .full
+                    .iter()
+                    .any(|n| n.as_str() == "use-c")
+            })
+            .count();
+
+        let remove = Intent::Remove { node: "use-c".into() };
+        let change = planner.plan(&membership, &remove).expect("a change");
+        assert!(membership.apply(&change));
+        let lost = view(&topology, "use-a", &membership);
+        assert_eq!(lost.filling_partitions("test"), c_copies, "every copy use-c held is refilled");
+        fill_all(&planner, &mut membership);
+        assert!(membership.holders.is_empty());
+
+        let readmit = Intent::Readmit { node: "use-c".into() };
+        let change = planner.plan(&membership, &readmit).expect("a change");
+        assert!(membership.apply(&change));
+        let back = view(&topology, "use-c", &membership);
+        assert_eq!(back.owned_partitions("test"), 0, "use-c holds nothing yet");
+        assert_eq!(back.filling_partitions("test"), c_copies, "use-c is filled wherever placed");
+        fill_all(&planner, &mut membership);
+        assert!(membership.holders.is_empty());
+        let settled = view(&topology, "use-c", &membership);
+        assert_eq!(settled.owned_partitions("test"), initial.owned_partitions("test"));
+    }
+}

@@ -1,0 +1,417 @@
+//! Migrations: when a partition's placed nodes do not all hold a full copy (a node returned or
+//! joined, or a loss moved copies), the partition's acting master pushes its records to each
+//! node being filled, in the background: a few partitions at a time, chunk by chunk, under a
+//! records-per-second budget. Writes keep flowing meanwhile (a node being filled takes every
+//! write as a copy; a migrated version never replaces a newer one). Once a node holds a
+//! partition durably, the master has the membership group record it as a holder, which may
+//! make it the partition's master; its shipping then takes over from the old master's
+//! watermark (see `membership`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ferry_membership::Intent;
+use ferry_topology::model::NodeId;
+use ferry_topology::placement::PARTITIONS;
+use tokio::task::JoinSet;
+
+use crate::fabric::{self, Kind};
+use crate::node::NodeState;
+use crate::record::{self, Record};
+use crate::replica::{Logging, ReplicaStatus};
+use crate::storage::Digest;
+
+/// Partitions a node pushes at once.
+const PARALLEL: usize = 4;
+/// Records per request.
+const CHUNK: usize = 256;
+/// Records a node sends per second, at most (all its pushes together).
+const RECORDS_PER_SEC: u64 = 50_000;
+/// How often a node refills its budget and proposes what it filled (it looks for more work
+/// each time a push ends, too).
+const ROUND: Duration = Duration::from_millis(200);
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a node drops the copies it no longer holds, and how many records at most each
+/// time.
+const DROP_EVERY: Duration = Duration::from_secs(2);
+const DROP_MAX: usize = 10_000;
+
+/// What this node migrated, for `/v1/status` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct MigrationStats {
+    /// Partitions being pushed from here now.
+    pub migrating: AtomicU64,
+    /// Partitions pushed from here since start.
+    pub partitions_sent: AtomicU64,
+    pub records_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Records other nodes pushed here.
+    pub records_received: AtomicU64,
+    /// Records of partitions this node no longer holds, dropped once their copies settled
+    /// elsewhere.
+    pub records_dropped: AtomicU64,
+}
+
+/// A chunk of one partition's records pushed to a node being filled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub epoch: u64,
+    pub namespace: String,
+    pub records: Vec<(Digest, Record)>,
+}
+
+impl Chunk {
+    /// Epoch, namespace (length-prefixed), record count, then each digest and its
+    /// length-prefixed storage encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.push(self.namespace.len() as u8);
+        out.extend_from_slice(self.namespace.as_bytes());
+        out.extend_from_slice(&(self.records.len() as u32).to_be_bytes());
+        for (digest, record) in &self.records {
+            let encoded = record::encode(record);
+            out.extend_from_slice(&digest.0);
+            out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+            out.extend_from_slice(&encoded);
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (epoch, rest) = bytes.split_first_chunk::<8>()?;
+        let (&ns_len, rest) = rest.split_first()?;
+        let (namespace, rest) = rest.split_at_checked(usize::from(ns_len))?;
+        let (count, mut rest) = rest.split_first_chunk::<4>()?;
+        let count = u32::from_be_bytes(*count) as usize;
+        // Each record takes at least 24 bytes: a lying count cannot reserve more than the body.
+        let mut records = Vec::with_capacity(count.min(rest.len() / 24));
+        for _ in 0..count {
+            let (digest, tail) = rest.split_first_chunk::<20>()?;
+            let (len, tail) = tail.split_first_chunk::<4>()?;
+            let (encoded, tail) = tail.split_at_checked(u32::from_be_bytes(*len) as usize)?;
+            records.push((Digest(*digest), record::decode(encoded).ok()?));
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(Self {
+            epoch: u64::from_be_bytes(*epoch),
+            namespace: std::str::from_utf8(namespace).ok()?.to_owned(),
+            records,
+        })
+    }
+}
+
+/// A partition pushed to a node, at the epoch the push started.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Pushed {
+    to: NodeId,
+    namespace: String,
+    partition: u16,
+    since: u64,
+}
+
+/// Pushes partitions to the nodes being filled for as long as the node runs.
+pub async fn run(state: Arc<NodeState>) {
+    let mut pushes: JoinSet<(Pushed, bool)> = JoinSet::new();
+    let mut in_flight: BTreeSet<(NodeId, String, u16)> = BTreeSet::new();
+    let mut filled: Vec<Pushed> = Vec::new();
+    let budget = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut ticks = tokio::time::interval(ROUND);
+    // The epoch that records the last proposed fills.
+    let mut recorded_at = 0;
+    let mut dropped_at = tokio::time::Instant::now();
+    loop {
+        if dropped_at.elapsed() >= DROP_EVERY {
+            dropped_at = tokio::time::Instant::now();
+            if let Err(error) = drop_unheld(&state).await {
+                tracing::warn!(%error, "could not drop copies this node no longer holds");
+            }
+        }
+        tokio::select! {
+            _ = ticks.tick() => {
+                // Refill the records-per-second budget (at most one second's worth banked).
+                let refill = (RECORDS_PER_SEC * ROUND.as_millis() as u64 / 1000) as usize;
+                let room = (RECORDS_PER_SEC as usize).saturating_sub(budget.available_permits());
+                budget.add_permits(refill.min(room));
+                if !filled.is_empty() {
+                    recorded_at = recorded_at.max(propose_filled(&state, &mut filled).await);
+                }
+            }
+            Some(done) = pushes.join_next(), if !pushes.is_empty() => {
+                // A push that failed or is no longer wanted is found again by a later round
+                // if the view still asks for it.
+                if let Ok((pushed, complete)) = done {
+                    in_flight.remove(&(pushed.to.clone(), pushed.namespace.clone(), pushed.partition));
+                    if complete {
+                        filled.push(pushed);
+                    }
+                }
+            }
+        }
+        let view = state.cluster();
+        if view.epoch() < recorded_at {
+            // What was just recorded is not in this node's view yet: it would push it again.
+            continue;
+        }
+        let me = &state.this_node().id;
+        'work: for ns in &state.site().namespaces {
+            let ns = ns.name.as_str();
+            for partition in 0..PARTITIONS {
+                if pushes.len() >= PARALLEL {
+                    break 'work;
+                }
+                let Some(copies) = view.copies(ns, partition) else { continue };
+                if copies.master() != me {
+                    continue;
+                }
+                for to in &copies.filling {
+                    let key = (to.clone(), ns.to_owned(), partition);
+                    let already = filled
+                        .iter()
+                        .any(|f| f.to == *to && f.namespace == ns && f.partition == partition);
+                    if already || !in_flight.insert(key) {
+                        continue;
+                    }
+                    let pushed = Pushed {
+                        to: to.clone(),
+                        namespace: ns.to_owned(),
+                        partition,
+                        since: view.epoch(),
+                    };
+                    pushes.spawn(push(Arc::clone(&state), pushed, Arc::clone(&budget)));
+                }
+            }
+        }
+        state.migrations.migrating.store(pushes.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Has the membership group record what was filled; keeps what it could not propose.
+/// Returns the epoch after the last change recorded (0 if none).
+async fn propose_filled(state: &NodeState, filled: &mut Vec<Pushed>) -> u64 {
+    let mut recorded_at = 0;
+    let Some(member) = state.member.get() else {
+        filled.clear();
+        return recorded_at;
+    };
+    let mut by_target: BTreeMap<(NodeId, String, u64), Vec<u16>> = BTreeMap::new();
+    for pushed in filled.drain(..) {
+        by_target
+            .entry((pushed.to, pushed.namespace, pushed.since))
+            .or_default()
+            .push(pushed.partition);
+    }
+    for ((to, namespace, since), partitions) in by_target {
+        let count = partitions.len();
+        let intent = Intent::Filled {
+            node: to.to_string(),
+            namespace: namespace.clone(),
+            partitions: partitions.clone(),
+            since,
+        };
+        match member.propose(intent).await {
+            Ok(epoch) => {
+                recorded_at = recorded_at.max(epoch);
+                tracing::info!(node = %to, namespace, partitions = count, epoch, "migrations recorded");
+            }
+            Err(error) => {
+                tracing::warn!(node = %to, %error, "could not record migrations; retrying");
+                filled.extend(partitions.into_iter().map(|partition| Pushed {
+                    to: to.clone(),
+                    namespace: namespace.clone(),
+                    partition,
+                    since,
+                }));
+            }
+        }
+    }
+    recorded_at
+}
+
+/// Pushes one partition to one node; true once every record is durable there and the view
+/// still asks for it.
+async fn push(
+    state: Arc<NodeState>,
+    pushed: Pushed,
+    budget: Arc<tokio::sync::Semaphore>,
+) -> (Pushed, bool) {
+    let complete = push_records(&state, &pushed, &budget).await.is_some();
+    (pushed, complete)
+}
+
+async fn push_records(
+    state: &NodeState,
+    pushed: &Pushed,
+    budget: &tokio::sync::Semaphore,
+) -> Option<()> {
+    let view = state.cluster();
+    let node = view.site_node(&pushed.to)?.clone();
+    let ns = pushed.namespace.as_str();
+    let mut after: Option<Digest> = None;
+    loop {
+        let records: Vec<(Digest, Record)> = {
+            let scan = state.store.scan_partition(ns, pushed.partition, after.as_ref()).ok()?;
+            scan.take(CHUNK).collect::<Result<_, _>>().ok()?
+        };
+        let last = records.len() < CHUNK;
+        if let Some((digest, _)) = records.last() {
+            after = Some(*digest);
+        }
+        if !records.is_empty() {
+            let count = records.len();
+            budget.acquire_many(count as u32).await.ok()?.forget();
+            let chunk = Chunk { epoch: pushed.since, namespace: pushed.namespace.clone(), records };
+            let request = fabric::frame(Kind::Migrate, &chunk.encode());
+            let reply =
+                state.fabric().exchange(state.fabric_addr(&node), &request, CHUNK_TIMEOUT).await;
+            let status = reply.ok().and_then(|reply| {
+                fabric::payload(&reply, Kind::Migrate).ok().and_then(ReplicaStatus::decode)
+            });
+            if status != Some(ReplicaStatus::Stored) {
+                tracing::debug!(to = %pushed.to, partition = pushed.partition, ?status, "migration chunk not stored");
+                return None;
+            }
+            state.migrations.records_sent.fetch_add(count as u64, Ordering::Relaxed);
+            state.migrations.bytes_sent.fetch_add(request.len() as u64, Ordering::Relaxed);
+        }
+        if last {
+            // Only if the view still asks for it: a newer epoch may have changed the plan.
+            let now = state.cluster();
+            let wanted = now.copies(ns, pushed.partition).is_some_and(|c| {
+                *c.master() == state.this_node().id && c.filling.contains(&pushed.to)
+            });
+            state.migrations.partitions_sent.fetch_add(1, Ordering::Relaxed);
+            return wanted.then_some(());
+        }
+    }
+}
+
+/// Removes the records of partitions this node neither holds nor is being filled for, once
+/// their copies are settled (every placed node full): after a migration moved them away. A
+/// record whose own change this node has not shipped yet stays until every link has (with a
+/// single copy lost and back, this node may be the only one that ever held it). At most
+/// [`DROP_MAX`] records per call.
+async fn drop_unheld(state: &NodeState) -> Result<(), crate::storage::StoreError> {
+    let view = state.cluster();
+    let me = &state.this_node().id;
+    let mut dropped = 0;
+    for ns in state.store.namespace_names() {
+        let shipped = crate::reclaim::Shipped::of(state, &ns)?;
+        for partition in 0..PARTITIONS {
+            let Some(copies) = view.copies(&ns, partition) else { continue };
+            if !copies.filling.is_empty() || copies.full.contains(me) {
+                continue;
+            }
+            let records: Vec<(Digest, Record)> = state
+                .store
+                .scan_partition(&ns, partition, None)?
+                .take(DROP_MAX - dropped)
+                .collect::<Result<_, _>>()?;
+            for (digest, record) in &records {
+                if !record.logged_lsn.is_none_or(|lsn| shipped.everywhere(digest, lsn)) {
+                    continue;
+                }
+                let _guard = state.store.lock(digest).await;
+                // The view may have changed meanwhile: only drop while it still says so.
+                if state.cluster().epoch() != view.epoch() {
+                    return Ok(());
+                }
+                state.store.remove(&ns, digest)?;
+                dropped += 1;
+            }
+            if dropped >= DROP_MAX {
+                break;
+            }
+        }
+        state.store.commit(&ns).await?;
+    }
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            epoch = view.epoch(),
+            "dropped copies of partitions held elsewhere"
+        );
+        state.migrations.records_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+impl NodeState {
+    /// Stores a chunk of a partition pushed here; returns the encoded status once durable.
+    pub(crate) async fn receive_migration(&self, request: &[u8]) -> Vec<u8> {
+        let Some(chunk) = Chunk::decode(request) else {
+            tracing::warn!("undecodable migration chunk");
+            return crate::replica::refused();
+        };
+        let epoch = self.cluster().epoch();
+        let ns = chunk.namespace.as_str();
+        let status = if chunk.epoch < epoch {
+            ReplicaStatus::StaleEpoch(epoch)
+        } else if self.namespace(ns).is_none() {
+            ReplicaStatus::Refused
+        } else {
+            let count = chunk.records.len() as u64;
+            let mut stored = Ok(());
+            for (digest, record) in chunk.records {
+                if record.last_update_ms < self.store.truncation_cutoff(ns, &record.set) {
+                    continue;
+                }
+                stored = self.store_copy(ns, &digest, record, Logging::Not).await;
+                if stored.is_err() {
+                    break;
+                }
+            }
+            match stored.and(self.store.commit(ns).await.map_err(|e| e.to_string())) {
+                Ok(()) => {
+                    self.migrations.records_received.fetch_add(count, Ordering::Relaxed);
+                    ReplicaStatus::Stored
+                }
+                Err(error) => {
+                    tracing::error!(%error, namespace = ns, "migration chunk not stored");
+                    ReplicaStatus::Failed
+                }
+            }
+        };
+        status.encode()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_round_trip_and_refuse_truncation_and_trailing_bytes() {
+        let record = Record {
+            generation: 2,
+            last_update_ms: 1_700_000_000_500,
+            created_ms: 1_700_000_000_000,
+            void_time: 0,
+            origin_site: 1,
+            tombstone: true,
+            set: "s".into(),
+            key: None,
+            bins: Vec::new(),
+            logged_lsn: None,
+        };
+        let chunk = Chunk {
+            epoch: 4,
+            namespace: "test".into(),
+            records: vec![(Digest([1; 20]), record.clone()), (Digest([2; 20]), record)],
+        };
+        let bytes = chunk.encode();
+        assert_eq!(Chunk::decode(&bytes), Some(chunk));
+        for cut in 0..bytes.len() {
+            assert_eq!(Chunk::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = bytes;
+        longer.push(0);
+        assert_eq!(Chunk::decode(&longer), None);
+    }
+}
