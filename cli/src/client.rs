@@ -83,6 +83,33 @@ pub async fn namespace_counts(addr: SocketAddr, ns: &str) -> Result<NamespaceCou
     .await
 }
 
+/// A node's place in its site's cluster, from its `statistics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterCounts {
+    /// The membership epoch (Aerospike's `cluster_key`).
+    pub epoch: u64,
+    /// Nodes in the membership.
+    pub size: u64,
+    /// Partitions this node masters and still fills other nodes with.
+    pub migrating_out: u64,
+    /// Partitions this node is being filled for.
+    pub migrating_in: u64,
+}
+
+/// A node's [`ClusterCounts`].
+pub async fn cluster_counts(addr: SocketAddr) -> Result<ClusterCounts, ClientError> {
+    ask_parsed(addr, "statistics", |text| {
+        let key = field(text, "cluster_key")?;
+        Ok(ClusterCounts {
+            epoch: u64::from_str_radix(key, 16).map_err(|_| bad("cluster_key", key))?,
+            size: number(text, "cluster_size")?,
+            migrating_out: number(text, "migrate_tx_partitions_remaining")?,
+            migrating_in: number(text, "migrate_rx_partitions_remaining")?,
+        })
+    })
+    .await
+}
+
 /// A node's `verify-digest` of a namespace: its versions hashed and XORed, so the digests of
 /// a site's nodes XOR into the site's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -195,6 +195,23 @@ impl ClusterView {
             .map_or(0, |n| n.partitions.iter().filter(|c| !c.filling.is_empty()).count())
     }
 
+    /// Partitions (over every namespace) this node masters and still has to fill others
+    /// with, and partitions it is itself being filled for: Aerospike's
+    /// `migrate_tx_partitions_remaining` and `migrate_rx_partitions_remaining`.
+    pub fn migrations_remaining(&self) -> (usize, usize) {
+        let me = &self.node.id;
+        let partitions = self.namespaces.values().flat_map(|n| &n.partitions);
+        partitions.fold((0, 0), |(tx, rx), c| {
+            let sends = c.master() == me && !c.filling.is_empty();
+            (tx + usize::from(sends), rx + usize::from(c.filling.contains(me)))
+        })
+    }
+
+    /// Nodes of the site in the committed membership (this one included).
+    pub fn cluster_size(&self) -> usize {
+        self.site.nodes.iter().filter(|n| self.membership.is_live(n.id.as_str())).count()
+    }
+
     /// Changes with every epoch, so clients refetch `replicas`.
     pub fn partition_generation(&self) -> u64 {
         self.membership.epoch

@@ -134,9 +134,13 @@ fn parameterized(state: &NodeState, name: &str) -> String {
 fn statistics(state: &NodeState) -> String {
     let stats = &state.stats;
     let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let view = state.cluster();
+    let (tx, rx) = view.migrations_remaining();
     format!(
         "client_reads={};client_writes={};client_deletes={};batch_requests={};scans={};\
-         forwarded={};client_errors={};storage_bytes={}",
+         forwarded={};client_errors={};storage_bytes={};cluster_size={};cluster_key={:X};\
+         cluster_integrity=true;migrate_tx_partitions_remaining={tx};\
+         migrate_rx_partitions_remaining={rx};migrate_partitions_active={}",
         load(&stats.reads),
         load(&stats.writes),
         load(&stats.deletes),
@@ -145,6 +149,9 @@ fn statistics(state: &NodeState) -> String {
         load(&stats.forwarded),
         load(&stats.errors),
         state.store.disk_space(),
+        view.cluster_size(),
+        view.epoch(),
+        load(&state.migrations.migrating),
     )
 }
 
@@ -176,13 +183,18 @@ fn xdr_stats(state: &NodeState, args: &str) -> String {
 }
 
 /// `verify-digest:namespace=NS`: what two sites compare to prove they converged. Each stored
-/// version (tombstones included) is hashed ([`crate::verify::version_hash`]) and the hashes
-/// XORed, so the digests of a site's nodes XOR into the site's, in any order.
+/// version (tombstones included) of the partitions this node masters is hashed
+/// ([`crate::verify::version_hash`]) and the hashes XORed, so the digests of a site's nodes
+/// XOR into the site's, in any order, each record counted once whatever its copies.
 fn verify_digest(state: &NodeState, ns: &str) -> String {
     let mut records = 0u64;
     let mut tombstones = 0u64;
     let mut xor = 0u64;
+    let view = state.cluster();
     for partition in 0..ferry_topology::placement::PARTITIONS {
+        if !view.is_master(ns, partition) {
+            continue;
+        }
         let scan = match state.store.scan_partition(ns, partition, None) {
             Ok(scan) => scan,
             Err(e) => return store_error(&e),

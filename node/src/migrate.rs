@@ -25,8 +25,9 @@ use crate::storage::Digest;
 
 /// Partitions a node pushes at once.
 const PARALLEL: usize = 4;
-/// Records per request.
-const CHUNK: usize = 256;
+/// Records per request, and bytes (of stored records) per request, at most.
+const CHUNK: usize = 1024;
+const CHUNK_BYTES: usize = 1 << 20;
 /// Records a node sends per second, at most (all its pushes together).
 const RECORDS_PER_SEC: u64 = 50_000;
 /// How often a node refills its budget and proposes what it filled (it looks for more work
@@ -255,11 +256,18 @@ async fn push_records(
     let ns = pushed.namespace.as_str();
     let mut after: Option<Digest> = None;
     loop {
-        let records: Vec<(Digest, Record)> = {
-            let scan = state.store.scan_partition(ns, pushed.partition, after.as_ref()).ok()?;
-            scan.take(CHUNK).collect::<Result<_, _>>().ok()?
-        };
-        let last = records.len() < CHUNK;
+        let mut records: Vec<(Digest, Record)> = Vec::new();
+        let mut bytes = 0;
+        let mut last = true;
+        for item in state.store.scan_partition(ns, pushed.partition, after.as_ref()).ok()? {
+            let (digest, record) = item.ok()?;
+            bytes += record::encoded_len(&record);
+            records.push((digest, record));
+            if records.len() >= CHUNK || bytes >= CHUNK_BYTES {
+                last = false;
+                break;
+            }
+        }
         if let Some((digest, _)) = records.last() {
             after = Some(*digest);
         }

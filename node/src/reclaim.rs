@@ -9,8 +9,9 @@
 //! the record is not parked there: `tombstone-ttl` is a floor, not a ceiling, so a paused or
 //! lagging link still ships every delete.
 //!
-//! Each pass walks the partitions this node masters, one bounded chunk at a time, so a pass
-//! never holds the store for long.
+//! Each pass walks the partitions this node holds, one bounded chunk at a time, so a pass
+//! never holds the store for long. A copy (not the partition's master) only removes its expired
+//! records: tombstones are the master's to reclaim or to ship.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -112,10 +113,23 @@ pub async fn pass(state: &NodeState) -> Result<usize, ReclaimError> {
     for ns in state.store.namespace_names() {
         let tombstone_ttl = state.namespace(&ns).map_or(0, |n| n.tombstone_ttl);
         let shipped = Shipped::of(state, &ns)?;
+        let view = state.cluster();
+        let me = &state.this_node().id;
         for partition in 0..PARTITIONS {
-            if !state.cluster().is_master(&ns, partition) {
+            let Some(copies) = view.copies(&ns, partition) else { continue };
+            let master = copies.master() == me;
+            if !master && !copies.write_replicas().any(|node| node == me) {
                 continue;
             }
+            // A copy removes its expired records; tombstones and expiration tombstones are
+            // the master's (it knows what its links shipped).
+            let reclaimable = |digest: &Digest, record: &Record, now: (u32, u64)| {
+                if master {
+                    reclaimable(digest, record, now, tombstone_ttl, &shipped)
+                } else {
+                    !record.tombstone && record.expired(now.0)
+                }
+            };
             let mut after: Option<Digest> = None;
             loop {
                 let now = (record::now_citrusleaf_secs(), record::now_ms());
@@ -127,18 +141,16 @@ pub async fn pass(state: &NodeState) -> Result<usize, ReclaimError> {
                 let exhausted = chunk.len() < CHUNK;
                 for (digest, candidate) in chunk {
                     after = Some(digest);
-                    if !reclaimable(&digest, &candidate, now, tombstone_ttl, &shipped) {
+                    if !reclaimable(&digest, &candidate, now) {
                         continue;
                     }
                     // Re-check under the record's lock: a client may have rewritten it.
                     let _guard = state.store.lock(&digest).await;
                     let current = state.store.get(&ns, &digest)?;
-                    let Some(current) =
-                        current.filter(|r| reclaimable(&digest, r, now, tombstone_ttl, &shipped))
-                    else {
+                    let Some(current) = current.filter(|r| reclaimable(&digest, r, now)) else {
                         continue;
                     };
-                    if ship_expirations && !current.tombstone {
+                    if master && ship_expirations && !current.tombstone {
                         let mut tombstone = current.expiration_tombstone(state.site_id());
                         tombstone.logged_lsn = state.log_expiration(&ns, &digest, &tombstone)?;
                         state.store.put(&ns, &digest, &tombstone)?;

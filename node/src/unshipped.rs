@@ -100,8 +100,9 @@ fn collect(state: &NodeState, dc: &str, logged: Lsn) -> Result<UnshippedReport, 
         .find(|c| c.name == cursor_name)
         .ok_or_else(|| UnshippedError::NoCursor(dc.to_owned()))?
         .committed;
-    // Newest change per record (the log is in order), as the shipper folds them.
-    let mut changed: BTreeMap<(usize, Digest), (u16, u64)> = BTreeMap::new();
+    // Newest change per record (the log is in order), as the shipper folds them, and whether
+    // every change of it was stored here as a copy (shipped only by the partition's master).
+    let mut changed: BTreeMap<(usize, Digest), (u16, u64, bool)> = BTreeMap::new();
     let mut after = cursor;
     while after < logged {
         let entries = log.read_flushed(after, READ_CHUNK)?;
@@ -109,14 +110,20 @@ fn collect(state: &NodeState, dc: &str, logged: Lsn) -> Result<UnshippedReport, 
         after = last.lsn;
         for change in entries.iter().filter(|e| e.lsn <= logged) {
             if let Ok(ns) = plan.admit_entry(&change.entry) {
-                let version = (change.entry.generation, change.entry.lut_ms);
-                changed.insert((ns, change.entry.digest), version);
+                let entry = &change.entry;
+                let copy_only = changed.get(&(ns, entry.digest)).is_none_or(|c| c.2) && entry.copy;
+                changed.insert((ns, entry.digest), (entry.generation, entry.lut_ms, copy_only));
             }
         }
     }
     let mut records = Vec::with_capacity(changed.len());
-    for ((ns, digest), (generation, lut_ms)) in changed {
+    let view = state.cluster();
+    for ((ns, digest), (generation, lut_ms, copy_only)) in changed {
         let namespace = &plan.namespaces[ns].name;
+        if copy_only && !view.is_master(namespace, ferry_topology::placement::partition_of(&digest))
+        {
+            continue;
+        }
         // What the shipper would read: a record gone without a tombstone, or replaced by a
         // version it would not ship, is not lost with this site.
         let Some(record) = state.store.get(namespace, &digest)? else { continue };

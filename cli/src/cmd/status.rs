@@ -48,6 +48,8 @@ struct NodeStatus {
     id: String,
     client: String,
     up: bool,
+    /// The node's view of its site: membership epoch, nodes in, partitions migrating.
+    cluster: client::ClusterCounts,
     namespaces: Vec<NamespaceStatus>,
 }
 
@@ -132,10 +134,12 @@ pub(crate) async fn collect(topology: &Topology, dir: &std::path::Path) -> Statu
                     partitions_owned: counts.partitions_owned,
                 });
             }
+            let cluster = client::cluster_counts(node.client.addr()).await.unwrap_or_default();
             nodes.push(NodeStatus {
                 id: node.id.to_string(),
                 client: node.client.to_string(),
                 up,
+                cluster,
                 namespaces,
             });
         }
@@ -212,7 +216,24 @@ fn print_table(status: &Status) {
                 })
                 .collect();
             let up = if node.up { "up" } else { "DOWN" };
-            println!("  {:<10} {:<4} {:<18} {}", node.id, up, node.client, namespaces.join("; "));
+            let cluster = &node.cluster;
+            let migrating = if !node.up {
+                String::new()
+            } else if cluster.migrating_out + cluster.migrating_in > 0 {
+                format!(
+                    "; epoch {}, {} nodes, migrating {} out / {} in",
+                    cluster.epoch, cluster.size, cluster.migrating_out, cluster.migrating_in
+                )
+            } else {
+                format!("; epoch {}, {} nodes", cluster.epoch, cluster.size)
+            };
+            println!(
+                "  {:<10} {:<4} {:<18} {}{migrating}",
+                node.id,
+                up,
+                node.client,
+                namespaces.join("; ")
+            );
         }
     }
     println!(

@@ -104,6 +104,14 @@ fn route(state: &NodeState, msg: &Msg, origin: Origin) -> Route {
     if view.is_master(&target.namespace, partition) {
         return Route::Local(target);
     }
+    // A read sent to a full copy (a client's replica policy: sequence, prefer-rack) is served
+    // there: every acknowledged write reached every full copy.
+    let me = &state.this_node().id;
+    if msg.info2 & info2::WRITE == 0
+        && view.copies(&target.namespace, partition).is_some_and(|c| c.full.contains(me))
+    {
+        return Route::Local(target);
+    }
     match (origin, view.master(&target.namespace, partition)) {
         (Origin::Client, Some(owner)) => Route::Forward(state.fabric_addr(owner)),
         // Forwarded by a peer whose map is not this node's: the client retries once maps agree.
