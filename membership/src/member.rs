@@ -167,10 +167,15 @@ impl<T: Transport> Member<T> {
         let inner = &self.inner;
         let reply = match serde_json::from_slice::<Request>(request) {
             Err(error) => Reply::Refused(format!("undecodable request: {error}")),
-            Ok(Request::Heartbeat { from }) => {
+            Ok(Request::Heartbeat { from, .. }) => {
                 if inner.config.voters.contains(&from) {
                     inner.detector().heard(&from, Instant::now());
-                    Reply::Heartbeat { from: inner.config.me.clone() }
+                    let membership = inner.membership.borrow();
+                    Reply::Heartbeat {
+                        from: inner.config.me.clone(),
+                        epoch: membership.epoch,
+                        sender_down: !membership.is_live(&from),
+                    }
                 } else {
                     Reply::Refused(format!("'{from}' is not a node of this site"))
                 }
@@ -295,6 +300,8 @@ impl<T> Inner<T> {
         tracing::info!(%intent, epoch = current.epoch, "proposing a membership change");
         let write = self.raft.client_write(change);
         match tokio::time::timeout(self.config.heartbeat.timeout(), write).await {
+            // The state machine answers 0 for a change planned on an epoch that had passed.
+            Ok(Ok(response)) if response.data == 0 => Err("planned on a stale epoch".to_owned()),
             Ok(Ok(response)) => Ok(response.data),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err("not committed in time".to_owned()),
@@ -316,12 +323,18 @@ async fn heartbeat_loop<T: Transport>(inner: Arc<Inner<T>>) {
             let peer = peer.clone();
             in_flight.spawn(async move {
                 let sent = Instant::now();
-                let request = Request::Heartbeat { from: inner.config.me.clone() };
+                let epoch = inner.membership.borrow().epoch;
+                let request = Request::Heartbeat { from: inner.config.me.clone(), epoch };
                 let reply = rpc::call(&*inner.transport, &peer, &request, inner.config.lease).await;
                 match reply {
-                    Ok(Reply::Heartbeat { from }) if from == peer => {
+                    Ok(Reply::Heartbeat { from, epoch: theirs, sender_down }) if from == peer => {
                         inner.detector().heard(&peer, Instant::now());
-                        inner.lease().answered(&peer, sent);
+                        // A peer that already committed a newer epoch, or has this node out,
+                        // vouches for nothing: this node's view may hand out partitions the
+                        // majority has moved.
+                        if theirs <= epoch && !sender_down {
+                            inner.lease().answered(&peer, sent);
+                        }
                     }
                     Ok(other) => tracing::debug!(%peer, ?other, "unexpected heartbeat answer"),
                     Err(error) => tracing::trace!(%peer, %error, "heartbeat unanswered"),

@@ -31,9 +31,11 @@ pub trait Transport: Send + Sync + 'static {
 /// A request between members.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
-    /// "I am alive", sent to every peer each heartbeat interval.
+    /// "I am alive", sent to every peer each heartbeat interval, with the sender's committed
+    /// epoch.
     Heartbeat {
         from: String,
+        epoch: u64,
     },
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
@@ -45,8 +47,12 @@ pub(crate) enum Request {
 /// The reply to a [`Request`] of the same kind.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
+    /// The answer, with the responder's committed epoch and whether it has the sender out:
+    /// an answer from a newer epoch, or one that has the sender out, renews no lease.
     Heartbeat {
         from: String,
+        epoch: u64,
+        sender_down: bool,
     },
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),

@@ -31,6 +31,10 @@ pub struct SiteMembership {
     /// before then filled a copy it has since lost.
     #[serde(default)]
     pub readmitted: BTreeMap<String, u64>,
+    /// The epoch at which `down` last changed, and with it the placement: a migration that
+    /// started before then may have filled a node that stopped taking the partition's writes.
+    #[serde(default)]
+    pub placed_at: u64,
 }
 
 impl Default for SiteMembership {
@@ -40,6 +44,7 @@ impl Default for SiteMembership {
             down: BTreeSet::new(),
             holders: Holders::new(),
             readmitted: BTreeMap::new(),
+            placed_at: 1,
         }
     }
 }
@@ -64,6 +69,9 @@ impl SiteMembership {
         let epoch = self.epoch + 1;
         for back in self.down.difference(&change.down) {
             self.readmitted.insert(back.clone(), epoch);
+        }
+        if self.down != change.down {
+            self.placed_at = epoch;
         }
         self.down.clone_from(&change.down);
         for (namespace, partitions) in &change.holders {
@@ -101,7 +109,8 @@ pub enum Intent {
     /// Put a node that answers again back into placement.
     Readmit { node: String },
     /// `node` now holds full copies of these partitions: migrations that started at epoch
-    /// `since` filled them (void if the node was re-admitted after `since`).
+    /// `since` filled them (void if the placement changed, or the node was re-admitted, after
+    /// `since`).
     Filled { node: String, namespace: String, partitions: Vec<u16>, since: u64 },
 }
 

@@ -319,6 +319,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         tracing::info!(%reason, epoch, "membership changed");
                     } else {
                         tracing::debug!(%reason, base = change.base_epoch, "stale change ignored");
+                        epochs.push(0);
+                        continue;
                     }
                 }
                 EntryPayload::Membership(membership) => {

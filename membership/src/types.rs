@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::state::Change;
 
 openraft::declare_raft_types!(
-    /// The membership group's types: planned changes in, the epoch after them out.
+    /// The membership group's types: planned changes in, the epoch after each out (0 for a
+    /// change planned on an epoch that had passed, which changes nothing).
     pub TypeConfig:
         D = Change,
         R = u64,

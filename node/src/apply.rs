@@ -126,6 +126,9 @@ impl NodeState {
         for (digest, record) in &stored {
             self.replicate(namespace, digest, record).await?;
         }
+        if !self.lease_holds() {
+            return Err(ApplyError::NoLease);
+        }
         Ok(counts)
     }
 }

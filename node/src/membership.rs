@@ -74,8 +74,12 @@ impl Planner for SitePlanner {
                 (Some(node.as_str()), None)
             }
             Intent::Readmit { node } if down.remove(node) => (None, None),
+            // Only if the node took every write of these partitions since the push began: it
+            // stayed in, was not re-admitted (it had lost its copies) and the placement, which
+            // decides whom writes reach, did not change.
             Intent::Filled { node, namespace, partitions, since }
                 if current.is_live(node)
+                    && *since >= current.placed_at
                     && current.readmitted.get(node).is_none_or(|back| since >= back) =>
             {
                 (None, Some((node, namespace, partitions)))
@@ -100,6 +104,7 @@ impl Planner for SitePlanner {
                 }
                 if let Some((node, _, partitions)) = filled.filter(|f| f.1 == name)
                     && partitions.contains(&p)
+                    && copies.filling.iter().any(|n| n.as_str() == node)
                 {
                     full.insert(node.clone());
                 }
@@ -212,6 +217,12 @@ impl NodeState {
         }
     }
 
+    /// Whether this node's lease still holds now (always in a site without a group): checked
+    /// again before a write is acknowledged, so a write that took longer than the lease is not.
+    pub fn lease_holds(&self) -> bool {
+        self.member.get().is_none_or(Member::lease_holds)
+    }
+
     /// The membership group as this node sees it, if the site runs one.
     pub fn member_status(&self) -> Option<ferry_membership::MemberStatus> {
         self.member.get().map(Member::status)
@@ -225,7 +236,8 @@ const SHIPPED_EVERY: Duration = Duration::from_millis(500);
 const TAKEOVER_SLACK_MS: u64 = 2_000;
 
 /// How far one node's links shipped: every change with a LUT before the watermark is
-/// acknowledged at the destination (now − the link's lag, which counts unread changes too).
+/// acknowledged at the destination (now − the link's lag, which counts unread changes too, or
+/// older while a recovery still re-ships).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Shipped {
     pub from: String,
@@ -238,15 +250,13 @@ async fn announce_shipped(state: Arc<NodeState>) {
     let mut ticks = tokio::time::interval(SHIPPED_EVERY);
     loop {
         ticks.tick().await;
-        let now = ferry_xdr::ship::now_ms();
         let registry = &state.xdr;
         let links = registry
             .dcs()
             .into_iter()
             .filter_map(|dc| {
-                let snapshot = registry.get(&dc)?.snapshot();
-                snapshot.state?;
-                Some((dc, now.saturating_sub(snapshot.counters.lag)))
+                let through = registry.get(&dc)?.shipped_through();
+                (through > 0).then_some((dc, through))
             })
             .collect();
         let shipped = Shipped { from: state.this_node().id.to_string(), links };

@@ -38,7 +38,9 @@ const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a node drops the copies it no longer holds, and how many records at most each
 /// time.
 const DROP_EVERY: Duration = Duration::from_secs(2);
-const DROP_MAX: usize = 10_000;
+const DROP_MAX: usize = 2_048;
+/// How long partitions whose records all had to stay (unshipped) are not looked at again.
+const KEPT_FOR: Duration = Duration::from_secs(30);
 
 /// What this node migrated, for `/v1/status` and `/metrics`.
 #[derive(Debug, Default)]
@@ -59,19 +61,22 @@ pub struct MigrationStats {
 /// A chunk of one partition's records pushed to a node being filled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
+    /// The epoch at which the push began.
     pub epoch: u64,
     pub namespace: String,
+    pub partition: u16,
     pub records: Vec<(Digest, Record)>,
 }
 
 impl Chunk {
-    /// Epoch, namespace (length-prefixed), record count, then each digest and its
+    /// Epoch, namespace (length-prefixed), partition, record count, then each digest and its
     /// length-prefixed storage encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&self.epoch.to_be_bytes());
         out.push(self.namespace.len() as u8);
         out.extend_from_slice(self.namespace.as_bytes());
+        out.extend_from_slice(&self.partition.to_be_bytes());
         out.extend_from_slice(&(self.records.len() as u32).to_be_bytes());
         for (digest, record) in &self.records {
             let encoded = record::encode(record);
@@ -86,6 +91,7 @@ impl Chunk {
         let (epoch, rest) = bytes.split_first_chunk::<8>()?;
         let (&ns_len, rest) = rest.split_first()?;
         let (namespace, rest) = rest.split_at_checked(usize::from(ns_len))?;
+        let (partition, rest) = rest.split_first_chunk::<2>()?;
         let (count, mut rest) = rest.split_first_chunk::<4>()?;
         let count = u32::from_be_bytes(*count) as usize;
         // Each record takes at least 24 bytes: a lying count cannot reserve more than the body.
@@ -103,6 +109,7 @@ impl Chunk {
         Some(Self {
             epoch: u64::from_be_bytes(*epoch),
             namespace: std::str::from_utf8(namespace).ok()?.to_owned(),
+            partition: u16::from_be_bytes(*partition),
             records,
         })
     }
@@ -127,10 +134,11 @@ pub async fn run(state: Arc<NodeState>) {
     // The epoch that records the last proposed fills.
     let mut recorded_at = 0;
     let mut dropped_at = tokio::time::Instant::now();
+    let mut kept = Kept::default();
     loop {
         if dropped_at.elapsed() >= DROP_EVERY {
             dropped_at = tokio::time::Instant::now();
-            if let Err(error) = drop_unheld(&state).await {
+            if let Err(error) = drop_unheld(&state, &mut kept).await {
                 tracing::warn!(%error, "could not drop copies this node no longer holds");
             }
         }
@@ -274,7 +282,12 @@ async fn push_records(
         if !records.is_empty() {
             let count = records.len();
             budget.acquire_many(count as u32).await.ok()?.forget();
-            let chunk = Chunk { epoch: pushed.since, namespace: pushed.namespace.clone(), records };
+            let chunk = Chunk {
+                epoch: pushed.since,
+                namespace: pushed.namespace.clone(),
+                partition: pushed.partition,
+                records,
+            };
             let request = fabric::frame(Kind::Migrate, &chunk.encode());
             let reply =
                 state.fabric().exchange(state.fabric_addr(&node), &request, CHUNK_TIMEOUT).await;
@@ -300,22 +313,44 @@ async fn push_records(
     }
 }
 
+/// Partitions whose records a drop pass had to keep (their changes not shipped yet), at one
+/// epoch: not read again until the epoch changes or [`KEPT_FOR`] passed.
+#[derive(Debug)]
+struct Kept {
+    epoch: u64,
+    since: tokio::time::Instant,
+    partitions: BTreeSet<(String, u16)>,
+}
+
+impl Default for Kept {
+    fn default() -> Self {
+        Self { epoch: 0, since: tokio::time::Instant::now(), partitions: BTreeSet::new() }
+    }
+}
+
 /// Removes the records of partitions this node neither holds nor is being filled for, once
 /// their copies are settled (every placed node full): after a migration moved them away. A
 /// record whose own change this node has not shipped yet stays until every link has (with a
 /// single copy lost and back, this node may be the only one that ever held it). At most
 /// [`DROP_MAX`] records per call.
-async fn drop_unheld(state: &NodeState) -> Result<(), crate::storage::StoreError> {
+async fn drop_unheld(state: &NodeState, kept: &mut Kept) -> Result<(), crate::storage::StoreError> {
     let view = state.cluster();
     let me = &state.this_node().id;
+    if kept.epoch != view.epoch() || kept.since.elapsed() >= KEPT_FOR {
+        *kept = Kept { epoch: view.epoch(), since: tokio::time::Instant::now(), ..Kept::default() };
+    }
     let mut dropped = 0;
     for ns in state.store.namespace_names() {
         let shipped = crate::reclaim::Shipped::of(state, &ns)?;
         for partition in 0..PARTITIONS {
             let Some(copies) = view.copies(&ns, partition) else { continue };
-            if !copies.filling.is_empty() || copies.full.contains(me) {
+            if !copies.filling.is_empty()
+                || copies.full.contains(me)
+                || kept.partitions.contains(&(ns.clone(), partition))
+            {
                 continue;
             }
+            let before = dropped;
             let records: Vec<(Digest, Record)> = state
                 .store
                 .scan_partition(&ns, partition, None)?
@@ -332,6 +367,9 @@ async fn drop_unheld(state: &NodeState) -> Result<(), crate::storage::StoreError
                 }
                 state.store.remove(&ns, digest)?;
                 dropped += 1;
+            }
+            if !records.is_empty() && dropped == before {
+                kept.partitions.insert((ns.clone(), partition));
             }
             if dropped >= DROP_MAX {
                 break;
@@ -357,11 +395,24 @@ impl NodeState {
             tracing::warn!("undecodable migration chunk");
             return crate::replica::refused();
         };
-        let epoch = self.cluster().epoch();
         let ns = chunk.namespace.as_str();
-        let status = if chunk.epoch < epoch {
-            ReplicaStatus::StaleEpoch(epoch)
-        } else if self.namespace(ns).is_none() {
+        // Stored under a view at least as new as the push: this node's drop pass never sees
+        // it as a partition it does not hold.
+        let view = self.await_epoch(chunk.epoch).await;
+        let me = &self.this_node().id;
+        // Taken while this node is placed for the partition (a push is not void because other
+        // partitions settled meanwhile), unless it came back after the push began.
+        let wanted = view
+            .copies(ns, chunk.partition)
+            .is_some_and(|c| c.filling.contains(me) || c.full.contains(me))
+            && view
+                .membership()
+                .readmitted
+                .get(me.as_str())
+                .is_none_or(|&back| back <= chunk.epoch);
+        let status = if view.epoch() < chunk.epoch {
+            ReplicaStatus::StaleEpoch(view.epoch())
+        } else if self.namespace(ns).is_none() || !wanted {
             ReplicaStatus::Refused
         } else {
             let count = chunk.records.len() as u64;
@@ -411,6 +462,7 @@ mod tests {
         let chunk = Chunk {
             epoch: 4,
             namespace: "test".into(),
+            partition: 7,
             records: vec![(Digest([1; 20]), record.clone()), (Digest([2; 20]), record)],
         };
         let bytes = chunk.encode();

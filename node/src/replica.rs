@@ -4,13 +4,15 @@
 //! needs to take over shipping.
 //!
 //! A replica write carries the sender's membership epoch; a copy on a newer epoch refuses it
-//! (the sender may no longer be master). Within a site a record's versions are ordered by
-//! LUT, which a master raises on every write, so a late or repeated replica write never
-//! replaces a newer version.
+//! (the sender may no longer be master), and one on an older epoch waits to learn it. A copy
+//! orders versions by the namespace's conflict policy, as the master does, so a late or
+//! repeated replica write never replaces a newer version.
 
 use std::time::{Duration, Instant};
 
 use ferry_topology::placement::partition_of;
+
+use ferry_xdr::conflict::{Resolution, Version, resolve};
 
 use crate::fabric::{self, Kind};
 use crate::node::NodeState;
@@ -118,7 +120,26 @@ pub enum ReplicationError {
     Unavailable { node: String, last: String },
 }
 
+/// How long a copy waits to learn the epoch of a write or chunk sent from a newer one.
+const EPOCH_PATIENCE: Duration = Duration::from_secs(1);
+
 impl NodeState {
+    /// This node's view once it reached `epoch` (or after [`EPOCH_PATIENCE`], whatever it is
+    /// then): a copy stores what a newer epoch sends only under that epoch's view.
+    pub(crate) async fn await_epoch(
+        &self,
+        epoch: u64,
+    ) -> std::sync::Arc<crate::cluster::ClusterView> {
+        let deadline = Instant::now() + EPOCH_PATIENCE;
+        loop {
+            let view = self.cluster();
+            if view.epoch() >= epoch || Instant::now() >= deadline {
+                return view;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Sends a stored change to every other copy of its partition and resolves once each holds
     /// it durably. Retries a copy that does not answer until it does, the membership takes it
     /// out of the write's targets, or [`PATIENCE`] runs out.
@@ -209,9 +230,13 @@ impl NodeState {
     }
 
     async fn store_replica(&self, write: ReplicaWrite) -> ReplicaStatus {
-        let epoch = self.cluster().epoch();
+        let epoch = self.await_epoch(write.epoch).await.epoch();
         if write.epoch < epoch {
             return ReplicaStatus::StaleEpoch(epoch);
+        }
+        if write.epoch > epoch {
+            // Not learned in time: the master tries again.
+            return ReplicaStatus::Failed;
         }
         let ns = write.namespace.as_str();
         if self.namespace(ns).is_none() {
@@ -227,10 +252,11 @@ impl NodeState {
         }
     }
 
-    /// Stores a copy of a record's version unless this node already holds a version as new
-    /// (same or later LUT); not yet durable. Replica writes are logged as changes (this node
-    /// may take over shipping them); migrated versions are not (their master shipped them, and
-    /// a takeover re-ships from its watermark).
+    /// Stores a copy of a record's version unless this node already holds one that is as new
+    /// under the namespace's conflict policy (the order in which a master's versions follow
+    /// one another, client writes and XDR-applied ones alike); not yet durable. Replica
+    /// writes are logged as copies (this node may take over shipping them); migrated versions
+    /// are not (their master shipped them, and a takeover re-ships from its watermark).
     pub(crate) async fn store_copy(
         &self,
         ns: &str,
@@ -238,9 +264,15 @@ impl NodeState {
         mut record: Record,
         logging: Logging,
     ) -> Result<(), String> {
+        let policy = self
+            .namespace(ns)
+            .map(|n| n.conflict_resolution_policy)
+            .ok_or_else(|| format!("namespace '{ns}' is not served here"))?;
         let _guard = self.store.lock(digest).await;
         let local = self.store.get(ns, digest).map_err(|e| e.to_string())?;
-        if local.is_some_and(|l| l.last_update_ms >= record.last_update_ms) {
+        let version = |r: &Record| Version { stamp: r.stamp(), tombstone: r.tombstone };
+        let local = local.as_ref().map(version);
+        if resolve(policy, local.as_ref(), &version(&record)) == Resolution::Stale {
             return Ok(());
         }
         record.logged_lsn = None;

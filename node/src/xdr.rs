@@ -369,13 +369,17 @@ impl Supervised {
 }
 
 /// Transport settings for XDR: a lost batch is retried (idempotently) rather than waited for,
-/// and a healed link is redialed within two seconds.
+/// a silent peer is given up on after 4 s, and a healed link is redialed within two seconds.
 pub(crate) fn transport_settings() -> TransportSettings {
     let defaults = TransportSettings::default();
     TransportSettings {
         // A shipper keeps at most 64 batches in flight per destination node, plus heartbeats.
         max_concurrent_requests: 128,
         request_timeout: Duration::from_secs(10),
+        // A destination node that died (its UDP port silent) is given up on within seconds,
+        // so the shipper routes its records through another node of its site.
+        keep_alive: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(4),
         backoff: Backoff { max: Duration::from_secs(2), ..defaults.backoff },
         ..defaults
     }
@@ -511,7 +515,26 @@ impl Applier for NodeRecords {
         // Over a link, records of partitions another node of this site owns go to that node
         // (the sender's map of this site differs from ours); forwarded ones are applied here.
         let (owned, foreign): (Vec<ShippedRecord>, Vec<ShippedRecord>) = match delivery {
-            Delivery::Forwarded => (batch.records.clone(), Vec::new()),
+            Delivery::Forwarded => {
+                // Forwarded by a node whose map said this one masters them; if this node's
+                // own map says otherwise, the sender retries once the maps agree.
+                let view = state.cluster();
+                if let Some(record) = batch
+                    .records
+                    .iter()
+                    .find(|r| !view.is_master(namespace, partition_of(&r.digest)))
+                {
+                    let partition = partition_of(&record.digest);
+                    return Err(ApplyRefusal {
+                        retryable: true,
+                        message: format!(
+                            "partition {partition} is not mastered here at epoch {}",
+                            view.epoch()
+                        ),
+                    });
+                }
+                (batch.records.clone(), Vec::new())
+            }
             Delivery::Link => {
                 let view = state.cluster();
                 batch

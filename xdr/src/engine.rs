@@ -533,6 +533,16 @@ impl Engine {
         });
     }
 
+    /// The oldest LUT a recovery (overflow, rewind or takeover) has still to re-ship: its
+    /// partitions left to scan, its scanned batches not yet sent, and those in flight.
+    pub fn recovery_floor_ms(&self) -> Option<u64> {
+        let recovery = self.recovery.as_ref()?;
+        let todo = recovery.todo.iter().map(|t| t.since_lut_ms);
+        let queued = recovery.queued.iter().flatten().map(|c| c.oldest_lut_ms);
+        let in_flight = self.open.range(RECOVERY_ID_BASE..).map(|(_, b)| b.oldest_lut_ms);
+        todo.chain(queued).chain(in_flight).min()
+    }
+
     fn on_taken_over(&mut self, now_ms: u64, taken: Vec<TakenOver>) {
         let taken: Vec<TakenOver> =
             taken.into_iter().filter(|t| t.ns < self.plan.namespaces.len()).collect();

@@ -207,6 +207,11 @@ impl<R: LocalRecords> Shipper<R> {
         let mut error_shown = self.stats.error().is_some();
         tracing::info!(dc, committed = %cursor.committed(), parked = shared.parked_summary().count, "link shipping");
         let mut actions = engine.handle(started, Event::Tick);
+        // Partitions taken over before this shipper started (or while it restarted).
+        let taken_over = self.taken_over(&shared.plan);
+        if !taken_over.is_empty() {
+            actions.extend(engine.handle(started, Event::TakeOver(taken_over)));
+        }
         let stopped = loop {
             match self.execute(&shared, actions, &mut cursor, &mut io).await {
                 Err(error) => break Err(error),
@@ -472,6 +477,10 @@ impl<R: LocalRecords> Shipper<R> {
             in_progress: gauges.in_progress,
         };
         set(&stats.lag, link.lag_ms);
+        // How far this link shipped, for a node taking partitions over from this one: every
+        // change older than this is acknowledged, including what a recovery still re-ships.
+        let through = now.saturating_sub(link.lag_ms);
+        stats.set_shipped_through(engine.recovery_floor_ms().map_or(through, |f| f.min(through)));
         set(&stats.in_progress, link.in_progress);
         set(&stats.throughput, gauges.throughput);
         set(&stats.latency_ms, gauges.latency_ms);

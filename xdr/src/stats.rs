@@ -138,6 +138,8 @@ stats_family! {
         namespaces: Mutex<BTreeMap<String, NamespaceStats>>,
         /// Partitions this node took over and the shipper has not been told of yet.
         takeovers: Mutex<Vec<Takeover>>,
+        /// Every change with an older LUT is acknowledged at the destination (0: unknown).
+        shipped_through: AtomicU64,
     } => /// [`LinkStats`] read at one instant.
     LinkCounters {
         /// Milliseconds: now − LUT of the oldest unacknowledged change (see [`crate::link`]).
@@ -303,6 +305,17 @@ pub struct Takeover {
 }
 
 impl LinkStats {
+    /// Every change with a LUT before this (ms) is acknowledged at the destination, re-shipped
+    /// ones included; 0 before the shipper first published.
+    pub fn shipped_through(&self) -> u64 {
+        self.shipped_through.load(Ordering::Relaxed)
+    }
+
+    /// Publishes [`LinkStats::shipped_through`].
+    pub fn set_shipped_through(&self, lut_ms: u64) {
+        self.shipped_through.store(lut_ms, Ordering::Relaxed);
+    }
+
     /// The takeovers not yet handed to the shipper, oldest first.
     pub fn take_takeovers(&self) -> Vec<Takeover> {
         self.takeovers.lock().map(|mut queued| std::mem::take(&mut *queued)).unwrap_or_default()
@@ -500,14 +513,14 @@ impl Registry {
         }
     }
 
-    /// Has link `dc` re-ship `partitions` this node took over; false if no such link runs
-    /// here (nothing to re-ship: a link started later reads its whole log).
+    /// Has link `dc` re-ship `partitions` this node took over: at once if its shipper runs,
+    /// else when it starts (it reads what was queued for it). Returns whether it runs.
     pub fn take_over(&self, dc: &str, partitions: Vec<Takeover>) -> bool {
-        let Ok(controls) = self.controls.lock() else { return false };
-        let Some(sender) = controls.get(dc) else { return false };
         if let Ok(mut queued) = self.link(dc).takeovers.lock() {
             queued.extend(partitions);
         }
+        let Ok(controls) = self.controls.lock() else { return false };
+        let Some(sender) = controls.get(dc) else { return false };
         sender.send_modify(|control| control.takeover_seq += 1);
         true
     }

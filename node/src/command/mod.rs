@@ -205,6 +205,9 @@ async fn write(
     if !state.write_lease().await {
         return Err(result::PARTITION_UNAVAILABLE);
     }
+    // Stamped after the wait: the LUT is the time the write happens here.
+    let ctx =
+        ops::Context { now_ms: record::now_ms(), now_secs: record::now_citrusleaf_secs(), ..ctx };
     // In flight until durable: a node reports a new fence applied only once this is done.
     let Some(_admitted) = state.fence.admit_client() else {
         return Err(result::FORBIDDEN);
@@ -249,5 +252,10 @@ async fn write(
         tracing::error!(%error, "digest log poisoned; a stored write is not acknowledged");
         result::SERVER_ERROR
     })?;
+    if !state.lease_holds() {
+        // The lease ran out while the write was stored: another node may master the
+        // partition now, so this one is not acknowledged (it stays in doubt, like a timeout).
+        return Err(result::PARTITION_UNAVAILABLE);
+    }
     Ok(outcome)
 }
