@@ -52,7 +52,11 @@ pub(crate) fn init(
     instance: Option<&str>,
 ) -> Result<Telemetry, String> {
     let log_filter = EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,aerospike_core=warn,aerospike=warn"));
+        // openraft reports every unanswered RPC to a dead peer twice a second, as an error:
+        // the membership's own log lines say what matters (who was removed, and when).
+        .unwrap_or_else(|_| {
+            EnvFilter::new("info,aerospike_core=warn,aerospike=warn,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off")
+        });
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // A failed log write (a full disk) must not take the node down: the fallback report

@@ -494,3 +494,54 @@ async fn a_node_cut_off_inside_its_site_stops_acknowledging_before_another_takes
     let stored = support::raw::blob_len(victim_addr, key, "v").await;
     assert_eq!(stored, Some(newest), "the newest acknowledged write survives the heal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_while_a_node_was_away_do_not_come_back_with_it() {
+    // Tombstones live 1 s and reclaim runs every second: by the time the node returns, the
+    // deletes are gone from the nodes that stayed, but not its old copies of the records.
+    let built = TopologyBuilder::new("site-zombies")
+        .sites(&["a", "b"], 3)
+        .namespace(Namespace::new("test").replication_factor(2).tombstone_ttl(1))
+        .link(Link::new("a", "b").period_ms(20).hot_key_ms(20))
+        .build();
+    let args = vec!["--nsup-period-secs".to_owned(), "1".to_owned()];
+    let mut deployment = Deployment::start_with(&built.text, built.nodes, args).await;
+    let client = connect(&deployment, "a").await;
+    let policy = patient();
+    for key in 0..400i64 {
+        client.put(&policy, &as_key!("test", "z", key), &[as_bin!("v", key)]).await.expect("put");
+    }
+    deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
+
+    tokio::task::block_in_place(|| deployment.kill_node("a-1"));
+    wait_removed(&deployment, "a", "a-1", Duration::from_secs(10)).await;
+    for key in 0..200i64 {
+        client.delete(&policy, &as_key!("test", "z", key)).await.expect("delete");
+    }
+    // The deletes shipped, and their tombstones are reclaimed on the nodes that stayed.
+    let b = connect(&deployment, "b").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for key in 0..200i64 {
+        while b.get(&ReadPolicy::default(), &as_key!("test", "z", key), Bins::All).await.is_ok() {
+            assert!(Instant::now() < deadline, "the delete of key {key} never reached b");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    deployment.start_node("a-1").await;
+    wait_settled(&deployment, "a", Duration::from_secs(60)).await;
+    // Read from every node that holds a full copy of each key: none returns a deleted record.
+    for node in deployment.site("a") {
+        let seed = node.client.to_string();
+        let mut policy = ReadPolicy::default();
+        policy.base_policy.replica = aerospike::policy::Replica::Sequence;
+        let direct = Client::new(&ClientPolicy::default(), &seed).await.expect("connect");
+        for key in 0..200i64 {
+            let read = direct.get(&policy, &as_key!("test", "z", key), Bins::All).await;
+            assert!(read.is_err(), "deleted key {key} is back (read through {})", node.id);
+        }
+    }
+    deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
+    verify(&deployment);
+}

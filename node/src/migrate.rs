@@ -7,7 +7,7 @@
 //! make it the partition's master; its shipping then takes over from the old master's
 //! watermark (see `membership`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -54,9 +54,14 @@ pub struct MigrationStats {
     /// Records other nodes pushed here.
     pub records_received: AtomicU64,
     /// Records of partitions this node no longer holds, dropped once their copies settled
-    /// elsewhere.
+    /// elsewhere, and versions a push showed the master no longer has.
     pub records_dropped: AtomicU64,
+    /// Per partition being pushed here, the digests its chunks brought so far.
+    receiving: std::sync::Mutex<HashMap<(String, u16), Receiving>>,
 }
+
+/// A push being received: when it began (the sender's clock) and the digests it brought.
+type Receiving = (u64, HashSet<Digest>);
 
 /// A chunk of one partition's records pushed to a node being filled.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,18 +70,25 @@ pub struct Chunk {
     pub epoch: u64,
     pub namespace: String,
     pub partition: u16,
+    /// The sender's clock when the push began (ms).
+    pub started_ms: u64,
+    /// The push's last chunk: the receiver drops what it holds of the partition that the push
+    /// did not bring and nothing wrote since it began (versions the master no longer has).
+    pub last: bool,
     pub records: Vec<(Digest, Record)>,
 }
 
 impl Chunk {
-    /// Epoch, namespace (length-prefixed), partition, record count, then each digest and its
-    /// length-prefixed storage encoding.
+    /// Epoch, namespace (length-prefixed), partition, start time, last flag, record count,
+    /// then each digest and its length-prefixed storage encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&self.epoch.to_be_bytes());
         out.push(self.namespace.len() as u8);
         out.extend_from_slice(self.namespace.as_bytes());
         out.extend_from_slice(&self.partition.to_be_bytes());
+        out.extend_from_slice(&self.started_ms.to_be_bytes());
+        out.push(u8::from(self.last));
         out.extend_from_slice(&(self.records.len() as u32).to_be_bytes());
         for (digest, record) in &self.records {
             let encoded = record::encode(record);
@@ -92,6 +104,8 @@ impl Chunk {
         let (&ns_len, rest) = rest.split_first()?;
         let (namespace, rest) = rest.split_at_checked(usize::from(ns_len))?;
         let (partition, rest) = rest.split_first_chunk::<2>()?;
+        let (started_ms, rest) = rest.split_first_chunk::<8>()?;
+        let (&last, rest) = rest.split_first()?;
         let (count, mut rest) = rest.split_first_chunk::<4>()?;
         let count = u32::from_be_bytes(*count) as usize;
         // Each record takes at least 24 bytes: a lying count cannot reserve more than the body.
@@ -110,6 +124,12 @@ impl Chunk {
             epoch: u64::from_be_bytes(*epoch),
             namespace: std::str::from_utf8(namespace).ok()?.to_owned(),
             partition: u16::from_be_bytes(*partition),
+            started_ms: u64::from_be_bytes(*started_ms),
+            last: match last {
+                0 => false,
+                1 => true,
+                _ => return None,
+            },
             records,
         })
     }
@@ -262,6 +282,7 @@ async fn push_records(
     let view = state.cluster();
     let node = view.site_node(&pushed.to)?.clone();
     let ns = pushed.namespace.as_str();
+    let started_ms = record::now_ms();
     let mut after: Option<Digest> = None;
     loop {
         let mut records: Vec<(Digest, Record)> = Vec::new();
@@ -279,13 +300,16 @@ async fn push_records(
         if let Some((digest, _)) = records.last() {
             after = Some(*digest);
         }
-        if !records.is_empty() {
+        // The last chunk goes even when empty: it tells the receiver the push is complete.
+        if !records.is_empty() || last {
             let count = records.len();
             budget.acquire_many(count as u32).await.ok()?.forget();
             let chunk = Chunk {
                 epoch: pushed.since,
                 namespace: pushed.namespace.clone(),
                 partition: pushed.partition,
+                started_ms,
+                last,
                 records,
             };
             let request = fabric::frame(Kind::Migrate, &chunk.encode());
@@ -388,7 +412,72 @@ async fn drop_unheld(state: &NodeState, kept: &mut Kept) -> Result<(), crate::st
     Ok(())
 }
 
+/// Versions written this close to a push's start are kept even when the push did not bring
+/// them: they may have been written since (node clocks differ a little).
+const ZOMBIE_MARGIN_MS: u64 = 5_000;
+
 impl NodeState {
+    /// After the last chunk of a push: removes what this node holds of the partition that the
+    /// push did not bring and that is older than the push (less a margin) — versions the master
+    /// no longer has, such as records deleted while this node was away whose tombstones are
+    /// gone. A version whose own change this node has not shipped yet stays.
+    async fn drop_not_brought(
+        &self,
+        ns: &str,
+        partition: u16,
+        brought: &HashSet<Digest>,
+        started_ms: u64,
+    ) -> Result<(), String> {
+        let before = started_ms.saturating_sub(ZOMBIE_MARGIN_MS);
+        let shipped = crate::reclaim::Shipped::of(self, ns).map_err(|e| e.to_string())?;
+        let mut after = None;
+        let mut dropped = 0u64;
+        loop {
+            let chunk: Vec<(Digest, Record)> = self
+                .store
+                .scan_partition(ns, partition, after.as_ref())
+                .map_err(|e| e.to_string())?
+                .take(CHUNK)
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            let exhausted = chunk.len() < CHUNK;
+            for (digest, record) in chunk {
+                after = Some(digest);
+                let stale = |r: &Record| {
+                    !brought.contains(&digest)
+                        && r.last_update_ms < before
+                        && r.logged_lsn.is_none_or(|lsn| shipped.everywhere(&digest, lsn))
+                };
+                if !stale(&record) {
+                    continue;
+                }
+                let _guard = self.store.lock(&digest).await;
+                if self
+                    .store
+                    .get(ns, &digest)
+                    .map_err(|e| e.to_string())?
+                    .is_some_and(|r| stale(&r))
+                {
+                    self.store.remove(ns, &digest).map_err(|e| e.to_string())?;
+                    dropped += 1;
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(
+                namespace = ns,
+                partition,
+                dropped,
+                "dropped versions the master no longer has"
+            );
+            self.migrations.records_dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Stores a chunk of a partition pushed here; returns the encoded status once durable.
     pub(crate) async fn receive_migration(&self, request: &[u8]) -> Vec<u8> {
         let Some(chunk) = Chunk::decode(request) else {
@@ -416,6 +505,18 @@ impl NodeState {
             ReplicaStatus::Refused
         } else {
             let count = chunk.records.len() as u64;
+            let key = (chunk.namespace.clone(), chunk.partition);
+            // A push that began at another time (an abandoned one) starts the set over.
+            let mut brought = {
+                let mut receiving =
+                    self.migrations.receiving.lock().unwrap_or_else(|e| e.into_inner());
+                receiving
+                    .remove(&key)
+                    .filter(|(started, _)| *started == chunk.started_ms)
+                    .map(|(_, brought)| brought)
+                    .unwrap_or_default()
+            };
+            brought.extend(chunk.records.iter().map(|(digest, _)| *digest));
             let mut stored = Ok(());
             for (digest, record) in chunk.records {
                 if record.last_update_ms < self.store.truncation_cutoff(ns, &record.set) {
@@ -425,6 +526,14 @@ impl NodeState {
                 if stored.is_err() {
                     break;
                 }
+            }
+            if stored.is_ok() && chunk.last {
+                stored =
+                    self.drop_not_brought(ns, chunk.partition, &brought, chunk.started_ms).await;
+            } else if stored.is_ok() {
+                let mut receiving =
+                    self.migrations.receiving.lock().unwrap_or_else(|e| e.into_inner());
+                receiving.insert(key, (chunk.started_ms, brought));
             }
             match stored.and(self.store.commit(ns).await.map_err(|e| e.to_string())) {
                 Ok(()) => {
@@ -463,6 +572,8 @@ mod tests {
             epoch: 4,
             namespace: "test".into(),
             partition: 7,
+            started_ms: 1_700_000_000_000,
+            last: true,
             records: vec![(Digest([1; 20]), record.clone()), (Digest([2; 20]), record)],
         };
         let bytes = chunk.encode();
