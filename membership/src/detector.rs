@@ -99,6 +99,7 @@ mod tests {
                 base_epoch: membership.epoch,
                 down: down.iter().map(|n| n.to_string()).collect(),
                 holders: Default::default(),
+                restarted: Default::default(),
                 reason: Intent::Remove { node: "c".into() },
             };
             assert!(membership.apply(&change));

@@ -32,13 +32,18 @@ pub struct MemberConfig {
     /// How long a majority's answers let this node acknowledge writes; shorter than the
     /// failure-detection timeout.
     pub lease: Duration,
+    /// A hash of what the node derives partition maps from besides the committed membership
+    /// (its topology's site): answers from a node whose fingerprint differs renew no lease, so
+    /// nodes running different topologies cannot both master a partition.
+    pub fingerprint: u64,
 }
 
 impl MemberConfig {
     /// Aerospike's heartbeat defaults (150 ms × 10) and a lease of two thirds of the timeout.
     pub fn new(me: &str, voters: Vec<String>, dir: PathBuf) -> Self {
         let heartbeat = Heartbeat::default();
-        Self { me: me.to_owned(), voters, dir, heartbeat, lease: heartbeat.timeout() * 2 / 3 }
+        let lease = heartbeat.timeout() * 2 / 3;
+        Self { me: me.to_owned(), voters, dir, heartbeat, lease, fingerprint: 0 }
     }
 }
 
@@ -175,6 +180,7 @@ impl<T: Transport> Member<T> {
                         from: inner.config.me.clone(),
                         epoch: membership.epoch,
                         sender_down: !membership.is_live(&from),
+                        fingerprint: inner.config.fingerprint,
                     }
                 } else {
                     Reply::Refused(format!("'{from}' is not a node of this site"))
@@ -327,12 +333,15 @@ async fn heartbeat_loop<T: Transport>(inner: Arc<Inner<T>>) {
                 let request = Request::Heartbeat { from: inner.config.me.clone(), epoch };
                 let reply = rpc::call(&*inner.transport, &peer, &request, inner.config.lease).await;
                 match reply {
-                    Ok(Reply::Heartbeat { from, epoch: theirs, sender_down }) if from == peer => {
+                    Ok(Reply::Heartbeat { from, epoch: theirs, sender_down, fingerprint })
+                        if from == peer =>
+                    {
                         inner.detector().heard(&peer, Instant::now());
-                        // A peer that already committed a newer epoch, or has this node out,
-                        // vouches for nothing: this node's view may hand out partitions the
-                        // majority has moved.
-                        if theirs <= epoch && !sender_down {
+                        // A peer that already committed a newer epoch, has this node out, or
+                        // places partitions differently vouches for nothing: this node's view
+                        // may hand out partitions the majority has moved.
+                        let same = fingerprint == inner.config.fingerprint;
+                        if theirs <= epoch && !sender_down && same {
                             inner.lease().answered(&peer, sent);
                         }
                     }

@@ -47,12 +47,15 @@ pub(crate) enum Request {
 /// The reply to a [`Request`] of the same kind.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
-    /// The answer, with the responder's committed epoch and whether it has the sender out:
-    /// an answer from a newer epoch, or one that has the sender out, renews no lease.
+    /// The answer, with the responder's committed epoch, whether it has the sender out, and
+    /// its placement fingerprint: an answer from a newer epoch, one that has the sender out,
+    /// or one from a node placing partitions differently renews no lease.
     Heartbeat {
         from: String,
         epoch: u64,
         sender_down: bool,
+        /// The responder's [`crate::MemberConfig::fingerprint`].
+        fingerprint: u64,
     },
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),

@@ -35,6 +35,10 @@ pub struct SiteMembership {
     /// started before then may have filled a node that stopped taking the partition's writes.
     #[serde(default)]
     pub placed_at: u64,
+    /// Partitions that lost every copy (and started over empty) at the given epoch: a node
+    /// returning with old records of one holds the only copy of them, not stale ones.
+    #[serde(default)]
+    pub restarted: BTreeMap<String, BTreeMap<u16, u64>>,
 }
 
 impl Default for SiteMembership {
@@ -45,6 +49,7 @@ impl Default for SiteMembership {
             holders: Holders::new(),
             readmitted: BTreeMap::new(),
             placed_at: 1,
+            restarted: BTreeMap::new(),
         }
     }
 }
@@ -84,6 +89,10 @@ impl SiteMembership {
             }
         }
         self.holders.retain(|_, partitions| !partitions.is_empty());
+        for (namespace, partitions) in &change.restarted {
+            let restarted = self.restarted.entry(namespace.clone()).or_default();
+            restarted.extend(partitions.iter().map(|&p| (p, epoch)));
+        }
         self.epoch = epoch;
         true
     }
@@ -97,6 +106,9 @@ pub struct Change {
     pub base_epoch: u64,
     pub down: BTreeSet<String>,
     pub holders: BTreeMap<String, BTreeMap<u16, Option<Vec<String>>>>,
+    /// Partitions that lose their last copy with this change.
+    #[serde(default)]
+    pub restarted: BTreeMap<String, Vec<u16>>,
     /// Why, for the log.
     pub reason: Intent,
 }
@@ -142,6 +154,7 @@ mod tests {
             base_epoch,
             down: down.iter().map(|n| n.to_string()).collect(),
             holders: BTreeMap::from([("test".into(), BTreeMap::from([(partition, holders)]))]),
+            restarted: BTreeMap::new(),
             reason: Intent::Remove { node: "b".into() },
         }
     }

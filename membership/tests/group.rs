@@ -30,6 +30,7 @@ impl Planner for DownSet {
             base_epoch: current.epoch,
             down,
             holders,
+            restarted: BTreeMap::new(),
             reason: intent.clone(),
         })
     }

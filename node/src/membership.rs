@@ -88,6 +88,7 @@ impl Planner for SitePlanner {
         };
         let next = SiteMembership { down: down.clone(), ..current.clone() };
         let mut holders = BTreeMap::new();
+        let mut restarted: BTreeMap<String, Vec<u16>> = BTreeMap::new();
         for ns in &site.namespaces {
             let name = ns.name.as_str();
             let before = placement(&self.topology, &self.site, name, current).ok()?;
@@ -114,6 +115,7 @@ impl Planner for SitePlanner {
                 let next_exception = if full.is_superset(&placed) || full.is_empty() {
                     if full.is_empty() {
                         tracing::error!(namespace = name, partition = p, "every copy lost");
+                        restarted.entry(name.to_owned()).or_default().push(p);
                     }
                     None
                 } else {
@@ -130,8 +132,21 @@ impl Planner for SitePlanner {
         if down == current.down && holders.is_empty() {
             return None;
         }
-        Some(Change { base_epoch: current.epoch, down, holders, reason: intent.clone() })
+        Some(Change { base_epoch: current.epoch, down, holders, restarted, reason: intent.clone() })
     }
+}
+
+/// FNV-1a over what placement reads from the topology for `site`: its nodes (id, rack,
+/// zone), namespaces and copies, and the placement policy.
+fn placement_fingerprint(topology: &Topology, site: &ferry_topology::model::Site) -> u64 {
+    let mut inputs = format!("{:?}", topology.placement);
+    for node in &site.nodes {
+        inputs.push_str(&format!("|{}:{}:{:?}", node.id, node.rack_id, site.zone_of(node)));
+    }
+    for ns in &site.namespaces {
+        inputs.push_str(&format!("|{}:{}", ns.name, ns.replication_factor));
+    }
+    ferry_membership::raft_id(&inputs)
 }
 
 /// Joins the site's membership group when the site has three nodes or more, and installs the
@@ -152,6 +167,7 @@ pub async fn join(
     );
     member_config.heartbeat = config.heartbeat;
     member_config.lease = config.heartbeat.timeout() * 2 / 3;
+    member_config.fingerprint = placement_fingerprint(&config.topology, site);
     let transport = FabricTransport {
         fabric: Fabric::default(),
         peers: site.nodes.iter().map(|n| (n.id.to_string(), state.fabric_addr(n))).collect(),

@@ -527,7 +527,14 @@ impl NodeState {
                     break;
                 }
             }
-            if stored.is_ok() && chunk.last {
+            // A partition that started over empty while this node was away: what this node
+            // holds of it is the only copy of those records, to keep (it will master them).
+            let restarted = view
+                .membership()
+                .restarted
+                .get(ns)
+                .is_some_and(|partitions| partitions.contains_key(&chunk.partition));
+            if stored.is_ok() && chunk.last && !restarted {
                 stored =
                     self.drop_not_brought(ns, chunk.partition, &brought, chunk.started_ms).await;
             } else if stored.is_ok() {

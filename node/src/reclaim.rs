@@ -43,6 +43,13 @@ const CHUNK: usize = 512;
 #[derive(Debug, Default)]
 pub struct Shipped {
     links: Vec<(u64, HashSet<Digest>)>,
+    /// In a site whose partitions change masters, the oldest of the links' shipping
+    /// watermarks: a tombstone this node holds as a copy, or took over, carries no entry of
+    /// its own that a cursor could pass, so only a watermark past its LUT says it shipped.
+    watermark: Option<u64>,
+    /// Tombstones of other sites' deletes ship only through links that forward.
+    site_id: u8,
+    forwards: bool,
 }
 
 impl Shipped {
@@ -54,6 +61,7 @@ impl Shipped {
         let site = &state.site().name;
         let topology = state.topology.get();
         let mut links = Vec::new();
+        let mut watermark = None;
         for link in &topology.links {
             if link.from != *site || !link.namespaces.iter().any(|ns| ns.as_str() == namespace) {
                 continue;
@@ -64,8 +72,22 @@ impl Shipped {
             let parked = state.store.parked(&dc)?;
             let parked = parked.into_iter().filter(|r| r.namespace == namespace).map(|r| r.digest);
             links.push((through, parked.collect()));
+            if state.member.get().is_some() {
+                let shipped_through = state.xdr.get(&dc).map_or(0, |l| l.shipped_through());
+                watermark =
+                    Some(watermark.map_or(shipped_through, |w: u64| w.min(shipped_through)));
+            }
         }
-        Ok(Shipped { links })
+        let (site_id, forwards) = (state.site_id(), state.forwards_applied_versions());
+        Ok(Shipped { links, watermark, site_id, forwards })
+    }
+
+    /// Whether every link shipped every change older than `record`'s, if any link ships it
+    /// (always, in a site without a membership group: its cursors tell).
+    fn acknowledged(&self, record: &Record) -> bool {
+        let shipped_from_here = record.origin_site == self.site_id || self.forwards;
+        !shipped_from_here
+            || self.watermark.is_none_or(|watermark| record.last_update_ms < watermark)
     }
 
     /// Whether every link shipped the change of `digest` logged at `lsn`.
@@ -87,7 +109,8 @@ pub fn reclaimable(
     if record.tombstone {
         let age_ms = now_ms.saturating_sub(record.last_update_ms);
         return age_ms >= u64::from(tombstone_ttl_secs) * 1000
-            && record.logged_lsn.is_none_or(|lsn| shipped.everywhere(digest, lsn));
+            && record.logged_lsn.is_none_or(|lsn| shipped.everywhere(digest, lsn))
+            && shipped.acknowledged(record);
     }
     record.expired(now_secs)
 }
@@ -277,8 +300,16 @@ pub(crate) mod tests {
                 .iter()
                 .map(|(at, parked)| (*at, parked.iter().copied().collect()))
                 .collect(),
+            ..Shipped::default()
         };
         assert!(reclaimable(&d, &tombstone, old, 60, &shipped(&[(10, &[]), (12, &[])])));
+        // Where masters change, a watermark past the tombstone's LUT is needed too.
+        let behind = Shipped { watermark: Some(1_000), site_id: 1, ..shipped(&[(10, &[])]) };
+        assert!(!reclaimable(&d, &tombstone, old, 60, &behind), "not yet past its LUT");
+        let past = Shipped { watermark: Some(1_001), site_id: 1, ..shipped(&[(10, &[])]) };
+        assert!(reclaimable(&d, &tombstone, old, 60, &past));
+        let foreign = Record { origin_site: 2, ..tombstone.clone() };
+        assert!(reclaimable(&d, &foreign, old, 60, &behind), "another site's delete ships not");
         assert!(!reclaimable(&d, &tombstone, old, 60, &shipped(&[(10, &[]), (9, &[])])), "behind");
         assert!(!reclaimable(&d, &tombstone, old, 60, &shipped(&[(12, &[d])])), "parked there");
         let other = Digest([2; 20]);
