@@ -344,6 +344,19 @@ impl Deployment {
         Ok(())
     }
 
+    /// Starts a node added to the deployment's topology file since the deployment started (as
+    /// published to the topology service, which the running nodes follow): reads the file
+    /// again, issues the node's certificates, and starts it; waits until it accepts clients.
+    /// The running nodes are not restarted: the site's membership group admits the new node.
+    pub async fn start_added_node(&mut self, id: &str) -> Result<(), DeployError> {
+        let file = self.state.topology();
+        let text = std::fs::read_to_string(&file).map_err(io_error("read", &file))?;
+        let topology = ferry_topology::parse_topology(&file.display().to_string(), &text)?;
+        ferry_transport::certs::init(&site_members(&topology.topology)?, &self.state.certs())?;
+        self.topology = topology.topology;
+        self.start_node(id).await
+    }
+
     /// SIGKILLs node `id` (a crash) and reaps it.
     pub fn kill_node(&mut self, id: &str) {
         if let Some(mut process) = self.nodes.remove(id) {

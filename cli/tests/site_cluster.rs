@@ -3,7 +3,8 @@
 //! over by the nodes holding their copies while the `aerospike` crate keeps writing; every
 //! acknowledged write stays readable and reaches the other site; the node's return migrates its
 //! partitions back. A seeded schedule of kills and restarts does the same over several rounds,
-//! and a destination node killed while a link ships into its site does not hold the link back.
+//! a destination node killed while a link ships into its site does not hold the link back, and a
+//! node added to a running site through the topology service receives its partitions.
 
 mod support;
 
@@ -39,6 +40,11 @@ fn patient() -> WritePolicy {
     policy.base_policy.max_retries = 100;
     policy.base_policy.sleep_between_retries = 50;
     policy
+}
+
+/// `secs` seconds from now.
+fn deadline_in(secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs(secs)
 }
 
 /// Acknowledged writes: key → (value, when it was sent, when it was acknowledged).
@@ -82,13 +88,9 @@ fn longest_wait(acks: &Acks, from: Instant) -> Duration {
         .unwrap_or_default()
 }
 
-/// Keys of `acks` whose acknowledged value `site` does not return (polls until `timeout`).
-async fn missing_at(
-    deployment: &Deployment,
-    site: &str,
-    acks: &Acks,
-    timeout: Duration,
-) -> Vec<i64> {
+/// Fails unless `site` returns the acknowledged value of every key of `acks` (polling until
+/// `timeout`).
+async fn assert_readable(deployment: &Deployment, site: &str, acks: &Acks, timeout: Duration) {
     let client = connect(deployment, site).await;
     let expected: Vec<(i64, i64)> =
         acks.lock().expect("acks").iter().map(|(&k, &(v, _, _))| (k, v)).collect();
@@ -102,9 +104,15 @@ async fn missing_at(
                 missing.push(key);
             }
         }
-        if missing.is_empty() || Instant::now() >= deadline {
-            return missing;
+        if missing.is_empty() {
+            return;
         }
+        assert!(
+            Instant::now() < deadline,
+            "{} acknowledged writes not readable at {site}: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -214,20 +222,8 @@ async fn a_node_killed_under_load_loses_no_acknowledged_write_and_its_return_reb
     assert!(acknowledged >= 3_000, "writes went on: {acknowledged}");
     assert!(wait < Duration::from_secs(5), "a write waited {wait:?} after the kill");
 
-    let missing = missing_at(&deployment, "a", &acks, Duration::from_secs(5)).await;
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged writes not readable at a: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    let missing = missing_at(&deployment, "b", &acks, Duration::from_secs(60)).await;
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged writes never reached b: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    assert_readable(&deployment, "a", &acks, Duration::from_secs(5)).await;
+    assert_readable(&deployment, "b", &acks, Duration::from_secs(60)).await;
 
     deployment.start_node("a-1").await;
     let settled = wait_settled(&deployment, "a", Duration::from_secs(60)).await;
@@ -275,20 +271,9 @@ async fn a_seeded_schedule_of_kills_and_restarts_loses_nothing() {
     let acknowledged = acks.lock().expect("acks").len();
     println!("{acknowledged} writes acknowledged over the schedule");
     assert!(acknowledged >= 1_000, "writes went on: {acknowledged}");
-    let missing = missing_at(&deployment, "a", &acks, Duration::from_secs(5)).await;
-    assert!(
-        missing.is_empty(),
-        "seed {seed}: {} acknowledged writes lost at a: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    assert_readable(&deployment, "a", &acks, Duration::from_secs(5)).await;
     deployment.wait_converged("a", "b", Duration::from_secs(90)).await;
-    let missing = missing_at(&deployment, "b", &acks, Duration::from_secs(5)).await;
-    assert!(
-        missing.is_empty(),
-        "seed {seed}: {} acknowledged writes never reached b",
-        missing.len()
-    );
+    assert_readable(&deployment, "b", &acks, Duration::from_secs(5)).await;
     verify(&deployment);
 }
 
@@ -326,13 +311,43 @@ async fn a_destination_node_killed_while_a_link_ships_into_its_site_holds_nothin
     println!(
         "b-1 killed: the link's lag was under a second again {recovered_after:?} after the kill"
     );
-    let missing = missing_at(&deployment, "b", &acks, Duration::from_secs(30)).await;
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged writes never reached b: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    assert_readable(&deployment, "b", &acks, Duration::from_secs(30)).await;
+
+    // Once b settles without b-1, the shipper sends by b's own map (learned from b, not the
+    // topology's placement): no record needs forwarding inside b.
+    let live = ["b-0", "b-2"];
+    let started = Instant::now();
+    loop {
+        let views: Vec<Option<Membership>> =
+            live.iter().map(|id| membership(&deployment, id)).collect();
+        let epochs: Vec<Option<u64>> = views.iter().map(|v| v.as_ref().map(|v| v.epoch)).collect();
+        if views.iter().all(|v| v.as_ref().is_some_and(|v| v.pending == 0))
+            && epochs[0] == epochs[1]
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "b did not settle without b-1: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let probe: Acks = Arc::default();
+    write_load(Arc::clone(&client), 10_000..10_001, 3, Arc::clone(&probe), deadline_in(10)).await;
+    assert_readable(&deployment, "b", &probe, Duration::from_secs(30)).await;
+    let forwarded = || async {
+        let mut sum = 0;
+        for id in live {
+            let stats = ferry::client::receiver_stats(deployment.node(id).client).await;
+            sum += stats.expect("receiver stats").counters.forwarded_in;
+        }
+        sum
+    };
+    let before = forwarded().await;
+    let burst: Acks = Arc::default();
+    write_load(Arc::clone(&client), 10_001..11_000, 3, Arc::clone(&burst), deadline_in(30)).await;
+    assert_readable(&deployment, "b", &burst, Duration::from_secs(30)).await;
+    assert_eq!(forwarded().await - before, 0, "records forwarded inside b after it settled");
 
     deployment.start_node("b-1").await;
     wait_settled(&deployment, "b", Duration::from_secs(60)).await;
@@ -544,4 +559,92 @@ async fn records_deleted_while_a_node_was_away_do_not_come_back_with_it() {
     }
     deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
     verify(&deployment);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_to_a_running_site_receives_its_partitions_records() {
+    // Site `a` as it will be (four nodes), and as it starts (the first three, on the same
+    // addresses); `b` first, so both renderings give it the same addresses.
+    let grown = |nodes| {
+        TopologyBuilder::new("site-join")
+            .site("b", 2)
+            .site("a", nodes)
+            .namespace(Namespace::new("test").replication_factor(2))
+            .link(Link::new("a", "b").period_ms(20).hot_key_ms(20))
+    };
+    let full = grown(4).build();
+    let start = grown(3).build_like(&full);
+    let mut deployment = Deployment::start_spec(&start.text, full.nodes.clone(), |spec| {
+        spec.topology_service = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await;
+    let running: Vec<String> = ["a-0", "a-1", "a-2"].map(String::from).to_vec();
+    let pids: Vec<Option<u32>> = running.iter().map(|id| deployment.pid(id)).collect();
+    let seeds = running.iter().map(|id| deployment.node(id).client.to_string());
+    let client = Client::new(&ClientPolicy::default(), &seeds.collect::<Vec<_>>().join(","))
+        .await
+        .expect("connect");
+    let client = Arc::new(client);
+    let acks: Acks = Arc::default();
+    let far = Instant::now() + Duration::from_secs(60);
+    write_load(Arc::clone(&client), 0..3_000, 0, Arc::clone(&acks), far).await;
+
+    // Writes go on while the operator publishes the grown topology and starts a-3.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let writer =
+        tokio::spawn(write_load(Arc::clone(&client), 3_000..9_000, 0, Arc::clone(&acks), deadline));
+    std::fs::write(deployment.topology_file(), &full.text).expect("rewrite the topology file");
+    let url = std::fs::read_to_string(deployment.running.state.topology_service()).expect("url");
+    let service = ferry_topology::service::TopologyClient::new(url.trim());
+    let request = ferry_topology::store::ApplyRequest {
+        source: "site-join.toml".to_owned(),
+        content: full.text.clone(),
+        author: "test".to_owned(),
+        comment: "add a-3".to_owned(),
+        expected_parent: None,
+    };
+    service.apply(&request).await.expect("publish the grown topology");
+    deployment.running.start_added_node("a-3").await.expect("start a-3");
+
+    let joined = Instant::now();
+    loop {
+        let views: Vec<Option<Membership>> =
+            deployment.ids("a").iter().map(|id| membership(&deployment, id)).collect();
+        // Balanced over four: a quarter of the partitions each, give or take 10%.
+        let balanced = views.iter().all(|v| {
+            v.as_ref().is_some_and(|v| {
+                v.down.is_empty() && v.pending == 0 && v.owned.abs_diff(4096 / 4) <= 4096 / 40
+            })
+        });
+        let agreed = views
+            .windows(2)
+            .all(|w| w[0].as_ref().map(|v| v.epoch) == w[1].as_ref().map(|v| v.epoch));
+        if balanced && agreed {
+            break;
+        }
+        assert!(
+            joined.elapsed() < Duration::from_secs(60),
+            "a-3 did not join and fill within a minute: {views:?}\n{}",
+            deployment.log_warnings()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("a-3 joined, filled and mastered its share after {:?}", joined.elapsed());
+    writer.await.expect("writer");
+    let received = http_status(&deployment, "a-3")["migrations"]["records_received"].as_u64();
+    assert!(received.is_some_and(|r| r > 0), "a-3 received records by migration: {received:?}");
+    let after: Vec<Option<u32>> = running.iter().map(|id| deployment.pid(id)).collect();
+    assert_eq!(pids, after, "the running nodes were not restarted");
+
+    // a-3 masters a quarter of the partitions: reads of their keys are served from its copy.
+    assert_readable(&deployment, "a", &acks, Duration::from_secs(5)).await;
+    deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
+    verify(&deployment);
+}
+
+/// A node's `/v1/status`.
+fn http_status(deployment: &Deployment, node: &str) -> serde_json::Value {
+    let (status, body) = http(deployment.node(node).admin, "GET", "/v1/status");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("status json")
 }

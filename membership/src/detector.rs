@@ -100,6 +100,7 @@ mod tests {
                 down: down.iter().map(|n| n.to_string()).collect(),
                 holders: Default::default(),
                 restarted: Default::default(),
+                members: None,
                 reason: Intent::Remove { node: "c".into() },
             };
             assert!(membership.apply(&change));

@@ -20,6 +20,12 @@ impl Lease {
         Self { duration, voters, answered: BTreeMap::new() }
     }
 
+    /// The group now has `voters` voters (this node included); 0 while this node does not
+    /// know the group yet, when no lease holds.
+    pub fn set_voters(&mut self, voters: usize) {
+        self.voters = voters;
+    }
+
     /// `peer` answered a heartbeat sent at `sent`. Counting from the send, not the answer,
     /// keeps the lease conservative whatever the round trip took.
     pub fn answered(&mut self, peer: &str, sent: Instant) {
@@ -30,6 +36,9 @@ impl Lease {
     /// When the lease runs out: the send time of the heartbeat that completes a majority with
     /// the freshest answers, plus the lease. `None` while no majority ever answered.
     pub fn expiry(&self) -> Option<Instant> {
+        if self.voters == 0 {
+            return None;
+        }
         let needed_peers = self.voters / 2; // a majority, less this node
         if needed_peers == 0 {
             return Some(Instant::now() + self.duration);
@@ -61,6 +70,17 @@ mod tests {
         lease.answered("c", at(600));
         assert!(lease.holds(at(1_500)), "either peer completes a majority of three");
         assert!(!lease.holds(at(1_600)));
+    }
+
+    #[test]
+    fn a_node_that_does_not_know_its_group_holds_no_lease() {
+        let t0 = Instant::now();
+        let mut lease = Lease::new(Duration::from_millis(1_000), 3);
+        lease.set_voters(0);
+        lease.answered("b", t0);
+        assert!(!lease.holds(t0), "no voters known: not a group of one");
+        lease.set_voters(1);
+        assert!(lease.holds(t0), "a group of one needs no answer");
     }
 
     #[test]

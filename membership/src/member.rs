@@ -1,14 +1,21 @@
 //! A node's seat in its site's membership group: the async shell around openraft, the failure
 //! detector and the lease. It heartbeats every peer, answers peers' requests ([`Member::handle`]),
-//! and while it leads, commits the removals and re-admissions the detector judges.
+//! and while it leads, commits the removals and re-admissions the detector judges and admits
+//! nodes the topology added: first to the group (a learner, then a voter), then to placement.
+//!
+//! A pristine node (no raft log or vote) does not found a group on its own: it founds one
+//! with every node its topology lists only once a majority of them answered pristine too (a
+//! site starting for the first time), and otherwise waits to be added by the leader (a node
+//! joining a running site).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use openraft::error::{InitializeError, RaftError};
-use openraft::{Config, ServerState};
+use openraft::{ChangeMembers, Config, ServerState};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -24,26 +31,20 @@ use crate::types::{Peer, Raft, raft_id};
 pub struct MemberConfig {
     /// This node's id.
     pub me: String,
-    /// The site's provisioned nodes (this one included): the group's voters.
-    pub voters: Vec<String>,
     /// Where the group's log, vote and snapshot live.
     pub dir: PathBuf,
     pub heartbeat: Heartbeat,
     /// How long a majority's answers let this node acknowledge writes; shorter than the
     /// failure-detection timeout.
     pub lease: Duration,
-    /// A hash of what the node derives partition maps from besides the committed membership
-    /// (its topology's site): answers from a node whose fingerprint differs renew no lease, so
-    /// nodes running different topologies cannot both master a partition.
-    pub fingerprint: u64,
 }
 
 impl MemberConfig {
     /// Aerospike's heartbeat defaults (150 ms × 10) and a lease of two thirds of the timeout.
-    pub fn new(me: &str, voters: Vec<String>, dir: PathBuf) -> Self {
+    pub fn new(me: &str, dir: PathBuf) -> Self {
         let heartbeat = Heartbeat::default();
         let lease = heartbeat.timeout() * 2 / 3;
-        Self { me: me.to_owned(), voters, dir, heartbeat, lease, fingerprint: 0 }
+        Self { me: me.to_owned(), dir, heartbeat, lease }
     }
 }
 
@@ -78,11 +79,23 @@ pub struct MemberStatus {
     pub silent_ms: BTreeMap<String, u64>,
 }
 
+/// What a peer said in its latest heartbeat answer.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    initialized: bool,
+    roster: u64,
+}
+
 struct Inner<T> {
     config: MemberConfig,
     planner: Arc<dyn Planner>,
-    names: BTreeMap<u64, String>,
     raft: Raft,
+    /// Whether this node's raft state is past pristine (it founded the group, or joined it).
+    initialized: AtomicBool,
+    /// Whether this node founded the group: its topology's nodes are the first members, so
+    /// the partition map it started with is the group's first.
+    founder: AtomicBool,
+    reports: Mutex<BTreeMap<String, Report>>,
     transport: Arc<T>,
     detector: Mutex<FailureDetector>,
     lease: Mutex<Lease>,
@@ -103,15 +116,16 @@ impl<T> std::fmt::Debug for Member<T> {
 }
 
 impl<T: Transport> Member<T> {
-    /// Opens the group's store, starts openraft (initializing the group with every voter on
-    /// first start: safe on every node with the same voters) and the heartbeat and judge loops.
-    /// `planner` turns intents into changes while this node leads.
+    /// Opens the group's store, starts openraft and the heartbeat, judge and (on a pristine
+    /// node) bootstrap loops. `planner` turns intents into changes while this node leads, and
+    /// tells which nodes the site has now.
     pub async fn start(
         config: MemberConfig,
         transport: Arc<T>,
         planner: Arc<dyn Planner>,
     ) -> Result<Self, MembershipError> {
-        if !config.voters.contains(&config.me) {
+        let nodes = planner.nodes();
+        if !nodes.contains(&config.me) {
             return Err(MembershipError::NotAVoter(config.me.clone()));
         }
         let timeout = config.heartbeat.timeout();
@@ -119,9 +133,9 @@ impl<T: Transport> Member<T> {
             return Err(MembershipError::LeaseTooLong { lease: config.lease, timeout });
         }
         let mut names = BTreeMap::new();
-        for voter in &config.voters {
-            if let Some(other) = names.insert(raft_id(voter), voter.clone()) {
-                return Err(MembershipError::IdCollision(other, voter.clone()));
+        for node in &nodes {
+            if let Some(other) = names.insert(raft_id(node), node.clone()) {
+                return Err(MembershipError::IdCollision(other, node.clone()));
             }
         }
         let (published, membership) = watch::channel(SiteMembership::default());
@@ -144,26 +158,27 @@ impl<T: Transport> Member<T> {
             Raft::new(raft_id(&config.me), Arc::new(raft_config), network, log, state_machine)
                 .await
                 .map_err(|e| MembershipError::Raft(e.to_string()))?;
-        let voters: BTreeMap<u64, Peer> =
-            names.iter().map(|(&id, name)| (id, Peer { name: name.clone() })).collect();
-        match raft.initialize(voters).await {
-            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(error) => return Err(MembershipError::Raft(error.to_string())),
-        }
+        let initialized =
+            raft.is_initialized().await.map_err(|e| MembershipError::Raft(e.to_string()))?;
         let now = Instant::now();
         let inner = Arc::new(Inner {
             detector: Mutex::new(FailureDetector::new(config.heartbeat, now)),
-            lease: Mutex::new(Lease::new(config.lease, config.voters.len())),
+            lease: Mutex::new(Lease::new(config.lease, 0)),
             config,
             planner,
-            names,
             raft,
+            initialized: AtomicBool::new(initialized),
+            founder: AtomicBool::new(false),
+            reports: Mutex::default(),
             transport,
             membership,
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(heartbeat_loop(Arc::clone(&inner)));
         tasks.spawn(judge_loop(Arc::clone(&inner)));
+        if !initialized {
+            tasks.spawn(bootstrap_loop(Arc::clone(&inner)));
+        }
         Ok(Self { inner, tasks })
     }
 
@@ -173,14 +188,16 @@ impl<T: Transport> Member<T> {
         let reply = match serde_json::from_slice::<Request>(request) {
             Err(error) => Reply::Refused(format!("undecodable request: {error}")),
             Ok(Request::Heartbeat { from, .. }) => {
-                if inner.config.voters.contains(&from) {
+                if inner.knows(&from) {
                     inner.detector().heard(&from, Instant::now());
-                    let membership = inner.membership.borrow();
+                    let membership = inner.membership.borrow().clone();
                     Reply::Heartbeat {
                         from: inner.config.me.clone(),
                         epoch: membership.epoch,
                         sender_down: !membership.is_live(&from),
-                        fingerprint: inner.config.fingerprint,
+                        fingerprint: inner.planner.fingerprint(&membership),
+                        initialized: inner.initialized.load(Ordering::Relaxed),
+                        roster: inner.planner.roster(),
                     }
                 } else {
                     Reply::Refused(format!("'{from}' is not a node of this site"))
@@ -206,11 +223,11 @@ impl<T: Transport> Member<T> {
             return inner.commit(&intent).await;
         }
         let leader = inner.raft.metrics().borrow().current_leader;
-        let Some(leader) = leader.and_then(|id| inner.names.get(&id)) else {
+        let Some(leader) = leader.and_then(|id| inner.name_of(id)) else {
             return Err("no leader".to_owned());
         };
         let timeout = inner.config.heartbeat.timeout();
-        match rpc::call(&*inner.transport, leader, &Request::Propose(intent), timeout).await {
+        match rpc::call(&*inner.transport, &leader, &Request::Propose(intent), timeout).await {
             Ok(Reply::Proposed(outcome)) => outcome,
             Ok(_) => Err("reply of the wrong kind".to_owned()),
             Err(error) => Err(error.to_string()),
@@ -229,11 +246,22 @@ impl<T> Member<T> {
         self.inner.membership.clone()
     }
 
-    /// Whether this node may acknowledge writes now: a majority answered it within the lease,
-    /// and the committed membership it knows has it in.
+    /// Whether this node knows the site's partition map: it founded the group, or it has the
+    /// group's members (a node joining a running site holds nothing until then, whatever its
+    /// topology says).
+    pub fn settled(&self) -> bool {
+        let inner = &self.inner;
+        inner.founder.load(Ordering::Relaxed) || inner.membership.borrow().members.is_some()
+    }
+
+    /// Whether this node may acknowledge writes now: it knows the site's map, a majority of
+    /// the group's voters answered it within the lease, and the committed membership it knows
+    /// has it in.
     pub fn lease_holds(&self) -> bool {
         let inner = &self.inner;
-        inner.membership.borrow().is_live(&inner.config.me) && inner.lease().holds(Instant::now())
+        self.settled()
+            && inner.membership.borrow().is_live(&inner.config.me)
+            && inner.lease().holds(Instant::now())
     }
 
     /// The group as this node sees it.
@@ -250,14 +278,15 @@ impl<T> Member<T> {
         };
         let detector = inner.detector();
         let silent_ms = inner
-            .config
-            .voters
-            .iter()
-            .filter(|voter| **voter != inner.config.me)
-            .map(|voter| (voter.clone(), detector.silence(voter, now).as_millis() as u64))
+            .peers()
+            .into_iter()
+            .map(|peer| {
+                let silence = detector.silence(&peer, now).as_millis() as u64;
+                (peer, silence)
+            })
             .collect();
         MemberStatus {
-            leader: metrics.current_leader.and_then(|id| inner.names.get(&id).cloned()),
+            leader: metrics.current_leader.and_then(|id| inner.name_of(id)),
             term: metrics.current_term,
             epoch: membership.epoch,
             down: membership.down.into_iter().collect(),
@@ -284,8 +313,47 @@ impl<T> Inner<T> {
         self.lease.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn peers(&self) -> impl Iterator<Item = &String> {
-        self.config.voters.iter().filter(|voter| **voter != self.config.me)
+    fn reports(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Report>> {
+        self.reports.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `node` answered a heartbeat within the failure-detection timeout.
+    fn answers(&self, node: &str) -> bool {
+        self.detector().silence(node, Instant::now()) < self.config.heartbeat.timeout()
+    }
+
+    /// The group's voters and learners, by node id.
+    fn group(&self) -> (Vec<String>, Vec<String>) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let name = |id: u64| membership.get_node(&id).map(|peer| peer.name.clone());
+        let voters = membership.voter_ids().filter_map(name).collect();
+        let learners = membership.learner_ids().filter_map(name).collect();
+        (voters, learners)
+    }
+
+    fn name_of(&self, id: u64) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.membership_config.membership().get_node(&id).map(|peer| peer.name.clone())
+    }
+
+    /// Every node this one heartbeats: the group's voters and learners, and the nodes its
+    /// topology lists (which may be waiting to be added).
+    fn peers(&self) -> BTreeSet<String> {
+        let (voters, learners) = self.group();
+        let mut peers: BTreeSet<String> = voters.into_iter().chain(learners).collect();
+        peers.extend(self.planner.nodes());
+        peers.remove(&self.config.me);
+        peers
+    }
+
+    /// Whether `node` may heartbeat this one: a member of the group or a node of the site.
+    fn knows(&self, node: &str) -> bool {
+        let (voters, learners) = self.group();
+        voters.iter().chain(&learners).any(|n| n == node)
+            || self.planner.nodes().iter().any(|n| n == node)
     }
 
     fn leading(&self) -> bool {
@@ -324,24 +392,34 @@ async fn heartbeat_loop<T: Transport>(inner: Arc<Inner<T>>) {
     loop {
         ticks.tick().await;
         while in_flight.try_join_next().is_some() {}
+        let voters: Arc<BTreeSet<String>> = Arc::new(inner.group().0.into_iter().collect());
+        inner.lease().set_voters(voters.len());
         for peer in inner.peers() {
             let inner = Arc::clone(&inner);
-            let peer = peer.clone();
+            let voters = Arc::clone(&voters);
             in_flight.spawn(async move {
                 let sent = Instant::now();
                 let epoch = inner.membership.borrow().epoch;
                 let request = Request::Heartbeat { from: inner.config.me.clone(), epoch };
                 let reply = rpc::call(&*inner.transport, &peer, &request, inner.config.lease).await;
                 match reply {
-                    Ok(Reply::Heartbeat { from, epoch: theirs, sender_down, fingerprint })
-                        if from == peer =>
-                    {
+                    Ok(Reply::Heartbeat {
+                        from,
+                        epoch: theirs,
+                        sender_down,
+                        fingerprint,
+                        initialized,
+                        roster,
+                    }) if from == peer => {
                         inner.detector().heard(&peer, Instant::now());
+                        inner.reports().insert(peer.clone(), Report { initialized, roster });
                         // A peer that already committed a newer epoch, has this node out, or
                         // places partitions differently vouches for nothing: this node's view
-                        // may hand out partitions the majority has moved.
-                        let same = fingerprint == inner.config.fingerprint;
-                        if theirs <= epoch && !sender_down && same {
+                        // may hand out partitions the majority has moved. Only voters count
+                        // toward the majority.
+                        let membership = inner.membership.borrow().clone();
+                        let same = fingerprint == inner.planner.fingerprint(&membership);
+                        if theirs <= epoch && !sender_down && same && voters.contains(&peer) {
                             inner.lease().answered(&peer, sent);
                         }
                     }
@@ -364,17 +442,114 @@ async fn judge_loop<T: Transport>(inner: Arc<Inner<T>>) {
             continue;
         }
         let membership = inner.membership.borrow().clone();
-        let judged = inner.detector().judge(
-            &inner.config.me,
-            &inner.config.voters,
-            &membership,
-            Instant::now(),
-        );
+        let (voters, learners) = inner.group();
+        let judged = inner.detector().judge(&inner.config.me, &voters, &membership, Instant::now());
         for intent in judged {
             if let Err(error) = inner.commit(&intent).await {
                 tracing::warn!(%intent, %error, "membership change not committed; retrying");
                 break;
             }
         }
+        admit(&inner, &voters, &learners, &membership).await;
+    }
+}
+
+/// How long the leader waits for a joining node to catch up with the group's log.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+/// One step of admitting the nodes the topology added, while this node leads: a node that
+/// answers and is not in the group becomes a learner, then a voter; a voter not yet in
+/// placement is admitted to it once every live member lists the same nodes (so each of them
+/// derives the same partition map from the admission).
+async fn admit<T: Transport>(
+    inner: &Inner<T>,
+    voters: &[String],
+    learners: &[String],
+    membership: &SiteMembership,
+) {
+    let missing = inner.planner.nodes().into_iter().filter(|node| !voters.contains(node));
+    if let Some(node) = missing.into_iter().find(|node| inner.answers(node)) {
+        let id = raft_id(&node);
+        if let Some(other) = inner.name_of(id).filter(|other| *other != node) {
+            tracing::error!(node, other, "node ids have the same raft id; rename one");
+            return;
+        }
+        let outcome = if learners.contains(&node) {
+            let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+            tracing::info!(node, "making a caught-up learner a voter");
+            tokio::time::timeout(CATCH_UP, inner.raft.change_membership(change, false)).await
+        } else {
+            tracing::info!(node, "adding a new node to the group as a learner");
+            let peer = Peer { name: node.clone() };
+            tokio::time::timeout(CATCH_UP, inner.raft.add_learner(id, peer, true)).await
+        };
+        match outcome {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(node, %error, "group change not made; retrying"),
+            Err(_) => tracing::warn!(node, "group change not made in time; retrying"),
+        }
+        return;
+    }
+    if membership.members.is_none() {
+        return;
+    }
+    let roster = inner.planner.roster();
+    let agreed = |peer: &String| {
+        *peer == inner.config.me
+            || !membership.is_live(peer)
+            || inner.reports().get(peer).is_some_and(|report| report.roster == roster)
+    };
+    let placed = voters.iter().filter(|voter| !membership.is_member(voter));
+    for node in placed.cloned().collect::<Vec<_>>() {
+        if !voters.iter().all(agreed) {
+            tracing::debug!(node, "not every member lists the joining node yet");
+            return;
+        }
+        let intent = Intent::Join { node };
+        if let Err(error) = inner.commit(&intent).await {
+            tracing::warn!(%intent, %error, "admission not committed; retrying");
+            return;
+        }
+    }
+}
+
+/// On a pristine node: founds the group with every node the topology lists once a majority
+/// of them answered pristine, or waits (answering the leader) until the group adds it.
+async fn bootstrap_loop<T: Transport>(inner: Arc<Inner<T>>) {
+    let mut ticks = tokio::time::interval(inner.config.heartbeat.interval);
+    loop {
+        ticks.tick().await;
+        if inner.raft.is_initialized().await.unwrap_or(false) {
+            inner.initialized.store(true, Ordering::Relaxed);
+            return;
+        }
+        let nodes = inner.planner.nodes();
+        let reports = inner.reports().clone();
+        let fresh: Vec<&Report> = nodes
+            .iter()
+            .filter(|node| **node != inner.config.me && inner.answers(node))
+            .filter_map(|node| reports.get(node))
+            .collect();
+        if fresh.iter().any(|report| report.initialized) {
+            continue; // a running group: the leader adds this node
+        }
+        if (fresh.len() + 1) * 2 <= nodes.len() {
+            continue; // not a majority yet
+        }
+        let voters: BTreeMap<u64, Peer> =
+            nodes.iter().map(|name| (raft_id(name), Peer { name: name.clone() })).collect();
+        match inner.raft.initialize(voters).await {
+            Ok(()) => {
+                inner.founder.store(true, Ordering::Relaxed);
+                tracing::info!(nodes = ?nodes, "founded the site's membership group");
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(error) => {
+                tracing::warn!(%error, "could not found the membership group; retrying");
+                continue;
+            }
+        }
+        inner.initialized.store(true, Ordering::Relaxed);
+        return;
     }
 }

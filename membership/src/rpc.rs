@@ -54,8 +54,14 @@ pub(crate) enum Reply {
         from: String,
         epoch: u64,
         sender_down: bool,
-        /// The responder's [`crate::MemberConfig::fingerprint`].
+        /// The responder's [`crate::Planner::fingerprint`] under its committed membership.
         fingerprint: u64,
+        /// Whether the responder's raft state is past pristine (a group exists).
+        #[serde(default)]
+        initialized: bool,
+        /// The responder's [`crate::Planner::roster`].
+        #[serde(default)]
+        roster: u64,
     },
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),

@@ -39,6 +39,11 @@ pub struct SiteMembership {
     /// returning with old records of one holds the only copy of them, not stale ones.
     #[serde(default)]
     pub restarted: BTreeMap<String, BTreeMap<u16, u64>>,
+    /// The nodes placement may use: the group's first voters, then each node the leader
+    /// admitted. `None` until the group's first membership applies (or in a site without a
+    /// group): every node of the topology's site.
+    #[serde(default)]
+    pub members: Option<BTreeSet<String>>,
 }
 
 impl Default for SiteMembership {
@@ -50,14 +55,29 @@ impl Default for SiteMembership {
             readmitted: BTreeMap::new(),
             placed_at: 1,
             restarted: BTreeMap::new(),
+            members: None,
         }
     }
 }
 
 impl SiteMembership {
-    /// Whether `node` takes part in placement.
+    /// Whether `node` takes part in placement: admitted and not down.
     pub fn is_live(&self, node: &str) -> bool {
-        !self.down.contains(node)
+        self.is_member(node) && !self.down.contains(node)
+    }
+
+    /// Whether `node` was admitted to placement (every node is until members are known).
+    pub fn is_member(&self, node: &str) -> bool {
+        self.members.as_ref().is_none_or(|members| members.contains(node))
+    }
+
+    /// Records the group's first voters as the members, unless members are known already.
+    /// Changes no epoch: those voters are the topology's nodes the group started with, which
+    /// placement used before.
+    pub fn seed_members(&mut self, voters: impl IntoIterator<Item = String>) {
+        if self.members.is_none() {
+            self.members = Some(voters.into_iter().collect());
+        }
     }
 
     /// Partitions whose copies are not all where placement puts them.
@@ -79,6 +99,18 @@ impl SiteMembership {
             self.placed_at = epoch;
         }
         self.down.clone_from(&change.down);
+        if let Some(members) = &change.members
+            && self.members.as_ref() != Some(members)
+        {
+            // A node that joins holds nothing yet, like one re-admitted after a loss.
+            let joined: Vec<String> =
+                members.iter().filter(|node| !self.is_member(node)).cloned().collect();
+            for node in joined {
+                self.readmitted.insert(node, epoch);
+            }
+            self.members = Some(members.clone());
+            self.placed_at = epoch;
+        }
         for (namespace, partitions) in &change.holders {
             let held = self.holders.entry(namespace.clone()).or_default();
             for (&partition, holders) in partitions {
@@ -109,6 +141,9 @@ pub struct Change {
     /// Partitions that lose their last copy with this change.
     #[serde(default)]
     pub restarted: BTreeMap<String, Vec<u16>>,
+    /// The new members, when the change admits a node.
+    #[serde(default)]
+    pub members: Option<BTreeSet<String>>,
     /// Why, for the log.
     pub reason: Intent,
 }
@@ -124,6 +159,9 @@ pub enum Intent {
     /// `since` filled them (void if the placement changed, or the node was re-admitted, after
     /// `since`).
     Filled { node: String, namespace: String, partitions: Vec<u16>, since: u64 },
+    /// Add a node that joined the group (a voter now) to placement: it is filled wherever
+    /// placement puts it, and takes reads and mastership as its copies fill.
+    Join { node: String },
 }
 
 impl std::fmt::Display for Intent {
@@ -131,6 +169,7 @@ impl std::fmt::Display for Intent {
         match self {
             Intent::Remove { node } => write!(f, "remove {node}"),
             Intent::Readmit { node } => write!(f, "readmit {node}"),
+            Intent::Join { node } => write!(f, "admit {node} to placement"),
             Intent::Filled { node, namespace, partitions, .. } => {
                 write!(f, "{node} filled {} partitions of {namespace}", partitions.len())
             }
@@ -142,6 +181,21 @@ impl std::fmt::Display for Intent {
 pub trait Planner: Send + Sync + 'static {
     /// The change that carries out `intent` on `current`, or `None` when it changes nothing.
     fn plan(&self, current: &SiteMembership, intent: &Intent) -> Option<Change>;
+
+    /// The site's nodes as this node's topology lists them now (itself included): who may
+    /// heartbeat it, and whom the leader adds to the group when they answer.
+    fn nodes(&self) -> Vec<String>;
+
+    /// A hash of what this node derives partition maps from besides `membership`: the
+    /// placement inputs of its members and namespaces. Answers from a node whose fingerprint
+    /// differs renew no lease, so nodes running different topologies cannot both master a
+    /// partition.
+    fn fingerprint(&self, membership: &SiteMembership) -> u64;
+
+    /// A hash of every listed node's placement inputs: equal on two nodes once both know the
+    /// same nodes, so the leader admits a node to placement only when every live member can
+    /// place it.
+    fn roster(&self) -> u64;
 }
 
 #[cfg(test)]
@@ -155,6 +209,7 @@ mod tests {
             down: down.iter().map(|n| n.to_string()).collect(),
             holders: BTreeMap::from([("test".into(), BTreeMap::from([(partition, holders)]))]),
             restarted: BTreeMap::new(),
+            members: None,
             reason: Intent::Remove { node: "b".into() },
         }
     }

@@ -324,6 +324,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
                 EntryPayload::Membership(membership) => {
+                    // The first membership is the group's initial voters: the members
+                    // placement starts from (later voters are admitted by a change).
+                    let voters = membership.voter_ids().collect::<Vec<_>>();
+                    let names = voters.iter().filter_map(|id| membership.get_node(id));
+                    self.applied.site.seed_members(names.map(|peer| peer.name.clone()));
                     self.applied.last_membership =
                         StoredMembership::new(Some(entry.log_id), membership);
                 }

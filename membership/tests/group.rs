@@ -1,6 +1,6 @@
-//! Three members in one process over an in-memory transport that a test can cut: the group
-//! removes a silent node only after that node's lease ran out, re-admits it when it answers
-//! again, and keeps its epoch across restarts.
+//! Members in one process over an in-memory transport that a test can cut: the group removes
+//! a silent node only after that node's lease ran out, re-admits it when it answers again,
+//! keeps its epoch across restarts, and admits a node added to the site.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -10,13 +10,23 @@ use ferry_membership::{
     Change, Heartbeat, Intent, Member, MemberConfig, Planner, SiteMembership, Transport,
 };
 
-/// Plans removals and re-admissions as down-set changes, and a filled partition as its holder.
-struct DownSet;
+/// Plans removals and re-admissions as down-set changes, a filled partition as its holder,
+/// and a join as a new member; the site's nodes are what the test says.
+struct DownSet {
+    nodes: Mutex<Vec<String>>,
+}
+
+impl DownSet {
+    fn new(nodes: &[&str]) -> Arc<Self> {
+        Arc::new(Self { nodes: Mutex::new(nodes.iter().map(|n| n.to_string()).collect()) })
+    }
+}
 
 impl Planner for DownSet {
     fn plan(&self, current: &SiteMembership, intent: &Intent) -> Option<Change> {
         let mut down = current.down.clone();
         let mut holders = BTreeMap::new();
+        let mut members = None;
         match intent {
             Intent::Remove { node } => down.insert(node.clone()),
             Intent::Readmit { node } => down.remove(node),
@@ -25,14 +35,33 @@ impl Planner for DownSet {
                 holders.insert(namespace.clone(), filled.collect());
                 true
             }
+            Intent::Join { node } => {
+                let mut joined = current.members.clone()?;
+                let added = joined.insert(node.clone());
+                members = Some(joined);
+                added
+            }
         }
         .then(|| Change {
             base_epoch: current.epoch,
             down,
             holders,
             restarted: BTreeMap::new(),
+            members,
             reason: intent.clone(),
         })
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        self.nodes.lock().expect("nodes").clone()
+    }
+
+    fn fingerprint(&self, _: &SiteMembership) -> u64 {
+        0
+    }
+
+    fn roster(&self) -> u64 {
+        ferry_membership::raft_id(&self.nodes().join(","))
     }
 }
 
@@ -77,18 +106,28 @@ fn heartbeat() -> Heartbeat {
 }
 
 async fn start(net: &Arc<Loopback>, dir: &std::path::Path) -> Vec<Arc<Member<Wire>>> {
-    let voters: Vec<String> = NODES.map(String::from).to_vec();
+    let planner = DownSet::new(&NODES);
     let mut members = Vec::new();
     for name in NODES {
-        let mut config = MemberConfig::new(name, voters.clone(), dir.join(name));
-        config.heartbeat = heartbeat();
-        config.lease = heartbeat().timeout() * 2 / 3;
-        let wire = Arc::new(Wire { me: name.to_owned(), net: Arc::clone(net) });
-        let member = Arc::new(Member::start(config, wire, Arc::new(DownSet)).await.expect("start"));
-        net.members.lock().expect("members").insert(name.to_owned(), Arc::downgrade(&member));
-        members.push(member);
+        members.push(start_one(net, dir, name, &planner).await);
     }
     members
+}
+
+async fn start_one(
+    net: &Arc<Loopback>,
+    dir: &std::path::Path,
+    name: &str,
+    planner: &Arc<DownSet>,
+) -> Arc<Member<Wire>> {
+    let mut config = MemberConfig::new(name, dir.join(name));
+    config.heartbeat = heartbeat();
+    config.lease = heartbeat().timeout() * 2 / 3;
+    let wire = Arc::new(Wire { me: name.to_owned(), net: Arc::clone(net) });
+    let planner: Arc<dyn Planner> = Arc::clone(planner) as _;
+    let member = Arc::new(Member::start(config, wire, planner).await.expect("start"));
+    net.members.lock().expect("members").insert(name.to_owned(), Arc::downgrade(&member));
+    member
 }
 
 async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Instant {
@@ -183,6 +222,48 @@ async fn the_committed_epoch_survives_a_restart_of_the_whole_group() {
     assert!(epochs.iter().all(|&e| e <= 2));
     until("b's readmission after the restart", Duration::from_secs(10), || {
         members.iter().all(|m| committed(m).epoch == 3 && committed(m).down.is_empty())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_to_the_site_joins_the_group_then_placement() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Loopback::default());
+    let planner = DownSet::new(&NODES);
+    let mut members = Vec::new();
+    for name in NODES {
+        members.push(start_one(&net, dir.path(), name, &planner).await);
+    }
+    until("every lease", Duration::from_secs(10), || {
+        members.iter().all(|m| m.lease_holds() && m.settled())
+    })
+    .await;
+    let first = committed(&members[0]);
+    assert_eq!(first.members, Some(NODES.iter().map(|n| n.to_string()).collect()));
+    assert_eq!(first.epoch, 1, "the first members change no epoch");
+
+    // The topology lists d on every node (they share the planner); d starts pristine.
+    planner.nodes.lock().expect("nodes").push("d".into());
+    let d = start_one(&net, dir.path(), "d", &planner).await;
+    assert!(!d.settled(), "a pristine node that did not found the group knows no map");
+    assert!(!d.lease_holds());
+    members.push(d);
+    until("d in placement everywhere", Duration::from_secs(20), || {
+        members.iter().all(|m| committed(m).is_member("d"))
+    })
+    .await;
+    let joined = committed(&members[3]);
+    assert_eq!(joined.epoch, 2, "the admission is one change");
+    assert_eq!(joined.readmitted.get("d"), Some(&2), "d is filled like a returning node");
+    until("d's lease", Duration::from_secs(5), || members[3].settled() && members[3].lease_holds())
+        .await;
+    assert!(members[3].status().silent_ms.len() == 3);
+
+    // d is a voter: with two of four cut, nobody holds a lease (no majority).
+    net.cut.lock().expect("cut").extend(["c".to_owned(), "d".to_owned()]);
+    until("no lease with half cut", Duration::from_secs(5), || {
+        members.iter().all(|m| !m.lease_holds())
     })
     .await;
 }

@@ -155,3 +155,11 @@ async fn round_trip(stream: &mut TcpStream, request: &[u8]) -> Result<Vec<u8>, R
     stream.read_exact(&mut reply[8..]).await.map_err(RoundTripError::Io)?;
     Ok(reply)
 }
+
+/// Where to reach `node`: its route when it has one (a relay or proxy), else its fabric address.
+pub(crate) fn route(
+    routes: &std::collections::BTreeMap<String, std::net::SocketAddr>,
+    node: &ferry_topology::model::Node,
+) -> std::net::SocketAddr {
+    routes.get(node.id.as_str()).copied().unwrap_or_else(|| node.fabric.addr())
+}

@@ -17,6 +17,7 @@
 //! - [`node`] and [`server`]: the node's state and its network shell.
 //! - [`admin`]: the admin HTTP API (status, XDR stats and link controls as JSON).
 //! - [`unshipped`]: what a link has not shipped from this node (a failover's lost writes).
+//! - [`takeovers`]: partitions taken over and not yet re-shipped, journaled across restarts.
 //! - [`verify`]: per-partition hashes and version lists two sites compare.
 //! - [`metrics`]: Prometheus text for the admin API's `/metrics`.
 //! - [`xdr_config`]: Aerospike's `get-config`/`set-config` for XDR links.
@@ -42,6 +43,7 @@ pub mod replica;
 pub mod server;
 mod start;
 pub mod storage;
+pub mod takeovers;
 pub mod truncate;
 pub mod unshipped;
 pub mod verify;

@@ -2,6 +2,10 @@
 //! messages over the fabric, the planner that turns the leader's intents into changes from the
 //! topology's placement, and the follower that installs each committed epoch's view.
 //!
+//! The planner reads the node's current topology (it follows the topology service), so a node
+//! added to the site there is admitted by the leader (see `ferry_membership::Member`) and
+//! filled by migrations, without restarting the others.
+//!
 //! Sites of one or two nodes run no group: a majority of two is both, so no node could take
 //! over for the other; their membership stays at epoch 1 and writes need no lease.
 
@@ -11,12 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_membership::{Change, Intent, Member, MemberConfig, Planner, SiteMembership, Transport};
-use ferry_topology::Topology;
 use ferry_topology::placement::PARTITIONS;
+use ferry_topology::{SharedTopology, Topology};
 
 use crate::cluster::{ClusterView, PartitionCopies, placement};
 use crate::fabric::{self, Fabric, Kind};
 use crate::node::{NodeConfig, NodeState};
+use crate::takeovers::TakeoverJournal;
 
 pub use ferry_membership::Heartbeat;
 
@@ -30,11 +35,14 @@ pub const MIN_NODES_FOR_TAKEOVER: usize = 3;
 /// just started, or a blip): about one heartbeat timeout.
 const LEASE_PATIENCE: Duration = Duration::from_millis(1_500);
 
-/// Carries the group's messages to peers' fabric listeners on its own connections.
+/// Carries the group's messages to peers' fabric listeners on its own connections, at the
+/// addresses the current topology gives them.
 #[derive(Debug)]
 pub struct FabricTransport {
     fabric: Fabric,
-    peers: BTreeMap<String, SocketAddr>,
+    topology: SharedTopology,
+    site: String,
+    routes: BTreeMap<String, SocketAddr>,
 }
 
 impl Transport for FabricTransport {
@@ -44,9 +52,14 @@ impl Transport for FabricTransport {
         request: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, std::io::Error> {
-        let addr = *self.peers.get(peer).ok_or_else(|| {
+        let topology = self.topology.get();
+        let node = topology
+            .site(&self.site)
+            .and_then(|site| site.nodes.iter().find(|node| node.id.as_str() == peer));
+        let node = node.ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, format!("no node '{peer}'"))
         })?;
+        let addr = fabric::route(&self.routes, node);
         let reply = self
             .fabric
             .exchange(addr, &fabric::frame(Kind::Membership, &request), timeout)
@@ -57,23 +70,32 @@ impl Transport for FabricTransport {
     }
 }
 
-/// Plans membership changes from the topology's placement.
+/// Plans membership changes from the current topology's placement.
 #[derive(Debug)]
 pub struct SitePlanner {
-    topology: Arc<Topology>,
+    topology: SharedTopology,
     site: String,
 }
 
 impl Planner for SitePlanner {
     fn plan(&self, current: &SiteMembership, intent: &Intent) -> Option<Change> {
-        let site = self.topology.site(&self.site)?;
+        let topology = self.topology.get();
+        let site = topology.site(&self.site)?;
         let provisioned = |node: &str| site.nodes.iter().any(|n| n.id == *node);
         let mut down = current.down.clone();
+        let mut members = current.members.clone();
         let (lost, filled) = match intent {
             Intent::Remove { node } if provisioned(node) && down.insert(node.clone()) => {
                 (Some(node.as_str()), None)
             }
             Intent::Readmit { node } if down.remove(node) => (None, None),
+            // Placed like a returning node: filled wherever placement puts it.
+            Intent::Join { node }
+                if provisioned(node)
+                    && members.as_mut().is_some_and(|m| m.insert(node.clone())) =>
+            {
+                (None, None)
+            }
             // Only if the node took every write of these partitions since the push began: it
             // stayed in, was not re-admitted (it had lost its copies) and the placement, which
             // decides whom writes reach, did not change.
@@ -86,13 +108,14 @@ impl Planner for SitePlanner {
             }
             _ => return None,
         };
-        let next = SiteMembership { down: down.clone(), ..current.clone() };
+        let next =
+            SiteMembership { down: down.clone(), members: members.clone(), ..current.clone() };
         let mut holders = BTreeMap::new();
         let mut restarted: BTreeMap<String, Vec<u16>> = BTreeMap::new();
         for ns in &site.namespaces {
             let name = ns.name.as_str();
-            let before = placement(&self.topology, &self.site, name, current).ok()?;
-            let after = placement(&self.topology, &self.site, name, &next).ok()?;
+            let before = placement(&topology, &self.site, name, current).ok()?;
+            let after = placement(&topology, &self.site, name, &next).ok()?;
             let held_before = current.holders.get(name);
             let mut changed = BTreeMap::new();
             for p in 0..PARTITIONS {
@@ -129,18 +152,49 @@ impl Planner for SitePlanner {
                 holders.insert(name.to_owned(), changed);
             }
         }
-        if down == current.down && holders.is_empty() {
+        let joined = members != current.members;
+        if down == current.down && holders.is_empty() && !joined {
             return None;
         }
-        Some(Change { base_epoch: current.epoch, down, holders, restarted, reason: intent.clone() })
+        let members = if joined { members } else { None };
+        Some(Change {
+            base_epoch: current.epoch,
+            down,
+            holders,
+            restarted,
+            members,
+            reason: intent.clone(),
+        })
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        let topology = self.topology.get();
+        let site = topology.site(&self.site);
+        site.map(|site| site.nodes.iter().map(|n| n.id.to_string()).collect()).unwrap_or_default()
+    }
+
+    fn fingerprint(&self, membership: &SiteMembership) -> u64 {
+        let topology = self.topology.get();
+        topology.site(&self.site).map_or(0, |site| {
+            placement_fingerprint(&topology, site, |node| membership.is_member(node))
+        })
+    }
+
+    fn roster(&self) -> u64 {
+        let topology = self.topology.get();
+        topology.site(&self.site).map_or(0, |site| placement_fingerprint(&topology, site, |_| true))
     }
 }
 
-/// FNV-1a over what placement reads from the topology for `site`: its nodes (id, rack,
-/// zone), namespaces and copies, and the placement policy.
-fn placement_fingerprint(topology: &Topology, site: &ferry_topology::model::Site) -> u64 {
+/// FNV-1a over what placement reads from the topology for `site`: its nodes that `counts`
+/// keeps (id, rack, zone), namespaces and copies, and the placement policy.
+fn placement_fingerprint(
+    topology: &Topology,
+    site: &ferry_topology::model::Site,
+    counts: impl Fn(&str) -> bool,
+) -> u64 {
     let mut inputs = format!("{:?}", topology.placement);
-    for node in &site.nodes {
+    for node in site.nodes.iter().filter(|node| counts(node.id.as_str())) {
         inputs.push_str(&format!("|{}:{}:{:?}", node.id, node.rack_id, site.zone_of(node)));
     }
     for ns in &site.namespaces {
@@ -149,43 +203,51 @@ fn placement_fingerprint(topology: &Topology, site: &ferry_topology::model::Site
     ferry_membership::raft_id(&inputs)
 }
 
+/// Why a node could not take its seat in the site's group.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    #[error(transparent)]
+    Membership(#[from] ferry_membership::MembershipError),
+    #[error(transparent)]
+    Takeovers(#[from] crate::takeovers::JournalError),
+}
+
 /// Joins the site's membership group when the site has three nodes or more, and installs the
 /// view of each committed epoch as it commits.
-pub async fn join(
-    state: &Arc<NodeState>,
-    config: &NodeConfig,
-) -> Result<(), ferry_membership::MembershipError> {
+pub async fn join(state: &Arc<NodeState>, config: &NodeConfig) -> Result<(), JoinError> {
     let site = state.site();
     if site.nodes.len() < MIN_NODES_FOR_TAKEOVER {
         return Ok(());
     }
-    let voters = site.nodes.iter().map(|n| n.id.to_string()).collect();
-    let mut member_config = MemberConfig::new(
-        state.this_node().id.as_str(),
-        voters,
-        config.data_dir.join("membership"),
-    );
+    let mut member_config =
+        MemberConfig::new(state.this_node().id.as_str(), config.data_dir.join("membership"));
     member_config.heartbeat = config.heartbeat;
     member_config.lease = config.heartbeat.timeout() * 2 / 3;
-    member_config.fingerprint = placement_fingerprint(&config.topology, site);
     let transport = FabricTransport {
         fabric: Fabric::default(),
-        peers: site.nodes.iter().map(|n| (n.id.to_string(), state.fabric_addr(n))).collect(),
+        topology: state.topology.clone(),
+        site: site.name.to_string(),
+        routes: config.fabric_routes.clone(),
     };
-    let planner =
-        SitePlanner { topology: Arc::new(config.topology.clone()), site: site.name.to_string() };
+    let planner = SitePlanner { topology: state.topology.clone(), site: site.name.to_string() };
+    let journal = TakeoverJournal::open(&config.data_dir.join(TAKEOVER_JOURNAL), &state.xdr)?;
+    let journal = Arc::new(journal);
     let member = Member::start(member_config, Arc::new(transport), Arc::new(planner)).await?;
     let mut committed = member.membership();
     if state.member.set(member).is_err() {
         return Ok(());
     }
-    tokio::spawn(announce_shipped(Arc::clone(state)));
+    tokio::spawn(announce_shipped(Arc::clone(state), Arc::clone(&journal)));
     tokio::spawn(crate::migrate::run(Arc::clone(state)));
-    let (topology, state) = (config.topology.clone(), Arc::clone(state));
+    let state = Arc::clone(state);
     tokio::spawn(async move {
         loop {
             let membership = committed.borrow_and_update().clone();
             let (site, node) = (state.site().name.to_string(), state.this_node().id.to_string());
+            // The current topology: a node admitted at this epoch is in it (the leader admits
+            // a node only once every live member's topology lists it).
+            let topology = state.topology.get();
             match ClusterView::at(&topology, &site, &node, &membership) {
                 Ok(view) => {
                     tracing::info!(
@@ -201,8 +263,18 @@ pub async fn join(
                     // of these changes are this node's to ship.
                     for (dc, partitions) in taken {
                         let count = partitions.len();
-                        if state.xdr.take_over(&dc, partitions) {
-                            tracing::info!(dc, partitions = count, "took over shipping partitions");
+                        let now = crate::record::now_ms();
+                        match journal.take_over(&state.xdr, &dc, partitions, now) {
+                            Ok(true) => {
+                                tracing::info!(
+                                    dc,
+                                    partitions = count,
+                                    "took over shipping partitions"
+                                );
+                            }
+                            Ok(false) => {}
+                            // Queued anyway: only a restart before they ship would lose them.
+                            Err(error) => tracing::error!(%error, dc, "takeovers not journaled"),
                         }
                     }
                 }
@@ -221,16 +293,15 @@ impl NodeState {
     /// group, else while its lease holds — waiting up to [`LEASE_PATIENCE`] for it.
     pub async fn write_lease(&self) -> bool {
         let Some(member) = self.member.get() else { return true };
-        let deadline = tokio::time::Instant::now() + LEASE_PATIENCE;
-        loop {
-            if member.lease_holds() {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        within_patience(|| member.lease_holds()).await
+    }
+
+    /// Whether this node knows the site's partition map, waiting up to [`LEASE_PATIENCE`]
+    /// for it: always in a site without a group; a node joining a running site serves nothing
+    /// until the group's members reach it.
+    pub async fn map_known(&self) -> bool {
+        let Some(member) = self.member.get() else { return true };
+        within_patience(|| member.settled()).await
     }
 
     /// Whether this node's lease still holds now (always in a site without a group): checked
@@ -239,11 +310,41 @@ impl NodeState {
         self.member.get().is_none_or(Member::lease_holds)
     }
 
+    /// Whether this node applies `topology`'s changes to its site without a restart: the
+    /// same id and namespaces, and the same nodes — or, in a site with a membership group,
+    /// nodes added (the group admits them).
+    pub fn applies_live(&self, topology: &Topology) -> bool {
+        let site = self.site();
+        let Some(now) = topology.site(site.name.as_str()) else { return false };
+        let kept = site.nodes.iter().all(|node| now.nodes.contains(node));
+        let same_nodes = kept && now.nodes.len() == site.nodes.len();
+        now.src_id == site.src_id
+            && now.namespaces == site.namespaces
+            && (same_nodes || kept && self.member.get().is_some())
+    }
+
     /// The membership group as this node sees it, if the site runs one.
     pub fn member_status(&self) -> Option<ferry_membership::MemberStatus> {
         self.member.get().map(Member::status)
     }
 }
+
+/// Whether `ready` holds within [`LEASE_PATIENCE`] (checked every 10 ms).
+async fn within_patience(ready: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + LEASE_PATIENCE;
+    loop {
+        if ready() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The takeover journal's file in the node's directory.
+const TAKEOVER_JOURNAL: &str = "xdr-takeovers.json";
 
 /// How often a node tells its peers how far its links shipped.
 const SHIPPED_EVERY: Duration = Duration::from_millis(500);
@@ -260,12 +361,16 @@ pub struct Shipped {
     pub links: BTreeMap<String, u64>,
 }
 
-/// Every [`SHIPPED_EVERY`], tells each live peer how far this node's links shipped.
-async fn announce_shipped(state: Arc<NodeState>) {
+/// Every [`SHIPPED_EVERY`], tells each live peer how far this node's links shipped, and
+/// drops the journaled takeovers they have shipped.
+async fn announce_shipped(state: Arc<NodeState>, journal: Arc<TakeoverJournal>) {
     let fabric = Fabric::default();
     let mut ticks = tokio::time::interval(SHIPPED_EVERY);
     loop {
         ticks.tick().await;
+        if let Err(error) = journal.trim(&state.xdr) {
+            tracing::warn!(%error, "shipped takeovers not dropped from the journal");
+        }
         let registry = &state.xdr;
         let links = registry
             .dcs()
@@ -356,8 +461,8 @@ mod tests {
 
     /// Fills every partition being filled, as the masters' migrations would.
     fn fill_all(planner: &SitePlanner, membership: &mut SiteMembership) {
-        let topology = &planner.topology;
-        let any = view(topology, "use-a", membership);
+        let topology = planner.topology.get();
+        let any = view(&topology, "use-a", membership);
         let mut by_node: BTreeMap<String, Vec<u16>> = BTreeMap::new();
         for p in 0..PARTITIONS {
             for node in &any.copies("test", p).expect("copies").filling {
@@ -374,8 +479,9 @@ mod tests {
 
     #[test]
     fn a_loss_then_a_return_fill_every_placed_copy_and_end_balanced() {
-        let planner = SitePlanner { topology: example(), site: "us-east".into() };
-        let topology = Arc::clone(&planner.topology);
+        let topology = example();
+        let shared = SharedTopology::new(Arc::clone(&topology));
+        let planner = SitePlanner { topology: shared, site: "us-east".into() };
         let mut membership = SiteMembership::default();
         let initial = view(&topology, "use-c", &membership);
         let c_copies = (0..PARTITIONS)

@@ -301,10 +301,11 @@ impl NodeState {
         Arc::clone(&self.cluster.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Installs the view of a newer membership epoch (an older or equal one is ignored).
+    /// Installs the view of a membership epoch no older than the current one (the same epoch
+    /// again when a joining node learns the group's members).
     pub(crate) fn set_cluster(&self, view: ClusterView) {
         let mut current = self.cluster.write().unwrap_or_else(PoisonError::into_inner);
-        if view.epoch() > current.epoch() {
+        if view.epoch() >= current.epoch() {
             *current = Arc::new(view);
         }
     }
@@ -367,7 +368,7 @@ impl NodeState {
 
     /// Where to reach `node` of this site: its route when it has one, else its fabric address.
     pub fn fabric_addr(&self, node: &ferry_topology::model::Node) -> SocketAddr {
-        self.fabric_routes.get(node.id.as_str()).copied().unwrap_or_else(|| node.fabric.addr())
+        crate::fabric::route(&self.fabric_routes, node)
     }
 
     /// Asks every other node of this site the info command `name` over the fabric; returns
@@ -376,7 +377,8 @@ impl NodeState {
         let request = crate::proto::frame(crate::proto::TYPE_INFO, format!("{name}\n").as_bytes());
         let me = &self.this_node().id;
         let mut answers = Vec::new();
-        for node in self.site().nodes.iter().filter(|node| node.id != *me) {
+        let view = self.cluster();
+        for node in view.site().nodes.iter().filter(|node| node.id != *me) {
             let reply =
                 self.fabric.exchange(self.fabric_addr(node), &request, FORWARD_TIMEOUT).await;
             let reply = reply.map(|reply| {

@@ -57,7 +57,7 @@ pub enum StartError {
     #[error(transparent)]
     Xdr(#[from] XdrError),
     #[error("join the site's membership group: {0}")]
-    Membership(#[from] ferry_membership::MembershipError),
+    Membership(#[from] crate::membership::JoinError),
     #[error("bind {what} address {addr} (in use?): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("bind XDR address {addr} (UDP): {source}")]

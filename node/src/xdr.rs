@@ -21,6 +21,7 @@ use ferry_xdr::parked::ParkedRecord;
 use ferry_xdr::plan::LinkPlan;
 use ferry_xdr::receive::{Applier, ApplyOutcome, ApplyRefusal, Delivery, Receiver};
 use ferry_xdr::ship::{LocalRecord, LocalRecords, Shipper, ShipperSettings};
+use ferry_xdr::sitemap::{NamespaceMasters, SiteMap};
 use tokio::sync::watch;
 
 use crate::node::{NodeConfig, NodeState};
@@ -165,10 +166,7 @@ async fn follow(url: String, state: Arc<NodeState>, links: Arc<tokio::sync::Mute
         let Some(version) = versions.borrow_and_update().clone() else { continue };
         let topology = Arc::new(version.topology.clone());
         if *topology != *state.topology.get() {
-            let site = state.site();
-            let placed =
-                |s: &ferry_topology::model::Site| (s.src_id, s.nodes.clone(), s.namespaces.clone());
-            if topology.site(site.name.as_str()).map(placed) != Some(placed(site)) {
+            if !state.applies_live(&topology) {
                 tracing::warn!(
                     version = version.version,
                     "this site's nodes or namespaces changed: restart the nodes to apply that part"
@@ -207,6 +205,15 @@ impl Links {
     /// stops removed, disabled and changed ones, starts new ones. A disabled link keeps its
     /// cursor, so the log keeps its changes until it is enabled again (or overflows).
     async fn reconcile(&mut self, topology: &Topology) -> Result<(), XdrError> {
+        // Nodes the topology added to any site may connect (and be connected to) from now on.
+        match site_members(topology) {
+            Ok(members) => {
+                for site in self.endpoint.admit_members(&members) {
+                    tracing::warn!(%site, "a site added since start is trusted after a restart");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "the topology's nodes are no identities"),
+        }
         let site = self.state.site().name.clone();
         let outgoing: BTreeMap<String, &Link> = topology
             .links
@@ -512,6 +519,12 @@ impl Applier for NodeRecords {
     async fn apply(&self, batch: &Batch, delivery: Delivery) -> Result<ApplyOutcome, ApplyRefusal> {
         let state = &self.state;
         let namespace = &batch.namespace;
+        if !state.map_known().await {
+            return Err(ApplyRefusal {
+                retryable: true,
+                message: "this node is joining its site and knows no partition map yet".into(),
+            });
+        }
         // Over a link, records of partitions another node of this site owns go to that node
         // (the sender's map of this site differs from ours); forwarded ones are applied here.
         let (owned, foreign): (Vec<ShippedRecord>, Vec<ShippedRecord>) = match delivery {
@@ -560,6 +573,21 @@ impl Applier for NodeRecords {
         outcome.stale += counts.lost_conflict as u32;
         outcome.refused.extend(counts.refused);
         Ok(outcome)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.state.cluster().epoch()
+    }
+
+    fn site_map(&self) -> SiteMap {
+        let view = self.state.cluster();
+        let namespaces = self.state.site().namespaces.iter().map(|ns| {
+            let name = ns.name.as_str();
+            let masters =
+                NamespaceMasters::from_fn(|p| view.master(name, p).map(|n| n.id.as_str()));
+            (name.to_owned(), masters)
+        });
+        SiteMap { epoch: view.epoch(), namespaces: namespaces.collect() }
     }
 }
 

@@ -21,11 +21,11 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tracing::{debug, info, warn};
 
-use crate::certs::{NodeCredentials, TrustStore};
+use crate::certs::{NodeCredentials, SiteMembers, TrustStore};
 use crate::config::TransportSettings;
 use crate::error::{PeerRejection, TransportError};
 use crate::frame::{Frame, FrameError, FrameHeader, FrameType, HEADER_LEN};
-use crate::identity::{PeerAuthorizer, PeerIdentity};
+use crate::identity::{PeerAuthorizer, PeerIdentity, SiteName};
 use crate::tls::TlsContext;
 
 /// Application close code: the endpoint shut down.
@@ -227,6 +227,13 @@ impl Endpoint {
             action: "read the endpoint address".to_owned(),
             source,
         })
+    }
+
+    /// Admits the nodes `sites` lists now (the topology added or removed nodes): connections
+    /// from and to nodes no longer listed are refused from now on. Sites this endpoint did
+    /// not trust at start stay untrusted; they are returned.
+    pub fn admit_members(&self, sites: &[SiteMembers]) -> Vec<SiteName> {
+        self.inner.tls.set_members(sites)
     }
 
     /// This node's identity.

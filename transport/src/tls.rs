@@ -9,9 +9,10 @@
 //! instead of a TLS alert string. Session resumption is disabled so that every connection runs
 //! the verifier.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
@@ -22,9 +23,9 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::certs::{CertInfo, NodeCredentials, TrustStore};
+use crate::certs::{CertInfo, NodeCredentials, SiteMembers, TrustStore};
 use crate::error::{PeerRejection, TransportError};
-use crate::identity::{PeerAuthorizer, PeerIdentity};
+use crate::identity::{NodeId, PeerAuthorizer, PeerIdentity, SiteName};
 
 /// The ALPN protocol name and version every ferry endpoint offers and requires.
 pub const ALPN: &[u8] = b"ferry-xdr/1";
@@ -58,8 +59,9 @@ pub(crate) struct TlsContext {
     provider: Arc<CryptoProvider>,
     key: Arc<CertifiedKey>,
     local: PeerIdentity,
-    trust: TrustStore,
-    sites: std::collections::BTreeMap<crate::identity::SiteName, SiteVerifiers>,
+    /// The nodes of each trusted site: replaced as the topology adds nodes (the CAs stay).
+    nodes: RwLock<BTreeMap<SiteName, BTreeSet<NodeId>>>,
+    sites: BTreeMap<SiteName, SiteVerifiers>,
     hints: Vec<DistinguishedName>,
     authorizer: Arc<dyn PeerAuthorizer>,
 }
@@ -99,7 +101,7 @@ impl TlsContext {
         let key =
             CertifiedKey::from_der(creds.cert_chain.clone(), creds.key.clone_key(), &provider)
                 .map_err(tls_error)?;
-        let mut sites = std::collections::BTreeMap::new();
+        let mut sites = BTreeMap::new();
         let mut hints = Vec::new();
         for (site, trusted) in &trust.sites {
             let mut roots = rustls::RootCertStore::empty();
@@ -121,7 +123,9 @@ impl TlsContext {
             provider,
             key: Arc::new(key),
             local: creds.identity.clone(),
-            trust,
+            nodes: RwLock::new(
+                trust.sites.into_iter().map(|(site, trusted)| (site, trusted.nodes)).collect(),
+            ),
             sites,
             hints,
             authorizer,
@@ -182,16 +186,29 @@ impl TlsContext {
             reason: format!("cannot be parsed: {reason}"),
         })?;
         let identity = info.identity.ok_or(PeerRejection::NoIdentity)?;
-        let (Some(verifiers), Some(trusted)) =
-            (self.sites.get(&identity.site), self.trust.sites.get(&identity.site))
-        else {
+        let Some(verifiers) = self.sites.get(&identity.site) else {
             return Err(PeerRejection::UnknownSite { site: identity.site });
         };
         verify_chain(verifiers, &identity).map_err(|e| classify(e, &identity))?;
-        if !trusted.nodes.contains(&identity.node) {
+        let nodes = self.nodes.read().unwrap_or_else(PoisonError::into_inner);
+        if !nodes.get(&identity.site).is_some_and(|nodes| nodes.contains(&identity.node)) {
             return Err(PeerRejection::UnknownNode { identity });
         }
         Ok(identity)
+    }
+
+    /// Admits the nodes `sites` lists now, for every site already trusted (a site's CA is
+    /// loaded once: a new site needs a restart). Returns the sites it could not trust.
+    pub(crate) fn set_members(&self, sites: &[SiteMembers]) -> Vec<SiteName> {
+        let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
+        let mut untrusted = Vec::new();
+        for members in sites {
+            match nodes.get_mut(&members.site) {
+                Some(known) => *known = members.nodes.iter().map(|n| n.id.clone()).collect(),
+                None => untrusted.push(members.site.clone()),
+            }
+        }
+        untrusted
     }
 }
 

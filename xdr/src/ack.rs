@@ -16,11 +16,14 @@ pub const HEARTBEAT: u8 = 0x12;
 /// A [`crate::batch::Batch`] a node forwards to the node of its own site that owns the
 /// records' partitions; applied there as it is, never forwarded again. Answered with an [`ACK`].
 pub const FORWARD: u8 = 0x13;
+/// A request for the receiving site's current partition map (empty payload), answered with a
+/// `MAP` frame carrying a [`crate::sitemap::SiteMap`].
+pub const MAP: u8 = 0x14;
 
 /// Acknowledgement format version.
-const ACK_VERSION: u8 = 2;
-/// Version byte, batch id, applied and stale counts, refused count.
-const ACK_HEADER: usize = 1 + 8 + 4 * 3;
+const ACK_VERSION: u8 = 3;
+/// Version byte, batch id, applied and stale counts, refused count, the receiver's epoch.
+const ACK_HEADER: usize = 1 + 8 + 4 * 3 + 8;
 /// A refused record: digest and reason code.
 const REFUSED_LEN: usize = 20 + 1;
 
@@ -95,6 +98,9 @@ pub struct Ack {
     pub stale: u32,
     /// Records refused for good, each with its reason.
     pub refused: Vec<Refused>,
+    /// The receiving site's membership epoch: a shipper whose map of the site is older asks
+    /// for the current one.
+    pub epoch: u64,
 }
 
 /// A malformed acknowledgement.
@@ -122,6 +128,7 @@ impl Ack {
         out.put_u32(self.applied);
         out.put_u32(self.stale);
         out.put_u32(self.refused.len() as u32);
+        out.put_u64(self.epoch);
         for refused in &self.refused {
             out.put_slice(refused.digest.as_bytes());
             out.put_u8(refused.refusal.code());
@@ -141,8 +148,11 @@ impl Ack {
         let u32_at = |at: usize| {
             u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
         };
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&header[1..9]);
+        let u64_at = |at: usize| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&header[at..at + 8]);
+            u64::from_be_bytes(word)
+        };
         let refused_count = u32_at(17);
         if rest.len() as u64 != u64::from(refused_count) * REFUSED_LEN as u64 {
             return Err(AckError::Length { len: bytes.len(), refused: refused_count });
@@ -156,7 +166,13 @@ impl Ack {
                 Ok(Refused { digest, refusal })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Ack { batch: u64::from_be_bytes(id), applied: u32_at(9), stale: u32_at(13), refused })
+        Ok(Ack {
+            batch: u64_at(1),
+            applied: u32_at(9),
+            stale: u32_at(13),
+            refused,
+            epoch: u64_at(21),
+        })
     }
 
     /// Records the ack accounts for.
@@ -175,7 +191,7 @@ mod tests {
             Refused { digest: Digest([1; 20]), refusal: Refusal::TooBig },
             Refused { digest: Digest([2; 20]), refusal: Refusal::SetName },
         ];
-        let ack = Ack { batch: 1 << 40, applied: 7, stale: 2, refused };
+        let ack = Ack { batch: 1 << 40, applied: 7, stale: 2, refused, epoch: 9 };
         let bytes = ack.encode();
         assert_eq!(bytes.len(), ACK_HEADER + 2 * REFUSED_LEN);
         assert_eq!(Ack::decode(&bytes), Ok(ack.clone()));
@@ -186,8 +202,8 @@ mod tests {
             Err(AckError::Length { len: bytes.len() - 1, refused: 2 })
         );
         let mut wrong = bytes.to_vec();
-        wrong[0] = 1;
-        assert_eq!(Ack::decode(&wrong), Err(AckError::Version(1)));
+        wrong[0] = 2;
+        assert_eq!(Ack::decode(&wrong), Err(AckError::Version(2)));
         let mut unknown = bytes.to_vec();
         *unknown.last_mut().expect("bytes") = 0;
         assert_eq!(Ack::decode(&unknown), Err(AckError::Reason(0)));

@@ -8,7 +8,8 @@
 //! - [`window`]: batches in flight and the ordered acknowledgement that moves a link's cursor.
 //! - [`link`]: operator controls, link states, retry backoff, `max-throughput`, and lag that
 //!   cannot lie.
-//! - [`plan`]: what a link ships and to which destination node (filters, loop prevention).
+//! - [`plan`]: what a link ships and to which destination node (filters, loop prevention);
+//!   [`sitemap`] the destination's current masters, learned from it.
 //! - [`engine`]: every decision of a link's shipper (fold, cut, send, retry, commit, drain,
 //!   pause, rewind, overflow recovery, heartbeat) as events in, actions out.
 //!
@@ -29,5 +30,6 @@ pub mod plan;
 pub mod receive;
 pub mod send;
 pub mod ship;
+pub mod sitemap;
 pub mod stats;
 pub mod window;

@@ -13,6 +13,7 @@ use tracing::Instrument as _;
 
 use crate::ack::{self, Ack, Refusal, Refused};
 use crate::batch::Batch;
+use crate::sitemap::SiteMap;
 use crate::stats::{Registry, add};
 
 /// What an apply did with a batch's records.
@@ -44,13 +45,20 @@ pub enum Delivery {
     Forwarded,
 }
 
-/// Applies shipped versions to local storage; resolves once the winners are durable.
+/// Applies shipped versions to local storage; resolves once the winners are durable. Knows
+/// the site's partition map, which shippers learn through it.
 pub trait Applier: Send + Sync + 'static {
     fn apply(
         &self,
         batch: &Batch,
         delivery: Delivery,
     ) -> impl Future<Output = Result<ApplyOutcome, ApplyRefusal>> + Send;
+
+    /// The site's membership epoch as this node knows it (sent with every acknowledgement).
+    fn epoch(&self) -> u64;
+
+    /// The site's partition map at that epoch.
+    fn site_map(&self) -> SiteMap;
 }
 
 /// Inflated batch bytes a receiver holds at once, in KiB: a batch waits for its share before
@@ -207,6 +215,7 @@ impl<A: Applier> Receiver<A> {
             applied: outcome.applied,
             stale: outcome.stale,
             refused: outcome.refused,
+            epoch: self.applier.epoch(),
         };
         Ok(Frame::new(ack::frame_type(ack::ACK), ack.encode()))
     }
@@ -218,6 +227,7 @@ impl<A: Applier> Handler for Receiver<A> {
             ack::HEARTBEAT => Ok(Frame::new(ack::frame_type(ack::ACK), bytes::Bytes::new())),
             ack::BATCH => self.receive(&ctx, &request, Delivery::Link).await,
             ack::FORWARD => self.receive(&ctx, &request, Delivery::Forwarded).await,
+            ack::MAP => Ok(Frame::new(ack::frame_type(ack::MAP), self.applier.site_map().encode())),
             other => Err(self.reject(false, format!("unknown XDR message type 0x{other:02x}"))),
         }
     }
@@ -264,6 +274,14 @@ mod tests {
             let call = (batch.namespace.clone(), batch.records.clone());
             self.calls.lock().expect("calls lock").push(call);
             self.answer.clone()
+        }
+
+        fn epoch(&self) -> u64 {
+            3
+        }
+
+        fn site_map(&self) -> SiteMap {
+            SiteMap { epoch: 3, namespaces: Default::default() }
         }
     }
 
@@ -349,7 +367,7 @@ mod tests {
         assert_eq!(reply.frame_type, ack::frame_type(ack::ACK));
         let ack = Ack::decode(&reply.payload).expect("ack");
         let refused = vec![Refused { digest: Digest([0; 20]), refusal: Refusal::TooBig }];
-        assert_eq!(ack, Ack { batch: sent.id, applied: 2, stale: 1, refused });
+        assert_eq!(ack, Ack { batch: sent.id, applied: 2, stale: 1, refused, epoch: 3 });
         assert_eq!(f.applier.calls(), vec![("test".to_owned(), sent.records.clone())]);
         let r = &f.stats.receiver;
         assert_eq!(
@@ -370,7 +388,7 @@ mod tests {
         let refused: Vec<Refused> = [1, 2]
             .map(|i| Refused { digest: sent.records[i].digest, refusal: Refusal::Origin })
             .into();
-        assert_eq!(ack, Ack { batch: sent.id, applied: 1, stale: 0, refused });
+        assert_eq!(ack, Ack { batch: sent.id, applied: 1, stale: 0, refused, epoch: 3 });
         assert_eq!(f.applier.calls(), vec![("test".to_owned(), vec![sent.records[0].clone()])]);
         assert_eq!(load(&f.stats.receiver.refused), 2);
     }
@@ -526,7 +544,7 @@ mod tests {
     async fn unknown_message_types_are_refused() {
         let f = fixture(applied(1, 0, 0));
         let good = frame(&batch(1, "test", 1));
-        for code in [ack::ACK, 0x14, 0xff] {
+        for code in [ack::ACK, 0x15, 0xff] {
             let request = Frame::new(ack::frame_type(code), good.payload.clone());
             let error = f.receiver.handle(from("a"), request).await.expect_err("unknown type");
             assert!(!error.retryable);
@@ -534,6 +552,16 @@ mod tests {
         }
         assert!(f.applier.calls().is_empty());
         assert_eq!((load(&f.stats.receiver.rejected), load(&f.stats.receiver.batches)), (3, 0));
+    }
+
+    #[tokio::test]
+    async fn a_map_request_is_answered_with_the_sites_map() {
+        let f = fixture(applied(1, 0, 0));
+        let request = Frame::new(ack::frame_type(ack::MAP), Bytes::new());
+        let reply = f.receiver.handle(from("a"), request).await.expect("answered");
+        assert_eq!(reply.frame_type, ack::frame_type(ack::MAP));
+        assert_eq!(SiteMap::decode(&reply.payload), Ok(f.applier.site_map()));
+        assert!(f.applier.calls().is_empty());
     }
 
     #[tokio::test]

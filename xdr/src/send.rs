@@ -21,6 +21,7 @@ use crate::engine::{Cause, Change, Outcome};
 use crate::parked::{MAX_PARKED, ParkedIndex, ParkedRecord, ParkedSummary};
 use crate::plan::LinkPlan;
 use crate::ship::{LocalRecord, LocalRecords, now_ms};
+use crate::sitemap::SiteMap;
 
 /// Largest payload of one frame, before compression: well under the transport's frame cap,
 /// and a record up to the largest `max-record-size` (8 MiB) still fits alone.
@@ -83,10 +84,24 @@ pub struct Shared<R> {
     /// Destination nodes that did not answer, and since when: their records go to another
     /// node of the site, which hands them to whoever owns them there now.
     unreachable: Mutex<BTreeMap<NodeId, std::time::Instant>>,
+    /// The destination site's masters as it last told them.
+    learned: Mutex<Learned>,
 }
 
 /// How long a destination node that did not answer is passed over before it is tried again.
 const UNREACHABLE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a shipper waits for the destination's map, and then before it asks again.
+const MAP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the shipper knows of the destination site's current partition map.
+#[derive(Debug)]
+struct Learned {
+    map: Option<Arc<SiteMap>>,
+    /// Ask again before the next batch: none learned yet, an acknowledgement showed a newer
+    /// epoch, or a destination node stopped answering.
+    stale: bool,
+    asked: Option<std::time::Instant>,
+}
 
 impl<R> std::fmt::Debug for Shared<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,6 +147,7 @@ impl<R: LocalRecords> Shared<R> {
             parked: tokio::sync::Mutex::new(ParkedIndex::default()),
             parked_summary: Mutex::new(ParkedSummary::default()),
             unreachable: Mutex::new(BTreeMap::new()),
+            learned: Mutex::new(Learned { map: None, stale: true, asked: None }),
         }
     }
 
@@ -269,6 +285,7 @@ impl<R: LocalRecords> Shared<R> {
         let plan = &self.plan;
         let mut outcome = Outcome::default();
         let mut parking = Parking::default();
+        self.learn_map().await;
         let groups = self
             .read_changes(changes, &mut outcome, &mut parking)
             .instrument(tracing::debug_span!("xdr.read", changes = changes.len()))
@@ -332,7 +349,8 @@ impl<R: LocalRecords> Shared<R> {
                 Err(TransportError::Remote { retryable: false, message, .. }) => {
                     self.isolate(ns, &client, batch, message, &mut outcome, &mut parking).await
                 }
-                reply => settle(ns, &batch, reply, &mut outcome, &mut parking),
+                reply => settle(ns, &batch, reply, &mut outcome, &mut parking)
+                    .map(|epoch| self.heard_epoch(epoch)),
             };
             if let Err(error) = settled {
                 failure = Some(error);
@@ -365,11 +383,89 @@ impl<R: LocalRecords> Shared<R> {
             .unwrap_or_else(|| owner.clone())
     }
 
-    /// `node` did not answer: pass over it for a while.
+    /// `node` did not answer: pass over it for a while (and learn who owns its partitions now).
     fn pass_over(&self, node: &NodeId) {
         if let Ok(mut unreachable) = self.unreachable.lock() {
             unreachable.entry(node.clone()).or_insert_with(std::time::Instant::now);
         }
+        self.learned().stale = true;
+    }
+
+    fn learned(&self) -> std::sync::MutexGuard<'_, Learned> {
+        self.learned.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An acknowledgement came from a destination site at `epoch`: a newer epoch than the map
+    /// the shipper knows means partitions moved there.
+    fn heard_epoch(&self, epoch: u64) {
+        let mut learned = self.learned();
+        if learned.map.as_ref().is_some_and(|map| epoch > map.epoch) {
+            learned.stale = true;
+        }
+    }
+
+    /// Asks a reachable destination node for its site's current map when the known one is
+    /// stale (at most once per [`MAP_PATIENCE`] while asking fails). Without a map the shipper
+    /// sends by the topology's placement, and the receivers forward what they do not master.
+    async fn learn_map(&self) {
+        {
+            let mut learned = self.learned();
+            let due = learned.asked.is_none_or(|at| at.elapsed() >= MAP_PATIENCE);
+            if !learned.stale || !due {
+                return;
+            }
+            learned.asked = Some(std::time::Instant::now());
+        }
+        let Some(first) = self.clients.keys().next() else { return };
+        let node = self.reachable(first);
+        let Some(client) = self.clients.get(&node) else { return };
+        let request = Frame::new(ack::frame_type(ack::MAP), bytes::Bytes::new());
+        let reply = tokio::time::timeout(MAP_PATIENCE, client.request(request)).await;
+        let map = match reply {
+            Ok(Ok(frame)) if frame.frame_type == ack::frame_type(ack::MAP) => {
+                SiteMap::decode(&frame.payload)
+            }
+            Ok(Ok(frame)) => {
+                tracing::debug!(dc = self.plan.dc(), kind = %frame.frame_type, "no map answer");
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(dc = self.plan.dc(), %node, %error, "map not learned");
+                return;
+            }
+            Err(_) => return,
+        };
+        match map {
+            Ok(map) => {
+                let mut learned = self.learned();
+                if learned.map.as_ref().is_none_or(|known| map.epoch >= known.epoch) {
+                    if learned.map.as_ref().is_none_or(|known| map.epoch > known.epoch) {
+                        tracing::info!(
+                            dc = self.plan.dc(),
+                            epoch = map.epoch,
+                            "learned the destination's partition map"
+                        );
+                    }
+                    learned.map = Some(Arc::new(map));
+                }
+                learned.stale = false;
+            }
+            Err(error) => {
+                tracing::warn!(dc = self.plan.dc(), %node, %error, "unusable partition map")
+            }
+        }
+    }
+
+    /// The destination node of `digest` of namespace number `ns`: its master as the
+    /// destination site last said, else as the topology places it.
+    fn destination(&self, map: Option<&SiteMap>, ns: usize, digest: &Digest) -> Option<NodeId> {
+        let namespace = &self.plan.namespaces.get(ns)?.name;
+        let partition = ferry_topology::placement::partition_of(digest);
+        let learned = map
+            .and_then(|map| map.master(namespace.as_str(), partition))
+            .and_then(|master| NodeId::try_from(master).ok())
+            .filter(|node| self.clients.contains_key(node));
+        learned.or_else(|| self.plan.destination(ns, digest).map(|d| d.id.clone()))
     }
 
     /// Reads the current version of every change and groups the records to ship by
@@ -381,6 +477,7 @@ impl<R: LocalRecords> Shared<R> {
         parking: &mut Parking,
     ) -> Result<BTreeMap<(usize, NodeId), Vec<ShippedRecord>>, AttemptError> {
         let plan = &self.plan;
+        let map = self.learned().map.clone();
         let mut groups: BTreeMap<(usize, NodeId), Vec<ShippedRecord>> = BTreeMap::new();
         for change in changes {
             let namespace = &plan.namespaces[change.ns].name;
@@ -420,13 +517,14 @@ impl<R: LocalRecords> Shared<R> {
                 outcome.by_namespace.entry(change.ns).or_default().filtered_out += 1;
                 continue;
             }
-            let Some(destination) = plan.destination(change.ns, &change.digest) else {
+            let Some(destination) = self.destination(map.as_deref(), change.ns, &change.digest)
+            else {
                 return Err(AttemptError::NoDestination {
                     namespace: namespace.to_string(),
                     partition: ferry_topology::placement::partition_of(&change.digest),
                 });
             };
-            groups.entry((change.ns, destination.id.clone())).or_default().push(record);
+            groups.entry((change.ns, destination)).or_default().push(record);
         }
         Ok(groups)
     }
@@ -469,7 +567,9 @@ impl<R: LocalRecords> Shared<R> {
                     let reason = format!("refused by the destination: {message}");
                     parking.park(&namespace, &single.records[0], reason);
                 }
-                reply => settle(ns, &single, reply, outcome, parking)?,
+                reply => {
+                    settle(ns, &single, reply, outcome, parking)?;
+                }
             }
         }
         Ok(())
@@ -496,9 +596,10 @@ fn settle(
     reply: Result<Frame, TransportError>,
     outcome: &mut Outcome,
     parking: &mut Parking,
-) -> Result<(), AttemptError> {
+) -> Result<u64, AttemptError> {
     let frame = reply.map_err(AttemptError::Transport)?;
     let ack = Ack::decode(&frame.payload)?;
+    let epoch = ack.epoch;
     if ack.batch != batch.id || ack.records() != batch.records.len() as u64 {
         return Err(AttemptError::Mismatch {
             acked: ack.batch,
@@ -523,7 +624,7 @@ fn settle(
             None => parking.settled.push((batch.namespace.clone(), record.digest)),
         }
     }
-    Ok(())
+    Ok(epoch)
 }
 
 /// Cuts one destination's records into frames of at most [`MAX_FRAME_RECORDS_BYTES`] of

@@ -137,9 +137,10 @@ stats_family! {
         /// What belongs to each namespace of the link, by name.
         namespaces: Mutex<BTreeMap<String, NamespaceStats>>,
         /// Partitions this node took over and the shipper has not been told of yet.
-        takeovers: Mutex<Vec<Takeover>>,
-        /// Every change with an older LUT is acknowledged at the destination (0: unknown).
-        shipped_through: AtomicU64,
+        takeovers: Mutex<TakeoverQueue>,
+        /// Every change with an older LUT is acknowledged at the destination (0: unknown),
+        /// re-shipped ones included — of every takeover queued up to `covers`.
+        shipped: Mutex<Shipped>,
     } => /// [`LinkStats`] read at one instant.
     LinkCounters {
         /// Milliseconds: now − LUT of the oldest unacknowledged change (see [`crate::link`]).
@@ -304,21 +305,52 @@ pub struct Takeover {
     pub since_lut_ms: u64,
 }
 
+/// Takeovers queued for a link's shipper, numbered.
+#[derive(Debug, Default)]
+pub struct TakeoverQueue {
+    queued: Vec<Takeover>,
+    /// Takeovers queued so far (the number of the latest).
+    seq: u64,
+    /// The number of the latest takeover the shipper took.
+    taken: u64,
+}
+
+/// How far a link shipped, and which takeovers that counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Shipped {
+    /// Every change with a LUT before this (ms) is acknowledged at the destination.
+    pub through: u64,
+    /// The number of the latest takeover whose re-shipping `through` accounts for: each
+    /// up to it is either re-shipped below `through` or still holds `through` back.
+    pub covers: u64,
+}
+
 impl LinkStats {
     /// Every change with a LUT before this (ms) is acknowledged at the destination, re-shipped
     /// ones included; 0 before the shipper first published.
     pub fn shipped_through(&self) -> u64 {
-        self.shipped_through.load(Ordering::Relaxed)
+        self.shipped().through
     }
 
-    /// Publishes [`LinkStats::shipped_through`].
+    /// [`LinkStats::shipped_through`] with the takeovers it accounts for.
+    pub fn shipped(&self) -> Shipped {
+        self.shipped.lock().map(|shipped| *shipped).unwrap_or_default()
+    }
+
+    /// Publishes [`LinkStats::shipped_through`], computed by a shipper that holds back for
+    /// every takeover it took.
     pub fn set_shipped_through(&self, lut_ms: u64) {
-        self.shipped_through.store(lut_ms, Ordering::Relaxed);
+        let covers = self.takeovers.lock().map_or(0, |queue| queue.taken);
+        if let Ok(mut shipped) = self.shipped.lock() {
+            *shipped = Shipped { through: lut_ms, covers };
+        }
     }
 
     /// The takeovers not yet handed to the shipper, oldest first.
     pub fn take_takeovers(&self) -> Vec<Takeover> {
-        self.takeovers.lock().map(|mut queued| std::mem::take(&mut *queued)).unwrap_or_default()
+        let Ok(mut queue) = self.takeovers.lock() else { return Vec::new() };
+        queue.taken = queue.seq;
+        std::mem::take(&mut queue.queued)
     }
 
     /// Publishes the link's state.
@@ -514,15 +546,21 @@ impl Registry {
     }
 
     /// Has link `dc` re-ship `partitions` this node took over: at once if its shipper runs,
-    /// else when it starts (it reads what was queued for it). Returns whether it runs.
-    pub fn take_over(&self, dc: &str, partitions: Vec<Takeover>) -> bool {
-        if let Ok(mut queued) = self.link(dc).takeovers.lock() {
-            queued.extend(partitions);
-        }
-        let Ok(controls) = self.controls.lock() else { return false };
-        let Some(sender) = controls.get(dc) else { return false };
+    /// else when it starts (it reads what was queued for it). Returns the takeover's number
+    /// (see [`Shipped::covers`]) and whether the shipper runs.
+    pub fn take_over(&self, dc: &str, partitions: Vec<Takeover>) -> (u64, bool) {
+        let seq = match self.link(dc).takeovers.lock() {
+            Ok(mut queue) => {
+                queue.queued.extend(partitions);
+                queue.seq += 1;
+                queue.seq
+            }
+            Err(_) => 0,
+        };
+        let Ok(controls) = self.controls.lock() else { return (seq, false) };
+        let Some(sender) = controls.get(dc) else { return (seq, false) };
         sender.send_modify(|control| control.takeover_seq += 1);
-        true
+        (seq, true)
     }
 
     /// Records a lost conflict, dropping the oldest beyond [`CONFLICT_LOG_LEN`].

@@ -41,6 +41,10 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
     origin: Origin,
     out: &mut ReplySink<'_, W>,
 ) -> std::io::Result<()> {
+    // A node joining a running site serves nothing until it knows the site's partition map.
+    if !state.map_known().await {
+        return out.send(&error_reply(result::PARTITION_UNAVAILABLE).encode()).await;
+    }
     if msg.info1 & info1::BATCH != 0 {
         return batch::execute(state, &msg, origin, out).await;
     }
