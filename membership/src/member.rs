@@ -175,7 +175,8 @@ impl<T: Transport> Member<T> {
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(heartbeat_loop(Arc::clone(&inner)));
-        tasks.spawn(judge_loop(Arc::clone(&inner)));
+        tasks.spawn(while_leading(Arc::clone(&inner), judge));
+        tasks.spawn(while_leading(Arc::clone(&inner), admit));
         if !initialized {
             tasks.spawn(bootstrap_loop(Arc::clone(&inner)));
         }
@@ -431,26 +432,35 @@ async fn heartbeat_loop<T: Transport>(inner: Arc<Inner<T>>) {
     }
 }
 
-/// While this node leads, commits what the detector judges, one change at a time (each
-/// planned on the membership the previous one left).
-async fn judge_loop<T: Transport>(inner: Arc<Inner<T>>) {
+/// Every heartbeat interval while this node leads, one `step` (a separate task per kind of
+/// step: catching a new node up must not delay a removal).
+async fn while_leading<T, F, S>(inner: Arc<Inner<T>>, step: F)
+where
+    T: Transport,
+    F: Fn(Arc<Inner<T>>) -> S,
+    S: Future<Output = ()>,
+{
     let mut ticks = tokio::time::interval(inner.config.heartbeat.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if !inner.leading() {
-            continue;
+        if inner.leading() {
+            step(Arc::clone(&inner)).await;
         }
-        let membership = inner.membership.borrow().clone();
-        let (voters, learners) = inner.group();
-        let judged = inner.detector().judge(&inner.config.me, &voters, &membership, Instant::now());
-        for intent in judged {
-            if let Err(error) = inner.commit(&intent).await {
-                tracing::warn!(%intent, %error, "membership change not committed; retrying");
-                break;
-            }
+    }
+}
+
+/// Commits what the detector judges, one change at a time (each planned on the membership the
+/// previous one left).
+async fn judge<T: Transport>(inner: Arc<Inner<T>>) {
+    let membership = inner.membership.borrow().clone();
+    let (voters, _) = inner.group();
+    let judged = inner.detector().judge(&inner.config.me, &voters, &membership, Instant::now());
+    for intent in judged {
+        if let Err(error) = inner.commit(&intent).await {
+            tracing::warn!(%intent, %error, "membership change not committed; retrying");
+            break;
         }
-        admit(&inner, &voters, &learners, &membership).await;
     }
 }
 
@@ -461,14 +471,13 @@ const CATCH_UP: Duration = Duration::from_secs(10);
 /// answers and is not in the group becomes a learner, then a voter; a voter not yet in
 /// placement is admitted to it once every live member lists the same nodes (so each of them
 /// derives the same partition map from the admission).
-async fn admit<T: Transport>(
-    inner: &Inner<T>,
-    voters: &[String],
-    learners: &[String],
-    membership: &SiteMembership,
-) {
+async fn admit<T: Transport>(inner: Arc<Inner<T>>) {
+    let membership = inner.membership.borrow().clone();
+    let (voters, learners) = inner.group();
+    // Only a node that answered a heartbeat (not one merely not yet judged silent).
     let missing = inner.planner.nodes().into_iter().filter(|node| !voters.contains(node));
-    if let Some(node) = missing.into_iter().find(|node| inner.answers(node)) {
+    let answering = |node: &String| inner.reports().contains_key(node) && inner.answers(node);
+    if let Some(node) = missing.into_iter().find(answering) {
         let id = raft_id(&node);
         if let Some(other) = inner.name_of(id).filter(|other| *other != node) {
             tracing::error!(node, other, "node ids have the same raft id; rename one");
@@ -513,8 +522,11 @@ async fn admit<T: Transport>(
     }
 }
 
-/// On a pristine node: founds the group with every node the topology lists once a majority
-/// of them answered pristine, or waits (answering the leader) until the group adds it.
+/// On a pristine node: founds the group with every node the topology lists once all of them
+/// answered pristine, or waits (answering the leader) until the group adds it. Unanimity, not
+/// a majority: nodes added to a running site may outnumber it, and a running node that does
+/// not answer (or refuses a node its topology does not list yet) must not be outvoted into a
+/// second group.
 async fn bootstrap_loop<T: Transport>(inner: Arc<Inner<T>>) {
     let mut ticks = tokio::time::interval(inner.config.heartbeat.interval);
     loop {
@@ -533,8 +545,8 @@ async fn bootstrap_loop<T: Transport>(inner: Arc<Inner<T>>) {
         if fresh.iter().any(|report| report.initialized) {
             continue; // a running group: the leader adds this node
         }
-        if (fresh.len() + 1) * 2 <= nodes.len() {
-            continue; // not a majority yet
+        if fresh.len() + 1 < nodes.len() {
+            continue; // not every listed node answered yet
         }
         let voters: BTreeMap<u64, Peer> =
             nodes.iter().map(|name| (raft_id(name), Peer { name: name.clone() })).collect();

@@ -35,7 +35,16 @@ pub(crate) fn open(
     let meta = db.keyspace("raft.meta", KeyspaceCreateOptions::default)?;
     let store = Stores { db, log, meta };
     let snapshot: Option<StoredSnapshot> = store.read_json(SNAPSHOT)?;
-    let applied = snapshot.map(|s| s.state).unwrap_or_default();
+    let mut applied: Applied = snapshot.map(|s| s.state).unwrap_or_default();
+    // A state kept before members were committed: its group's voters are its members.
+    let membership = applied.last_membership.membership();
+    let voters: Vec<String> = membership
+        .voter_ids()
+        .filter_map(|id| membership.get_node(&id).map(|peer| peer.name.clone()))
+        .collect();
+    if !voters.is_empty() {
+        applied.site.seed_members(voters);
+    }
     published.send_replace(applied.site.clone());
     Ok((LogStore { store: store.clone() }, StateMachine { store, applied, published }))
 }

@@ -231,14 +231,15 @@ pub async fn join(state: &Arc<NodeState>, config: &NodeConfig) -> Result<(), Joi
         routes: config.fabric_routes.clone(),
     };
     let planner = SitePlanner { topology: state.topology.clone(), site: site.name.to_string() };
-    let journal = TakeoverJournal::open(&config.data_dir.join(TAKEOVER_JOURNAL), &state.xdr)?;
-    let journal = Arc::new(journal);
+    // Before XDR starts: each shipper that starts is queued the takeovers it holds.
+    let journal = TakeoverJournal::open(&config.data_dir.join(TAKEOVER_JOURNAL))?;
+    let _ = state.takeovers.set(journal);
     let member = Member::start(member_config, Arc::new(transport), Arc::new(planner)).await?;
     let mut committed = member.membership();
     if state.member.set(member).is_err() {
         return Ok(());
     }
-    tokio::spawn(announce_shipped(Arc::clone(state), Arc::clone(&journal)));
+    tokio::spawn(announce_shipped(Arc::clone(state)));
     tokio::spawn(crate::migrate::run(Arc::clone(state)));
     let state = Arc::clone(state);
     tokio::spawn(async move {
@@ -263,18 +264,16 @@ pub async fn join(state: &Arc<NodeState>, config: &NodeConfig) -> Result<(), Joi
                     // of these changes are this node's to ship.
                     for (dc, partitions) in taken {
                         let count = partitions.len();
+                        let Some(journal) = state.takeovers.get() else { break };
                         let now = crate::record::now_ms();
-                        match journal.take_over(&state.xdr, &dc, partitions, now) {
-                            Ok(true) => {
-                                tracing::info!(
-                                    dc,
-                                    partitions = count,
-                                    "took over shipping partitions"
-                                );
-                            }
-                            Ok(false) => {}
+                        let (running, journaled) =
+                            journal.take_over(&state.xdr, &dc, partitions, now);
+                        if running {
+                            tracing::info!(dc, partitions = count, "took over shipping partitions");
+                        }
+                        if let Err(error) = journaled {
                             // Queued anyway: only a restart before they ship would lose them.
-                            Err(error) => tracing::error!(%error, dc, "takeovers not journaled"),
+                            tracing::error!(%error, dc, "takeovers not journaled");
                         }
                     }
                 }
@@ -300,8 +299,13 @@ impl NodeState {
     /// for it: always in a site without a group; a node joining a running site serves nothing
     /// until the group's members reach it.
     pub async fn map_known(&self) -> bool {
-        let Some(member) = self.member.get() else { return true };
-        within_patience(|| member.settled()).await
+        within_patience(|| self.map_settled()).await
+    }
+
+    /// Whether this node knows the site's partition map now (always in a site without a
+    /// group).
+    pub fn map_settled(&self) -> bool {
+        self.member.get().is_none_or(Member::settled)
     }
 
     /// Whether this node's lease still holds now (always in a site without a group): checked
@@ -363,12 +367,12 @@ pub struct Shipped {
 
 /// Every [`SHIPPED_EVERY`], tells each live peer how far this node's links shipped, and
 /// drops the journaled takeovers they have shipped.
-async fn announce_shipped(state: Arc<NodeState>, journal: Arc<TakeoverJournal>) {
+async fn announce_shipped(state: Arc<NodeState>) {
     let fabric = Fabric::default();
     let mut ticks = tokio::time::interval(SHIPPED_EVERY);
     loop {
         ticks.tick().await;
-        if let Err(error) = journal.trim(&state.xdr) {
+        if let Some(Err(error)) = state.takeovers.get().map(|journal| journal.trim(&state.xdr)) {
             tracing::warn!(%error, "shipped takeovers not dropped from the journal");
         }
         let registry = &state.xdr;

@@ -120,6 +120,8 @@ pub struct NodeState {
     pub(crate) shipped: Mutex<std::collections::BTreeMap<String, crate::membership::Shipped>>,
     /// What this node migrated.
     pub migrations: crate::migrate::MigrationStats,
+    /// Takeovers not yet re-shipped (sites with a membership group).
+    pub(crate) takeovers: std::sync::OnceLock<crate::takeovers::TakeoverJournal>,
     fabric_routes: std::collections::BTreeMap<String, SocketAddr>,
     /// The deployment's current topology (XDR plans its links from it; it follows the
     /// topology service when the node watches one).
@@ -162,6 +164,7 @@ impl NodeState {
             node,
             shipped: Mutex::default(),
             migrations: crate::migrate::MigrationStats::default(),
+            takeovers: std::sync::OnceLock::new(),
             fabric_routes: config.fabric_routes.clone(),
             topology: ferry_topology::SharedTopology::new(Arc::new(config.topology.clone())),
             xdr: Arc::default(),

@@ -9,7 +9,6 @@
 //! published watermark accounts for a takeover and has passed the moment it was queued.
 //! Re-shipping more than needed is harmless: apply is idempotent.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -49,40 +48,41 @@ pub struct TakeoverJournal {
 }
 
 impl TakeoverJournal {
-    /// Reads the journal at `path` (none yet: nothing pending) and queues what it holds on
-    /// `registry`'s links again.
-    pub fn open(path: &Path, registry: &Registry) -> Result<Self, JournalError> {
+    /// Reads the journal at `path` (none yet: nothing pending).
+    pub fn open(path: &Path) -> Result<Self, JournalError> {
         let display = path.display().to_string();
-        let mut pending: Vec<Pending> = match std::fs::read(path) {
+        let pending: Vec<Pending> = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|source| JournalError::Corrupt { path: display.clone(), source })?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => return Err(JournalError::Io { action: "read", path: display, source }),
         };
-        let mut by_dc: BTreeMap<String, Vec<Takeover>> = BTreeMap::new();
-        for entry in &pending {
-            by_dc.entry(entry.dc.clone()).or_default().push(takeover(entry));
-        }
-        for (dc, takeovers) in by_dc {
-            tracing::warn!(
-                dc,
-                partitions = takeovers.len(),
-                "re-shipping takeovers a restart interrupted"
-            );
-            let (seq, _) = registry.take_over(&dc, takeovers);
-            pending.iter_mut().filter(|p| p.dc == dc).for_each(|p| p.seq = seq);
-        }
         Ok(Self { path: path.to_owned(), pending: Mutex::new(pending) })
     }
 
-    /// Records `takeovers` for link `dc` durably, then queues them on its shipper.
+    /// Queues every takeover of link `dc` the journal holds for its shipper, which starts.
+    pub fn requeue(&self, registry: &Registry, dc: &str) {
+        let mut pending = self.pending();
+        let takeovers: Vec<Takeover> =
+            pending.iter().filter(|p| p.dc == dc).map(takeover).collect();
+        if takeovers.is_empty() {
+            return;
+        }
+        tracing::info!(dc, partitions = takeovers.len(), "re-shipping takeovers not yet shipped");
+        let seq = registry.link(dc).requeue_takeovers(takeovers);
+        pending.iter_mut().filter(|p| p.dc == dc).for_each(|p| p.seq = seq);
+    }
+
+    /// Records `takeovers` for link `dc` durably, then queues them on its shipper (queued even
+    /// when the journal could not be written: only a restart would lose them then). Returns
+    /// whether the shipper runs, and whether they were journaled.
     pub fn take_over(
         &self,
         registry: &Registry,
         dc: &str,
         takeovers: Vec<Takeover>,
         now_ms: u64,
-    ) -> Result<bool, JournalError> {
+    ) -> (bool, Result<(), JournalError>) {
         let mut pending = self.pending();
         let first = pending.len();
         pending.extend(takeovers.iter().map(|t| Pending {
@@ -93,10 +93,10 @@ impl TakeoverJournal {
             queued_at_ms: now_ms,
             seq: 0,
         }));
-        self.write(&pending)?;
+        let journaled = self.write(&pending);
         let (seq, running) = registry.take_over(dc, takeovers);
         pending[first..].iter_mut().for_each(|p| p.seq = seq);
-        Ok(running)
+        (running, journaled)
     }
 
     /// Drops the takeovers every link has shipped; returns how many are left.
@@ -153,29 +153,38 @@ mod tests {
     }
 
     #[test]
-    fn takeovers_survive_a_restart_until_the_link_shipped_them() {
+    fn takeovers_survive_restarts_until_the_link_shipped_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("takeovers.json");
         let registry = Registry::default();
-        let journal = TakeoverJournal::open(&path, &registry).expect("open");
-        journal.take_over(&registry, "b", vec![taken(5), taken(9)], 10_000).expect("record");
+        let journal = TakeoverJournal::open(&path).expect("open");
+        let (_, journaled) = journal.take_over(&registry, "b", vec![taken(5), taken(9)], 10_000);
+        journaled.expect("journaled");
         let link = registry.get("b").expect("link");
         link.set_shipped_through(20_000);
         assert_eq!(journal.trim(&registry).expect("trim"), 2, "the shipper has not taken them");
+        assert_eq!(link.take_takeovers(), vec![taken(5), taken(9)]);
 
-        // A restart: the queue is gone, the journal queues both again.
+        // The shipper stops having taken them: the next one is queued them again, and its
+        // watermark, not the stopped one's, decides.
+        link.set_shipped_through(9_000);
+        journal.requeue(&registry, "b");
+        link.set_shipped_through(20_000);
+        assert_eq!(journal.trim(&registry).expect("trim"), 2, "the new shipper did not take them");
+
+        // A node restart: the queue is gone, the journal queues both for the new shipper.
         let registry = Registry::default();
-        let journal = TakeoverJournal::open(&path, &registry).expect("reopen");
+        let journal = TakeoverJournal::open(&path).expect("reopen");
+        journal.requeue(&registry, "b");
         let link = registry.get("b").expect("link");
-        let queued = link.take_takeovers();
-        assert_eq!(queued, vec![taken(5), taken(9)]);
+        assert_eq!(link.take_takeovers(), vec![taken(5), taken(9)]);
         link.set_shipped_through(9_999);
         assert_eq!(journal.trim(&registry).expect("trim"), 2, "not shipped past the takeover");
         link.set_shipped_through(10_000);
         assert_eq!(journal.trim(&registry).expect("trim"), 0);
         let registry = Registry::default();
-        TakeoverJournal::open(&path, &registry).expect("reopen");
-        assert!(registry.get("b").is_none_or(|link| link.take_takeovers().is_empty()));
+        TakeoverJournal::open(&path).expect("reopen").requeue(&registry, "b");
+        assert!(registry.get("b").is_none(), "nothing left to queue");
     }
 
     #[test]
@@ -183,7 +192,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("takeovers.json");
         std::fs::write(&path, b"[{").expect("write");
-        let error = TakeoverJournal::open(&path, &Registry::default()).expect_err("corrupt");
+        let error = TakeoverJournal::open(&path).expect_err("corrupt");
         assert!(error.to_string().contains("takeovers.json is not a takeover journal"), "{error}");
     }
 }

@@ -358,6 +358,10 @@ impl Supervised {
                     .map_err(|e| format!("open the link's cursor: {e}"))?
             }
         };
+        // A shipper that stopped lost the takeovers it had taken: this one re-ships them all.
+        if let Some(journal) = self.state.takeovers.get() {
+            journal.requeue(&self.state.xdr, dc);
+        }
         let shipper = Shipper::new(
             self.plan.clone(),
             self.records.clone(),
@@ -580,6 +584,9 @@ impl Applier for NodeRecords {
     }
 
     fn site_map(&self) -> SiteMap {
+        if !self.state.map_settled() {
+            return SiteMap::default(); // epoch 0: not known here yet
+        }
         let view = self.state.cluster();
         let namespaces = self.state.site().namespaces.iter().map(|ns| {
             let name = ns.name.as_str();

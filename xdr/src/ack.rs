@@ -22,6 +22,9 @@ pub const MAP: u8 = 0x14;
 
 /// Acknowledgement format version.
 const ACK_VERSION: u8 = 3;
+/// The version before the receiver's epoch was added: still read (its epoch reads as 0,
+/// unknown), so a site upgraded first keeps shipping to one not upgraded yet.
+const ACK_VERSION_NO_EPOCH: u8 = 2;
 /// Version byte, batch id, applied and stale counts, refused count, the receiver's epoch.
 const ACK_HEADER: usize = 1 + 8 + 4 * 3 + 8;
 /// A refused record: digest and reason code.
@@ -139,6 +142,19 @@ impl Ack {
     /// Parses the wire form; the length must match the declared refusals exactly, so a
     /// peer cannot make this allocate more than it sent.
     pub fn decode(bytes: &[u8]) -> Result<Ack, AckError> {
+        if bytes.first() == Some(&ACK_VERSION_NO_EPOCH) {
+            // Version 2 is version 3 without the trailing epoch of the header.
+            let header_end = ACK_HEADER - 8;
+            let (header, rest) = bytes.split_at(header_end.min(bytes.len()));
+            let mut upgraded = Vec::with_capacity(bytes.len() + 8);
+            upgraded.push(ACK_VERSION);
+            upgraded.extend_from_slice(header.get(1..).unwrap_or_default());
+            if header.len() == header_end {
+                upgraded.extend_from_slice(&0u64.to_be_bytes());
+            }
+            upgraded.extend_from_slice(rest);
+            return Ack::decode(&upgraded);
+        }
         let Some((header, rest)) = bytes.split_first_chunk::<ACK_HEADER>() else {
             return Err(AckError::Short(bytes.len()));
         };
@@ -202,8 +218,14 @@ mod tests {
             Err(AckError::Length { len: bytes.len() - 1, refused: 2 })
         );
         let mut wrong = bytes.to_vec();
-        wrong[0] = 2;
-        assert_eq!(Ack::decode(&wrong), Err(AckError::Version(2)));
+        wrong[0] = 1;
+        assert_eq!(Ack::decode(&wrong), Err(AckError::Version(1)));
+        // Version 2: no epoch in the header.
+        let mut older = vec![2];
+        older.extend_from_slice(&bytes[1..ACK_HEADER - 8]);
+        older.extend_from_slice(&bytes[ACK_HEADER..]);
+        assert_eq!(Ack::decode(&older), Ok(Ack { epoch: 0, ..ack.clone() }));
+        assert!(Ack::decode(&older[..10]).is_err(), "a short version 2 ack is refused");
         let mut unknown = bytes.to_vec();
         *unknown.last_mut().expect("bytes") = 0;
         assert_eq!(Ack::decode(&unknown), Err(AckError::Reason(0)));

@@ -246,8 +246,8 @@ struct Recovery {
     overflow: Option<Overflow>,
     /// Partitions left to scan, each since its own LUT.
     todo: VecDeque<TakenOver>,
-    /// The namespace of the partition an [`Action::Scan`] is out for.
-    scanning: Option<usize>,
+    /// The partition an [`Action::Scan`] is out for.
+    scanning: Option<TakenOver>,
     /// Batches scanned and not yet sent.
     queued: VecDeque<Vec<Change>>,
     in_flight: usize,
@@ -534,10 +534,11 @@ impl Engine {
     }
 
     /// The oldest LUT a recovery (overflow, rewind or takeover) has still to re-ship: its
-    /// partitions left to scan, its scanned batches not yet sent, and those in flight.
+    /// partitions left to scan or being scanned, its scanned batches not yet sent, and those
+    /// in flight.
     pub fn recovery_floor_ms(&self) -> Option<u64> {
         let recovery = self.recovery.as_ref()?;
-        let todo = recovery.todo.iter().map(|t| t.since_lut_ms);
+        let todo = recovery.todo.iter().chain(&recovery.scanning).map(|t| t.since_lut_ms);
         let queued = recovery.queued.iter().flatten().map(|c| c.oldest_lut_ms);
         let in_flight = self.open.range(RECOVERY_ID_BASE..).map(|(_, b)| b.oldest_lut_ms);
         todo.chain(queued).chain(in_flight).min()
@@ -561,7 +562,7 @@ impl Engine {
     fn on_scanned(&mut self, found: Scanned) {
         let batch_records = self.settings.batch_records.max(1);
         let Some(recovery) = &mut self.recovery else { return };
-        let Some(ns) = recovery.scanning.take() else { return };
+        let Some(TakenOver { ns, .. }) = recovery.scanning.take() else { return };
         recovery.scanned += found.len() as u64;
         for chunk in found.chunks(batch_records) {
             let changes = chunk
@@ -762,7 +763,7 @@ impl Engine {
             {
                 let TakenOver { ns, partition, since_lut_ms } = next;
                 self.actions.push(Action::Scan { ns, partition, min_lut_ms: since_lut_ms });
-                recovery.scanning = Some(ns);
+                recovery.scanning = Some(next);
             }
             self.recovery = Some(recovery);
             return;
@@ -1037,6 +1038,7 @@ mod tests {
         let actions = engine.handle(T0, Event::TakeOver(vec![taken(5, T0 - 900), taken(9, 0)]));
         assert!(actions.contains(&Action::SetState(LinkState::Recovering)), "{actions:?}");
         assert!(actions.contains(&Action::Scan { ns: 0, partition: 5, min_lut_ms: T0 - 900 }));
+        assert_eq!(engine.recovery_floor_ms(), Some(0), "partition 9 is still to scan");
         let actions = engine.handle(T0, Event::Scanned(vec![(digest(7), T0 - 10)]));
         let found = [Change { copy_only: true, ..change(7, T0 - 10) }];
         assert!(
@@ -1047,6 +1049,7 @@ mod tests {
             actions.contains(&Action::Scan { ns: 0, partition: 9, min_lut_ms: 0 }),
             "{actions:?}"
         );
+        assert_eq!(engine.recovery_floor_ms(), Some(0), "the partition being scanned holds it");
         assert!(
             !engine
                 .handle(T0, Event::Scanned(Vec::new()))

@@ -421,39 +421,44 @@ impl<R: LocalRecords> Shared<R> {
         let Some(client) = self.clients.get(&node) else { return };
         let request = Frame::new(ack::frame_type(ack::MAP), bytes::Bytes::new());
         let reply = tokio::time::timeout(MAP_PATIENCE, client.request(request)).await;
-        let map = match reply {
+        let decoded = match reply {
             Ok(Ok(frame)) if frame.frame_type == ack::frame_type(ack::MAP) => {
                 SiteMap::decode(&frame.payload)
             }
-            Ok(Ok(frame)) => {
-                tracing::debug!(dc = self.plan.dc(), kind = %frame.frame_type, "no map answer");
+            // A destination that does not serve maps (an older build): routed by placement.
+            Ok(Err(TransportError::Remote { .. }) | Ok(_)) => {
+                tracing::debug!(dc = self.plan.dc(), %node, "the destination serves no map");
+                self.learned().stale = false;
                 return;
             }
-            Ok(Err(error)) => {
-                tracing::debug!(dc = self.plan.dc(), %node, %error, "map not learned");
+            // Silent or unreachable: the next ask goes to another node.
+            Ok(Err(_)) | Err(_) => {
+                self.pass_over(&node);
                 return;
             }
-            Err(_) => return,
         };
-        match map {
-            Ok(map) => {
-                let mut learned = self.learned();
-                if learned.map.as_ref().is_none_or(|known| map.epoch >= known.epoch) {
-                    if learned.map.as_ref().is_none_or(|known| map.epoch > known.epoch) {
-                        tracing::info!(
-                            dc = self.plan.dc(),
-                            epoch = map.epoch,
-                            "learned the destination's partition map"
-                        );
-                    }
-                    learned.map = Some(Arc::new(map));
-                }
-                learned.stale = false;
-            }
+        let map = match decoded {
+            Ok(map) => map,
             Err(error) => {
-                tracing::warn!(dc = self.plan.dc(), %node, %error, "unusable partition map")
+                tracing::warn!(dc = self.plan.dc(), %node, %error, "unusable partition map");
+                return;
             }
+        };
+        let mut learned = self.learned();
+        // Epoch 0: the node does not know its site's map yet; ask another time.
+        if map.epoch == 0 {
+            return;
         }
+        if learned.map.as_ref().is_none_or(|known| known.epoch != map.epoch) {
+            tracing::info!(
+                dc = self.plan.dc(),
+                epoch = map.epoch,
+                "learned the destination's partition map"
+            );
+        }
+        // The destination's word is final, even for an older epoch (a site formed again).
+        learned.map = Some(Arc::new(map));
+        learned.stale = false;
     }
 
     /// The destination node of `digest` of namespace number `ns`: its master as the

@@ -346,6 +346,19 @@ impl LinkStats {
         }
     }
 
+    /// Queues `takeovers` again for a shipper that starts (one that stopped lost what it had
+    /// taken), besides those queued already; returns their number (see [`Shipped::covers`]).
+    pub fn requeue_takeovers(&self, takeovers: Vec<Takeover>) -> u64 {
+        let Ok(mut queue) = self.takeovers.lock() else { return 0 };
+        for takeover in takeovers {
+            if !queue.queued.contains(&takeover) {
+                queue.queued.push(takeover);
+            }
+        }
+        queue.seq += 1;
+        queue.seq
+    }
+
     /// The takeovers not yet handed to the shipper, oldest first.
     pub fn take_takeovers(&self) -> Vec<Takeover> {
         let Ok(mut queue) = self.takeovers.lock() else { return Vec::new() };
