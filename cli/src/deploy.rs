@@ -292,6 +292,16 @@ impl Deployment {
             .flat_map(|s| &s.nodes)
             .find(|n| n.id.as_str() == id)
             .ok_or_else(|| DeployError::UnknownNode(id.to_owned()))?;
+        // The node gets its own certificate directory: no CA key, no other node's key.
+        let members = site_members(&self.topology)?;
+        let sites: Vec<_> = members.iter().map(|m| m.site.clone()).collect();
+        let identity = members
+            .iter()
+            .find_map(|m| m.nodes.iter().find(|n| n.id.as_str() == id).map(|n| (&m.site, &n.id)));
+        if let Some((site, node_id)) = identity {
+            let to = self.launcher.node_certs_dir(id);
+            ferry_transport::certs::export_node(&self.state.certs(), site, node_id, &sites, &to)?;
+        }
         let routes = self.routes.get(id).map(Vec::as_slice).unwrap_or_default();
         Ok(self.launcher.start_with(id, node.client.addr(), routes)?)
     }

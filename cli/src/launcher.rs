@@ -52,9 +52,11 @@ impl Launcher {
         self.state_root.join(node)
     }
 
-    /// Where the nodes find their XDR certificates: `<state_root>/certs`.
-    pub fn certs_dir(&self) -> PathBuf {
-        self.state_root.join("certs")
+    /// Where a node finds its certificates: `<node dir>/certs`, holding every site's CA
+    /// certificate and its own certificate and key (see `ferry_transport::certs::export_node`);
+    /// the deployment's `<state_root>/certs`, with every CA key, is the operator's alone.
+    pub fn node_certs_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("certs")
     }
 
     /// Spawns `ferry node run` for `node`; its output goes to its log file.
@@ -87,7 +89,7 @@ impl Launcher {
             .arg("--dir")
             .arg(&dir)
             .arg("--certs")
-            .arg(self.certs_dir())
+            .arg(self.node_certs_dir(node))
             .args(&self.node_args)
             .args(extra_args)
             .process_group(0)

@@ -15,6 +15,11 @@
 //! certificates that are missing, unreadable, name another identity or expire within
 //! [`RENEW_BEFORE_DAYS`]. [`show`] reads a directory back for `ferry certs show`.
 //! [`TrustStore`] and [`NodeCredentials`] are what endpoints load.
+//!
+//! That directory is the operator's: it holds every site's CA key. A node gets its own
+//! directory ([`export_node`]): every site's CA certificate and its own certificate and key,
+//! nothing it could mint or borrow another identity with. A trust store refuses two sites that
+//! present the same CA.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -57,6 +62,9 @@ pub enum CertError {
     /// A directory has no site CAs at all.
     #[error("{0} holds no site CA (expected <dir>/<site>/ca.pem); run `ferry certs init`")]
     Empty(PathBuf),
+    /// Two sites present the same CA: a node of one could pass as a node of the other.
+    #[error("sites '{0}' and '{1}' present the same CA certificate; give each site its own CA")]
+    SharedCa(SiteName, SiteName),
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CertError {
@@ -319,12 +327,16 @@ impl TrustStore {
         TrustStore { sites }
     }
 
-    /// Loads `<dir>/<site>/ca.pem` for every site of `sites`.
+    /// Loads `<dir>/<site>/ca.pem` for every site of `sites`; refuses two sites with one CA.
     pub fn load(sites: &[SiteMembers], dir: &Path) -> Result<TrustStore, CertError> {
-        let mut cas = Vec::new();
+        let mut cas: Vec<(SiteName, CertificateDer<'static>)> = Vec::new();
         for members in sites {
             let path = dir.join(members.site.as_str()).join("ca.pem");
-            cas.push((members.site.clone(), read_cert(&path)?));
+            let ca = read_cert(&path)?;
+            if let Some((other, _)) = cas.iter().find(|(_, known)| *known == ca) {
+                return Err(CertError::SharedCa(other.clone(), members.site.clone()));
+            }
+            cas.push((members.site.clone(), ca));
         }
         Ok(TrustStore::new(sites, cas))
     }
@@ -333,6 +345,34 @@ impl TrustStore {
     pub fn sites(&self) -> impl Iterator<Item = &SiteName> {
         self.sites.keys()
     }
+}
+
+/// Writes node `node` of `site` its own certificate directory `to` from the operator's
+/// directory `from`: the CA certificate of each of `sites` (public), the node's certificate
+/// and its key (mode 0600) — no CA key, no other node's key. Whatever `to` held before is
+/// removed first.
+pub fn export_node(
+    from: &Path,
+    site: &SiteName,
+    node: &NodeId,
+    sites: &[SiteName],
+    to: &Path,
+) -> Result<(), CertError> {
+    if to.exists() {
+        fs::remove_dir_all(to).map_err(io_err("clear", to))?;
+    }
+    let copy = |from_site: &SiteName, name: &str, mode: u32| {
+        let source = from.join(from_site.as_str()).join(name);
+        let bytes = fs::read(&source).map_err(io_err("read", &source))?;
+        let dir = to.join(from_site.as_str());
+        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        write_file(&dir.join(name), &bytes, mode)
+    };
+    for trusted in sites {
+        copy(trusted, "ca.pem", 0o644)?;
+    }
+    copy(site, &format!("{node}.pem"), 0o644)?;
+    copy(site, &format!("{node}.key"), 0o600)
 }
 
 /// What [`init`] did.
@@ -722,5 +762,64 @@ mod tests {
         assert_eq!(info.identity, Some(PeerIdentity::new(site, node)));
         assert_eq!(info.names, vec!["use-a.us-east.ferry".to_owned(), "127.0.0.1".to_owned()]);
         assert!(signed_by(&creds.cert_chain[0], ca.cert_der()));
+    }
+
+    fn two_sites() -> Vec<SiteMembers> {
+        ["a", "b"]
+            .into_iter()
+            .map(|site| SiteMembers {
+                site: SiteName::try_from(site).expect("site"),
+                nodes: (0..2)
+                    .map(|i| NodeMember {
+                        id: NodeId::try_from(format!("{site}-{i}").as_str()).expect("node"),
+                        ips: Vec::new(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Every file under `dir`, relative to it.
+    fn files(dir: &Path) -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        for site in fs::read_dir(dir).expect("dir").map(|e| e.expect("entry").path()) {
+            for file in fs::read_dir(&site).expect("site dir").map(|e| e.expect("entry").path()) {
+                let relative = file.strip_prefix(dir).expect("under dir");
+                found.insert(relative.display().to_string());
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_node_directory_holds_every_ca_certificate_and_only_its_own_key() {
+        let operator = tempfile::tempdir().expect("tempdir");
+        let sites = two_sites();
+        init(&sites, operator.path()).expect("init");
+        let node_dir = operator.path().join("nodes").join("a-1");
+        let names: Vec<SiteName> = sites.iter().map(|s| s.site.clone()).collect();
+        let (site, node) = (&sites[0].site, &sites[0].nodes[1].id);
+        export_node(operator.path(), site, node, &names, &node_dir).expect("export");
+        let expected = ["a/a-1.key", "a/a-1.pem", "a/ca.pem", "b/ca.pem"];
+        assert_eq!(files(&node_dir), expected.map(String::from).into());
+        NodeCredentials::load(&node_dir, site, node).expect("its own identity");
+        TrustStore::load(&sites, &node_dir).expect("every site's CA");
+        let other = NodeId::try_from("b-0").expect("node");
+        assert!(NodeCredentials::load(&node_dir, &names[1], &other).is_err());
+        assert!(
+            CertificateAuthority::load(&node_dir, &names[1]).is_err(),
+            "no CA key to mint with"
+        );
+        assert!(CertificateAuthority::load(&node_dir, site).is_err(), "not even its own site's");
+    }
+
+    #[test]
+    fn a_trust_store_refuses_two_sites_sharing_a_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sites = two_sites();
+        init(&sites, dir.path()).expect("init");
+        fs::copy(dir.path().join("a/ca.pem"), dir.path().join("b/ca.pem")).expect("copy");
+        let error = TrustStore::load(&sites, dir.path()).expect_err("shared CA");
+        assert!(matches!(error, CertError::SharedCa(..)), "{error}");
     }
 }
