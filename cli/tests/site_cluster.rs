@@ -302,9 +302,10 @@ async fn a_destination_node_killed_while_a_link_ships_into_its_site_holds_nothin
         if lag < 1_000 {
             break killed_at.elapsed();
         }
+        // Bounded generously: under CI the other tests share both cores (alone: 6 s).
         assert!(
-            killed_at.elapsed() < Duration::from_secs(20),
-            "lag still {lag} ms 20 s after the kill"
+            killed_at.elapsed() < Duration::from_secs(40),
+            "lag still {lag} ms 40 s after the kill"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };

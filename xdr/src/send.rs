@@ -85,7 +85,7 @@ pub struct Shared<R> {
     /// node of the site, which hands them to whoever owns them there now.
     unreachable: Mutex<BTreeMap<NodeId, std::time::Instant>>,
     /// The destination site's masters as it last told them.
-    learned: Mutex<Learned>,
+    learned: Arc<Mutex<Learned>>,
 }
 
 /// How long a destination node that did not answer is passed over before it is tried again.
@@ -97,10 +97,54 @@ const MAP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 #[derive(Debug)]
 struct Learned {
     map: Option<Arc<SiteMap>>,
-    /// Ask again before the next batch: none learned yet, an acknowledgement showed a newer
-    /// epoch, or a destination node stopped answering.
+    /// Ask again: none learned yet, an acknowledgement showed a newer epoch, or a destination
+    /// node stopped answering.
     stale: bool,
+    /// Whether an ask is out, and when the last one went.
+    asking: bool,
     asked: Option<std::time::Instant>,
+    /// Which destination node the next ask goes to (round robin past nodes that fail).
+    turn: usize,
+}
+
+impl Learned {
+    /// Takes the destination's answer.
+    fn take(&mut self, dc: &str, node: &NodeId, answer: Result<Frame, ()>) {
+        self.asking = false;
+        let frame = match answer {
+            Ok(frame) if frame.frame_type == ack::frame_type(ack::MAP) => frame,
+            // A destination that does not serve maps (an older build): routed by placement.
+            Ok(_) => {
+                tracing::debug!(dc, %node, "the destination serves no map");
+                self.stale = false;
+                return;
+            }
+            // Silent or unreachable: the next ask goes to another node.
+            Err(()) => {
+                self.turn = self.turn.wrapping_add(1);
+                return;
+            }
+        };
+        let map = match SiteMap::decode(&frame.payload) {
+            Ok(map) => map,
+            Err(error) => {
+                tracing::warn!(dc, %node, %error, "unusable partition map");
+                self.turn = self.turn.wrapping_add(1);
+                return;
+            }
+        };
+        // Epoch 0: the node does not know its site's map yet; ask another.
+        if map.epoch == 0 {
+            self.turn = self.turn.wrapping_add(1);
+            return;
+        }
+        if self.map.as_ref().is_none_or(|known| known.epoch != map.epoch) {
+            tracing::info!(dc, epoch = map.epoch, "learned the destination's partition map");
+        }
+        // The destination's word is final, even for an older epoch (a site formed again).
+        self.map = Some(Arc::new(map));
+        self.stale = false;
+    }
 }
 
 impl<R> std::fmt::Debug for Shared<R> {
@@ -147,7 +191,13 @@ impl<R: LocalRecords> Shared<R> {
             parked: tokio::sync::Mutex::new(ParkedIndex::default()),
             parked_summary: Mutex::new(ParkedSummary::default()),
             unreachable: Mutex::new(BTreeMap::new()),
-            learned: Mutex::new(Learned { map: None, stale: true, asked: None }),
+            learned: Arc::new(Mutex::new(Learned {
+                map: None,
+                stale: true,
+                asking: false,
+                asked: None,
+                turn: 0,
+            })),
         }
     }
 
@@ -285,7 +335,7 @@ impl<R: LocalRecords> Shared<R> {
         let plan = &self.plan;
         let mut outcome = Outcome::default();
         let mut parking = Parking::default();
-        self.learn_map().await;
+        self.learn_map();
         let groups = self
             .read_changes(changes, &mut outcome, &mut parking)
             .instrument(tracing::debug_span!("xdr.read", changes = changes.len()))
@@ -404,61 +454,39 @@ impl<R: LocalRecords> Shared<R> {
         }
     }
 
-    /// Asks a reachable destination node for its site's current map when the known one is
-    /// stale (at most once per [`MAP_PATIENCE`] while asking fails). Without a map the shipper
-    /// sends by the topology's placement, and the receivers forward what they do not master.
-    async fn learn_map(&self) {
-        {
+    /// Asks a destination node for its site's current map when the known one is stale, in
+    /// the background (batches never wait for it; at most one ask at a time, one per
+    /// [`MAP_PATIENCE`]). Without a map the shipper sends by the topology's placement, and the
+    /// receivers forward what they do not master.
+    fn learn_map(&self) {
+        let (node, client) = {
             let mut learned = self.learned();
             let due = learned.asked.is_none_or(|at| at.elapsed() >= MAP_PATIENCE);
-            if !learned.stale || !due {
+            if !learned.stale || learned.asking || !due || self.clients.is_empty() {
                 return;
             }
+            let Some((node, client)) = self.clients.iter().nth(learned.turn % self.clients.len())
+            else {
+                return;
+            };
+            learned.asking = true;
             learned.asked = Some(std::time::Instant::now());
-        }
-        let Some(first) = self.clients.keys().next() else { return };
-        let node = self.reachable(first);
-        let Some(client) = self.clients.get(&node) else { return };
-        let request = Frame::new(ack::frame_type(ack::MAP), bytes::Bytes::new());
-        let reply = tokio::time::timeout(MAP_PATIENCE, client.request(request)).await;
-        let decoded = match reply {
-            Ok(Ok(frame)) if frame.frame_type == ack::frame_type(ack::MAP) => {
-                SiteMap::decode(&frame.payload)
-            }
-            // A destination that does not serve maps (an older build): routed by placement.
-            Ok(Err(TransportError::Remote { .. }) | Ok(_)) => {
-                tracing::debug!(dc = self.plan.dc(), %node, "the destination serves no map");
-                self.learned().stale = false;
-                return;
-            }
-            // Silent or unreachable: the next ask goes to another node.
-            Ok(Err(_)) | Err(_) => {
-                self.pass_over(&node);
-                return;
-            }
+            (node.clone(), client.clone())
         };
-        let map = match decoded {
-            Ok(map) => map,
-            Err(error) => {
-                tracing::warn!(dc = self.plan.dc(), %node, %error, "unusable partition map");
-                return;
-            }
-        };
-        let mut learned = self.learned();
-        // Epoch 0: the node does not know its site's map yet; ask another time.
-        if map.epoch == 0 {
-            return;
-        }
-        if learned.map.as_ref().is_none_or(|known| known.epoch != map.epoch) {
-            tracing::info!(
-                dc = self.plan.dc(),
-                epoch = map.epoch,
-                "learned the destination's partition map"
-            );
-        }
-        // The destination's word is final, even for an older epoch (a site formed again).
-        learned.map = Some(Arc::new(map));
-        learned.stale = false;
+        let (learned, dc) = (Arc::clone(&self.learned), self.plan.dc().to_owned());
+        tokio::spawn(async move {
+            let request = Frame::new(ack::frame_type(ack::MAP), bytes::Bytes::new());
+            let reply = tokio::time::timeout(MAP_PATIENCE, client.request(request)).await;
+            let answer = match reply {
+                Ok(Ok(frame)) => Ok(frame),
+                // A refusal (an older build that knows no MAP) is an answer, not silence.
+                Ok(Err(TransportError::Remote { .. })) => {
+                    Ok(Frame::new(ack::frame_type(ack::ACK), bytes::Bytes::new()))
+                }
+                Ok(Err(_)) | Err(_) => Err(()),
+            };
+            learned.lock().unwrap_or_else(PoisonError::into_inner).take(&dc, &node, answer);
+        });
     }
 
     /// The destination node of `digest` of namespace number `ns`: its master as the
@@ -659,6 +687,30 @@ const _: () = assert!(MAX_FRAME_RECORDS_BYTES * 3 < DEFAULT_MAX_PAYLOAD as usize
 mod tests {
     use super::*;
     use crate::batch::sample_record;
+
+    #[test]
+    fn a_learned_map_is_kept_from_answers_that_carry_one() {
+        let mut learned = Learned { map: None, stale: true, asking: true, asked: None, turn: 0 };
+        let node = NodeId::try_from("b-0").expect("node");
+        let map_frame = |epoch| {
+            let map = SiteMap { epoch, namespaces: Default::default() };
+            Frame::new(ack::frame_type(ack::MAP), map.encode())
+        };
+        learned.take("b", &node, Err(()));
+        assert_eq!((learned.turn, learned.stale, learned.asking), (1, true, false), "silent: next");
+        learned.take("b", &node, Ok(map_frame(0)));
+        assert_eq!((learned.turn, learned.stale), (2, true), "a node without a map: next");
+        learned.take("b", &node, Ok(map_frame(7)));
+        assert_eq!(learned.map.as_ref().map(|m| m.epoch), Some(7));
+        assert!(!learned.stale);
+        learned.stale = true;
+        learned.take("b", &node, Ok(map_frame(5)));
+        assert_eq!(learned.map.as_ref().map(|m| m.epoch), Some(5), "the destination's word");
+        learned.stale = true;
+        learned.take("b", &node, Ok(Frame::new(ack::frame_type(ack::ACK), bytes::Bytes::new())));
+        assert!(!learned.stale, "a destination serving no map is not asked again");
+        assert_eq!(learned.map.as_ref().map(|m| m.epoch), Some(5));
+    }
 
     fn sized(i: u8, len: usize) -> ShippedRecord {
         let mut record = sample_record(i, false);
