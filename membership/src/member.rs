@@ -4,8 +4,8 @@
 //! nodes the topology added: first to the group (a learner, then a voter), then to placement.
 //!
 //! A pristine node (no raft log or vote) does not found a group on its own: it founds one
-//! with every node its topology lists only once a majority of them answered pristine too (a
-//! site starting for the first time), and otherwise waits to be added by the leader (a node
+//! with every node its topology lists only once all of them answered pristine too (a site
+//! starting for the first time), and otherwise waits to be added by the leader (a node
 //! joining a running site).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -395,12 +395,16 @@ async fn heartbeat_loop<T: Transport>(inner: Arc<Inner<T>>) {
         while in_flight.try_join_next().is_some() {}
         let voters: Arc<BTreeSet<String>> = Arc::new(inner.group().0.into_iter().collect());
         inner.lease().set_voters(voters.len());
+        // What this tick's heartbeats vouch for, computed once for every peer.
+        let (epoch, mine) = {
+            let membership = inner.membership.borrow();
+            (membership.epoch, inner.planner.fingerprint(&membership))
+        };
         for peer in inner.peers() {
             let inner = Arc::clone(&inner);
             let voters = Arc::clone(&voters);
             in_flight.spawn(async move {
                 let sent = Instant::now();
-                let epoch = inner.membership.borrow().epoch;
                 let request = Request::Heartbeat { from: inner.config.me.clone(), epoch };
                 let reply = rpc::call(&*inner.transport, &peer, &request, inner.config.lease).await;
                 match reply {
@@ -418,8 +422,7 @@ async fn heartbeat_loop<T: Transport>(inner: Arc<Inner<T>>) {
                         // places partitions differently vouches for nothing: this node's view
                         // may hand out partitions the majority has moved. Only voters count
                         // toward the majority.
-                        let membership = inner.membership.borrow().clone();
-                        let same = fingerprint == inner.planner.fingerprint(&membership);
+                        let same = fingerprint == mine;
                         if theirs <= epoch && !sender_down && same && voters.contains(&peer) {
                             inner.lease().answered(&peer, sent);
                         }
