@@ -23,30 +23,63 @@ pub fn workspace_root() -> PathBuf {
 /// UDP ports that a TCP-only check would hand out. A process never gets the same port twice, so
 /// tests running side by side cannot collide (one's nodes not yet bound, another's taking it).
 ///
+/// The ports lie outside the kernel's ephemeral range (`ip_local_port_range`): the kernel gives
+/// every outgoing connection a local port from that range, so a port picked there could be
+/// taken by some process's connection between the pick and the node's bind (seen in CI: a
+/// node's fabric address "already in use"). Each process starts at its own offset (from its
+/// pid), so test binaries run one after another do not walk the same ports.
+///
 /// # Panics
 ///
-/// If no port can be bound.
+/// If `count` free ports cannot be found outside the ephemeral range.
 pub fn free_ports(count: usize) -> Vec<u16> {
-    // Ports handed out before in this process: tests running side by side each get their own,
-    // even when one's nodes have not bound theirs yet.
-    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// Where this process looks next, and every port it has handed out.
+    struct Cursor {
+        next: usize,
+        handed_out: std::collections::BTreeSet<u16>,
+    }
+    static CURSOR: std::sync::Mutex<Option<Cursor>> = std::sync::Mutex::new(None);
+    let candidates = ports_outside_ephemeral_range();
+    assert!(!candidates.is_empty(), "the ephemeral port range leaves no port from 10000 free");
+    let mut cursor = CURSOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cursor = cursor.get_or_insert_with(|| Cursor {
+        next: std::process::id() as usize * 97 % candidates.len(),
+        handed_out: std::collections::BTreeSet::new(),
+    });
     let mut held = Vec::with_capacity(count);
-    while held.len() < count {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("bind a free port on 127.0.0.1: {e}"));
-        let port = tcp.local_addr().unwrap_or_else(|e| panic!("local address: {e}")).port();
-        if handed_out.contains(&port) {
+    for _ in 0..candidates.len() {
+        if held.len() == count {
+            break;
+        }
+        let port = candidates[cursor.next % candidates.len()];
+        cursor.next += 1;
+        if cursor.handed_out.contains(&port) {
             continue;
         }
+        let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) else { continue };
         if let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
             held.push((port, tcp, udp));
         }
     }
+    assert!(held.len() == count, "only {} of {count} free ports on 127.0.0.1", held.len());
     let ports: Vec<u16> = held.into_iter().map(|(port, _, _)| port).collect();
-    handed_out.extend(&ports);
+    cursor.handed_out.extend(&ports);
     ports
+}
+
+/// Unprivileged ports the kernel never hands to an outgoing connection: those outside
+/// `/proc/sys/net/ipv4/ip_local_port_range` (Linux's default range 32768–60999 when it cannot
+/// be read).
+fn ports_outside_ephemeral_range() -> Vec<u16> {
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(|b| b.parse::<u16>().ok());
+            Some((bounds.next()??, bounds.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // Below 10000 sit well-known services (and the example topologies' fixed ports).
+    (10_000..=u16::MAX).filter(|port| *port < low || *port > high).collect()
 }
 
 /// A node of a test topology.
