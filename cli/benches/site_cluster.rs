@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, WritePolicy, as_bin, as_key};
-use ferry_tests::{Link, Namespace, TopologyBuilder, http};
+use ferry_tests::{Link, Namespace, TopologyBuilder};
 use futures::StreamExt as _;
 use support::Deployment;
 
@@ -64,7 +64,7 @@ fn status_sum(deployment: &Deployment, site: &str, skip: &str, path: &[&str]) ->
         .iter()
         .filter(|id| *id != skip)
         .filter_map(|id| {
-            let (_, body) = http(deployment.node(id).admin, "GET", "/v1/status");
+            let (_, body) = deployment.admin(id, "GET", "/v1/status");
             let json: serde_json::Value = serde_json::from_str(&body).ok()?;
             path.iter().try_fold(&json, |value, key| value.get(key))?.as_u64()
         })
@@ -85,7 +85,7 @@ async fn wait_settled(
     while started.elapsed() < limit {
         let pending = status_sum(deployment, site, lost, &["membership", "pending_partitions"]);
         let agreed = deployment.ids(site).iter().filter(|id| *id != lost).all(|id| {
-            let (_, body) = http(deployment.node(id).admin, "GET", "/v1/status");
+            let (_, body) = deployment.admin(id, "GET", "/v1/status");
             body.contains(&down)
         });
         if pending == 0 && agreed {
@@ -164,7 +164,7 @@ async fn node_loss(disk_mb_s: f64) {
     while killed_at.elapsed() < Duration::from_secs(6) {
         if removed_after.is_none()
             && ["a-0", "a-2"].iter().all(|id| {
-                let (_, body) = http(deployment.node(id).admin, "GET", "/v1/status");
+                let (_, body) = deployment.admin(id, "GET", "/v1/status");
                 body.contains("\"down\":[\"a-1\"]")
             })
         {

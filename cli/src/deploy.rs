@@ -60,6 +60,28 @@ impl StateDir {
     pub fn reports(&self) -> PathBuf {
         self.root.join("reports")
     }
+
+    /// Who may call the control plane: token hashes and roles, read by the topology service
+    /// and every node (re-read when it changes).
+    pub fn access(&self) -> PathBuf {
+        self.root.join("access.toml")
+    }
+
+    /// The operator's credential of `role` (mode 0600), named after the role.
+    pub fn credential(&self, role: ferry_auth::Role) -> PathBuf {
+        self.root.join("credentials").join(format!("{role}.token"))
+    }
+}
+
+/// The token name of node `id`'s credential: `node-<id>`, with any character a token name
+/// cannot hold made a '-'.
+fn node_token_name(id: &str) -> String {
+    let safe: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .take(59)
+        .collect();
+    format!("node-{safe}")
 }
 
 /// What to deploy and how.
@@ -134,6 +156,10 @@ pub enum DeployError {
     UnknownSite(String),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("control-plane credentials: {0}")]
+    Access(#[from] ferry_auth::AccessError),
+    #[error(transparent)]
+    PlainHttp(#[from] ferry_auth::gate::NotLoopback),
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DeployError {
@@ -187,11 +213,18 @@ impl Deployment {
         std::fs::write(&topology_file, &spec.topology_text)
             .map_err(io_error("write", &topology_file))?;
         ferry_transport::certs::init(&site_members(&topology)?, &state.certs())?;
+        // One credential per role for the operator; the nodes and the service share the
+        // access file, so a grant or revocation there applies everywhere without a restart.
+        for role in ferry_auth::Role::ALL {
+            let file = state.credential(role);
+            ferry_auth::access::ensure_credential(&state.access(), &file, role.as_str(), role)?;
+        }
         let service = match spec.topology_service {
             Some(listen) => Some(start_service(&state, &spec, listen).await?),
             None => None,
         };
         let mut node_args = spec.node_args.clone();
+        node_args.extend(["--access".to_owned(), state.access().display().to_string()]);
         if let Some(service) = &service {
             node_args.extend(["--topology-service".to_owned(), service.url.clone()]);
         }
@@ -301,6 +334,13 @@ impl Deployment {
         if let Some((site, node_id)) = identity {
             let to = self.launcher.node_certs_dir(id);
             ferry_transport::certs::export_node(&self.state.certs(), site, node_id, &sites, &to)?;
+        }
+        if self.service.is_some() {
+            // The node follows the topology service with a token of its own, read-only.
+            let credential = self.launcher.node_dir(id).join("topology.token");
+            let name = node_token_name(id);
+            let role = ferry_auth::Role::ReadOnly;
+            ferry_auth::access::ensure_credential(&self.state.access(), &credential, &name, role)?;
         }
         let routes = self.routes.get(id).map(Vec::as_slice).unwrap_or_default();
         Ok(self.launcher.start_with(id, node.client.addr(), routes)?)
@@ -508,6 +548,10 @@ async fn start_service(
         expected_parent: None,
     };
     store.apply(request).await.map_err(|source| DeployError::Store { url: url.clone(), source })?;
+    ferry_auth::gate::require_loopback("topology service", listen)?;
+    let access = ferry_auth::AccessFile::open(&state.access())?;
+    let gate =
+        ferry_auth::Gate::new(std::sync::Arc::new(access), ferry_topology::service::required_role);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| DeployError::Service { addr: listen, source })?;
@@ -518,7 +562,7 @@ async fn start_service(
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(error) = ferry_topology::service::serve(listener, store, shutdown).await {
+        if let Err(error) = ferry_topology::service::serve(listener, store, gate, shutdown).await {
             tracing::error!(%error, "topology service stopped");
         }
     });
@@ -531,6 +575,14 @@ async fn start_service(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_token_names_are_token_names() {
+        assert_eq!(node_token_name("a-1"), "node-a-1");
+        assert_eq!(node_token_name("a.b c"), "node-a-b-c");
+        let long = node_token_name(&"x".repeat(100));
+        assert!(ferry_auth::token::check_name(&long).is_ok(), "{long}");
+    }
 
     #[test]
     fn a_topology_wan_becomes_a_relay_shape() {

@@ -153,6 +153,8 @@ struct Restore {
 pub struct Drills {
     service: TopologyClient,
     http: reqwest::Client,
+    /// What `service` and `http` present, for the verifications a drill runs.
+    credential: Option<ferry_auth::Token>,
     /// The deployment's `topology.toml`, rewritten with every version the drill applies (so
     /// `ferry status`, the link commands and restarted nodes see it).
     topology_file: Option<PathBuf>,
@@ -194,18 +196,32 @@ fn version_number(version: i64) -> u64 {
 }
 
 impl Drills {
-    /// Drills through the topology service at `service_url`; `on_step` hears of each step as
-    /// it completes.
-    pub fn new(service_url: &str, topology_file: Option<PathBuf>, on_step: fn(&Step)) -> Drills {
+    /// Drills through the topology service at `service_url`, presenting `credential` to it and
+    /// to the nodes; `on_step` hears of each step as it completes.
+    pub fn new(
+        service_url: &str,
+        credential: Option<ferry_auth::Token>,
+        topology_file: Option<PathBuf>,
+        on_step: fn(&Step),
+    ) -> Drills {
         Drills {
-            service: TopologyClient::new(service_url),
-            http: ops::admin_client(),
+            service: TopologyClient::new(service_url, credential.clone()),
+            http: ops::admin_client(credential.as_ref()),
+            credential,
             topology_file,
             timeout: Duration::from_secs(120),
             force: false,
             local_dir: None,
             journal: Arc::default(),
             on_step,
+        }
+    }
+
+    /// Reports `event` to the audit trail through the topology service. A failure is logged,
+    /// never fatal: the drill's own report is saved either way.
+    pub async fn audit(&self, event: &ferry_topology::audit::AuditEvent) {
+        if let Err(error) = self.service.record(event).await {
+            tracing::warn!(%error, action = %event.action, "audit event not recorded");
         }
     }
 
@@ -485,6 +501,7 @@ impl Drills {
                     to: to.to_owned(),
                     namespaces: Vec::new(),
                     watermark: Watermark::All,
+                    credential: self.credential.clone(),
                 };
                 let verifying = verify::verify(&fenced.topology, &request, |_| {});
                 let report =

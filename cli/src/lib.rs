@@ -10,8 +10,10 @@
 //! - [`ops`]: link drains, node health and applied topology versions, unshipped records.
 //! - [`drill`]: switchover, failover and failback, each ending in a report.
 //! - [`verify`]: whether two sites hold the same data, and every record where they do not.
+//! - [`credentials`]: the token the CLI presents to the control plane.
 
 pub mod client;
+pub mod credentials;
 pub mod deploy;
 pub mod drill;
 pub mod launcher;

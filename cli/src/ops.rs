@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use ferry_node::unshipped::UnshippedReport;
 use ferry_topology::Topology;
 use ferry_xdr::stats::LinkSnapshot;
+use reqwest::header::HeaderValue;
 
 use crate::client::{self, ClientError};
 
@@ -137,9 +138,24 @@ pub async fn drain_link(
     }
 }
 
-/// An HTTP client for the nodes' admin APIs.
-pub fn admin_client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(ADMIN_TIMEOUT).build().unwrap_or_default()
+/// An HTTP client for the nodes' admin APIs, presenting `credential` on every request.
+pub fn admin_client(credential: Option<&ferry_auth::Token>) -> reqwest::Client {
+    admin_client_waiting(credential, ADMIN_TIMEOUT)
+}
+
+/// [`admin_client`] whose requests may take up to `timeout`.
+pub fn admin_client_waiting(
+    credential: Option<&ferry_auth::Token>,
+    timeout: Duration,
+) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = credential
+        && let Ok(mut value) = format!("Bearer {}", token.expose()).parse::<HeaderValue>()
+    {
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder().timeout(timeout).default_headers(headers).build().unwrap_or_default()
 }
 
 /// GET `path` from a node's admin API as JSON.

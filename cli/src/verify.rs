@@ -60,6 +60,8 @@ pub struct Request {
     /// Empty: every namespace both sites serve.
     pub namespaces: Vec<String>,
     pub watermark: Watermark,
+    /// What to present to the nodes' admin APIs.
+    pub credential: Option<ferry_auth::Token>,
 }
 
 /// Which versions count.
@@ -167,10 +169,7 @@ pub async fn verify(
         Watermark::Live => Some(live_watermark(topology, &request.from, &request.to).await?),
     };
     let until = watermark_ms.unwrap_or(u64::MAX);
-    let http = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(|e| VerifyError::Task(format!("HTTP client: {e}")))?;
+    let http = ops::admin_client_waiting(request.credential.as_ref(), REQUEST_TIMEOUT);
     let mut report = Report {
         from: request.from.clone(),
         to: request.to.clone(),

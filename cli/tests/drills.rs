@@ -341,9 +341,7 @@ async fn a_frozen_site_fails_over_with_a_bound_and_fails_back_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_the_version_the_nodes_follow_not_the_file_they_started_from() {
     let deployment = active_standby().await;
-    let state = &deployment.running.state;
-    let url = std::fs::read_to_string(state.topology_service()).expect("the service's URL");
-    let service = ferry_topology::service::TopologyClient::new(url.trim());
+    let service = deployment.topology_service();
     let current = service.current().await.expect("current version");
     let fenced = current.content.replacen(
         "role = \"active\"",

@@ -16,6 +16,15 @@ fn a_node_logs_json_lines_when_asked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let topology = dir.path().join("topology.toml");
     std::fs::write(&topology, text).expect("write topology");
+    // A node serves its admin API only to the holders of tokens its access file lists.
+    let granted = Command::new(ferry_bin())
+        .args(["access", "grant", "ops", "--role", "admin", "--access"])
+        .arg(dir.path().join("state").join("access.toml"))
+        .arg("--out")
+        .arg(dir.path().join("ops.token"))
+        .output()
+        .expect("run ferry access grant");
+    assert!(granted.status.success(), "{}", String::from_utf8_lossy(&granted.stderr));
     let mut node = Command::new(ferry_bin())
         .args(["--log-format", "json", "node", "run", "--topology"])
         .arg(&topology)

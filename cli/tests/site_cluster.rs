@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aerospike::{Bins, Client, ClientPolicy, ReadPolicy, Value, WritePolicy, as_bin, as_key};
+use ferry_auth::Role;
 use ferry_tests::{Link, Namespace, TopologyBuilder, http};
 use futures::stream::{self, StreamExt};
 use support::Deployment;
@@ -127,8 +128,9 @@ struct Membership {
 }
 
 fn membership(deployment: &Deployment, node: &str) -> Option<Membership> {
-    let admin = deployment.node(node).admin;
-    let (status, body) = std::panic::catch_unwind(|| http(admin, "GET", "/v1/status")).ok()?;
+    let (admin, token) = (deployment.node(node).admin, deployment.token(Role::ReadOnly));
+    let (status, body) =
+        std::panic::catch_unwind(|| http(admin, Some(&token), "GET", "/v1/status")).ok()?;
     if status != 200 {
         return None;
     }
@@ -595,8 +597,7 @@ async fn a_node_added_to_a_running_site_receives_its_partitions_records() {
     let writer =
         tokio::spawn(write_load(Arc::clone(&client), 3_000..9_000, 0, Arc::clone(&acks), deadline));
     std::fs::write(deployment.topology_file(), &full.text).expect("rewrite the topology file");
-    let url = std::fs::read_to_string(deployment.running.state.topology_service()).expect("url");
-    let service = ferry_topology::service::TopologyClient::new(url.trim());
+    let service = deployment.topology_service();
     let request = ferry_topology::store::ApplyRequest {
         source: "site-join.toml".to_owned(),
         content: full.text.clone(),
@@ -645,7 +646,7 @@ async fn a_node_added_to_a_running_site_receives_its_partitions_records() {
 
 /// A node's `/v1/status`.
 fn http_status(deployment: &Deployment, node: &str) -> serde_json::Value {
-    let (status, body) = http(deployment.node(node).admin, "GET", "/v1/status");
+    let (status, body) = deployment.admin(node, "GET", "/v1/status");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("status json")
 }

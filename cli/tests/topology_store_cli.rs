@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use ferry_tests::workspace_root;
-use ferry_topology::service::TopologyClient;
+use ferry_topology::service::{ClientError, TopologyClient};
 use support::ferry_bin;
 
 fn ferry(store: &str, args: &[&str]) -> Output {
@@ -94,9 +94,19 @@ fn serve_answers_clients_and_stops_on_sigint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("topology.db").display().to_string();
     ok(&ferry(&store, &["topology", "apply", "examples/two-sites.toml"]));
+    let access = dir.path().join("access.toml").display().to_string();
+    let credential = dir.path().join("reader.token");
+    let granted = Command::new(ferry_bin())
+        .args(["access", "grant", "reader", "--role", "read-only", "--access", &access, "--out"])
+        .arg(&credential)
+        .output()
+        .expect("run ferry access grant");
+    ok(&granted);
+    let token = ferry_auth::access::read_credential(&credential).expect("a private credential");
 
     let mut child = Command::new(ferry_bin())
         .args(["topology", "serve", "--listen", "127.0.0.1:0", "--store", &store])
+        .args(["--access", &access])
         .current_dir(workspace_root())
         .stdout(Stdio::piped())
         .spawn()
@@ -111,8 +121,14 @@ fn serve_answers_clients_and_stops_on_sigint() {
         .to_owned();
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let version =
-        runtime.block_on(TopologyClient::new(&base).current()).expect("current version over HTTP");
+    let refused = runtime.block_on(TopologyClient::new(&base, None).current());
+    assert!(
+        matches!(refused, Err(ClientError::Refused { status: 401, .. })),
+        "a caller without a token was answered {refused:?}"
+    );
+    let version = runtime
+        .block_on(TopologyClient::new(&base, Some(token)).current())
+        .expect("current version over HTTP");
     assert_eq!(version.version, 1);
     assert_eq!(version.topology.sites.len(), 2);
 

@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use aerospike::{Client, ClientPolicy, Error, ResultCode, WritePolicy, as_bin, as_key};
-use ferry_tests::{Link, Namespace, Role, Site, TopologyBuilder, WriteFence, http};
+use ferry_tests::{Link, Namespace, Role, Site, TopologyBuilder, WriteFence};
 use ferry_topology::store::{ApplyRequest, TopologyStore};
 use support::Deployment;
 
@@ -23,26 +23,19 @@ async fn apply(store: &TopologyStore, content: &str, comment: &str) {
     store.apply(request).await.expect("apply a topology version");
 }
 
-/// Serves a topology store under `dir` holding `first` as version 1; returns the store, the
-/// node arguments that make nodes follow it, and what stops it.
-async fn serve_topology(
-    dir: &std::path::Path,
+/// Deploys `first` with the deployment's topology service (version 1), which the nodes follow;
+/// returns the deployment and its topology store, where the test applies new versions.
+async fn deploy_following(
     first: &str,
-) -> (TopologyStore, Vec<String>, tokio::sync::oneshot::Sender<()>) {
-    let url = format!("sqlite://{}?mode=rwc", dir.join("topology.db").display());
-    let store = TopologyStore::open(&url).await.expect("open store");
-    apply(&store, first, "first version").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let service = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = store.clone();
-    tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        ferry_topology::service::serve(listener, served, shutdown).await.expect("serve");
-    });
-    (store, vec!["--topology-service".to_owned(), service], stop)
+    nodes: Vec<ferry_tests::TestNode>,
+) -> (Deployment, TopologyStore) {
+    let deployment = Deployment::start_spec(first, nodes, |spec| {
+        spec.topology_service = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let url = format!("sqlite://{}", deployment.running.state.topology_db().display());
+    let store = TopologyStore::open(&url).await.expect("open the deployment's topology store");
+    (deployment, store)
 }
 
 /// Waits until every node of `site` reports topology `version` applied.
@@ -50,7 +43,7 @@ async fn wait_applied(deployment: &Deployment, site: &str, version: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     for node in deployment.site(site) {
         loop {
-            let (_, body) = http(node.admin, "GET", "/v1/status");
+            let (_, body) = deployment.admin(&node.id, "GET", "/v1/status");
             let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
             if status["topology_version"].as_u64() >= Some(version) {
                 break;
@@ -96,9 +89,7 @@ async fn enabling_reconfiguring_and_disabling_a_link_apply_without_restarts() {
     let disabled_again = sites(false, 50).build_like(&first).text;
     let removed = TopologyBuilder::new("xdr-test").sites(&["a", "b"], 2).build_like(&first).text;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (store, args, stop) = serve_topology(dir.path(), &disabled).await;
-    let deployment = Deployment::start_with(&disabled, nodes, args).await;
+    let (deployment, store) = deploy_following(&disabled, nodes).await;
     let seed = deployment.site("a")[0].client.to_string();
     let a = Client::new(&ClientPolicy::default(), &seed).await.expect("connect");
 
@@ -138,7 +129,6 @@ async fn enabling_reconfiguring_and_disabling_a_link_apply_without_restarts() {
         assert!(Instant::now() < deadline, "a removed link's cursors stayed: {cursors:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = stop.send(());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,9 +145,7 @@ async fn a_write_fence_and_a_standby_role_apply_live() {
     let fenced = sites(Role::Active, Some(WriteFence::ClientWrites)).build_like(&first).text;
     let standby = sites(Role::Standby, None).build_like(&first).text;
     let open_standby = sites(Role::Standby, Some(WriteFence::None)).build_like(&first).text;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (store, args, stop) = serve_topology(dir.path(), &first.text).await;
-    let deployment = Deployment::start_with(&first.text, first.nodes.clone(), args).await;
+    let (deployment, store) = deploy_following(&first.text, first.nodes.clone()).await;
     wait_applied(&deployment, "a", 1).await;
     let a = deployment.client("a").await;
     let put = |i: i64| {
@@ -186,7 +174,6 @@ async fn a_write_fence_and_a_standby_role_apply_live() {
             assert!(refused(result), "version {version}: a write is refused as forbidden");
         }
     }
-    let _ = stop.send(());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

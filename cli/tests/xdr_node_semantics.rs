@@ -148,9 +148,10 @@ async fn metrics_and_health_show_the_link_and_the_namespace() {
     a.delete(&WritePolicy::default(), &as_key!("test", "m", 0)).await.expect("delete");
     ship_marker(&a, &b, 1).await;
     let admin = deployment.site("a")[0].admin;
+    let token = deployment.token(ferry_auth::Role::ReadOnly);
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
-        let (code, text) = ferry_tests::http(admin, "GET", "/metrics");
+        let (code, text) = ferry_tests::http(admin, Some(&token), "GET", "/metrics");
         assert_eq!(code, 200, "{text}");
         if metric(&text, "aerospike_xdr_in_queue", "dc=\"b\"") == Some(0.0) {
             break text;
@@ -196,6 +197,6 @@ async fn metrics_and_health_show_the_link_and_the_namespace() {
         }
     }
 
-    let (code, body) = ferry_tests::http(admin, "GET", "/health");
+    let (code, body) = ferry_tests::http(admin, Some(&token), "GET", "/health");
     assert_eq!((code, body.contains("\"ok\"")), (200, true), "{body}");
 }

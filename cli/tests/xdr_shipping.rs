@@ -81,15 +81,17 @@ async fn writes_updates_and_deletes_at_the_active_site_arrive_at_the_standby() {
 
     // The admin API shows the same link as JSON, and pauses it.
     let admin = deployment.site("a")[0].admin;
-    let (code, body) = ferry_tests::http(admin, "GET", "/v1/xdr/links/b");
+    let token = deployment.token(ferry_auth::Role::Operator);
+    let http = |method: &str, path: &str| ferry_tests::http(admin, Some(&token), method, path);
+    let (code, body) = http("GET", "/v1/xdr/links/b");
     assert_eq!(code, 200, "{body}");
     let link: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert!(link["success"].as_u64().expect("success") > 0, "{link}");
     assert_eq!(link["state"], "active");
-    assert_eq!(ferry_tests::http(admin, "GET", "/v1/xdr/links/nowhere").0, 404);
-    assert_eq!(ferry_tests::http(admin, "POST", "/v1/xdr/links/b/pause").0, 200);
+    assert_eq!(http("GET", "/v1/xdr/links/nowhere").0, 404);
+    assert_eq!(http("POST", "/v1/xdr/links/b/pause").0, 200);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !ferry_tests::http(admin, "GET", "/v1/xdr/links/b").1.contains("\"paused\"") {
+    while !http("GET", "/v1/xdr/links/b").1.contains("\"paused\"") {
         assert!(std::time::Instant::now() < deadline, "the link never reported paused");
         std::thread::sleep(Duration::from_millis(50));
     }

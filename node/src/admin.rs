@@ -1,5 +1,7 @@
 //! The node's admin HTTP API (the `admin` address in the topology): the same numbers as the
-//! info protocol, as JSON, and the link controls.
+//! info protocol, as JSON, and the link controls. Every route needs a bearer token the node's
+//! access file accepts ([`ferry_auth`]): `read-only` for GET, `operator` for the link controls
+//! ([`required_role`]); the API serves plain HTTP on loopback addresses only.
 //!
 //! - `GET /v1/status`: node, site, the topology service version applied here (0: the file it
 //!   started with) and the write fence up, per-namespace records and partitions owned, counters.
@@ -24,21 +26,28 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use ferry_topology::audit::AuditEvent;
 use ferry_xdr::ship::LinkCommand;
 use ferry_xdr::stats::LinkSnapshot;
 
 use crate::node::NodeState;
 
-/// Serves the admin API on `listener` until `shutdown` resolves.
+/// The role a request needs: `operator` to control a link, `read-only` to read.
+pub fn required_role(method: &Method, _path: &str) -> ferry_auth::Role {
+    if method == Method::GET { ferry_auth::Role::ReadOnly } else { ferry_auth::Role::Operator }
+}
+
+/// Serves the admin API on `listener`, behind `gate`, until `shutdown` resolves.
 pub async fn serve(
     state: Arc<NodeState>,
     listener: TcpListener,
+    gate: ferry_auth::Gate,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -53,6 +62,8 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .with_state(state);
+    let app = gate.protect(app);
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
@@ -245,6 +256,7 @@ struct RewindQuery {
 
 async fn control(
     State(state): State<Arc<NodeState>>,
+    axum::Extension(caller): axum::Extension<ferry_auth::Principal>,
     Path((dc, action)): Path<(String, String)>,
     Query(query): Query<RewindQuery>,
 ) -> Response {
@@ -252,9 +264,16 @@ async fn control(
         let message = format!("unknown action '{action}': pause, resume, rewind or drain");
         return error_response(StatusCode::BAD_REQUEST, message);
     };
-    if state.xdr.command(&dc, command) {
-        Json(json!({ "dc": dc, "action": action })).into_response()
-    } else {
-        no_link(&dc)
-    }
+    let done = state.xdr.command(&dc, command);
+    let target = format!("{} -> {dc}", state.site().name);
+    let event = AuditEvent::now(&caller.name, &caller.origin(), &format!("link.{action}"), &target)
+        .detail(format!("node {} (admin API){}", state.this_node().id, rewind_from(&query)))
+        .outcome(if done { "ok" } else { "no such link here" });
+    state.audit.record(event);
+    if done { Json(json!({ "dc": dc, "action": action })).into_response() } else { no_link(&dc) }
+}
+
+/// `, from_ms=T` for a rewind that names where from.
+fn rewind_from(query: &RewindQuery) -> String {
+    query.from_ms.map(|from| format!(", from_ms={from}")).unwrap_or_default()
 }

@@ -4,7 +4,10 @@
 //! since Aerospike 7.2, `ERROR:<result code>:<message>`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+
+use ferry_topology::audit::AuditEvent;
 
 use crate::node::NodeState;
 use crate::proto::info;
@@ -36,12 +39,12 @@ fn store_error(failure: &StoreError) -> String {
 /// Capabilities the C client (and so the Python client) checks.
 const FEATURES: &str = "batch-any;pquery;pscans;peers;replicas;float;truncate-namespace";
 
-/// The info reply body for these names.
-pub fn answer(state: &NodeState, names: &[&str]) -> Vec<u8> {
-    info::reply(names.iter().map(|&name| (name, value(state, name))))
+/// The info reply body for these names, asked by a client at `peer`.
+pub fn answer(state: &NodeState, names: &[&str], peer: Option<SocketAddr>) -> Vec<u8> {
+    info::reply(names.iter().map(|&name| (name, value(state, name, peer))))
 }
 
-fn value(state: &NodeState, name: &str) -> String {
+fn value(state: &NodeState, name: &str, peer: Option<SocketAddr>) -> String {
     let cluster = state.cluster();
     match name {
         "node" => cluster.node().id.to_string(),
@@ -64,11 +67,11 @@ fn value(state: &NodeState, name: &str) -> String {
         "statistics" => statistics(state),
         "sets" => sets(state, None, None),
         "user-agent-set" => "ok".to_owned(),
-        _ => parameterized(state, name),
+        _ => parameterized(state, name, peer),
     }
 }
 
-fn parameterized(state: &NodeState, name: &str) -> String {
+fn parameterized(state: &NodeState, name: &str, peer: Option<SocketAddr>) -> String {
     if let Some(ns) = name.strip_prefix("namespace/") {
         let Some(config) = state.namespace(ns) else {
             return error(NAMESPACE_NOT_FOUND, format!("namespace '{ns}' not found"));
@@ -96,7 +99,12 @@ fn parameterized(state: &NodeState, name: &str) -> String {
         return conflicts.iter().map(ToString::to_string).collect::<Vec<_>>().join(";");
     }
     if let Some(args) = name.strip_prefix("xdr-link:") {
-        return xdr_link_command(state, args);
+        let answer = xdr_link_command(state, args);
+        let action = args.split(';').find_map(|p| p.strip_prefix("action=")).unwrap_or("?");
+        let dc = args.split(';').find_map(|p| p.strip_prefix("dc=")).unwrap_or("?");
+        let target = format!("{} -> {dc}", state.site().name);
+        audit_client_command(state, peer, &format!("link.{action}"), &target, &answer);
+        return answer;
     }
     if let Some(args) = name.strip_prefix("xdr-parked:") {
         return xdr_parked(state, args);
@@ -117,7 +125,9 @@ fn parameterized(state: &NodeState, name: &str) -> String {
         return crate::xdr_config::get_config(state, args);
     }
     if let Some(args) = name.strip_prefix("set-config:") {
-        return crate::xdr_config::set_config(state, args);
+        let answer = crate::xdr_config::set_config(state, args);
+        audit_client_command(state, peer, "config.set", args, &answer);
+        return answer;
     }
     if let Some(path) = name.strip_prefix("sets/") {
         return match path.split_once('/') {
@@ -257,6 +267,23 @@ fn xdr_parked(state: &NodeState, args: &str) -> String {
 /// `xdr-link:dc=NAME;action=pause|resume|rewind|drain|retry-parked|discard-parked[;from-ms=T]`:
 /// operator control of a link on this node. A rewind re-ships every record changed at or after
 /// `from-ms` (0 or absent: all).
+/// Records a change a client asked for over the client port (no login: the client is known
+/// only by its address).
+fn audit_client_command(
+    state: &NodeState,
+    peer: Option<SocketAddr>,
+    action: &str,
+    target: &str,
+    answer: &str,
+) {
+    let origin = peer.map_or_else(|| "unknown".to_owned(), |peer| peer.to_string());
+    let outcome = if answer.starts_with("ERROR") { answer } else { "ok" };
+    let event = AuditEvent::now("client (no login)", &origin, action, target)
+        .detail(format!("node {} (client port)", state.this_node().id))
+        .outcome(outcome);
+    state.audit.record(event);
+}
+
 fn xdr_link_command(state: &NodeState, args: &str) -> String {
     let parsed = params(args, &["dc", "action", "from-ms"]).and_then(|params| {
         let dc = params.get("dc").copied().ok_or_else(|| error(PARAMETER, "missing dc=NAME"))?;

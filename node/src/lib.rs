@@ -16,6 +16,8 @@
 //! - [`reclaim`]: background removal of expired records and old tombstones.
 //! - [`node`] and [`server`]: the node's state and its network shell.
 //! - [`admin`]: the admin HTTP API (status, XDR stats and link controls as JSON).
+//! - [`audit`]: link controls this node was told to make, logged and reported to the audit
+//!   trail.
 //! - [`unshipped`]: what a link has not shipped from this node (a failover's lost writes).
 //! - [`takeovers`]: partitions taken over and not yet re-shipped, journaled across restarts.
 //! - [`verify`]: per-partition hashes and version lists two sites compare.
@@ -25,6 +27,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod audit;
 pub mod cluster;
 pub mod command;
 pub mod fabric;

@@ -45,6 +45,12 @@ pub struct NodeConfig {
     pub fabric_routes: std::collections::BTreeMap<String, SocketAddr>,
     /// Follow the topology service at this URL: DR link changes apply without a restart.
     pub topology_service: Option<String>,
+    /// The token the node presents to the topology service (a credential file, mode 0600).
+    /// Read only when the node follows a topology service.
+    pub topology_credential: PathBuf,
+    /// Who may call the admin API: the access file (token hashes and roles), followed as it
+    /// changes.
+    pub access: PathBuf,
     /// Time between passes that remove expired records and old tombstones (`nsup-period`).
     pub nsup_period: Duration,
     /// Heartbeats between the site's nodes (sites of three nodes or more): interval and the
@@ -54,14 +60,17 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     /// Node `node` of `site` in `topology`, keeping its state in `data_dir`, with the defaults:
-    /// a digest log of the default cap, certificates in `<data_dir>/certs`, no routes, no
-    /// topology service, reclaim every 30 s.
+    /// a digest log of the default cap, certificates in `<data_dir>/certs`, the access file
+    /// `<data_dir>/access.toml`, no routes, no topology service (its credential would be
+    /// `<data_dir>/topology.token`), reclaim every 30 s.
     pub fn new(topology: Topology, site: &str, node: &str, data_dir: PathBuf) -> NodeConfig {
         NodeConfig {
             topology,
             site: site.to_owned(),
             node: node.to_owned(),
             certs: data_dir.join("certs"),
+            topology_credential: data_dir.join("topology.token"),
+            access: data_dir.join("access.toml"),
             data_dir,
             digest_log: true,
             digest_log_cap: None,
@@ -130,6 +139,8 @@ pub struct NodeState {
     pub xdr: Arc<ferry_xdr::stats::Registry>,
     pub store: Store,
     pub stats: Stats,
+    /// Where link controls and other changes this node was told to make are recorded.
+    pub audit: crate::audit::AuditSink,
     /// Which writers the site refuses now (follows the topology service).
     pub fence: crate::fence::WriteGate,
     /// The topology service version whose site settings this node applies; 0 while it runs
@@ -171,6 +182,7 @@ impl NodeState {
             store,
             stats: Stats::default(),
             fence,
+            audit: crate::audit::AuditSink::default(),
             topology_version: AtomicU64::new(0),
             links_changed: tokio::sync::Notify::new(),
             topology_edit: Mutex::new(()),

@@ -151,6 +151,7 @@ async fn serve(
     budget: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
+    let peer = stream.peer_addr().ok();
     let (read, write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut writer = BufWriter::new(write);
@@ -189,7 +190,7 @@ async fn serve(
                 let state = Arc::clone(&state);
                 let reply = tokio::task::spawn_blocking(move || {
                     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                    crate::info::answer(&state, &names)
+                    crate::info::answer(&state, &names, peer)
                 })
                 .await
                 .map_err(|e| std::io::Error::other(format!("info task failed: {e}")))?;

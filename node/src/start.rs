@@ -64,6 +64,13 @@ pub enum StartError {
     BindXdr { addr: SocketAddr, source: ferry_transport::TransportError },
     #[error("{what}: {source}")]
     Io { what: &'static str, source: std::io::Error },
+    #[error(
+        "admin API access file (create one with `ferry access grant NAME --role admin --access \
+         FILE`): {0}"
+    )]
+    Access(#[from] ferry_auth::AccessError),
+    #[error(transparent)]
+    PlainHttp(#[from] ferry_auth::gate::NotLoopback),
 }
 
 /// The storage node.
@@ -108,6 +115,9 @@ impl Node {
         let client = local("client address", &listeners.client)?;
         let fabric = local("fabric address", &listeners.fabric)?;
         let admin = local("admin address", &listeners.admin)?;
+        ferry_auth::gate::require_loopback("admin API", admin)?;
+        let access = Arc::new(ferry_auth::AccessFile::open(&config.access)?);
+        let gate = ferry_auth::Gate::new(access, crate::admin::required_role);
         let xdr = listeners
             .xdr
             .local_addr()
@@ -129,7 +139,7 @@ impl Node {
             config,
             listeners.client,
             listeners.fabric,
-            listeners.admin,
+            (listeners.admin, gate),
             xdr_service,
             shutdown,
         ));
@@ -142,12 +152,12 @@ async fn serve(
     config: NodeConfig,
     client: TcpListener,
     fabric: TcpListener,
-    admin: TcpListener,
+    (admin, gate): (TcpListener, ferry_auth::Gate),
     xdr: Option<XdrService>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(crate::admin::serve(state.clone(), admin, async {
+    let admin = tokio::spawn(crate::admin::serve(state.clone(), admin, gate, async {
         let _ = admin_stopped.await;
     }));
     let reclaim = tokio::spawn(crate::reclaim::run(state.clone(), config.nsup_period));

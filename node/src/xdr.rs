@@ -42,6 +42,8 @@ pub enum XdrError {
     Identity(#[from] InvalidName),
     #[error("link to {dc}: open the digest-log cursor: {source}")]
     Cursor { dc: String, source: ferry_digestlog::CursorError },
+    #[error("the topology service's credential: {0}")]
+    Credential(#[from] ferry_auth::AccessError),
 }
 
 /// Addresses to dial instead of a destination node's own XDR address (a WAN relay in front of
@@ -130,8 +132,15 @@ impl XdrService {
         links.reconcile(&topology).await?;
         tracing::info!(xdr = %addr, links = links.running.len(), "XDR started");
         let links = Arc::new(tokio::sync::Mutex::new(links));
-        let watcher = topology_service
-            .map(|url| tokio::spawn(follow(url.to_owned(), state.clone(), links.clone())));
+        let watcher = match topology_service {
+            Some(url) => {
+                let credential = ferry_auth::access::read_credential(&config.topology_credential)?;
+                let client = ferry_topology::service::TopologyClient::new(url, Some(credential));
+                state.audit.report_to(client.clone());
+                Some(tokio::spawn(follow(client, state.clone(), links.clone())))
+            }
+            None => None,
+        };
         let local = tokio::spawn(follow_local_changes(state, links.clone()));
         Ok(Some(XdrService { endpoint, links, watcher, local }))
     }
@@ -156,12 +165,15 @@ impl XdrService {
     }
 }
 
-/// Applies every new topology version from the service at `url`: the site's fence and role,
+/// Applies every new topology version from the service `client` asks: the site's fence and role,
 /// and the node's links. A version counts as applied on this node (`topology_version`) once
 /// both hold.
-async fn follow(url: String, state: Arc<NodeState>, links: Arc<tokio::sync::Mutex<Links>>) {
-    let mut versions =
-        ferry_topology::service::spawn_watcher(ferry_topology::service::TopologyClient::new(&url));
+async fn follow(
+    client: ferry_topology::service::TopologyClient,
+    state: Arc<NodeState>,
+    links: Arc<tokio::sync::Mutex<Links>>,
+) {
+    let mut versions = ferry_topology::service::spawn_watcher(client);
     while versions.changed().await.is_ok() {
         let Some(version) = versions.borrow_and_update().clone() else { continue };
         let topology = Arc::new(version.topology.clone());

@@ -672,18 +672,21 @@ impl TopologyBuilder {
     }
 }
 
-/// One HTTP/1.1 request without a body to `addr` (the admin API); returns the status code and
-/// the body.
+/// One HTTP/1.1 request without a body to `addr` (the admin API), presenting `token` (a bearer
+/// token's text) when given; returns the status code and the body.
 ///
 /// # Panics
 ///
 /// If the server cannot be reached or answers something that is not HTTP.
-pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+pub fn http(addr: SocketAddr, token: Option<&str>, method: &str, path: &str) -> (u16, String) {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(addr)
         .unwrap_or_else(|e| panic!("connect to the admin API at {addr}: {e}"));
+    let authorization =
+        token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Length: 0\r\n\
+         Connection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).unwrap_or_else(|e| panic!("send to {addr}: {e}"));
     let mut response = String::new();

@@ -7,7 +7,10 @@
 //! - [`edit`]: edits of a topology file that keep its comments (the drills' role and link
 //!   changes).
 //! - [`placement`]: the pure function from (topology, site, namespace) to a partition map.
+//! - [`store`], [`audit`], [`service`]: the SQL store of versions and of the audit trail, and
+//!   the HTTP service over it.
 
+pub mod audit;
 pub mod diff;
 pub mod edit;
 pub mod model;

@@ -1,8 +1,11 @@
 //! The topology service: HTTP + JSON over the version store, with a long-poll watch so nodes
 //! learn of a new version within a second, and the client and watcher nodes use.
 //!
-//! The server is embeddable: [`serve`] takes a bound listener and a shutdown future, so tests run
-//! it on port 0 and `ferry topology serve` runs it standalone. Versions written to the store by
+//! The server is embeddable: [`serve`] takes a bound listener, the gate that admits callers and a
+//! shutdown future, so tests run it on port 0 and `ferry topology serve` runs it standalone.
+//! Every route needs a bearer token ([`ferry_auth`]): reading versions needs `read-only`,
+//! applying one `admin` ([`required_role`]); a version applied through the service records the
+//! token's name as its author, whatever the request claims. Versions written to the store by
 //! other processes (the CLI applying straight to the database) are found by polling the store's
 //! head every [`STORE_POLL`].
 
@@ -12,15 +15,17 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use ferry_auth::{Gate, Principal, Role, Token};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Diagnostic;
+use crate::audit::AuditEvent;
 use crate::store::{
     Applied, ApplyRequest, StoreError, TopologyStore, Version, VersionNumber, VersionSummary,
 };
@@ -40,10 +45,18 @@ struct AppState {
     closing: watch::Receiver<bool>,
 }
 
-/// Serves the topology API on `listener` until `shutdown` resolves.
+/// The role a request to the service needs: `admin` to apply a version, `read-only` for the
+/// rest (reading, watching, and reporting an audit event: the trail records which token
+/// reported it).
+pub fn required_role(method: &Method, path: &str) -> Role {
+    if method == Method::GET || path == "/v1/audit" { Role::ReadOnly } else { Role::Admin }
+}
+
+/// Serves the topology API on `listener`, behind `gate`, until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     store: TopologyStore,
+    gate: Gate,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let initial = store.head().await.ok().flatten();
@@ -56,7 +69,9 @@ pub async fn serve(
         .route("/v1/topology/versions", get(history))
         .route("/v1/topology/versions/{version}", get(version))
         .route("/v1/topology/watch", get(watch_for_change))
+        .route("/v1/audit", get(audit_trail).post(record))
         .with_state(state);
+    let app = gate.protect(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let shutdown = async move {
         shutdown.await;
         close.send_replace(true);
@@ -154,10 +169,12 @@ async fn version(
 
 async fn apply(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     request: Result<Json<ApplyRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Applied>), ApiError> {
-    let Json(request) = request.map_err(ApiError::BadRequest)?;
-    let applied = state.store.apply(request).await?;
+    let Json(mut request) = request.map_err(ApiError::BadRequest)?;
+    request.author = authenticated_author(&caller, &request.author);
+    let applied = state.store.apply_from(request, &caller.origin(), &caller.name).await?;
     let status = match applied {
         Applied::Created { version } => {
             state.head_sender.send_if_modified(|current| {
@@ -172,6 +189,52 @@ async fn apply(
         Applied::Unchanged { .. } => StatusCode::OK,
     };
     Ok((status, Json(applied)))
+}
+
+/// The author a version records: the token that applied it, and what the request called
+/// itself when that says more (`ferry drill via admin`).
+fn authenticated_author(caller: &Principal, claimed: &str) -> String {
+    if claimed.is_empty() || claimed == caller.name {
+        caller.name.clone()
+    } else {
+        format!("{claimed} via {}", caller.name)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LimitQuery {
+    limit: Option<i64>,
+}
+
+/// The most events `GET /v1/audit` answers.
+const AUDIT_MAX: i64 = 100_000;
+
+async fn audit_trail(
+    State(state): State<AppState>,
+    Query(query): Query<LimitQuery>,
+) -> Result<Json<Vec<AuditEvent>>, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(0, AUDIT_MAX);
+    Ok(Json(state.store.audit_trail(limit).await?))
+}
+
+/// Records an event a node or a tool reports; the trail keeps which token reported it, and
+/// the caller's address when the event names no origin.
+async fn record(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    event: Result<Json<AuditEvent>, JsonRejection>,
+) -> Result<(StatusCode, Json<AuditEvent>), ApiError> {
+    let Json(mut event) = event.map_err(ApiError::BadRequest)?;
+    event.id = 0;
+    event.at_ms = 0;
+    event.recorded_by = caller.name.clone();
+    if event.actor.is_empty() {
+        event.actor = caller.name.clone();
+    }
+    if event.origin.is_empty() {
+        event.origin = caller.origin();
+    }
+    Ok((StatusCode::CREATED, Json(state.store.record(event).await?)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,12 +280,19 @@ pub enum ClientError {
 pub struct TopologyClient {
     base: String,
     http: reqwest::Client,
+    /// What every request presents (`Authorization: Bearer …`).
+    credential: Option<Token>,
 }
 
 impl TopologyClient {
-    /// A client of the service at `base` (e.g. `http://127.0.0.1:7000`).
-    pub fn new(base: &str) -> Self {
-        Self { base: base.trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
+    /// A client of the service at `base` (e.g. `http://127.0.0.1:7000`) presenting
+    /// `credential` (without one, the service answers 401).
+    pub fn new(base: &str, credential: Option<Token>) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+            credential,
+        }
     }
 
     /// The current version.
@@ -234,6 +304,19 @@ impl TopologyClient {
     /// Applies a topology file through the service.
     pub async fn apply(&self, request: &ApplyRequest) -> Result<Applied, ClientError> {
         let response = self.send(self.http.post(self.url("/v1/topology")).json(request)).await?;
+        self.decode(response).await
+    }
+
+    /// Reports an audit event (the service records who reported it); returns it as recorded.
+    pub async fn record(&self, event: &AuditEvent) -> Result<AuditEvent, ClientError> {
+        let response = self.send(self.http.post(self.url("/v1/audit")).json(event)).await?;
+        self.decode(response).await
+    }
+
+    /// The newest `limit` events of the audit trail, oldest first.
+    pub async fn audit_trail(&self, limit: i64) -> Result<Vec<AuditEvent>, ClientError> {
+        let url = self.url(&format!("/v1/audit?limit={limit}"));
+        let response = self.send(self.http.get(url)).await?;
         self.decode(response).await
     }
 
@@ -261,6 +344,10 @@ impl TopologyClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
+        let request = match &self.credential {
+            Some(token) => request.bearer_auth(token.expose()),
+            None => request,
+        };
         request
             .send()
             .await

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+use crate::audit::AuditEvent;
 use crate::{InvalidTopology, Topology, parse_topology};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -95,6 +96,8 @@ pub enum StoreError {
     Empty,
     #[error("topology version {version} in the store is corrupt: {reason}")]
     Corrupt { version: VersionNumber, reason: String },
+    #[error("topology store busy: {0}")]
+    Busy(&'static str),
 }
 
 /// A connection pool to the version store.
@@ -134,6 +137,10 @@ impl TopologyStore {
             .map_err(|source| StoreError::Connect { url: shown.clone(), source })?;
         MIGRATOR.run(&pool).await.map_err(|source| StoreError::Migrate { url: shown, source })?;
         Ok(Self { pool })
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// The newest version number, if any (cheap: used for change polling).
@@ -181,9 +188,22 @@ impl TopologyStore {
             .collect()
     }
 
-    /// Validates and stores a topology file as the next version. An invalid file, a stale
+    /// Validates and stores a topology file as the next version, written straight to the store
+    /// (its audit event's origin and recorder: `store`). An invalid file, a stale
     /// `expected_parent` or a concurrent writer changes nothing.
     pub async fn apply(&self, request: ApplyRequest) -> Result<Applied, StoreError> {
+        self.apply_from(request, "store", "store").await
+    }
+
+    /// [`TopologyStore::apply`] for a caller at `origin`, recorded by `recorded_by` (the
+    /// topology service's authenticated caller). A new version and its audit event
+    /// (`topology.apply`) are stored together or not at all.
+    pub async fn apply_from(
+        &self,
+        request: ApplyRequest,
+        origin: &str,
+        recorded_by: &str,
+    ) -> Result<Applied, StoreError> {
         let validated = parse_topology(&request.source, &request.content)?;
         let head = self.head().await?;
         // An expected parent of 0 means "the store is empty".
@@ -207,6 +227,15 @@ impl TopologyStore {
         let version = head.unwrap_or(0) + 1;
         let parsed = serde_json::to_string(&validated.topology)
             .map_err(|e| StoreError::Corrupt { version, reason: format!("encode: {e}") })?;
+        let mut event = AuditEvent::now(
+            &request.author,
+            origin,
+            "topology.apply",
+            &format!("version {version}"),
+        )
+        .detail(format!("source: {}; comment: {}", request.source, request.comment));
+        event.recorded_by = recorded_by.to_owned();
+        let mut transaction = self.pool.begin().await?;
         let inserted = sqlx::query(INSERT_VERSION)
             .bind(version)
             .bind(head)
@@ -215,11 +244,22 @@ impl TopologyStore {
             .bind(&parsed)
             .bind(&request.author)
             .bind(&request.comment)
-            .bind(now_ms())
-            .execute(&self.pool)
+            .bind(event.at_ms)
+            .execute(&mut *transaction)
             .await;
+        let inserted = match inserted {
+            Ok(_) => crate::audit::insert(&mut transaction, &mut event).await,
+            Err(e) => Err(e),
+        };
+        let inserted = match inserted {
+            Ok(()) => transaction.commit().await,
+            Err(e) => Err(e),
+        };
         match inserted {
-            Ok(_) => Ok(Applied::Created { version }),
+            Ok(()) => {
+                event.log();
+                Ok(Applied::Created { version })
+            }
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 let current = self.head().await?.unwrap_or(version);
                 Err(StoreError::Conflict { attempted: version, current })
@@ -305,7 +345,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

@@ -1,8 +1,10 @@
-//! The topology service over real HTTP on loopback: apply, read, long-poll watch, errors, and
-//! the watcher's recovery when the service comes back.
+//! The topology service over real HTTP on loopback: apply, read, long-poll watch, errors, the
+//! watcher's recovery when the service comes back, and the gate (tokens and roles).
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ferry_auth::{AccessFile, AccessList, Gate, Role, Token};
 use ferry_topology::service::{ClientError, TopologyClient, serve, spawn_watcher};
 use ferry_topology::store::{Applied, ApplyRequest, TopologyStore};
 use tokio::net::TcpListener;
@@ -24,20 +26,63 @@ fn variant(n: usize) -> String {
     EXAMPLE.replace("name = \"two-sites\"", &format!("name = \"v{n}\""))
 }
 
+/// An access file under a test's directory accepting one token of each role.
+struct Access {
+    path: std::path::PathBuf,
+    tokens: Vec<(Role, Token)>,
+}
+
+impl Access {
+    fn new(dir: &Path) -> Access {
+        let mut list = AccessList::default();
+        let tokens = Role::ALL
+            .into_iter()
+            .map(|role| {
+                let token = Token::issue(role.as_str()).expect("issue");
+                list.grant(&token, role);
+                (role, token)
+            })
+            .collect();
+        let path = dir.join("access.toml");
+        list.save(&path).expect("save access file");
+        Access { path, tokens }
+    }
+
+    fn token(&self, role: Role) -> Token {
+        self.tokens.iter().find(|(r, _)| *r == role).map(|(_, t)| t.clone()).expect("token")
+    }
+}
+
 struct Running {
     base: String,
+    /// A client with the admin token.
     client: TopologyClient,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-async fn start(store: TopologyStore, listener: TcpListener) -> Running {
+/// Serves `store` on `listener` behind `access`.
+async fn start(store: TopologyStore, listener: TcpListener, access: &Access) -> Running {
     let base = format!("http://{}", listener.local_addr().expect("bound"));
+    let file = AccessFile::open(&access.path).expect("open access file");
+    let gate = Gate::new(std::sync::Arc::new(file), ferry_topology::service::required_role);
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, store, async {
+    let task = tokio::spawn(serve(listener, store, gate, async {
         let _ = stopped.await;
     }));
-    Running { client: TopologyClient::new(&base), base, stop: Some(stop), task }
+    let client = TopologyClient::new(&base, Some(access.token(Role::Admin)));
+    Running { client, base, stop: Some(stop), task }
+}
+
+/// A service on port 0 over an empty SQLite store at `<dir>/t.db`, behind a fresh [`Access`].
+async fn serve_empty_store() -> (tempfile::TempDir, Access, Running) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("t.db").display().to_string();
+    let store = TopologyStore::open(&url).await.expect("store");
+    let access = Access::new(dir.path());
+    let running =
+        start(store, TcpListener::bind("127.0.0.1:0").await.expect("bind"), &access).await;
+    (dir, access, running)
 }
 
 impl Running {
@@ -51,10 +96,7 @@ impl Running {
 
 #[tokio::test]
 async fn apply_read_and_watch_over_http() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = dir.path().join("t.db").display().to_string();
-    let store = TopologyStore::open(&url).await.expect("store");
-    let running = start(store, TcpListener::bind("127.0.0.1:0").await.expect("bind")).await;
+    let (dir, access, running) = serve_empty_store().await;
     let client = &running.client;
 
     match client.current().await {
@@ -92,6 +134,7 @@ async fn apply_read_and_watch_over_http() {
     // A body that is not an apply request gets the same JSON error shape.
     let raw = reqwest::Client::new()
         .post(format!("{}/v1/topology", running.base))
+        .bearer_auth(access.token(Role::Admin).expose())
         .header("content-type", "application/json")
         .body("{\"content\": 1}")
         .send()
@@ -116,6 +159,7 @@ async fn apply_read_and_watch_over_http() {
 
     // …and by a version written straight to the store by another process, within a second.
     let watcher = spawn_watcher(client.clone());
+    let url = dir.path().join("t.db").display().to_string();
     let direct = TopologyStore::open(&url).await.expect("second handle");
     let started = Instant::now();
     direct.apply(request(&variant(3), None)).await.expect("apply directly");
@@ -145,16 +189,47 @@ async fn watcher_retries_until_the_service_is_reachable() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("bound");
     drop(listener);
-    let client = TopologyClient::new(&format!("http://{addr}"));
+    let access = Access::new(dir.path());
+    let client = TopologyClient::new(&format!("http://{addr}"), Some(access.token(Role::ReadOnly)));
     let mut watcher = spawn_watcher(client);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(watcher.borrow().is_none(), "nothing can be known while the service is down");
 
-    let running = start(store, TcpListener::bind(addr).await.expect("rebind")).await;
+    let running = start(store, TcpListener::bind(addr).await.expect("rebind"), &access).await;
     tokio::time::timeout(Duration::from_secs(10), watcher.changed())
         .await
         .expect("watcher recovered")
         .expect("watcher alive");
     assert_eq!(watcher.borrow().as_ref().map(|v| v.version), Some(1));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn callers_need_a_token_with_the_role_the_route_needs() {
+    let (_dir, access, running) = serve_empty_store().await;
+    let base = running.base.as_str();
+    running.client.apply(&request(EXAMPLE, None)).await.expect("the admin applies");
+    let forged = Token::issue("admin").expect("issue");
+    let clients = [
+        ("no token", TopologyClient::new(base, None), 401),
+        ("an unknown token", TopologyClient::new(base, Some(forged)), 401),
+        ("a read-only token", TopologyClient::new(base, Some(access.token(Role::ReadOnly))), 403),
+        ("an operator token", TopologyClient::new(base, Some(access.token(Role::Operator))), 403),
+    ];
+    for (who, client, refused) in &clients {
+        match client.apply(&request(&variant(2), None)).await {
+            Err(ClientError::Refused { status, .. }) => assert_eq!(status, *refused, "{who}"),
+            other => panic!("an apply with {who} answered {other:?}"),
+        }
+        let reads = client.current().await;
+        match (refused, reads) {
+            (401, Err(ClientError::Refused { status: 401, .. })) => {}
+            (403, Ok(version)) => assert_eq!(version.version, 1, "{who} reads"),
+            (_, other) => panic!("a read with {who} answered {other:?}"),
+        }
+    }
+    let current = running.client.current().await.expect("current");
+    assert_eq!(current.version, 1, "a refused apply stored a version");
+    assert_eq!(current.author, "tester via admin", "the author is the token that applied");
     running.stop().await;
 }

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use ferry_topology::audit::AuditEvent;
 use ferry_topology::store::{Applied, ApplyRequest, StoreError, TopologyStore};
 use sqlx::{Connection, Executor};
 
@@ -55,6 +56,20 @@ async fn suite(url: &str) {
         other => panic!("invalid file was not refused: {other:?}"),
     }
     assert_eq!(store.head().await.expect("head"), Some(1));
+
+    // The audit trail has the version (and nothing for the unchanged or refused applies).
+    let trail = store.audit_trail(10).await.expect("audit trail");
+    assert_eq!(trail.len(), 1, "{trail:?}");
+    let applied = &trail[0];
+    assert_eq!((applied.id, applied.action.as_str()), (1, "topology.apply"));
+    assert_eq!((applied.actor.as_str(), applied.target.as_str()), ("tester", "version 1"));
+    assert_eq!((applied.origin.as_str(), applied.recorded_by.as_str()), ("store", "store"));
+    assert!(applied.detail.contains("first"), "{applied:?}");
+    let reported = AuditEvent::now("ops", "127.0.0.1:9", "link.pause", "a -> b").outcome("ok");
+    let recorded = store.record(reported).await.expect("record");
+    assert_eq!(recorded.id, 2);
+    let trail = store.audit_trail(1).await.expect("audit trail");
+    assert_eq!(trail, vec![recorded], "the newest event, as recorded");
 
     // Second version records its parent; history is in order.
     let second = store.apply(request(&variant(2), "second", Some(1))).await.expect("apply");

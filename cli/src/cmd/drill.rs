@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ferry::drill::{Drills, FailbackReport, FailoverReport, Step, SwitchoverReport};
+use ferry_topology::audit::AuditEvent;
 
 /// Exit code of a drill interrupted by Ctrl-C (128 + SIGINT).
 const INTERRUPTED: u8 = 130;
@@ -79,6 +80,33 @@ enum Report {
     Failback(FailbackReport),
 }
 
+impl Report {
+    /// The figures the audit trail keeps of a drill.
+    fn summary(&self) -> String {
+        match self {
+            Report::Switchover(r) => format!(
+                "{} -> {}: RPO {} records, RTO {} ms, verified {}, topology version {}",
+                r.from, r.to, r.rpo_records, r.rto_ms, r.verified, r.topology_version
+            ),
+            Report::Failover(r) => format!(
+                "{} lost, {} promoted: RPO {} records{}, RTO {} ms, topology version {}",
+                r.lost,
+                r.promoted,
+                r.rpo_records,
+                if r.rpo_exact { "" } else { " (estimate)" },
+                r.rto_ms,
+                r.topology_version
+            ),
+            Report::Failback(r) => format!(
+                "{} active again: {} lost writes shipped, {} conflicts",
+                r.to,
+                r.lost_writes_shipped,
+                r.conflicts.len()
+            ),
+        }
+    }
+}
+
 fn print_step(step: &Step) {
     say_err!("  {:<12} {:>7} ms  {}", step.name, step.ms, step.detail);
 }
@@ -101,7 +129,8 @@ pub(crate) fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let topology_file = args.topology.clone().unwrap_or_else(|| args.dir.join("topology.toml"));
-    let mut drills = Drills::new(&service, Some(topology_file), print_step);
+    let credential = ferry::credentials::for_deployment(&args.dir)?;
+    let mut drills = Drills::new(&service, credential, Some(topology_file), print_step);
     drills.force = args.force;
     drills.local_dir = Some(args.dir.clone());
     drills.timeout = Duration::from_secs(args.timeout);
@@ -128,18 +157,28 @@ pub(crate) fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
             () = super::shutdown_signal() => None,
         }
     });
+    let (action, target) = match &args.drill {
+        DrillCommand::Switchover { to } => ("drill.switchover", format!("to {to}")),
+        DrillCommand::Failover { lose, .. } => ("drill.failover", format!("lose {lose}")),
+        DrillCommand::Failback { to } => ("drill.failback", format!("to {to}")),
+    };
+    // The service fills in who (the token) and from where.
+    let event = AuditEvent::now("", "", action, &target);
     let report = match outcome {
         Some(Ok(report)) => report,
         Some(Err(error)) => {
             say_err!("ferry drill: {error}");
+            runtime.block_on(drills.audit(&event.outcome(format!("failed: {error}"))));
             return Ok(ExitCode::FAILURE);
         }
         None => {
             let status = runtime.block_on(drills.undo());
             say_err!("ferry drill: {status}");
+            runtime.block_on(drills.audit(&event.outcome(format!("interrupted: {status}"))));
             return Ok(ExitCode::from(INTERRUPTED));
         }
     };
+    runtime.block_on(drills.audit(&event.detail(report.summary())));
     let (kind, json) = match &report {
         Report::Switchover(r) => ("switchover", serde_json::to_value(r)),
         Report::Failover(r) => ("failover", serde_json::to_value(r)),

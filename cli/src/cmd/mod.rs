@@ -17,6 +17,8 @@ macro_rules! say_err {
     }};
 }
 
+mod access;
+mod audit;
 mod certs;
 mod data;
 mod demo;
@@ -63,6 +65,11 @@ enum Command {
     /// Validate, store, inspect and serve topology files.
     #[command(subcommand)]
     Topology(topology::TopologyCommand),
+    /// Who may call the control plane: grant, revoke and list tokens and their roles.
+    #[command(subcommand)]
+    Access(access::AccessCommand),
+    /// The audit trail: topology versions, link controls and drills, with who, when, where.
+    Audit(audit::AuditArgs),
     /// Development certificates for mutual TLS between sites.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -109,6 +116,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topology(command) => topology::run(command),
         Command::Node(command) => node::run(command),
         Command::Digestlog(command) => digestlog::run(command),
+        Command::Access(command) => access::run(command),
+        Command::Audit(args) => audit::run(args),
         Command::Certs(command) => certs::run(command),
         Command::Wan(args) => wan::run(args),
         Command::Link(args) => link::run(args),
@@ -152,7 +161,14 @@ const SERVICE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 /// and answers within a moment.
 fn served_topology(dir: &std::path::Path) -> Option<ferry_topology::Topology> {
     let url = std::fs::read_to_string(dir.join("topology-service")).ok()?;
-    let client = ferry_topology::service::TopologyClient::new(url.trim());
+    let credential = match ferry::credentials::for_deployment(dir) {
+        Ok(credential) => credential,
+        Err(error) => {
+            say_err!("ferry: {error}; using the topology file");
+            return None;
+        }
+    };
+    let client = ferry_topology::service::TopologyClient::new(url.trim(), credential);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     let asked = async { tokio::time::timeout(SERVICE_PATIENCE, client.current()).await };
     let current = runtime.block_on(asked);

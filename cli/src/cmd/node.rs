@@ -51,6 +51,14 @@ pub(crate) enum NodeCommand {
         /// changes apply without a restart.
         #[arg(long, value_name = "URL")]
         topology_service: Option<String>,
+        /// The token this node presents to the topology service (a file of mode 0600).
+        /// Default: <dir>/topology.token.
+        #[arg(long, value_name = "FILE")]
+        topology_credential: Option<PathBuf>,
+        /// Who may call this node's admin API: an access file of token hashes and roles
+        /// (`ferry access`), re-read when it changes. Default: <dir>/access.toml.
+        #[arg(long, value_name = "FILE")]
+        access: Option<PathBuf>,
         /// Seconds between passes that remove expired records and old tombstones (Aerospike's
         /// `nsup-period`).
         #[arg(long, default_value_t = 30, value_name = "SECONDS")]
@@ -74,6 +82,8 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         heartbeat_timeout,
         digest_log_cap,
         topology_service,
+        topology_credential,
+        access,
         nsup_period_secs,
         no_digest_log,
     } = command;
@@ -86,8 +96,12 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         })
         .with_context(|| format!("node '{node}' is in no site of the topology"))?;
     let data_dir = dir.unwrap_or_else(|| PathBuf::from("ferry-data").join(&node));
+    let defaults = NodeConfig::new(topology, &site, &node, data_dir);
     let config = NodeConfig {
         certs,
+        access: access.unwrap_or_else(|| defaults.access.clone()),
+        topology_credential: topology_credential
+            .unwrap_or_else(|| defaults.topology_credential.clone()),
         digest_log: !no_digest_log,
         digest_log_cap,
         xdr_routes: xdr_routes.into_iter().collect(),
@@ -98,7 +112,7 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         },
         topology_service,
         nsup_period: Duration::from_secs(nsup_period_secs.max(1)),
-        ..NodeConfig::new(topology, &site, &node, data_dir)
+        ..defaults
     };
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
     runtime.block_on(async {

@@ -79,9 +79,13 @@ pub(crate) enum TopologyCommand {
     },
     /// Run the topology service (HTTP + JSON) over a store until Ctrl-C.
     Serve {
-        /// Address to listen on.
+        /// Address to listen on (plain HTTP: loopback only).
         #[arg(long, default_value = "127.0.0.1:7700")]
-        listen: String,
+        listen: std::net::SocketAddr,
+        /// Who may call the service: an access file of token hashes and roles, re-read when
+        /// it changes (`ferry up` keeps one in its state directory).
+        #[arg(long, value_name = "FILE", default_value = "ferry-data/access.toml")]
+        access: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -160,7 +164,13 @@ async fn run_with_store(command: TopologyCommand) -> anyhow::Result<ExitCode> {
             let source = format!("version {version}");
             report_apply(&source, store.rollback(version, &author, &comment).await)
         }
-        TopologyCommand::Serve { listen, store } => {
+        TopologyCommand::Serve { listen, access, store } => {
+            ferry_auth::gate::require_loopback("topology service", listen)?;
+            let access = ferry_auth::AccessFile::open(&access)?;
+            let gate = ferry_auth::Gate::new(
+                std::sync::Arc::new(access),
+                ferry_topology::service::required_role,
+            );
             let shown = store.store.clone();
             let store = open(&store).await?;
             let listener = tokio::net::TcpListener::bind(&listen)
@@ -170,7 +180,7 @@ async fn run_with_store(command: TopologyCommand) -> anyhow::Result<ExitCode> {
                 "topology service on http://{} (store {shown}); Ctrl-C stops it",
                 listener.local_addr()?
             );
-            ferry_topology::service::serve(listener, store, async {
+            ferry_topology::service::serve(listener, store, gate, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await
@@ -242,7 +252,7 @@ fn default_author() -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` of a Unix time in milliseconds (civil-from-days, proleptic Gregorian).
-fn utc(ms: i64) -> String {
+pub(crate) fn utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;

@@ -178,6 +178,11 @@ fn print_summary(deployment: &Deployment, links: &[(String, String)]) {
     if let Some(url) = deployment.service_url() {
         say!("topology service: {url}/v1/topology");
     }
+    let admin = deployment.state.credential(ferry_auth::Role::Admin);
+    say!(
+        "control plane tokens: {} (and operator, read-only; mode 0600; `ferry` uses the admin one)",
+        admin.display()
+    );
     if let Some(node) = topology.sites.first().and_then(|s| s.nodes.first()) {
         let addr = node.client.addr();
         say!("\nconnect a client to the first site:");

@@ -62,6 +62,7 @@ pub(crate) fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         to: args.to.clone(),
         namespaces: args.namespaces.clone(),
         watermark: args.until,
+        credential: ferry::credentials::for_deployment(&args.dir)?,
     };
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
     let mut bar = ProgressBar::on_terminal();

@@ -77,6 +77,30 @@ impl Deployment {
         self.site(site).iter().map(|n| n.id.clone()).collect()
     }
 
+    /// The operator's token of `role` that the deployment issued (its credential file's text).
+    pub fn token(&self, role: ferry_auth::Role) -> String {
+        let file = self.running.state.credential(role);
+        let token = ferry_auth::access::read_credential(&file)
+            .unwrap_or_else(|e| panic!("the deployment's {role} credential: {e}"));
+        token.expose()
+    }
+
+    /// A client of the deployment's topology service presenting the admin token.
+    pub fn topology_service(&self) -> ferry_topology::service::TopologyClient {
+        let file = self.running.state.topology_service();
+        let url = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("the topology service's URL in {}: {e}", file.display()));
+        let token = ferry_auth::Token::parse(&self.token(ferry_auth::Role::Admin))
+            .unwrap_or_else(|e| panic!("the admin token: {e}"));
+        ferry_topology::service::TopologyClient::new(url.trim(), Some(token))
+    }
+
+    /// `method path` on node `id`'s admin API with the admin token: status and body.
+    pub fn admin(&self, id: &str, method: &str, path: &str) -> (u16, String) {
+        let token = self.token(ferry_auth::Role::Admin);
+        ferry_tests::http(self.node(id).admin, Some(&token), method, path)
+    }
+
     /// The topology file the nodes run.
     pub fn topology_file(&self) -> PathBuf {
         self.running.state.topology()
