@@ -19,7 +19,7 @@ use crate::command;
 use crate::node::NodeState;
 use crate::proto::msg::{Msg, info1};
 use crate::proto::{
-    self, FrameError, ProtoHeader, TYPE_COMPRESSED, TYPE_FABRIC, TYPE_INFO, TYPE_MSG,
+    self, FrameError, ProtoHeader, TYPE_ADMIN, TYPE_COMPRESSED, TYPE_FABRIC, TYPE_INFO, TYPE_MSG,
 };
 
 /// Longest wait for the rest of a frame once its header arrived; a client that stalls mid-frame
@@ -182,6 +182,15 @@ async fn serve(
             (header, body.into())
         };
         match header.kind {
+            TYPE_ADMIN => {
+                // Security is off on the client port (Aerospike's default): every admin
+                // command, a login included, is answered "security not enabled", which
+                // clients take as a login that needs no session. A malformed one still closes
+                // the connection.
+                proto::admin::AdminRequest::decode(&body)?;
+                let reply = proto::admin::reply(proto::admin::result::SECURITY_NOT_ENABLED);
+                writer.write_all(&proto::frame(TYPE_ADMIN, &reply)).await?;
+            }
             TYPE_INFO => {
                 let names: Vec<String> =
                     proto::info::parse_request(&body)?.into_iter().map(str::to_owned).collect();

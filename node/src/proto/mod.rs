@@ -1,10 +1,12 @@
 //! Aerospike's client wire protocol, as pure encoding and decoding (no I/O).
 //!
 //! Every message starts with an 8-byte proto header: version (2), type, and a 48-bit big-endian
-//! body size. Type 1 carries info commands (text), type 3 an AS_MSG (binary record operations),
-//! type 4 a zlib-compressed message; type 70 is Ferry's own site traffic (fabric listener only).
+//! body size. Type 1 carries info commands (text), type 2 admin (security) messages, type 3 an
+//! AS_MSG (binary record operations), type 4 a zlib-compressed message; type 70 is Ferry's own
+//! site traffic (fabric listener only).
 //! The byte layouts are in `docs/wire-protocol.md`.
 
+pub mod admin;
 pub mod info;
 pub mod msg;
 
@@ -16,6 +18,7 @@ use bytes::Bytes;
 pub const PROTO_VERSION: u8 = 2;
 /// Message types.
 pub const TYPE_INFO: u8 = 1;
+pub const TYPE_ADMIN: u8 = 2;
 pub const TYPE_MSG: u8 = 3;
 pub const TYPE_COMPRESSED: u8 = 4;
 /// Ferry's own traffic between the nodes of a site (membership, replica writes); accepted on
@@ -39,7 +42,9 @@ pub struct ProtoHeader {
 pub enum FrameError {
     #[error("protocol version {0} is not 2")]
     Version(u8),
-    #[error("message type {0} is not info (1), AS_MSG (3), compressed (4) or fabric (70)")]
+    #[error(
+        "message type {0} is not info (1), admin (2), AS_MSG (3), compressed (4) or fabric (70)"
+    )]
     Kind(u8),
     #[error("message of {0} bytes exceeds the {MAX_BODY}-byte limit")]
     TooLarge(u64),
@@ -56,7 +61,7 @@ impl ProtoHeader {
             return Err(FrameError::Version(bytes[0]));
         }
         let kind = bytes[1];
-        if !matches!(kind, TYPE_INFO | TYPE_MSG | TYPE_COMPRESSED | TYPE_FABRIC) {
+        if !matches!(kind, TYPE_INFO | TYPE_ADMIN | TYPE_MSG | TYPE_COMPRESSED | TYPE_FABRIC) {
             return Err(FrameError::Kind(kind));
         }
         let mut size_bytes = [0u8; 8];
