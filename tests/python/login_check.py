@@ -14,11 +14,7 @@ import sys
 import aerospike
 from aerospike import exception as ex
 
-
-def check(condition, message):
-    if not condition:
-        print(f"FAILED: {message}", file=sys.stderr)
-        sys.exit(1)
+from checks import check
 
 
 def main():
