@@ -325,16 +325,7 @@ impl Deployment {
             .flat_map(|s| &s.nodes)
             .find(|n| n.id.as_str() == id)
             .ok_or_else(|| DeployError::UnknownNode(id.to_owned()))?;
-        // The node gets its own certificate directory: no CA key, no other node's key.
-        let members = site_members(&self.topology)?;
-        let sites: Vec<_> = members.iter().map(|m| m.site.clone()).collect();
-        let identity = members
-            .iter()
-            .find_map(|m| m.nodes.iter().find(|n| n.id.as_str() == id).map(|n| (&m.site, &n.id)));
-        if let Some((site, node_id)) = identity {
-            let to = self.launcher.node_certs_dir(id);
-            ferry_transport::certs::export_node(&self.state.certs(), site, node_id, &sites, &to)?;
-        }
+        self.export_certs(id)?;
         if self.service.is_some() {
             // The node follows the topology service with a token of its own, read-only.
             let credential = self.launcher.node_dir(id).join("topology.token");
@@ -344,6 +335,46 @@ impl Deployment {
         }
         let routes = self.routes.get(id).map(Vec::as_slice).unwrap_or_default();
         Ok(self.launcher.start_with(id, node.client.addr(), routes)?)
+    }
+
+    /// Writes node `id` its own certificate directory: every site's CA certificate, its own
+    /// certificate and key; no CA key, no other node's key.
+    fn export_certs(&self, id: &str) -> Result<(), DeployError> {
+        let members = site_members(&self.topology)?;
+        let sites: Vec<_> = members.iter().map(|m| m.site.clone()).collect();
+        let identity = members
+            .iter()
+            .find_map(|m| m.nodes.iter().find(|n| n.id.as_str() == id).map(|n| (&m.site, &n.id)));
+        if let Some((site, node_id)) = identity {
+            let to = self.launcher.node_certs_dir(id);
+            ferry_transport::certs::export_node(&self.state.certs(), site, node_id, &sites, &to)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the deployment's topology file again (an operator added nodes or sites) and
+    /// issues certificates for whatever it adds.
+    fn reread_topology(&mut self) -> Result<(), DeployError> {
+        let file = self.state.topology();
+        let text = std::fs::read_to_string(&file).map_err(io_error("read", &file))?;
+        let topology = ferry_topology::parse_topology(&file.display().to_string(), &text)?;
+        ferry_transport::certs::init(&site_members(&topology.topology)?, &self.state.certs())?;
+        self.topology = topology.topology;
+        Ok(())
+    }
+
+    /// Takes in sites added to the deployment's topology file since it started: issues their
+    /// certificates and gives every running node the CA certificates of all sites, so the
+    /// running nodes trust the new sites without a restart (a node reloads its certificate
+    /// directory when it changes). Then start the new sites' nodes with
+    /// [`Deployment::start_added_node`].
+    pub fn add_sites(&mut self) -> Result<(), DeployError> {
+        self.reread_topology()?;
+        let running: Vec<String> = self.nodes.keys().cloned().collect();
+        for id in running {
+            self.export_certs(&id)?;
+        }
+        Ok(())
     }
 
     /// Every node id, site by site.
@@ -399,11 +430,7 @@ impl Deployment {
     /// again, issues the node's certificates, and starts it; waits until it accepts clients.
     /// The running nodes are not restarted: the site's membership group admits the new node.
     pub async fn start_added_node(&mut self, id: &str) -> Result<(), DeployError> {
-        let file = self.state.topology();
-        let text = std::fs::read_to_string(&file).map_err(io_error("read", &file))?;
-        let topology = ferry_topology::parse_topology(&file.display().to_string(), &text)?;
-        ferry_transport::certs::init(&site_members(&topology.topology)?, &self.state.certs())?;
-        self.topology = topology.topology;
+        self.reread_topology()?;
         self.start_node(id).await
     }
 

@@ -58,6 +58,8 @@ pub struct XdrService {
     watcher: Option<tokio::task::JoinHandle<()>>,
     /// Applies link settings changed on this node alone (`set-config`).
     local: tokio::task::JoinHandle<()>,
+    /// Reloads the certificates when their files change.
+    certificates: tokio::task::JoinHandle<()>,
 }
 
 /// The node's store as the shipper and the receiver see it, and the way to the other nodes of
@@ -76,6 +78,8 @@ struct Links {
     state: Arc<NodeState>,
     records: Arc<NodeRecords>,
     endpoint: Endpoint,
+    /// The node's certificate directory, read again as the topology or the files change.
+    certs: std::path::PathBuf,
     routes: XdrRoutes,
     running: BTreeMap<String, RunningLink>,
 }
@@ -126,6 +130,7 @@ impl XdrService {
             state: state.clone(),
             records,
             endpoint: endpoint.clone(),
+            certs: certs.to_path_buf(),
             routes: routes.clone(),
             running: BTreeMap::new(),
         };
@@ -141,8 +146,9 @@ impl XdrService {
             }
             None => None,
         };
+        let certificates = tokio::spawn(follow_certificate_files(state.clone(), links.clone()));
         let local = tokio::spawn(follow_local_changes(state, links.clone()));
-        Ok(Some(XdrService { endpoint, links, watcher, local }))
+        Ok(Some(XdrService { endpoint, links, watcher, local, certificates }))
     }
 
     /// Stops the shippers (their cursors stay at the last acknowledged batch) and drains the
@@ -152,6 +158,7 @@ impl XdrService {
             watcher.abort();
         }
         self.local.abort();
+        self.certificates.abort();
         let mut links = self.links.lock().await;
         let running = std::mem::take(&mut links.running);
         for link in running.values() {
@@ -212,20 +219,81 @@ async fn follow_local_changes(state: Arc<NodeState>, links: Arc<tokio::sync::Mut
     }
 }
 
+/// How often the certificate directory is checked for changed files.
+const CERTIFICATE_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads the certificates and trust whenever a file of the node's certificate directory
+/// changes (a renewed certificate, a site's CA added for a site the topology adds).
+async fn follow_certificate_files(state: Arc<NodeState>, links: Arc<tokio::sync::Mutex<Links>>) {
+    let dir = links.lock().await.certs.clone();
+    let mut seen = directory_stamp(&dir);
+    loop {
+        tokio::time::sleep(CERTIFICATE_POLL).await;
+        let now = directory_stamp(&dir);
+        if now != seen {
+            seen = now;
+            links.lock().await.reload_certificates(&state.topology.get());
+        }
+    }
+}
+
+/// Every file under `dir` with its length and modification time, sorted: changes when any
+/// file is added, removed or rewritten.
+fn directory_stamp(
+    dir: &std::path::Path,
+) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut stamp = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                stamp.push((entry.path(), meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    stamp.sort();
+    stamp
+}
+
 impl Links {
+    /// Makes the endpoint present the node's certificate as the directory holds it now and
+    /// trust exactly the sites and nodes `topology` lists, with their CAs from the directory:
+    /// a site the topology adds is trusted once its CA is there, with no restart. When the
+    /// directory cannot be read whole, the CAs trusted so far stay, with the topology's nodes.
+    fn reload_certificates(&self, topology: &Topology) {
+        let members = match site_members(topology) {
+            Ok(members) => members,
+            Err(error) => {
+                tracing::warn!(%error, "the topology's nodes are no identities");
+                return;
+            }
+        };
+        let identity = self.endpoint.identity().clone();
+        let loaded = NodeCredentials::load(&self.certs, &identity.site, &identity.node)
+            .and_then(|creds| Ok((creds, TrustStore::load(&members, &self.certs)?)));
+        let failure = match loaded {
+            Ok((creds, trust)) => match self.endpoint.reload(&creds, trust) {
+                Ok(()) => return,
+                Err(error) => error.to_string(),
+            },
+            Err(error) => error.to_string(),
+        };
+        let dir = self.certs.display();
+        tracing::warn!(%dir, error = %failure, "certificates not reloaded; the CAs trusted so far stay");
+        for site in self.endpoint.admit_members(&members) {
+            tracing::warn!(%site, %dir, "site not trusted until its CA is in the certificate directory");
+        }
+    }
+
     /// Makes the running shippers match the enabled links out of this site in `topology`:
     /// stops removed, disabled and changed ones, starts new ones. A disabled link keeps its
     /// cursor, so the log keeps its changes until it is enabled again (or overflows).
     async fn reconcile(&mut self, topology: &Topology) -> Result<(), XdrError> {
-        // Nodes the topology added to any site may connect (and be connected to) from now on.
-        match site_members(topology) {
-            Ok(members) => {
-                for site in self.endpoint.admit_members(&members) {
-                    tracing::warn!(%site, "a site added since start is trusted after a restart");
-                }
-            }
-            Err(error) => tracing::warn!(%error, "the topology's nodes are no identities"),
-        }
+        self.reload_certificates(topology);
         let site = self.state.site().name.clone();
         let outgoing: BTreeMap<String, &Link> = topology
             .links

@@ -229,11 +229,18 @@ impl Endpoint {
         })
     }
 
-    /// Admits the nodes `sites` lists now (the topology added or removed nodes): connections
-    /// from and to nodes no longer listed are refused from now on. Sites this endpoint did
-    /// not trust at start stay untrusted; they are returned.
+    /// Admits the nodes `sites` lists now (the topology added or removed nodes), with the CAs
+    /// already trusted: connections from and to nodes no longer listed are refused from now
+    /// on. Sites with no CA trusted yet stay untrusted; they are returned.
     pub fn admit_members(&self, sites: &[SiteMembers]) -> Vec<SiteName> {
         self.inner.tls.set_members(sites)
+    }
+
+    /// New connections present `creds` (a renewed certificate of this same node) and trust
+    /// exactly `trust` (sites added, CAs changed, nodes added or removed); connections already
+    /// up keep what they were verified with. Nothing changes on an error.
+    pub fn reload(&self, creds: &NodeCredentials, trust: TrustStore) -> Result<(), TransportError> {
+        self.inner.tls.reload(creds, trust)
     }
 
     /// This node's identity.

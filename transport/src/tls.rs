@@ -8,6 +8,11 @@
 //! so the endpoint can report a refusal as a typed [`PeerRejection`] with the peer's address
 //! instead of a TLS alert string. Session resumption is disabled so that every connection runs
 //! the verifier.
+//!
+//! What a connection trusts (each site's CA and nodes) and the key it presents are snapshots
+//! taken when its configuration is built: [`TlsContext::reload`] swaps both for connections
+//! made afterwards (a site added to the topology, a renewed certificate), and connections
+//! already up keep what they were verified with.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -47,22 +52,74 @@ impl Verdict {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SiteVerifiers {
     client: Arc<dyn ClientCertVerifier>,
     server: Arc<WebPkiServerVerifier>,
+}
+
+/// The sites a connection trusts: each one's CA (as verifiers) and nodes.
+#[derive(Debug)]
+struct Trust {
+    sites: BTreeMap<SiteName, SiteVerifiers>,
+    nodes: BTreeMap<SiteName, BTreeSet<NodeId>>,
+    hints: Vec<DistinguishedName>,
+}
+
+impl Trust {
+    fn build(provider: &Arc<CryptoProvider>, trust: TrustStore) -> Result<Trust, TransportError> {
+        let mut sites = BTreeMap::new();
+        let mut hints = Vec::new();
+        for (site, trusted) in &trust.sites {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(trusted.ca.clone())
+                .map_err(|e| TransportError::Tls(format!("load the CA of site '{site}': {e}")))?;
+            hints.extend(roots.subjects());
+            let roots = Arc::new(roots);
+            let client =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()
+                    .map_err(tls_error)?;
+            let server = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(tls_error)?;
+            sites.insert(site.clone(), SiteVerifiers { client, server });
+        }
+        let nodes = trust.sites.into_iter().map(|(site, trusted)| (site, trusted.nodes)).collect();
+        Ok(Trust { sites, nodes, hints })
+    }
+
+    /// Steps shared by both directions: claimed identity, known site and node, chain.
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        verify_chain: impl FnOnce(&SiteVerifiers, &PeerIdentity) -> Result<(), rustls::Error>,
+    ) -> Result<PeerIdentity, PeerRejection> {
+        let info = CertInfo::parse(end_entity).map_err(|reason| PeerRejection::Invalid {
+            reason: format!("cannot be parsed: {reason}"),
+        })?;
+        let identity = info.identity.ok_or(PeerRejection::NoIdentity)?;
+        let Some(verifiers) = self.sites.get(&identity.site) else {
+            return Err(PeerRejection::UnknownSite { site: identity.site });
+        };
+        verify_chain(verifiers, &identity).map_err(|e| classify(e, &identity))?;
+        if !self.nodes.get(&identity.site).is_some_and(|nodes| nodes.contains(&identity.node)) {
+            return Err(PeerRejection::UnknownNode { identity });
+        }
+        Ok(identity)
+    }
 }
 
 /// Everything an endpoint needs to build per-connection TLS configurations.
 #[derive(Debug)]
 pub(crate) struct TlsContext {
     provider: Arc<CryptoProvider>,
-    key: Arc<CertifiedKey>,
+    /// This node's certificate and key: replaced when it is renewed.
+    key: RwLock<Arc<CertifiedKey>>,
     local: PeerIdentity,
-    /// The nodes of each trusted site: replaced as the topology adds nodes (the CAs stay).
-    nodes: RwLock<BTreeMap<SiteName, BTreeSet<NodeId>>>,
-    sites: BTreeMap<SiteName, SiteVerifiers>,
-    hints: Vec<DistinguishedName>,
+    /// What new connections trust: replaced as the topology adds nodes and sites.
+    trust: RwLock<Arc<Trust>>,
     authorizer: Arc<dyn PeerAuthorizer>,
 }
 
@@ -98,38 +155,46 @@ impl TlsContext {
         authorizer: Arc<dyn PeerAuthorizer>,
     ) -> Result<TlsContext, TransportError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let key =
-            CertifiedKey::from_der(creds.cert_chain.clone(), creds.key.clone_key(), &provider)
-                .map_err(tls_error)?;
-        let mut sites = BTreeMap::new();
-        let mut hints = Vec::new();
-        for (site, trusted) in &trust.sites {
-            let mut roots = rustls::RootCertStore::empty();
-            roots
-                .add(trusted.ca.clone())
-                .map_err(|e| TransportError::Tls(format!("load the CA of site '{site}': {e}")))?;
-            hints.extend(roots.subjects());
-            let roots = Arc::new(roots);
-            let client =
-                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                    .build()
-                    .map_err(tls_error)?;
-            let server = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(tls_error)?;
-            sites.insert(site.clone(), SiteVerifiers { client, server });
-        }
+        let key = certified_key(creds, &provider)?;
+        let trust = Trust::build(&provider, trust)?;
         Ok(TlsContext {
             provider,
-            key: Arc::new(key),
+            key: RwLock::new(Arc::new(key)),
             local: creds.identity.clone(),
-            nodes: RwLock::new(
-                trust.sites.into_iter().map(|(site, trusted)| (site, trusted.nodes)).collect(),
-            ),
-            sites,
-            hints,
+            trust: RwLock::new(Arc::new(trust)),
             authorizer,
         })
+    }
+
+    /// What new connections trust now.
+    fn trust(&self) -> Arc<Trust> {
+        self.trust.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The key new connections present now.
+    fn key(&self) -> Arc<CertifiedKey> {
+        self.key.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// From now on, connections present `creds` (the same identity, a renewed certificate)
+    /// and trust exactly `trust`'s sites: CAs added or changed, sites and nodes added or
+    /// removed. Nothing changes if either cannot be used.
+    pub(crate) fn reload(
+        &self,
+        creds: &NodeCredentials,
+        trust: TrustStore,
+    ) -> Result<(), TransportError> {
+        if creds.identity != self.local {
+            return Err(TransportError::Tls(format!(
+                "the new certificate names {}, this endpoint is {}",
+                creds.identity, self.local
+            )));
+        }
+        let key = certified_key(creds, &self.provider)?;
+        let trust = Trust::build(&self.provider, trust)?;
+        *self.key.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
+        *self.trust.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(trust);
+        Ok(())
     }
 
     pub(crate) fn local(&self) -> &PeerIdentity {
@@ -142,12 +207,17 @@ impl TlsContext {
         remote: SocketAddr,
     ) -> Result<(rustls::ServerConfig, Arc<Verdict>), TransportError> {
         let verdict = Arc::new(Verdict::default());
-        let verifier = InboundVerifier { ctx: self.clone(), verdict: verdict.clone(), remote };
+        let verifier = InboundVerifier {
+            ctx: self.clone(),
+            trust: self.trust(),
+            verdict: verdict.clone(),
+            remote,
+        };
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_error)?
             .with_client_cert_verifier(Arc::new(verifier))
-            .with_cert_resolver(Arc::new(OwnKey(self.key.clone())));
+            .with_cert_resolver(Arc::new(OwnKey(self.key())));
         config.alpn_protocols = vec![ALPN.to_vec()];
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
@@ -162,45 +232,30 @@ impl TlsContext {
         remote: SocketAddr,
     ) -> Result<(rustls::ClientConfig, Arc<Verdict>), TransportError> {
         let verdict = Arc::new(Verdict::default());
-        let verifier =
-            OutboundVerifier { ctx: self.clone(), verdict: verdict.clone(), expected, remote };
+        let verifier = OutboundVerifier {
+            ctx: self.clone(),
+            trust: self.trust(),
+            verdict: verdict.clone(),
+            expected,
+            remote,
+        };
         let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_error)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_cert_resolver(Arc::new(OwnKey(self.key.clone())));
+            .with_client_cert_resolver(Arc::new(OwnKey(self.key())));
         config.alpn_protocols = vec![ALPN.to_vec()];
         config.resumption = rustls::client::Resumption::disabled();
         config.enable_early_data = false;
         Ok((config, verdict))
     }
 
-    /// Steps shared by both directions: claimed identity, known site and node, chain.
-    fn check(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        verify_chain: impl FnOnce(&SiteVerifiers, &PeerIdentity) -> Result<(), rustls::Error>,
-    ) -> Result<PeerIdentity, PeerRejection> {
-        let info = CertInfo::parse(end_entity).map_err(|reason| PeerRejection::Invalid {
-            reason: format!("cannot be parsed: {reason}"),
-        })?;
-        let identity = info.identity.ok_or(PeerRejection::NoIdentity)?;
-        let Some(verifiers) = self.sites.get(&identity.site) else {
-            return Err(PeerRejection::UnknownSite { site: identity.site });
-        };
-        verify_chain(verifiers, &identity).map_err(|e| classify(e, &identity))?;
-        let nodes = self.nodes.read().unwrap_or_else(PoisonError::into_inner);
-        if !nodes.get(&identity.site).is_some_and(|nodes| nodes.contains(&identity.node)) {
-            return Err(PeerRejection::UnknownNode { identity });
-        }
-        Ok(identity)
-    }
-
-    /// Admits the nodes `sites` lists now, for every site already trusted (a site's CA is
-    /// loaded once: a new site needs a restart). Returns the sites it could not trust.
+    /// Admits the nodes `sites` lists now, for every site already trusted (CAs unchanged).
+    /// Returns the sites it could not trust (no CA known for them).
     pub(crate) fn set_members(&self, sites: &[SiteMembers]) -> Vec<SiteName> {
-        let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.trust.write().unwrap_or_else(PoisonError::into_inner);
+        let mut nodes = slot.nodes.clone();
         let mut untrusted = Vec::new();
         for members in sites {
             match nodes.get_mut(&members.site) {
@@ -208,8 +263,17 @@ impl TlsContext {
                 None => untrusted.push(members.site.clone()),
             }
         }
+        *slot = Arc::new(Trust { sites: slot.sites.clone(), nodes, hints: slot.hints.clone() });
         untrusted
     }
+}
+
+fn certified_key(
+    creds: &NodeCredentials,
+    provider: &Arc<CryptoProvider>,
+) -> Result<CertifiedKey, TransportError> {
+    CertifiedKey::from_der(creds.cert_chain.clone(), creds.key.clone_key(), provider)
+        .map_err(tls_error)
 }
 
 fn classify(err: rustls::Error, identity: &PeerIdentity) -> PeerRejection {
@@ -266,6 +330,7 @@ impl ResolvesClientCert for OwnKey {
 
 struct InboundVerifier {
     ctx: Arc<TlsContext>,
+    trust: Arc<Trust>,
     verdict: Arc<Verdict>,
     remote: SocketAddr,
 }
@@ -278,7 +343,7 @@ impl fmt::Debug for InboundVerifier {
 
 impl ClientCertVerifier for InboundVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &self.ctx.hints
+        &self.trust.hints
     }
 
     fn verify_client_cert(
@@ -288,7 +353,7 @@ impl ClientCertVerifier for InboundVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let outcome = self
-            .ctx
+            .trust
             .check(end_entity, |v, _| {
                 v.client.verify_client_cert(end_entity, intermediates, now).map(drop)
             })
@@ -330,6 +395,7 @@ impl ClientCertVerifier for InboundVerifier {
 
 struct OutboundVerifier {
     ctx: Arc<TlsContext>,
+    trust: Arc<Trust>,
     verdict: Arc<Verdict>,
     expected: PeerIdentity,
     remote: SocketAddr,
@@ -354,7 +420,7 @@ impl ServerCertVerifier for OutboundVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let outcome = self
-            .ctx
+            .trust
             .check(end_entity, |v, claimed| {
                 // The chain and the name are checked for the identity the certificate claims;
                 // comparing it with the dialed one below gives a precise error on mismatch.

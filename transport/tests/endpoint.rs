@@ -10,8 +10,8 @@ use bytes::Bytes;
 use common::*;
 use ferry_transport::certs::{CertificateAuthority, Validity};
 use ferry_transport::{
-    AllowAll, Frame, Handler, HandlerError, PeerRejection, RequestContext, TransportError,
-    TransportSettings,
+    AllowAll, Frame, Handler, HandlerError, NodeMember, PeerRejection, RequestContext, SiteMembers,
+    TransportError, TransportSettings, TrustStore,
 };
 
 fn size_of(i: u64) -> usize {
@@ -339,4 +339,47 @@ async fn request_payloads_wait_for_their_share_of_the_inbound_budget() {
         server.shutdown().await;
         sender.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn a_site_trusted_by_a_reload_is_admitted_without_a_restart() {
+    let pki = Pki::new();
+    let server = pki.open_endpoint("us-east", "use-a");
+    server.serve(Arc::new(Echo)).expect("serve");
+    let mars =
+        CertificateAuthority::generate(&site("mars"), Validity::days_from_now(5)).expect("CA");
+    let mars_creds = || mars.issue(&node("m1"), &[], Validity::days_from_now(5)).expect("issue");
+    let server_addr = addr(&server);
+    let ask = |endpoint: ferry_transport::Endpoint| async move {
+        let client = endpoint.client(id("us-east", "use-a"), server_addr);
+        client.request(Frame::new(ty(ECHO), Bytes::from_static(b"hello"))).await
+    };
+
+    let before = pki.endpoint_with(mars_creds(), Arc::new(AllowAll), fast_settings());
+    let refused = ask(before).await.expect_err("an unknown site");
+    assert!(refused.to_string().contains("mars"), "{refused}");
+
+    // The server's own certificate is renewed and mars trusted, in one reload.
+    let mut members = pki.members.clone();
+    members.push(SiteMembers {
+        site: site("mars"),
+        nodes: vec![NodeMember { id: node("m1"), ips: Vec::new() }],
+    });
+    let cas = pki
+        .cas
+        .iter()
+        .map(|(s, ca)| (site(s), ca.cert_der().clone()))
+        .chain([(site("mars"), mars.cert_der().clone())]);
+    let renewed = pki.creds("us-east", "use-a");
+    server.reload(&renewed, TrustStore::new(&members, cas)).expect("reload");
+    let after = pki.endpoint_with(mars_creds(), Arc::new(AllowAll), fast_settings());
+    let reply = ask(after).await.expect("mars is trusted now");
+    assert_eq!(reply.payload, Bytes::from_static(b"hello"));
+
+    // A reload that would change who the endpoint is changes nothing.
+    let other = pki.creds("eu-west", "euw_a");
+    let error = server.reload(&other, pki.trust()).expect_err("another identity");
+    assert!(error.to_string().contains("euw_a"), "{error}");
+    let still = pki.endpoint_with(mars_creds(), Arc::new(AllowAll), fast_settings());
+    ask(still).await.expect("the failed reload left mars trusted");
 }
