@@ -10,10 +10,10 @@
 //! when group or others may read it.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
 
 use crate::token::{Role, Token, TokenError, check_name, hashes_equal};
 
@@ -45,6 +45,11 @@ pub enum AccessError {
          (chmod 600)"
     )]
     Exposed { path: PathBuf, mode: u32 },
+    #[error(
+        "{path} may be written by others (mode {mode:o}): anyone who can write it can grant \
+         themselves any role (chmod 644)"
+    )]
+    Writable { path: PathBuf, mode: u32 },
 }
 
 /// Why a presented token was not accepted.
@@ -57,8 +62,6 @@ pub enum Denied {
     Malformed(TokenError),
     #[error("token '{0}' is not accepted here")]
     Unknown(String),
-    #[error("the access list cannot be read: {0}")]
-    Unavailable(String),
 }
 
 /// A parsed access file.
@@ -121,11 +124,9 @@ impl AccessList {
         Ok(AccessList { entries })
     }
 
-    /// Reads the access file at `path`.
+    /// Reads the access file at `path`; refuses one that group or others may write.
     pub fn load(path: &Path) -> Result<AccessList, AccessError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| AccessError::Read { path: path.to_path_buf(), source })?;
-        AccessList::parse(&path.display().to_string(), &text)
+        AccessList::parse(&path.display().to_string(), &read_access_file(path)?)
     }
 
     /// The access list at `path`, or an empty one when there is no file yet.
@@ -183,21 +184,26 @@ impl AccessList {
     }
 }
 
-/// What a file looked like when it was last read: a change of any part means read it again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
+/// The access file's text, refused when group or others may write it.
+fn read_access_file(path: &Path) -> Result<String, AccessError> {
+    let read_failed = |source| AccessError::Read { path: path.to_path_buf(), source };
+    let mode = std::fs::metadata(path).map_err(read_failed)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(AccessError::Writable { path: path.to_path_buf(), mode: mode & 0o777 });
+    }
+    std::fs::read_to_string(path).map_err(read_failed)
 }
 
 #[derive(Debug)]
 struct Cached {
-    stamp: Option<Stamp>,
+    /// The text last read; the list is parsed again only when the text differs.
+    text: Option<String>,
     list: Result<Arc<AccessList>, String>,
 }
 
-/// An access file a server follows: [`AccessFile::current`] re-reads it when it changed.
+/// An access file a server follows: [`AccessFile::current`] reads it on every request and
+/// parses it again when its text changed (comparing text, not timestamps: a rewrite that
+/// keeps the size and modification time must not leave a revoked token working).
 #[derive(Debug)]
 pub struct AccessFile {
     path: PathBuf,
@@ -208,46 +214,46 @@ impl AccessFile {
     /// Follows the access file at `path`; fails if it cannot be read now (a server must not
     /// start open, nor start closed without saying why).
     pub fn open(path: &Path) -> Result<AccessFile, AccessError> {
-        let list = AccessList::load(path)?;
-        let stamp = stamp(path);
+        let text = read_access_file(path)?;
+        let list = AccessList::parse(&path.display().to_string(), &text)?;
         Ok(AccessFile {
             path: path.to_path_buf(),
-            cached: Mutex::new(Cached { stamp, list: Ok(Arc::new(list)) }),
+            cached: Mutex::new(Cached { text: Some(text), list: Ok(Arc::new(list)) }),
         })
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The list as the file says now; an error (and every request denied) while the file
     /// cannot be read or parsed.
     pub fn current(&self) -> Result<Arc<AccessList>, String> {
-        let now = stamp(&self.path);
+        let text = read_access_file(&self.path);
         let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
-        if now != cached.stamp || now.is_none() {
-            let list = AccessList::load(&self.path).map(Arc::new).map_err(|e| e.to_string());
-            match &list {
-                Ok(list) => tracing::info!(
-                    path = %self.path.display(),
-                    tokens = list.entries.len(),
-                    "access list read"
-                ),
-                Err(error) if cached.list.is_ok() || now != cached.stamp => {
-                    tracing::error!(%error, "access list unreadable: every request is refused");
-                }
-                Err(_) => {}
-            }
-            *cached = Cached { stamp: now, list };
+        let unchanged = match (&text, &cached.text) {
+            (Ok(now), Some(before)) => now == before,
+            _ => false,
+        };
+        if unchanged {
+            return cached.list.clone();
         }
+        let was_ok = cached.list.is_ok();
+        let list = text.as_ref().map_err(ToString::to_string).and_then(|text| {
+            AccessList::parse(&self.path.display().to_string(), text)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        });
+        match &list {
+            Ok(list) => tracing::info!(
+                path = %self.path.display(),
+                tokens = list.entries.len(),
+                "access list read"
+            ),
+            Err(error) if was_ok || cached.text.is_some() => {
+                tracing::error!(%error, "access list unreadable: every request is refused");
+            }
+            Err(_) => {}
+        }
+        *cached = Cached { text: text.ok(), list };
         cached.list.clone()
     }
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() })
 }
 
 /// Writes `bytes` to `path` through a temporary file renamed over it, created with `mode`.
@@ -257,15 +263,17 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AccessEr
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(failed)?;
     }
-    let temporary = path.with_extension("tmp");
+    // A name no one else uses, created only if absent (so never through a planted symlink).
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let unique = format!("tmp.{}.{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed));
+    let temporary = path.with_extension(unique);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&temporary)
         .map_err(failed)?;
-    // The mode given at creation is masked by the umask, and an old temporary keeps its own.
+    // The mode given at creation is masked by the umask.
     file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(failed)?;
     file.write_all(bytes).and_then(|()| file.sync_all()).map_err(failed)?;
     std::fs::rename(&temporary, path).map_err(failed)
@@ -379,6 +387,36 @@ mod tests {
         assert!(file.current().is_err(), "a broken file must deny, not keep the old list");
         std::fs::remove_file(&path).expect("remove");
         assert!(file.current().is_err());
+        assert!(AccessFile::open(&path).is_err());
+    }
+
+    #[test]
+    fn a_same_size_rewrite_with_the_old_timestamp_is_still_seen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("access.toml");
+        let (list, tokens) = granted(&[("aa", Role::Admin)]);
+        list.save(&path).expect("save");
+        let file = AccessFile::open(&path).expect("open");
+        let before = std::fs::metadata(&path).and_then(|m| m.modified()).expect("mtime");
+        // Another token of a same-length name: the file keeps its size.
+        let (other, _) = granted(&[("bb", Role::Admin)]);
+        std::fs::write(&path, other.render()).expect("rewrite in place");
+        let times = std::fs::FileTimes::new().set_modified(before);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_times(times))
+            .expect("keep mtime");
+        assert!(file.current().expect("list").check(&tokens[0].expose()).is_err());
+    }
+
+    #[test]
+    fn an_access_file_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("access.toml");
+        granted(&[("a", Role::Admin)]).0.save(&path).expect("save");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        assert!(matches!(AccessList::load(&path), Err(AccessError::Writable { .. })));
         assert!(AccessFile::open(&path).is_err());
     }
 

@@ -58,18 +58,15 @@ impl Gate {
 
     /// Who the request's credentials name, and whether they may make it.
     fn admit(&self, request: &Request) -> Result<Principal, Refusal> {
-        let presented = match request.headers().get(header::AUTHORIZATION) {
-            None => return Err(Refusal::Unauthenticated(Denied::Missing)),
-            Some(value) => value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or(Refusal::Unauthenticated(Denied::Missing))?,
-        };
-        let list = self
-            .access
-            .current()
-            .map_err(|error| Refusal::Unauthenticated(Denied::Unavailable(error)))?;
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer)
+            .ok_or(Refusal::Unauthenticated(Denied::Missing))?;
+        // Why the list cannot be read is for the server's log (it already says), not for a
+        // caller who has not shown who it is.
+        let list = self.access.current().map_err(|_| Refusal::Unavailable)?;
         let (name, role) = list.check(presented).map_err(Refusal::Unauthenticated)?;
         let needed = (self.policy)(request.method(), request.uri().path());
         if role < needed {
@@ -83,7 +80,19 @@ impl Gate {
 
 enum Refusal {
     Unauthenticated(Denied),
-    Forbidden { name: String, role: Role, needed: Role },
+    Forbidden {
+        name: String,
+        role: Role,
+        needed: Role,
+    },
+    /// The access list cannot be read: nobody is let in until it is fixed.
+    Unavailable,
+}
+
+/// The token of an `Authorization` value of scheme Bearer (the scheme's case does not matter).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 async fn check(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
@@ -94,20 +103,29 @@ async fn check(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) 
         }
         Err(refusal) => {
             let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-            refuse(refusal, &method, &path)
+            let peer = request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|info| info.0);
+            refuse(refusal, &method, &path, peer)
         }
     }
 }
 
-fn refuse(refusal: Refusal, method: &Method, path: &str) -> Response {
+fn refuse(refusal: Refusal, method: &Method, path: &str, peer: Option<SocketAddr>) -> Response {
     let (status, message) = match refusal {
         Refusal::Unauthenticated(denied) => (StatusCode::UNAUTHORIZED, denied.to_string()),
         Refusal::Forbidden { name, role, needed } => (
             StatusCode::FORBIDDEN,
             format!("token '{name}' has role {role}; {method} {path} needs {needed}"),
         ),
+        Refusal::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the access list cannot be read; see the server's log".to_owned(),
+        ),
     };
-    tracing::warn!(%method, path, status = status.as_u16(), reason = %message, "request refused");
+    let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+    tracing::warn!(%method, path, %peer, status = status.as_u16(), reason = %message, "request refused");
     let body = axum::Json(serde_json::json!({ "error": message }));
     let mut response = (status, body).into_response();
     if status == StatusCode::UNAUTHORIZED {
@@ -198,6 +216,8 @@ mod tests {
         assert_eq!(send(&f.router, Method::GET, "/read", None).await, 401);
         assert_eq!(send(&f.router, Method::GET, "/read", Some("Basic b3BzOg==")).await, 401);
         assert_eq!(send(&f.router, Method::GET, "/read", Some("Bearer nonsense")).await, 401);
+        let lower = format!("bearer {}", f.tokens[0].expose());
+        assert_eq!(send(&f.router, Method::GET, "/read", Some(&lower)).await, 200);
         assert_eq!(send(&f.router, Method::POST, "/act", Some(&forged)).await, 401);
         assert_eq!(send(&f.router, Method::POST, "/act", Some(&ro)).await, 403);
         assert_eq!(send(&f.router, Method::GET, "/nowhere", None).await, 401);

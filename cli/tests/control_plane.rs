@@ -75,23 +75,31 @@ async fn every_admin_route_refuses_callers_without_the_role_it_needs() {
             assert!(body.contains(needed.as_str()), "the refusal names the role needed: {body}");
         }
     }
-    // Nothing a refused request asked for happened: the link was never paused.
+    // Nothing a refused request asked for happened: the link was never paused, and no link
+    // control reached its handler (each one that does is audited, in order: the operator's
+    // pause below is the first).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(link_state(&deployment).await, "active", "a refused pause paused the link");
-
-    // The roles that suffice get through (GETs answer, the pause pauses).
-    for &(method, path, needed) in ADMIN_ROUTES.iter().filter(|(_, p, _)| !p.contains("such")) {
-        for (role, token) in tokens.iter().filter(|(role, _)| *role >= needed) {
-            let (status, body) = http(admin, Some(token), method, path);
-            assert!(!matches!(status, 401 | 403), "{method} {path} as {role}: {status} {body}");
-        }
-    }
     let operator = deployment.token(Role::Operator);
     assert_eq!(http(admin, Some(&operator), "POST", "/v1/xdr/links/b/pause").0, 200);
+    wait_event(&deployment, "link.pause", "operator").await;
+    let controls: Vec<_> = audit_trail(&deployment)
+        .into_iter()
+        .filter(|e| e["action"].as_str().is_some_and(|a| a.starts_with("link.")))
+        .collect();
+    assert_eq!(controls.len(), 1, "a refused request reached a link control: {controls:#?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while link_state(&deployment).await != "paused" {
         assert!(Instant::now() < deadline, "the operator's pause did not pause the link");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The roles that suffice get through, and every route answers.
+    for &(method, path, needed) in ADMIN_ROUTES.iter().filter(|(_, p, _)| !p.contains("such")) {
+        for (role, token) in tokens.iter().filter(|(role, _)| *role >= needed) {
+            let (status, body) = http(admin, Some(token), method, path);
+            assert_eq!(status, 200, "{method} {path} as {role}: {body}");
+        }
     }
 }
 
@@ -277,10 +285,26 @@ async fn the_audit_trail_records_who_changed_what_from_where() {
     let first = wait_event(&deployment, "topology.apply", "ferry up").await;
     assert_eq!(first["target"], "version 1");
 
-    // Nothing else: the refused pause left no trace, and the trail is in order.
+    // Nothing else: the refused pause left no trace.
     let trail = audit_trail(&deployment);
     let pauses = trail.iter().filter(|e| e["action"] == "link.pause").count();
     assert_eq!(pauses, 1, "{trail:#?}");
-    let ids: Vec<i64> = trail.iter().filter_map(|e| e["id"].as_i64()).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+
+    // A report cannot forge what the service records itself.
+    let forged = ferry_topology::audit::AuditEvent::now("admin", "", "topology.apply", "version 9");
+    let refused =
+        TopologyClient::new(service_addr_url(&deployment).as_str(), None).record(&forged).await;
+    assert!(matches!(refused, Err(ClientError::Refused { status: 401, .. })), "{refused:?}");
+    let read_only = Token::parse(&read_only).expect("token");
+    let reporter = TopologyClient::new(service_addr_url(&deployment).as_str(), Some(read_only));
+    match reporter.record(&forged).await {
+        Err(ClientError::Refused { status: 422, .. }) => {}
+        other => panic!("a reported topology.apply was answered {other:?}"),
+    }
+}
+
+/// The deployment's topology service URL.
+fn service_addr_url(deployment: &Deployment) -> String {
+    let url = std::fs::read_to_string(deployment.running.state.topology_service()).expect("url");
+    url.trim().to_owned()
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ferry_topology::audit::AuditEvent;
 use ferry_topology::service::TopologyClient;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 /// Events waiting to be reported; past this, an event is only logged (and that is logged).
 const QUEUE: usize = 1024;
@@ -34,10 +35,15 @@ impl AuditSink {
     /// Logs `event` and queues it for the topology service.
     pub fn record(&self, event: AuditEvent) {
         event.log();
-        if let Some(reporter) = self.reporter.get()
-            && reporter.try_send(event).is_err()
-        {
-            tracing::warn!("audit events queue full: an event was logged but not reported");
+        let Some(reporter) = self.reporter.get() else { return };
+        match reporter.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!("audit events queue full: an event was logged but not reported");
+            }
+            Err(TrySendError::Closed(_)) => {
+                tracing::warn!("audit reporter stopped: an event was logged but not reported");
+            }
         }
     }
 }

@@ -99,12 +99,7 @@ fn parameterized(state: &NodeState, name: &str, peer: Option<SocketAddr>) -> Str
         return conflicts.iter().map(ToString::to_string).collect::<Vec<_>>().join(";");
     }
     if let Some(args) = name.strip_prefix("xdr-link:") {
-        let answer = xdr_link_command(state, args);
-        let action = args.split(';').find_map(|p| p.strip_prefix("action=")).unwrap_or("?");
-        let dc = args.split(';').find_map(|p| p.strip_prefix("dc=")).unwrap_or("?");
-        let target = format!("{} -> {dc}", state.site().name);
-        audit_client_command(state, peer, &format!("link.{action}"), &target, &answer);
-        return answer;
+        return xdr_link_command(state, args, peer);
     }
     if let Some(args) = name.strip_prefix("xdr-parked:") {
         return xdr_parked(state, args);
@@ -228,12 +223,20 @@ pub(crate) fn params<'a>(
     args: &'a str,
     known: &[&str],
 ) -> Result<HashMap<&'a str, &'a str>, String> {
-    args.split(';')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, value)) if known.contains(&name) => Ok((name, value)),
-            _ => Err(error(PARAMETER, format!("bad parameter '{pair}'"))),
-        })
-        .collect()
+    let mut found = HashMap::new();
+    for pair in args.split(';') {
+        match pair.split_once('=') {
+            Some((name, value)) if known.contains(&name) => {
+                // A repeated name would leave what the command does and what is logged or
+                // audited up to which of the two each reads.
+                if found.insert(name, value).is_some() {
+                    return Err(error(PARAMETER, format!("parameter '{name}' given twice")));
+                }
+            }
+            _ => return Err(error(PARAMETER, format!("bad parameter '{pair}'"))),
+        }
+    }
+    Ok(found)
 }
 
 /// Parameter `name` as a number, `default` when absent.
@@ -267,6 +270,35 @@ fn xdr_parked(state: &NodeState, args: &str) -> String {
 /// `xdr-link:dc=NAME;action=pause|resume|rewind|drain|retry-parked|discard-parked[;from-ms=T]`:
 /// operator control of a link on this node. A rewind re-ships every record changed at or after
 /// `from-ms` (0 or absent: all).
+fn xdr_link_command(state: &NodeState, args: &str, peer: Option<SocketAddr>) -> String {
+    let parsed = params(args, &["dc", "action", "from-ms"]).and_then(|params| {
+        let dc = params.get("dc").copied().ok_or_else(|| error(PARAMETER, "missing dc=NAME"))?;
+        let from_ms = number_param(&params, "from-ms", 0)?;
+        let command = params
+            .get("action")
+            .and_then(|action| ferry_xdr::ship::LinkCommand::parse(action, from_ms))
+            .ok_or_else(|| {
+                error(
+                    PARAMETER,
+                    "action must be pause, resume, rewind, drain, retry-parked or discard-parked",
+                )
+            })?;
+        Ok((dc, command))
+    });
+    let (dc, command) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => return error,
+    };
+    let answer = if state.xdr.command(dc, command) {
+        "ok".to_owned()
+    } else {
+        error(NOT_FOUND, format!("no link to dc '{dc}' ships from this node"))
+    };
+    let target = format!("{} -> {dc}", state.site().name);
+    audit_client_command(state, peer, &format!("link.{}", command.name()), &target, &answer);
+    answer
+}
+
 /// Records a change a client asked for over the client port (no login: the client is known
 /// only by its address).
 fn audit_client_command(
@@ -282,28 +314,6 @@ fn audit_client_command(
         .detail(format!("node {} (client port)", state.this_node().id))
         .outcome(outcome);
     state.audit.record(event);
-}
-
-fn xdr_link_command(state: &NodeState, args: &str) -> String {
-    let parsed = params(args, &["dc", "action", "from-ms"]).and_then(|params| {
-        let dc = params.get("dc").copied().ok_or_else(|| error(PARAMETER, "missing dc=NAME"))?;
-        let from_ms = number_param(&params, "from-ms", 0)?;
-        let command = params
-            .get("action")
-            .and_then(|action| ferry_xdr::ship::LinkCommand::parse(action, from_ms))
-            .ok_or_else(|| {
-                error(
-                    PARAMETER,
-                    "action must be pause, resume, rewind, drain, retry-parked or discard-parked",
-                )
-            })?;
-        Ok((dc, command))
-    });
-    match parsed {
-        Ok((dc, command)) if state.xdr.command(dc, command) => "ok".to_owned(),
-        Ok((dc, _)) => error(NOT_FOUND, format!("no link to dc '{dc}' ships from this node")),
-        Err(error) => error,
-    }
 }
 
 /// Whether a truncate command names a set.
@@ -448,4 +458,19 @@ fn sets(state: &NodeState, only_ns: Option<&str>, only_set: Option<&str>) -> Str
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_known_names_given_once() {
+        let found = params("dc=b;action=pause", &["dc", "action"]).expect("params");
+        assert_eq!((found["dc"], found["action"]), ("b", "pause"));
+        // What runs and what is audited must be the same value: a repeat is refused.
+        assert!(params("dc=x;dc=b;action=pause", &["dc", "action"]).is_err());
+        assert!(params("dc=b;colour=red", &["dc"]).is_err());
+        assert!(params("dc", &["dc"]).is_err());
+    }
 }

@@ -188,7 +188,7 @@ async fn serve(
                 // clients take as a login that needs no session. A malformed one still closes
                 // the connection.
                 proto::admin::AdminRequest::decode(&body)?;
-                let reply = proto::admin::reply(proto::admin::result::SECURITY_NOT_ENABLED);
+                let reply = proto::admin::reply(proto::admin::SECURITY_NOT_ENABLED);
                 writer.write_all(&proto::frame(TYPE_ADMIN, &reply)).await?;
             }
             TYPE_INFO => {

@@ -222,41 +222,45 @@ async fn follow_local_changes(state: Arc<NodeState>, links: Arc<tokio::sync::Mut
 /// How often the certificate directory is checked for changed files.
 const CERTIFICATE_POLL: Duration = Duration::from_secs(2);
 
-/// Reloads the certificates and trust whenever a file of the node's certificate directory
-/// changes (a renewed certificate, a site's CA added for a site the topology adds).
+/// Reloads the certificates and trust whenever the files of the node's certificate directory
+/// change (a renewed certificate, the CA of a site the topology adds), once two looks in a row
+/// agree: a directory being rewritten is not read half-way.
 async fn follow_certificate_files(state: Arc<NodeState>, links: Arc<tokio::sync::Mutex<Links>>) {
     let dir = links.lock().await.certs.clone();
-    let mut seen = directory_stamp(&dir);
+    let read = |dir: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || directory_contents(&dir)).await.unwrap_or_default()
+    };
+    let mut applied = read(dir.clone()).await;
+    let mut previous = applied.clone();
     loop {
         tokio::time::sleep(CERTIFICATE_POLL).await;
-        let now = directory_stamp(&dir);
-        if now != seen {
-            seen = now;
+        let now = read(dir.clone()).await;
+        if now == previous && now != applied {
             links.lock().await.reload_certificates(&state.topology.get());
+            applied = now.clone();
         }
+        previous = now;
     }
 }
 
-/// Every file under `dir` with its length and modification time, sorted: changes when any
-/// file is added, removed or rewritten.
-fn directory_stamp(
-    dir: &std::path::Path,
-) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
-    let mut stamp = Vec::new();
+/// Every file under `dir` with its bytes, sorted by path (a few small PEM files): compared
+/// whole, so a rewrite that keeps sizes and timestamps is still seen.
+fn directory_contents(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                pending.push(entry.path());
-            } else {
-                stamp.push((entry.path(), meta.len(), meta.modified().ok()));
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files.push((path, bytes));
             }
         }
     }
-    stamp.sort();
-    stamp
+    files.sort();
+    files
 }
 
 impl Links {

@@ -40,7 +40,10 @@ pub fn free_ports(count: usize) -> Vec<u16> {
     }
     static CURSOR: std::sync::Mutex<Option<Cursor>> = std::sync::Mutex::new(None);
     let candidates = ports_outside_ephemeral_range();
-    assert!(!candidates.is_empty(), "the ephemeral port range leaves no port from 10000 free");
+    if candidates.is_empty() {
+        // The kernel's range covers every port from 10000: take whatever it gives.
+        return ephemeral_ports(count);
+    }
     let mut cursor = CURSOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let cursor = cursor.get_or_insert_with(|| Cursor {
         next: std::process::id() as usize * 97 % candidates.len(),
@@ -65,6 +68,20 @@ pub fn free_ports(count: usize) -> Vec<u16> {
     let ports: Vec<u16> = held.into_iter().map(|(port, _, _)| port).collect();
     cursor.handed_out.extend(&ports);
     ports
+}
+
+/// `count` distinct ports the kernel picks (bound on port 0 for TCP, then checked for UDP).
+fn ephemeral_ports(count: usize) -> Vec<u16> {
+    let mut held = Vec::with_capacity(count);
+    while held.len() < count {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("bind a free port on 127.0.0.1: {e}"));
+        let port = tcp.local_addr().unwrap_or_else(|e| panic!("local address: {e}")).port();
+        if let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
+            held.push((port, tcp, udp));
+        }
+    }
+    held.into_iter().map(|(port, _, _)| port).collect()
 }
 
 /// Unprivileged ports the kernel never hands to an outgoing connection: those outside

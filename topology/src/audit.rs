@@ -109,6 +109,27 @@ pub(crate) async fn insert(
 /// How many times a writer tries the next id after losing it to a concurrent writer.
 const ID_ATTEMPTS: usize = 16;
 
+/// Inserts `event` inside `transaction` (so it is stored with what it records, or not at
+/// all), each attempt in a savepoint: an id lost to a concurrent writer costs that attempt,
+/// never the transaction (PostgreSQL aborts a whole transaction on a failed statement).
+pub(crate) async fn insert_in(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
+    event: &mut AuditEvent,
+) -> Result<(), StoreError> {
+    use sqlx::Acquire as _;
+    for _ in 0..ID_ATTEMPTS {
+        let mut savepoint = (&mut **transaction).begin().await?;
+        match insert(&mut savepoint, event).await {
+            Ok(()) => return Ok(savepoint.commit().await?),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                savepoint.rollback().await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Busy("audit trail: every id tried was taken by a concurrent writer"))
+}
+
 impl TopologyStore {
     /// Appends `event` to the trail (and logs it); returns it with its id and time.
     pub async fn record(&self, mut event: AuditEvent) -> Result<AuditEvent, StoreError> {

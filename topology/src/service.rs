@@ -32,6 +32,8 @@ use crate::store::{
 
 /// How often the service looks for versions written by other processes.
 pub const STORE_POLL: Duration = Duration::from_millis(200);
+/// How long a client waits for the service to record a reported audit event.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default and largest long-poll wait of `/v1/topology/watch`.
 const WATCH_DEFAULT: Duration = Duration::from_secs(30);
 const WATCH_MAX: Duration = Duration::from_secs(60);
@@ -121,6 +123,8 @@ enum ApiError {
     Store(StoreError),
     /// The request body is not an apply request; answered in the same JSON shape.
     BadRequest(JsonRejection),
+    /// A well-formed request the service will not carry out.
+    Unprocessable(String),
 }
 
 impl IntoResponse for ApiError {
@@ -130,6 +134,10 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(rejection) => {
                 let body = ErrorBody { error: rejection.body_text(), diagnostics: Vec::new() };
                 return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+            }
+            ApiError::Unprocessable(error) => {
+                let body = ErrorBody { error, diagnostics: Vec::new() };
+                return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
             }
         };
         let status = match &error {
@@ -208,6 +216,8 @@ struct LimitQuery {
 
 /// The most events `GET /v1/audit` answers.
 const AUDIT_MAX: i64 = 100_000;
+/// The longest field of a reported audit event, in bytes.
+const AUDIT_FIELD_MAX: usize = 1024;
 
 async fn audit_trail(
     State(state): State<AppState>,
@@ -225,6 +235,17 @@ async fn record(
     event: Result<Json<AuditEvent>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AuditEvent>), ApiError> {
     let Json(mut event) = event.map_err(ApiError::BadRequest)?;
+    if event.action.starts_with("topology.") {
+        // The service records those itself, with the version: a report cannot add one.
+        let message = format!("'{}' events are recorded by the service itself", event.action);
+        return Err(ApiError::Unprocessable(message));
+    }
+    let fields = [&event.actor, &event.origin, &event.action, &event.target];
+    if fields.into_iter().chain([&event.detail, &event.outcome]).any(|f| f.len() > AUDIT_FIELD_MAX)
+    {
+        let message = format!("an audit event field is longer than {AUDIT_FIELD_MAX} bytes");
+        return Err(ApiError::Unprocessable(message));
+    }
     event.id = 0;
     event.at_ms = 0;
     event.recorded_by = caller.name.clone();
@@ -309,7 +330,8 @@ impl TopologyClient {
 
     /// Reports an audit event (the service records who reported it); returns it as recorded.
     pub async fn record(&self, event: &AuditEvent) -> Result<AuditEvent, ClientError> {
-        let response = self.send(self.http.post(self.url("/v1/audit")).json(event)).await?;
+        let request = self.http.post(self.url("/v1/audit")).json(event).timeout(REPORT_TIMEOUT);
+        let response = self.send(request).await?;
         self.decode(response).await
     }
 

@@ -247,25 +247,18 @@ impl TopologyStore {
             .bind(event.at_ms)
             .execute(&mut *transaction)
             .await;
-        let inserted = match inserted {
-            Ok(_) => crate::audit::insert(&mut transaction, &mut event).await,
-            Err(e) => Err(e),
-        };
-        let inserted = match inserted {
-            Ok(()) => transaction.commit().await,
-            Err(e) => Err(e),
-        };
         match inserted {
-            Ok(()) => {
-                event.log();
-                Ok(Applied::Created { version })
-            }
+            Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 let current = self.head().await?.unwrap_or(version);
-                Err(StoreError::Conflict { attempted: version, current })
+                return Err(StoreError::Conflict { attempted: version, current });
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
+        crate::audit::insert_in(&mut transaction, &mut event).await?;
+        transaction.commit().await?;
+        event.log();
+        Ok(Applied::Created { version })
     }
 
     /// Stores version `to`'s content again as a new version on top of the current one.

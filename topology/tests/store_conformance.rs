@@ -142,6 +142,30 @@ async fn suite(url: &str) {
     }
     // The other versions still read.
     assert_eq!(reopened.get(1).await.expect("get").content, EXAMPLE);
+
+    // Events reported while versions are applied: every apply and every event is stored,
+    // each event once (an id lost to the other writer is retried, never a failed apply).
+    let head = reopened.head().await.expect("head").expect("a version");
+    let before = reopened.audit_trail(1_000).await.expect("trail").len();
+    let reporters = (0..20).map(|i| {
+        let store = reopened.clone();
+        tokio::spawn(async move {
+            let event = AuditEvent::now("node-x", "127.0.0.1:1", "link.pause", &format!("{i}"));
+            store.record(event).await.expect("record an event beside the applies")
+        })
+    });
+    let reporters: Vec<_> = reporters.collect();
+    for n in 0..5 {
+        let applied = reopened.apply(request(&variant(100 + n), "beside events", None)).await;
+        let applied = applied.expect("an apply beside events");
+        assert!(matches!(applied, Applied::Created { .. }), "{applied:?}");
+    }
+    for reporter in reporters {
+        reporter.await.expect("reporter");
+    }
+    let trail = reopened.audit_trail(1_000).await.expect("trail");
+    assert_eq!(trail.len(), before + 25, "every apply and every event, once");
+    assert_eq!(reopened.head().await.expect("head"), Some(head + 5));
 }
 
 fn raw_url(url: &str) -> String {

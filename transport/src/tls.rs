@@ -184,10 +184,24 @@ impl TlsContext {
         creds: &NodeCredentials,
         trust: TrustStore,
     ) -> Result<(), TransportError> {
-        if creds.identity != self.local {
+        // What the certificate itself says, not what the credentials were loaded as.
+        let info = creds
+            .cert_chain
+            .first()
+            .ok_or_else(|| TransportError::Tls("the new credentials hold no certificate".into()))
+            .and_then(|der| CertInfo::parse(der).map_err(tls_error))?;
+        if info.identity.as_ref() != Some(&self.local) {
+            let named = info.identity.map_or_else(|| "no node".to_owned(), |i| i.to_string());
             return Err(TransportError::Tls(format!(
-                "the new certificate names {}, this endpoint is {}",
-                creds.identity, self.local
+                "the new certificate names {named}, this endpoint is {}",
+                self.local
+            )));
+        }
+        let now = time::OffsetDateTime::now_utc();
+        if now < info.not_before || now > info.not_after {
+            return Err(TransportError::Tls(format!(
+                "the new certificate is valid from {} to {}, not now",
+                info.not_before, info.not_after
             )));
         }
         let key = certified_key(creds, &self.provider)?;

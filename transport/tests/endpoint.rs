@@ -376,10 +376,20 @@ async fn a_site_trusted_by_a_reload_is_admitted_without_a_restart() {
     let reply = ask(after).await.expect("mars is trusted now");
     assert_eq!(reply.payload, Bytes::from_static(b"hello"));
 
-    // A reload that would change who the endpoint is changes nothing.
-    let other = pki.creds("eu-west", "euw_a");
+    // A reload that would change who the endpoint is, or present an expired certificate,
+    // changes nothing, whatever identity the credentials were loaded as.
+    let mut other = pki.creds("eu-west", "euw_a");
+    other.identity = id("us-east", "use-a");
     let error = server.reload(&other, pki.trust()).expect_err("another identity");
     assert!(error.to_string().contains("euw_a"), "{error}");
+    let now = time::OffsetDateTime::now_utc();
+    let expired = Validity {
+        not_before: now - time::Duration::days(10),
+        not_after: now - time::Duration::days(1),
+    };
+    let stale = pki.creds_valid("us-east", "use-a", expired);
+    let error = server.reload(&stale, pki.trust()).expect_err("an expired certificate");
+    assert!(error.to_string().contains("not now"), "{error}");
     let still = pki.endpoint_with(mars_creds(), Arc::new(AllowAll), fast_settings());
     ask(still).await.expect("the failed reload left mars trusted");
 }

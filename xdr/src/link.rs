@@ -62,6 +62,18 @@ impl LinkCommand {
         }
     }
 
+    /// The action's name, as [`LinkCommand::parse`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkCommand::Pause => "pause",
+            LinkCommand::Resume => "resume",
+            LinkCommand::Rewind { .. } => "rewind",
+            LinkCommand::Drain => "drain",
+            LinkCommand::RetryParked => "retry-parked",
+            LinkCommand::DiscardParked => "discard-parked",
+        }
+    }
+
     /// The controls after this command.
     pub fn apply(self, control: &mut LinkControl) {
         match self {
@@ -330,6 +342,20 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_reads_back_from_its_name() {
+        for command in [
+            LinkCommand::Pause,
+            LinkCommand::Resume,
+            LinkCommand::Rewind { from_ms: 7 },
+            LinkCommand::Drain,
+            LinkCommand::RetryParked,
+            LinkCommand::DiscardParked,
+        ] {
+            assert_eq!(LinkCommand::parse(command.name(), 7), Some(command));
+        }
+    }
 
     #[test]
     fn parked_records_degrade_an_active_link_and_count_in_its_lag() {

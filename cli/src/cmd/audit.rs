@@ -35,18 +35,19 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     say!(
-        "{:>5}  {:<19}  {:<20} {:<21} {:<18} {:<14} {:<10} detail",
+        "{:>5}  {:<19}  {:<20} {:<21} {:<18} {:<14} {:<10} {:<12} detail",
         "id",
         "time (UTC)",
         "actor",
         "origin",
         "action",
         "target",
-        "outcome"
+        "outcome",
+        "recorded by"
     );
     for e in &events {
         say!(
-            "{:>5}  {:<19}  {:<20} {:<21} {:<18} {:<14} {:<10} {}",
+            "{:>5}  {:<19}  {:<20} {:<21} {:<18} {:<14} {:<10} {:<12} {}",
             e.id,
             super::topology::utc(e.at_ms),
             e.actor,
@@ -54,6 +55,7 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             e.action,
             e.target,
             e.outcome,
+            e.recorded_by,
             e.detail
         );
     }
