@@ -50,6 +50,8 @@ pub enum AccessError {
          themselves any role (chmod 644)"
     )]
     Writable { path: PathBuf, mode: u32 },
+    #[error("{path} has no token named '{name}'")]
+    NoSuchToken { path: PathBuf, name: String },
 }
 
 /// Why a presented token was not accepted.
@@ -135,6 +137,35 @@ impl AccessList {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(AccessList::default()),
             _ => AccessList::load(path),
         }
+    }
+
+    /// Changes the access file at `path` (an empty list if there is none) with `change`, under
+    /// an exclusive lock on `<path>.lock`, so two writers never lose each other's change; the
+    /// file is written only if `change` succeeded and changed the list.
+    pub fn update<T>(
+        path: &Path,
+        change: impl FnOnce(&mut AccessList) -> Result<T, AccessError>,
+    ) -> Result<T, AccessError> {
+        let failed = |source| AccessError::Write { path: path.to_path_buf(), source };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(failed)?;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path.with_extension("lock"))
+            .map_err(failed)?;
+        // Released when `lock` is dropped, after the write.
+        lock.lock().map_err(failed)?;
+        let before = AccessList::load_or_empty(path)?;
+        let mut list = before.clone();
+        let outcome = change(&mut list)?;
+        if list != before {
+            list.save(path)?;
+        }
+        Ok(outcome)
     }
 
     /// The file's text.
@@ -305,19 +336,19 @@ pub fn ensure_credential(
     name: &str,
     role: Role,
 ) -> Result<Token, AccessError> {
-    let mut list = AccessList::load_or_empty(access)?;
-    if let Ok(token) = read_credential(credential)
-        && token.name() == name
-        && list.role_of(&token) == Some(role)
-    {
-        return Ok(token);
-    }
-    let token = Token::issue(name)
-        .map_err(|source| AccessError::Token { path: credential.into(), source })?;
-    list.grant(&token, role);
-    list.save(access)?;
-    write_credential(credential, &token)?;
-    Ok(token)
+    AccessList::update(access, |list| {
+        if let Ok(token) = read_credential(credential)
+            && token.name() == name
+            && list.role_of(&token) == Some(role)
+        {
+            return Ok(token);
+        }
+        let token = Token::issue(name)
+            .map_err(|source| AccessError::Token { path: credential.into(), source })?;
+        write_credential(credential, &token)?;
+        list.grant(&token, role);
+        Ok(token)
+    })
 }
 
 #[cfg(test)]
@@ -408,6 +439,29 @@ mod tests {
             .and_then(|f| f.set_times(times))
             .expect("keep mtime");
         assert!(file.current().expect("list").check(&tokens[0].expose()).is_err());
+    }
+
+    #[test]
+    fn concurrent_grants_all_land() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("access.toml");
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let token = Token::issue(&format!("t{i}")).expect("issue");
+                    AccessList::update(&path, |list| {
+                        list.grant(&token, Role::ReadOnly);
+                        Ok(())
+                    })
+                    .expect("update");
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("writer");
+        }
+        assert_eq!(AccessList::load(&path).expect("load").entries().count(), 8);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! follows a topology service, reported to it (`POST /v1/audit`, with the node's own token) by
 //! a background task, so the handler that acted never waits on the service.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use ferry_topology::audit::AuditEvent;
 use ferry_topology::service::TopologyClient;
@@ -20,6 +21,8 @@ const ATTEMPTS: u32 = 5;
 #[derive(Debug, Default)]
 pub struct AuditSink {
     reporter: OnceLock<mpsc::Sender<AuditEvent>>,
+    /// Events queued or being reported.
+    pending: Arc<AtomicUsize>,
 }
 
 impl AuditSink {
@@ -28,7 +31,7 @@ impl AuditSink {
     pub fn report_to(&self, client: TopologyClient) {
         let (sender, receiver) = mpsc::channel(QUEUE);
         if self.reporter.set(sender).is_ok() {
-            tokio::spawn(report(client, receiver));
+            tokio::spawn(report(client, receiver, self.pending.clone()));
         }
     }
 
@@ -36,7 +39,12 @@ impl AuditSink {
     pub fn record(&self, event: AuditEvent) {
         event.log();
         let Some(reporter) = self.reporter.get() else { return };
-        match reporter.try_send(event) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let sent = reporter.try_send(event);
+        if sent.is_err() {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 tracing::warn!("audit events queue full: an event was logged but not reported");
@@ -48,7 +56,26 @@ impl AuditSink {
     }
 }
 
-async fn report(client: TopologyClient, mut events: mpsc::Receiver<AuditEvent>) {
+impl AuditSink {
+    /// Waits up to `within` for the events queued so far to be reported (a stopping node);
+    /// says how many were not (they stay in the node's log).
+    pub async fn flush(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.pending.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.pending.load(Ordering::SeqCst);
+        if left > 0 {
+            tracing::warn!(left, "audit events not reported before the node stopped");
+        }
+    }
+}
+
+async fn report(
+    client: TopologyClient,
+    mut events: mpsc::Receiver<AuditEvent>,
+    pending: Arc<AtomicUsize>,
+) {
     while let Some(event) = events.recv().await {
         let mut backoff = Duration::from_millis(200);
         for attempt in 1..=ATTEMPTS {
@@ -63,5 +90,6 @@ async fn report(client: TopologyClient, mut events: mpsc::Receiver<AuditEvent>) 
                 }
             }
         }
+        pending.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -73,6 +73,9 @@ pub enum StartError {
     PlainHttp(#[from] ferry_auth::gate::NotLoopback),
 }
 
+/// How long a stopping node waits for its audit events to be reported.
+const AUDIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The storage node.
 #[derive(Debug)]
 pub struct Node;
@@ -161,13 +164,14 @@ async fn serve(
         let _ = admin_stopped.await;
     }));
     let reclaim = tokio::spawn(crate::reclaim::run(state.clone(), config.nsup_period));
-    let served = crate::server::run(state, client, fabric, shutdown).await;
+    let served = crate::server::run(state.clone(), client, fabric, shutdown).await;
     reclaim.abort();
     let _ = stop_admin.send(());
     let _ = admin.await;
     if let Some(xdr) = xdr {
         xdr.stop().await;
     }
+    state.audit.flush(AUDIT_FLUSH).await;
     tracing::info!(node = %config.node, "node stopped");
     served.map_err(|source| StartError::Io { what: "serve clients", source })
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use ferry_auth::{AccessList, Role, Token};
+use ferry_auth::{AccessError, AccessList, Role, Token};
 
 #[derive(Debug, Args)]
 pub(crate) struct AccessFileArgs {
@@ -48,24 +48,28 @@ pub(crate) fn run(command: AccessCommand) -> anyhow::Result<ExitCode> {
         AccessCommand::Grant { name, role, out, file } => {
             let token = Token::issue(&name)?;
             let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}.token")));
-            let mut list = AccessList::load_or_empty(&file.access)?;
-            ferry_auth::access::write_credential(&out, &token)?;
-            list.grant(&token, role);
-            list.save(&file.access)?;
+            AccessList::update(&file.access, |list| {
+                ferry_auth::access::write_credential(&out, &token)?;
+                list.grant(&token, role);
+                Ok(())
+            })?;
             say!("granted {role} to '{name}': token in {} (mode 0600)", out.display());
             Ok(ExitCode::SUCCESS)
         }
         AccessCommand::Revoke { name, file } => {
-            let mut list = ferry_auth::AccessList::load(&file.access)?;
-            if !list.revoke(&name) {
-                anyhow::bail!("{} has no token named '{name}'", file.access.display());
-            }
-            list.save(&file.access)?;
+            let path = file.access.clone();
+            AccessList::update(&file.access, |list| {
+                if list.revoke(&name) {
+                    Ok(())
+                } else {
+                    Err(AccessError::NoSuchToken { path, name: name.clone() })
+                }
+            })?;
             say!("revoked '{name}'");
             Ok(ExitCode::SUCCESS)
         }
         AccessCommand::List { file } => {
-            let list = ferry_auth::AccessList::load(&file.access)?;
+            let list = AccessList::load(&file.access)?;
             say!("{:<32} role", "name");
             for entry in list.entries() {
                 say!("{:<32} {}", entry.name, entry.role);
