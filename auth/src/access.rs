@@ -217,10 +217,19 @@ impl AccessList {
 
 /// The access file's text, refused when group or others may write it.
 fn read_access_file(path: &Path) -> Result<String, AccessError> {
+    read_guarded(path, 0o022, |path, mode| AccessError::Writable { path, mode })
+}
+
+/// The text of `path`, refused with `refusal` when its mode has any bit of `forbidden`.
+fn read_guarded(
+    path: &Path,
+    forbidden: u32,
+    refusal: fn(PathBuf, u32) -> AccessError,
+) -> Result<String, AccessError> {
     let read_failed = |source| AccessError::Read { path: path.to_path_buf(), source };
     let mode = std::fs::metadata(path).map_err(read_failed)?.permissions().mode();
-    if mode & 0o022 != 0 {
-        return Err(AccessError::Writable { path: path.to_path_buf(), mode: mode & 0o777 });
+    if mode & forbidden != 0 {
+        return Err(refusal(path.to_path_buf(), mode & 0o777));
     }
     std::fs::read_to_string(path).map_err(read_failed)
 }
@@ -317,12 +326,7 @@ pub fn write_credential(path: &Path, token: &Token) -> Result<(), AccessError> {
 
 /// Reads a credential file; refuses one that group or others may read.
 pub fn read_credential(path: &Path) -> Result<Token, AccessError> {
-    let read_failed = |source| AccessError::Read { path: path.to_path_buf(), source };
-    let mode = std::fs::metadata(path).map_err(read_failed)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(AccessError::Exposed { path: path.to_path_buf(), mode: mode & 0o777 });
-    }
-    let text = std::fs::read_to_string(path).map_err(read_failed)?;
+    let text = read_guarded(path, 0o077, |path, mode| AccessError::Exposed { path, mode })?;
     Token::parse(&text).map_err(|source| AccessError::Token { path: path.to_path_buf(), source })
 }
 

@@ -1,10 +1,12 @@
 //! Which credential the CLI presents to the control plane (the nodes' admin APIs and the
 //! topology service): the token in `$FERRY_TOKEN` when set, else the admin credential `ferry up`
-//! keeps in the deployment's state directory (`<dir>/credentials/admin.token`, mode 0600).
+//! keeps in the deployment's state directory (`<dir>/credentials/admin.token`, mode 0600); and
+//! a client of the deployment's topology service presenting it.
 
 use std::path::Path;
 
 use ferry_auth::{AccessError, Role, Token};
+use ferry_topology::service::TopologyClient;
 
 use crate::deploy::StateDir;
 
@@ -24,4 +26,12 @@ pub fn for_deployment(dir: &Path) -> Result<Option<Token>, AccessError> {
         return Ok(None);
     }
     ferry_auth::access::read_credential(&file).map(Some)
+}
+
+/// A client of the topology service the deployment kept in `dir` serves, presenting its
+/// credential; `None` when it serves none.
+pub fn service_client(dir: &Path) -> Result<Option<TopologyClient>, AccessError> {
+    let file = StateDir { root: dir.to_path_buf() }.topology_service();
+    let Ok(url) = std::fs::read_to_string(file) else { return Ok(None) };
+    Ok(Some(TopologyClient::new(url.trim(), for_deployment(dir)?)))
 }

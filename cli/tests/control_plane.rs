@@ -106,8 +106,7 @@ async fn every_admin_route_refuses_callers_without_the_role_it_needs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_topology_service_refuses_callers_without_the_role_it_needs() {
     let deployment = deploy().await;
-    let url = std::fs::read_to_string(deployment.running.state.topology_service()).expect("url");
-    let url = url.trim();
+    let url = deployment.topology_service_url();
     let service_addr = url.trim_start_matches("http://").parse().expect("service address");
     let reads = [
         "/v1/topology",
@@ -162,17 +161,8 @@ async fn the_topology_service_refuses_callers_without_the_role_it_needs() {
     assert!(matches!(applied, ferry_topology::store::Applied::Created { version: 2 }));
     let version = admin.current().await.expect("current");
     assert_eq!(version.author, "intruder via admin");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for id in ["a-0", "b-0"] {
-        loop {
-            let (_, body) = deployment.admin(id, "GET", "/v1/status");
-            let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
-            if status["topology_version"].as_u64() >= Some(2) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{id} never applied version 2: {body}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    for site in ["a", "b"] {
+        deployment.wait_applied(site, 2, Duration::from_secs(20)).await;
     }
 }
 
@@ -293,18 +283,12 @@ async fn the_audit_trail_records_who_changed_what_from_where() {
     // A report cannot forge what the service records itself.
     let forged = ferry_topology::audit::AuditEvent::now("admin", "", "topology.apply", "version 9");
     let refused =
-        TopologyClient::new(service_addr_url(&deployment).as_str(), None).record(&forged).await;
+        TopologyClient::new(deployment.topology_service_url(), None).record(&forged).await;
     assert!(matches!(refused, Err(ClientError::Refused { status: 401, .. })), "{refused:?}");
     let read_only = Token::parse(&read_only).expect("token");
-    let reporter = TopologyClient::new(service_addr_url(&deployment).as_str(), Some(read_only));
+    let reporter = TopologyClient::new(deployment.topology_service_url(), Some(read_only));
     match reporter.record(&forged).await {
         Err(ClientError::Refused { status: 422, .. }) => {}
         other => panic!("a reported topology.apply was answered {other:?}"),
     }
-}
-
-/// The deployment's topology service URL.
-fn service_addr_url(deployment: &Deployment) -> String {
-    let url = std::fs::read_to_string(deployment.running.state.topology_service()).expect("url");
-    url.trim().to_owned()
 }

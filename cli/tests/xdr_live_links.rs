@@ -38,22 +38,6 @@ async fn deploy_following(
     (deployment, store)
 }
 
-/// Waits until every node of `site` reports topology `version` applied.
-async fn wait_applied(deployment: &Deployment, site: &str, version: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for node in deployment.site(site) {
-        loop {
-            let (_, body) = deployment.admin(&node.id, "GET", "/v1/status");
-            let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
-            if status["topology_version"].as_u64() >= Some(version) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{} never applied version {version}", node.id);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 async fn put_range(client: &Client, keys: std::ops::Range<i64>) {
     let wp = WritePolicy::default();
     for i in keys {
@@ -146,7 +130,7 @@ async fn a_write_fence_and_a_standby_role_apply_live() {
     let standby = sites(Role::Standby, None).build_like(&first).text;
     let open_standby = sites(Role::Standby, Some(WriteFence::None)).build_like(&first).text;
     let (deployment, store) = deploy_following(&first.text, first.nodes.clone()).await;
-    wait_applied(&deployment, "a", 1).await;
+    deployment.wait_applied("a", 1, Duration::from_secs(30)).await;
     let a = deployment.client("a").await;
     let put = |i: i64| {
         let a = &a;
@@ -166,7 +150,7 @@ async fn a_write_fence_and_a_standby_role_apply_live() {
         (5, &open_standby, true),
     ] {
         apply(&store, text, "change the fence").await;
-        wait_applied(&deployment, "a", version).await;
+        deployment.wait_applied("a", version, Duration::from_secs(30)).await;
         let result = put(version.try_into().expect("small")).await;
         if takes_writes {
             result.unwrap_or_else(|e| panic!("version {version}: a write is taken: {e}"));

@@ -193,7 +193,10 @@ async fn follow(
             }
             tracing::info!(version = version.version, "topology changed; applying it");
             state.apply_topology(topology.clone()).await;
-            if let Err(error) = links.lock().await.reconcile(&topology).await {
+            let mut running = links.lock().await;
+            // Sites, nodes and their CAs follow the topology: trust them before shipping.
+            running.reload_certificates(&topology);
+            if let Err(error) = running.reconcile(&topology).await {
                 // Not reported as applied: a drill waiting for this version must not take
                 // the links for stopped or started.
                 tracing::error!(%error, version = version.version, "could not apply a link change");
@@ -297,7 +300,6 @@ impl Links {
     /// stops removed, disabled and changed ones, starts new ones. A disabled link keeps its
     /// cursor, so the log keeps its changes until it is enabled again (or overflows).
     async fn reconcile(&mut self, topology: &Topology) -> Result<(), XdrError> {
-        self.reload_certificates(topology);
         let site = self.state.site().name.clone();
         let outgoing: BTreeMap<String, &Link> = topology
             .links

@@ -31,35 +31,39 @@ pub fn workspace_root() -> PathBuf {
 ///
 /// # Panics
 ///
-/// If `count` free ports cannot be found outside the ephemeral range.
+/// If `count` free ports cannot be found.
 pub fn free_ports(count: usize) -> Vec<u16> {
-    /// Where this process looks next, and every port it has handed out.
+    /// The ports this process may hand out, where it looks next, and what it handed out.
     struct Cursor {
+        candidates: Vec<u16>,
         next: usize,
         handed_out: std::collections::BTreeSet<u16>,
     }
     static CURSOR: std::sync::Mutex<Option<Cursor>> = std::sync::Mutex::new(None);
-    let candidates = ports_outside_ephemeral_range();
-    if candidates.is_empty() {
-        // The kernel's range covers every port from 10000: take whatever it gives.
-        return ephemeral_ports(count);
-    }
     let mut cursor = CURSOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let cursor = cursor.get_or_insert_with(|| Cursor {
-        next: std::process::id() as usize * 97 % candidates.len(),
-        handed_out: std::collections::BTreeSet::new(),
+    let cursor = cursor.get_or_insert_with(|| {
+        let candidates = ports_outside_ephemeral_range();
+        Cursor {
+            next: std::process::id() as usize * 97 % candidates.len().max(1),
+            candidates,
+            handed_out: std::collections::BTreeSet::new(),
+        }
     });
     let mut held = Vec::with_capacity(count);
-    for _ in 0..candidates.len() {
+    // Each candidate is tried once; when the kernel's range leaves none (it covers every port
+    // from 10000), the kernel picks (port 0) and a bounded number of picks is tried.
+    for _ in 0..cursor.candidates.len().max(count * 64) {
         if held.len() == count {
             break;
         }
-        let port = candidates[cursor.next % candidates.len()];
+        let at = cursor.next % cursor.candidates.len().max(1);
+        let wanted = cursor.candidates.get(at).copied().unwrap_or(0);
         cursor.next += 1;
+        let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", wanted)) else { continue };
+        let Ok(port) = tcp.local_addr().map(|addr| addr.port()) else { continue };
         if cursor.handed_out.contains(&port) {
             continue;
         }
-        let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) else { continue };
         if let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
             held.push((port, tcp, udp));
         }
@@ -68,20 +72,6 @@ pub fn free_ports(count: usize) -> Vec<u16> {
     let ports: Vec<u16> = held.into_iter().map(|(port, _, _)| port).collect();
     cursor.handed_out.extend(&ports);
     ports
-}
-
-/// `count` distinct ports the kernel picks (bound on port 0 for TCP, then checked for UDP).
-fn ephemeral_ports(count: usize) -> Vec<u16> {
-    let mut held = Vec::with_capacity(count);
-    while held.len() < count {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("bind a free port on 127.0.0.1: {e}"));
-        let port = tcp.local_addr().unwrap_or_else(|e| panic!("local address: {e}")).port();
-        if let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
-            held.push((port, tcp, udp));
-        }
-    }
-    held.into_iter().map(|(port, _, _)| port).collect()
 }
 
 /// Unprivileged ports the kernel never hands to an outgoing connection: those outside

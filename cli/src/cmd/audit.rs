@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 use ferry_topology::audit::AuditEvent;
-use ferry_topology::service::TopologyClient;
 use ferry_topology::store::TopologyStore;
 
 #[derive(Debug, Args)]
@@ -66,9 +65,7 @@ async fn read(args: &AuditArgs) -> anyhow::Result<Vec<AuditEvent>> {
     let store = match &args.store {
         Some(url) => url.clone(),
         None => {
-            if let Ok(url) = std::fs::read_to_string(args.dir.join("topology-service")) {
-                let credential = ferry::credentials::for_deployment(&args.dir)?;
-                let client = TopologyClient::new(url.trim(), credential);
+            if let Some(client) = ferry::credentials::service_client(&args.dir)? {
                 return Ok(client.audit_trail(args.limit).await?);
             }
             let db = ferry::deploy::StateDir { root: args.dir.clone() }.topology_db();

@@ -160,15 +160,13 @@ const SERVICE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 /// The current version of the topology service of the deployment in `dir`, if it serves one
 /// and answers within a moment.
 fn served_topology(dir: &std::path::Path) -> Option<ferry_topology::Topology> {
-    let url = std::fs::read_to_string(dir.join("topology-service")).ok()?;
-    let credential = match ferry::credentials::for_deployment(dir) {
-        Ok(credential) => credential,
+    let client = match ferry::credentials::service_client(dir) {
+        Ok(client) => client?,
         Err(error) => {
             say_err!("ferry: {error}; using the topology file");
             return None;
         }
     };
-    let client = ferry_topology::service::TopologyClient::new(url.trim(), credential);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     let asked = async { tokio::time::timeout(SERVICE_PATIENCE, client.current()).await };
     let current = runtime.block_on(asked);

@@ -85,14 +85,37 @@ impl Deployment {
         token.expose()
     }
 
+    /// The URL of the deployment's topology service.
+    pub fn topology_service_url(&self) -> &str {
+        self.running.service_url().unwrap_or_else(|| panic!("the deployment serves no topology"))
+    }
+
     /// A client of the deployment's topology service presenting the admin token.
     pub fn topology_service(&self) -> ferry_topology::service::TopologyClient {
-        let file = self.running.state.topology_service();
-        let url = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("the topology service's URL in {}: {e}", file.display()));
         let token = ferry_auth::Token::parse(&self.token(ferry_auth::Role::Admin))
             .unwrap_or_else(|e| panic!("the admin token: {e}"));
-        ferry_topology::service::TopologyClient::new(url.trim(), Some(token))
+        ferry_topology::service::TopologyClient::new(self.topology_service_url(), Some(token))
+    }
+
+    /// Waits until every node of `site` reports topology `version` applied (`/v1/status`), or
+    /// panics after `timeout` with the last status.
+    pub async fn wait_applied(&self, site: &str, version: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for node in self.site(site) {
+            loop {
+                let (_, body) = self.admin(&node.id, "GET", "/v1/status");
+                let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+                if status["topology_version"].as_u64() >= Some(version) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never applied version {version}: {body}",
+                    node.id
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     /// `method path` on node `id`'s admin API with the admin token: status and body.
