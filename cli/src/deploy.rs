@@ -424,6 +424,11 @@ impl Deployment {
         self.start_node(id).await
     }
 
+    /// The extra `ferry node run` arguments of node `id`, used from its next start on.
+    pub fn node_args_mut(&mut self, id: &str) -> &mut Vec<String> {
+        self.routes.entry(id.to_owned()).or_default()
+    }
+
     /// SIGKILLs node `id` (a crash) and reaps it.
     pub fn kill_node(&mut self, id: &str) {
         if let Some(mut process) = self.nodes.remove(id) {

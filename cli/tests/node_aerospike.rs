@@ -6,6 +6,8 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aerospike::query::PartitionFilter;
@@ -194,27 +196,39 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut site = Deployment::one_site(3, 2).await;
     let client = site.client("local").await;
     let wp = WritePolicy::default();
-    // Concurrent writers; every acknowledged key is remembered.
+    // Concurrent writers; every acknowledged key is remembered. They stop at their first
+    // failure once the nodes are down.
+    let acked_so_far = Arc::new(AtomicUsize::new(0));
+    let crashed = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for writer in 0..8i64 {
         let client = client.clone();
         let wp = wp.clone();
+        let (acked_so_far, crashed) = (Arc::clone(&acked_so_far), Arc::clone(&crashed));
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
-            for i in 0..40i64 {
+            for i in 0..1_000i64 {
                 let n = writer * 1000 + i;
                 if client.put(&wp, &as_key!("test", "crash", n), &[as_bin!("n", n)]).await.is_ok() {
                     acked.push(n);
+                    acked_so_far.fetch_add(1, Ordering::Relaxed);
+                } else if crashed.load(Ordering::Relaxed) {
+                    break;
                 }
             }
             acked
         }));
     }
-    // Crash every node while writes are in flight.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Crash every node while writes are in flight: once some were acknowledged (a slow
+    // machine may take a while for the first).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while acked_so_far.load(Ordering::Relaxed) < 40 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for id in site.ids("local") {
         site.kill_node(&id);
     }
+    crashed.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
     for task in tasks {
         acked.extend(task.await.expect("writer"));

@@ -514,6 +514,60 @@ async fn a_node_cut_off_inside_its_site_stops_acknowledging_before_another_takes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_its_crashed_master_stored_alone_is_kept_by_the_site_once_the_node_returns() {
+    // a-1 kills itself once a write it masters is durable on its disk and before any copy has
+    // it: the client is not acknowledged, but a-1 has the version, logged. When a-1 returns,
+    // the master that took over fills it; the version must then be kept by the site, not only
+    // by a-1 (whose log may ship it to b), so that losing a-1 again loses nothing it had.
+    let built = TopologyBuilder::new("site-merge")
+        .sites(&["a", "b"], 3)
+        .namespace(Namespace::new("test").replication_factor(2))
+        .link(Link::new("a", "b").period_ms(20).hot_key_ms(20))
+        .build();
+    let mut deployment = Deployment::start_spec(&built.text, built.nodes, |spec| {
+        let crash = ["--crash-at", "write-before-replicate"].map(String::from).to_vec();
+        spec.per_node_args.insert("a-1".to_owned(), crash);
+    })
+    .await;
+    let client = connect(&deployment, "a").await;
+    let mut once = WritePolicy::default();
+    once.base_policy.max_retries = 0;
+    let mut lost = None;
+    for key in 0..1_000i64 {
+        let put = client.put(&once, &as_key!("test", "m", key), &[as_bin!("v", key)]).await;
+        if put.is_err() {
+            lost = Some(key);
+            break;
+        }
+    }
+    let lost = lost.expect("a write mastered by a-1 crashed it");
+    let key = as_key!("test", "m", lost);
+    wait_removed(&deployment, "a", "a-1", Duration::from_secs(10)).await;
+    // The node that took over never had the version: the write was not acknowledged.
+    assert!(client.get(&ReadPolicy::default(), &key, Bins::All).await.is_err());
+
+    deployment.running.node_args_mut("a-1").clear();
+    deployment.start_node("a-1").await;
+    wait_settled(&deployment, "a", Duration::from_secs(60)).await;
+    let status = http_status(&deployment, "a-1");
+    assert!(
+        status["migrations"]["records_merged"].as_u64() >= Some(1),
+        "a-1 merged nothing into the master: {status}"
+    );
+    deployment.wait_converged("a", "b", Duration::from_secs(60)).await;
+    verify(&deployment);
+
+    // a-1 crashes again: the node left with the partition holds the version.
+    tokio::task::block_in_place(|| deployment.kill_node("a-1"));
+    wait_removed(&deployment, "a", "a-1", Duration::from_secs(10)).await;
+    let record = client.get(&ReadPolicy::default(), &key, Bins::All).await.expect("kept");
+    assert_eq!(record.bins["v"], Value::from(lost));
+    let b = connect(&deployment, "b").await;
+    let record = b.get(&ReadPolicy::default(), &key, Bins::All).await.expect("shipped to b");
+    assert_eq!(record.bins["v"], Value::from(lost));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_while_a_node_was_away_do_not_come_back_with_it() {
     // Tombstones live 1 s and reclaim runs every second: by the time the node returns, the
     // deletes are gone from the nodes that stayed, but not its old copies of the records.

@@ -109,6 +109,7 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<Value> {
             "bytes_sent": load(&state.migrations.bytes_sent),
             "records_received": load(&state.migrations.records_received),
             "records_dropped": load(&state.migrations.records_dropped),
+            "records_merged": load(&state.migrations.records_merged),
         },
         "namespaces": namespaces,
         "counters": {

@@ -26,6 +26,8 @@ pub enum Kind {
     Shipped = 3,
     /// Records of a partition pushed to a node being filled.
     Migrate = 4,
+    /// Versions a node being filled held that the push did not bring, sent to the master.
+    Merge = 5,
 }
 
 impl Kind {
@@ -35,6 +37,7 @@ impl Kind {
             2 => Some(Kind::Replica),
             3 => Some(Kind::Shipped),
             4 => Some(Kind::Migrate),
+            5 => Some(Kind::Merge),
             _ => None,
         }
     }
@@ -72,6 +75,7 @@ pub async fn serve(state: &NodeState, body: &[u8]) -> Vec<u8> {
         }
         Some(Kind::Replica) => frame(Kind::Replica, &state.apply_replica(request).await),
         Some(Kind::Migrate) => frame(Kind::Migrate, &state.receive_migration(request).await),
+        Some(Kind::Merge) => frame(Kind::Merge, &state.receive_merge(request).await),
         Some(Kind::Shipped) => {
             state.heard_shipped(request);
             frame(Kind::Shipped, b"")

@@ -30,6 +30,7 @@ pub mod apply;
 pub mod audit;
 pub mod cluster;
 pub mod command;
+pub mod crash;
 pub mod fabric;
 pub mod fence;
 pub mod index;

@@ -178,6 +178,7 @@ pub fn render(state: &NodeState) -> String {
         ("ferry_migrate_bytes_sent", &migrations.bytes_sent),
         ("ferry_migrate_records_received", &migrations.records_received),
         ("ferry_migrate_records_dropped", &migrations.records_dropped),
+        ("ferry_migrate_records_merged", &migrations.records_merged),
     ] {
         out.help(name, "counter", "Partition migrations since the node started.");
         out.sample(name, &[], counter.load(Ordering::Relaxed) as f64);

@@ -2,19 +2,23 @@
 //! joined, or a loss moved copies), the partition's acting master pushes its records to each
 //! node being filled, in the background: a few partitions at a time, chunk by chunk, under a
 //! records-per-second budget. Writes keep flowing meanwhile (a node being filled takes every
-//! write as a copy; a migrated version never replaces a newer one). Once a node holds a
-//! partition durably, the master has the membership group record it as a holder, which may
-//! make it the partition's master; its shipping then takes over from the old master's
-//! watermark (see `membership`).
+//! write as a copy; a migrated version never replaces a newer one). What the node being
+//! filled held that the push did not bring, or brought older (a write its crashed master
+//! stored alone), goes back to the master and is kept there if it wins, as Aerospike merges a
+//! returning node's versions; only versions too old to tell from deleted ones are dropped.
+//! Once a node holds a partition durably, the master has the membership group record it as a
+//! holder, which may make it the partition's master; its shipping then takes over from the old
+//! master's watermark (see `membership`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_membership::Intent;
 use ferry_topology::model::NodeId;
-use ferry_topology::placement::PARTITIONS;
+use ferry_topology::placement::{PARTITIONS, partition_of};
+use ferry_xdr::conflict::VersionStamp;
 use tokio::task::JoinSet;
 
 use crate::fabric::{self, Kind};
@@ -56,12 +60,14 @@ pub struct MigrationStats {
     /// Records of partitions this node no longer holds, dropped once their copies settled
     /// elsewhere, and versions a push showed the master no longer has.
     pub records_dropped: AtomicU64,
-    /// Per partition being pushed here, the digests its chunks brought so far.
+    /// Versions this node held that a push did not bring, merged into the partition's master.
+    pub records_merged: AtomicU64,
+    /// Per partition being pushed here, the versions its chunks brought so far.
     receiving: std::sync::Mutex<HashMap<(String, u16), Receiving>>,
 }
 
-/// A push being received: when it began (the sender's clock) and the digests it brought.
-type Receiving = (u64, HashSet<Digest>);
+/// A push being received: when it began (the sender's clock) and the versions it brought.
+type Receiving = (u64, HashMap<Digest, VersionStamp>);
 
 /// A chunk of one partition's records pushed to a node being filled.
 #[derive(Debug, Clone, PartialEq)]
@@ -412,26 +418,41 @@ async fn drop_unheld(state: &NodeState, kept: &mut Kept) -> Result<(), crate::st
     Ok(())
 }
 
-/// Versions written this close to a push's start are kept even when the push did not bring
-/// them: they may have been written since (node clocks differ a little).
-const ZOMBIE_MARGIN_MS: u64 = 5_000;
+/// Clocks of a site's nodes may differ by this much: a version written this close to a push's
+/// start may have been written since it began, and one this close to the tombstone window's
+/// edge is not trusted to be inside it.
+const CLOCK_MARGIN_MS: u64 = 5_000;
 
 impl NodeState {
-    /// After the last chunk of a push: removes what this node holds of the partition that the
-    /// push did not bring and that is older than the push (less a margin) — versions the master
-    /// no longer has, such as records deleted while this node was away whose tombstones are
-    /// gone. A version whose own change this node has not shipped yet stays.
-    async fn drop_not_brought(
+    /// After the last chunk of a push, settles what this node holds of the partition that the
+    /// push did not bring, or brought in an older version:
+    /// - a version recent enough that a delete after it would still have its tombstone at the
+    ///   master (`tombstone-ttl`) is one the master never had, or has older: a write stored
+    ///   here that never reached a copy before this node crashed (so never acknowledged),
+    ///   which may have shipped to other sites since. It is merged into the master, which
+    ///   keeps it if it wins there and ships it, so the site and its peers agree;
+    /// - an older one the push did not bring is a version the master no longer has, such as a
+    ///   record deleted while this node was away whose tombstone is gone: it is dropped once
+    ///   its own change has shipped everywhere.
+    async fn settle_not_brought(
         &self,
         ns: &str,
         partition: u16,
-        brought: &HashSet<Digest>,
+        brought: &HashMap<Digest, VersionStamp>,
         started_ms: u64,
     ) -> Result<(), String> {
-        let before = started_ms.saturating_sub(ZOMBIE_MARGIN_MS);
+        let tombstone_ttl_ms = self.namespace(ns).map_or(0, |n| u64::from(n.tombstone_ttl) * 1000);
+        let merge_from = (started_ms + CLOCK_MARGIN_MS).saturating_sub(tombstone_ttl_ms);
+        let drop_before = started_ms.saturating_sub(CLOCK_MARGIN_MS);
         let shipped = crate::reclaim::Shipped::of(self, ns).map_err(|e| e.to_string())?;
+        let now_secs = record::now_citrusleaf_secs();
+        let stale = |digest: &Digest, r: &Record| {
+            !brought.contains_key(digest)
+                && r.last_update_ms < drop_before.min(merge_from)
+                && r.logged_lsn.is_none_or(|lsn| shipped.everywhere(digest, lsn))
+        };
         let mut after = None;
-        let mut dropped = 0u64;
+        let (mut merged, mut dropped) = (0u64, 0u64);
         loop {
             let chunk: Vec<(Digest, Record)> = self
                 .store
@@ -441,41 +462,156 @@ impl NodeState {
                 .collect::<Result<_, _>>()
                 .map_err(|e| e.to_string())?;
             let exhausted = chunk.len() < CHUNK;
+            let mut merging = Vec::new();
             for (digest, record) in chunk {
                 after = Some(digest);
-                let stale = |r: &Record| {
-                    !brought.contains(&digest)
-                        && r.last_update_ms < before
-                        && r.logged_lsn.is_none_or(|lsn| shipped.everywhere(&digest, lsn))
+                let merge = match brought.get(&digest) {
+                    Some(stamp) => *stamp != record.stamp(),
+                    None => !record.expired(now_secs) && record.last_update_ms >= merge_from,
                 };
-                if !stale(&record) {
+                if merge {
+                    merging.push((digest, record));
+                    continue;
+                }
+                if !stale(&digest, &record) {
                     continue;
                 }
                 let _guard = self.store.lock(&digest).await;
-                if self
-                    .store
-                    .get(ns, &digest)
-                    .map_err(|e| e.to_string())?
-                    .is_some_and(|r| stale(&r))
-                {
+                let current = self.store.get(ns, &digest).map_err(|e| e.to_string())?;
+                if current.is_some_and(|r| stale(&digest, &r)) {
                     self.store.remove(ns, &digest).map_err(|e| e.to_string())?;
                     dropped += 1;
                 }
             }
+            merged += merging.len() as u64;
+            self.merge_into_master(ns, partition, merging).await?;
             if exhausted {
                 break;
             }
         }
-        if dropped > 0 {
+        if merged > 0 || dropped > 0 {
             tracing::info!(
                 namespace = ns,
                 partition,
+                merged,
                 dropped,
-                "dropped versions the master no longer has"
+                "settled versions the master did not have"
             );
+            self.migrations.records_merged.fetch_add(merged, Ordering::Relaxed);
             self.migrations.records_dropped.fetch_add(dropped, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Sends versions of `partition` to its master, which keeps those that win there (see
+    /// [`NodeState::receive_merge`]); resolves once the master and its copies hold them.
+    async fn merge_into_master(
+        &self,
+        ns: &str,
+        partition: u16,
+        mut records: Vec<(Digest, Record)>,
+    ) -> Result<(), String> {
+        while !records.is_empty() {
+            let mut bytes = 0;
+            let count = records
+                .iter()
+                .take_while(|(_, r)| {
+                    bytes += record::encoded_len(r);
+                    bytes <= CHUNK_BYTES
+                })
+                .count()
+                .max(1);
+            let rest = records.split_off(count);
+            let view = self.cluster();
+            let master = view
+                .copies(ns, partition)
+                .map(|c| c.master().clone())
+                .ok_or_else(|| format!("namespace '{ns}' has no partition map here"))?;
+            let node = view
+                .site_node(&master)
+                .ok_or_else(|| format!("master {master} is not a node of this site"))?;
+            let chunk = Chunk {
+                epoch: view.epoch(),
+                namespace: ns.to_owned(),
+                partition,
+                started_ms: record::now_ms(),
+                last: false,
+                records,
+            };
+            let request = fabric::frame(Kind::Merge, &chunk.encode());
+            let reply = self
+                .fabric()
+                .exchange(self.fabric_addr(node), &request, CHUNK_TIMEOUT)
+                .await
+                .map_err(|e| format!("merge into master {master}: {e}"))?;
+            let status = fabric::payload(&reply, Kind::Merge).ok().and_then(ReplicaStatus::decode);
+            if status != Some(ReplicaStatus::Stored) {
+                return Err(format!("merge into master {master}: it answered {status:?}"));
+            }
+            records = rest;
+        }
+        Ok(())
+    }
+
+    /// Takes versions of a partition this node masters from a copy that held them when the
+    /// master's push did not bring them (see [`NodeState::settle_not_brought`]): each is kept
+    /// if it wins against the version here, logged as this node's change (so it ships) and
+    /// sent to the other copies. Returns the encoded status once that is durable everywhere.
+    pub(crate) async fn receive_merge(&self, request: &[u8]) -> Vec<u8> {
+        let Some(chunk) = Chunk::decode(request) else {
+            tracing::warn!("undecodable merge request");
+            return crate::replica::refused();
+        };
+        let status = match self.merge(chunk).await {
+            Ok(status) => status,
+            Err(error) => {
+                tracing::warn!(%error, "versions from a copy not merged");
+                ReplicaStatus::Failed
+            }
+        };
+        status.encode()
+    }
+
+    async fn merge(&self, chunk: Chunk) -> Result<ReplicaStatus, String> {
+        let ns = chunk.namespace.as_str();
+        let view = self.await_epoch(chunk.epoch).await;
+        let masters =
+            view.copies(ns, chunk.partition).is_some_and(|c| *c.master() == self.this_node().id);
+        if self.namespace(ns).is_none()
+            || chunk.records.iter().any(|(digest, _)| partition_of(&digest.0) != chunk.partition)
+        {
+            return Ok(ReplicaStatus::Refused);
+        }
+        if !masters {
+            return Ok(ReplicaStatus::StaleEpoch(view.epoch()));
+        }
+        // A master cut off from its site's majority stores nothing.
+        if !self.write_lease().await {
+            return Err("this node is cut off from its site's majority".to_owned());
+        }
+        self.store.writable().map_err(|e| e.to_string())?;
+        let mut stored = Vec::new();
+        for (digest, record) in chunk.records {
+            if record.last_update_ms < self.store.truncation_cutoff(ns, &record.set) {
+                continue;
+            }
+            if let Some(record) = self.store_copy(ns, &digest, record, Logging::AsMaster).await? {
+                stored.push((digest, record));
+            }
+        }
+        if !stored.is_empty() {
+            self.store.commit(ns).await.map_err(|e| e.to_string())?;
+            tracing::info!(
+                namespace = ns,
+                partition = chunk.partition,
+                merged = stored.len(),
+                "kept versions a copy held that this master did not"
+            );
+        }
+        for (digest, record) in &stored {
+            self.replicate(ns, digest, record).await.map_err(|e| e.to_string())?;
+        }
+        Ok(ReplicaStatus::Stored)
     }
 
     /// Stores a chunk of a partition pushed here; returns the encoded status once durable.
@@ -516,13 +652,13 @@ impl NodeState {
                     .map(|(_, brought)| brought)
                     .unwrap_or_default()
             };
-            brought.extend(chunk.records.iter().map(|(digest, _)| *digest));
+            brought.extend(chunk.records.iter().map(|(digest, record)| (*digest, record.stamp())));
             let mut stored = Ok(());
             for (digest, record) in chunk.records {
                 if record.last_update_ms < self.store.truncation_cutoff(ns, &record.set) {
                     continue;
                 }
-                stored = self.store_copy(ns, &digest, record, Logging::Not).await;
+                stored = self.store_copy(ns, &digest, record, Logging::Not).await.map(drop);
                 if stored.is_err() {
                     break;
                 }
@@ -536,7 +672,7 @@ impl NodeState {
                 .is_some_and(|partitions| partitions.contains_key(&chunk.partition));
             if stored.is_ok() && chunk.last && !restarted {
                 stored =
-                    self.drop_not_brought(ns, chunk.partition, &brought, chunk.started_ms).await;
+                    self.settle_not_brought(ns, chunk.partition, &brought, chunk.started_ms).await;
             } else if stored.is_ok() {
                 let mut receiving =
                     self.migrations.receiving.lock().unwrap_or_else(|e| e.into_inner());

@@ -56,6 +56,8 @@ pub struct NodeConfig {
     /// Heartbeats between the site's nodes (sites of three nodes or more): interval and the
     /// missed intervals that make a node failed.
     pub heartbeat: ferry_membership::Heartbeat,
+    /// Kill the node at this step (tests of crashes no outside kill can time).
+    pub crash_at: Option<crate::crash::CrashPoint>,
 }
 
 impl NodeConfig {
@@ -78,6 +80,7 @@ impl NodeConfig {
             fabric_routes: std::collections::BTreeMap::new(),
             topology_service: None,
             nsup_period: Duration::from_secs(30),
+            crash_at: None,
             heartbeat: ferry_membership::Heartbeat::default(),
         }
     }
@@ -155,6 +158,8 @@ pub struct NodeState {
     namespaces: HashMap<String, Namespace>,
     fabric: crate::fabric::Fabric,
     log: Option<DigestLog>,
+    /// Where this node kills itself, if anywhere (see [`crate::crash`]).
+    pub(crate) crash_at: Option<crate::crash::CrashPoint>,
 }
 
 impl NodeState {
@@ -189,6 +194,7 @@ impl NodeState {
             namespaces: namespaces.into_iter().map(|ns| (ns.name.to_string(), ns)).collect(),
             fabric: crate::fabric::Fabric::default(),
             log,
+            crash_at: config.crash_at,
         };
         let relogged = state.relog_lost_changes()?;
         if relogged > 0 {

@@ -242,8 +242,8 @@ impl NodeState {
         if self.namespace(ns).is_none() {
             return ReplicaStatus::Refused;
         }
-        let copied = self.store_copy(ns, &write.digest, write.record, Logging::AsChange).await;
-        match copied.and(self.store.commit(ns).await.map_err(|e| e.to_string())) {
+        let copied = self.store_copy(ns, &write.digest, write.record, Logging::AsCopy).await;
+        match copied.map(drop).and(self.store.commit(ns).await.map_err(|e| e.to_string())) {
             Ok(()) => ReplicaStatus::Stored,
             Err(error) => {
                 tracing::error!(%error, namespace = ns, "replica write failed");
@@ -254,16 +254,18 @@ impl NodeState {
 
     /// Stores a copy of a record's version unless this node already holds one that is as new
     /// under the namespace's conflict policy (the order in which a master's versions follow
-    /// one another, client writes and XDR-applied ones alike); not yet durable. Replica
-    /// writes are logged as copies (this node may take over shipping them); migrated versions
-    /// are not (their master shipped them, and a takeover re-ships from its watermark).
+    /// one another, client writes and XDR-applied ones alike); not yet durable. Returns the
+    /// version stored, if it was. Replica writes are logged as copies (this node may take over
+    /// shipping them); migrated versions are not (their master shipped them, and a takeover
+    /// re-ships from its watermark); versions merged into the master are logged as its own
+    /// changes (it ships them).
     pub(crate) async fn store_copy(
         &self,
         ns: &str,
         digest: &Digest,
         mut record: Record,
         logging: Logging,
-    ) -> Result<(), String> {
+    ) -> Result<Option<Record>, String> {
         let policy = self
             .namespace(ns)
             .map(|n| n.conflict_resolution_policy)
@@ -273,22 +275,28 @@ impl NodeState {
         let version = |r: &Record| Version { stamp: r.stamp(), tombstone: r.tombstone };
         let local = local.as_ref().map(version);
         if resolve(policy, local.as_ref(), &version(&record)) == Resolution::Stale {
-            return Ok(());
+            return Ok(None);
         }
         record.logged_lsn = None;
-        let logs = logging == Logging::AsChange
-            && (record.origin_site == self.site_id() || self.forwards_applied_versions());
-        if logs {
-            record.logged_lsn = self.log_copy(ns, digest, &record).map_err(|e| e.to_string())?;
+        let logs = record.origin_site == self.site_id() || self.forwards_applied_versions();
+        record.logged_lsn = match logging {
+            Logging::AsCopy if logs => self.log_copy(ns, digest, &record),
+            Logging::AsMaster if logs => self.log_change(ns, digest, &record),
+            _ => Ok(None),
         }
-        self.store.put(ns, digest, &record).map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        self.store.put(ns, digest, &record).map_err(|e| e.to_string())?;
+        Ok(Some(record))
     }
 }
 
-/// Whether a stored copy goes into the digest log.
+/// Whether a stored version goes into the digest log, and as what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Logging {
-    AsChange,
+    /// As a copy of the master's change: shipped from here only after a takeover.
+    AsCopy,
+    /// As this node's own change, which it ships (it masters the partition).
+    AsMaster,
     Not,
 }
 

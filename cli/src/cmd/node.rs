@@ -67,6 +67,10 @@ pub(crate) enum NodeCommand {
         /// measure what logging costs.
         #[arg(long, hide = true)]
         no_digest_log: bool,
+        /// Kill the node (SIGKILL) when it reaches this step: for tests of crashes that no
+        /// outside kill can time (`write-before-replicate`).
+        #[arg(long, hide = true, value_name = "POINT")]
+        crash_at: Option<ferry_node::crash::CrashPoint>,
     },
 }
 
@@ -86,6 +90,7 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         access,
         nsup_period_secs,
         no_digest_log,
+        crash_at,
     } = command;
     let topology = load_topology(&topology)?.topology;
     let (site, me) = topology
@@ -112,6 +117,7 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<ExitCode> {
         },
         topology_service,
         nsup_period: Duration::from_secs(nsup_period_secs.max(1)),
+        crash_at,
         ..defaults
     };
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;

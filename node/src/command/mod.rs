@@ -10,6 +10,7 @@ use bytes::Bytes;
 use ferry_topology::placement::partition_of;
 
 pub use self::ops::result;
+use crate::crash::CrashPoint;
 use crate::node::{NodeState, Stats};
 use crate::proto::msg::{Msg, Op, field, info1, info2, info3};
 use crate::proto::{self, TYPE_MSG};
@@ -242,6 +243,9 @@ async fn write(
         store.put(ns, &target.digest, &outcome.0).map_err(storage_error)?;
         outcome
     };
+    if state.crash_at == Some(CrashPoint::WriteBeforeReplicate) && store.commit(ns).await.is_ok() {
+        crate::crash::now(CrashPoint::WriteBeforeReplicate);
+    }
     let (committed, replicated) =
         tokio::join!(store.commit(ns), state.replicate(ns, &target.digest, &outcome.0));
     committed.map_err(storage_error)?;
