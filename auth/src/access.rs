@@ -324,6 +324,17 @@ pub fn write_credential(path: &Path, token: &Token) -> Result<(), AccessError> {
     write_atomically(path, format!("{}\n", token.expose()).as_bytes(), 0o600)
 }
 
+/// Writes a secret (a password) to a file readable by its owner alone.
+pub fn write_secret(path: &Path, secret: &str) -> Result<(), AccessError> {
+    write_atomically(path, format!("{secret}\n").as_bytes(), 0o600)
+}
+
+/// Reads a secret file written by [`write_secret`]; refuses one that group or others may read.
+pub fn read_secret(path: &Path) -> Result<String, AccessError> {
+    let text = read_guarded(path, 0o077, |path, mode| AccessError::Exposed { path, mode })?;
+    Ok(text.trim_end_matches('\n').to_owned())
+}
+
 /// Reads a credential file; refuses one that group or others may read.
 pub fn read_credential(path: &Path) -> Result<Token, AccessError> {
     let text = read_guarded(path, 0o077, |path, mode| AccessError::Exposed { path, mode })?;

@@ -67,6 +67,11 @@ impl StateDir {
         self.root.join("access.toml")
     }
 
+    /// The password of the `admin` user that site `site`'s security started with (mode 0600).
+    pub fn aerospike_admin_password(&self, site: &str) -> PathBuf {
+        self.root.join("credentials").join(format!("{site}.aerospike-admin.password"))
+    }
+
     /// The operator's credential of `role` (mode 0600), named after the role.
     pub fn credential(&self, role: ferry_auth::Role) -> PathBuf {
         self.root.join("credentials").join(format!("{role}.token"))
@@ -149,6 +154,8 @@ pub enum DeployError {
     Access(#[from] ferry_auth::AccessError),
     #[error(transparent)]
     PlainHttp(#[from] ferry_auth::gate::NotLoopback),
+    #[error("site {site}'s first Aerospike user: {reason}")]
+    FirstAdmin { site: String, reason: String },
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DeployError {
@@ -209,7 +216,7 @@ impl Deployment {
             ferry_auth::access::ensure_credential(&state.access(), &file, role.as_str(), role)?;
         }
         let service = match spec.topology_service {
-            Some(listen) => Some(start_service(&state, &spec, listen).await?),
+            Some(listen) => Some(start_service(&state, &spec, &topology, listen).await?),
             None => None,
         };
         let mut node_args = spec.node_args.clone();
@@ -319,7 +326,7 @@ impl Deployment {
             // The node follows the topology service with a token of its own, read-only.
             let credential = self.launcher.node_dir(id).join("topology.token");
             // Node ids are [A-Za-z0-9_-]{1,19} (the topology checks them): a token name.
-            let name = format!("node-{id}");
+            let name = ferry_topology::service::node_token_name(id);
             let role = ferry_auth::Role::ReadOnly;
             ferry_auth::access::ensure_credential(&self.state.access(), &credential, &name, role)?;
         }
@@ -556,6 +563,7 @@ pub fn wan_shape(wan: &SimulatedWan) -> LinkShape {
 async fn start_service(
     state: &StateDir,
     spec: &DeploySpec,
+    topology: &Topology,
     listen: SocketAddr,
 ) -> Result<Service, DeployError> {
     let url = format!("sqlite://{}?mode=rwc", state.topology_db().display());
@@ -570,6 +578,7 @@ async fn start_service(
         expected_parent: None,
     };
     store.apply(request).await.map_err(|source| DeployError::Store { url: url.clone(), source })?;
+    first_admins(state, topology, &store, &url).await?;
     ferry_auth::gate::require_loopback("topology service", listen)?;
     let access = ferry_auth::AccessFile::open(&state.access())?;
     let gate =
@@ -592,6 +601,42 @@ async fn start_service(
     let url_file = state.topology_service();
     std::fs::write(&url_file, &url).map_err(io_error("write", &url_file))?;
     Ok(Service { url, stop, task })
+}
+
+/// Gives each site that turns security on and has no users yet its first user, `admin`, with a
+/// new random password written to [`StateDir::aerospike_admin_password`] (Aerospike starts with
+/// `admin`/`admin`, which everyone knows).
+async fn first_admins(
+    state: &StateDir,
+    topology: &Topology,
+    store: &ferry_topology::store::TopologyStore,
+    url: &str,
+) -> Result<(), DeployError> {
+    use ferry_node::security::{db::SecurityDb, password};
+    let store_error = |source| DeployError::Store { url: url.to_owned(), source };
+    for site in topology.sites.iter().filter(|s| s.security) {
+        let site = site.name.as_str();
+        if store.security(site).await.map_err(store_error)?.version > 0 {
+            continue;
+        }
+        let secret = password::generate();
+        let sealed =
+            password::client_hash(&secret).and_then(|hash| password::seal(&hash)).map_err(|e| {
+                DeployError::FirstAdmin { site: site.to_owned(), reason: e.to_string() }
+            })?;
+        let file = state.aerospike_admin_password(site);
+        ferry_auth::access::write_secret(&file, &secret)?;
+        let document = serde_json::to_value(SecurityDb::first(sealed)).map_err(|e| {
+            DeployError::FirstAdmin { site: site.to_owned(), reason: e.to_string() }
+        })?;
+        let target = format!("{site}/admin");
+        let event =
+            ferry_topology::audit::AuditEvent::now("ferry up", "local", "user.create", &target)
+                .detail(format!("the site's first user; its password is in {}", file.display()));
+        let update = ferry_topology::security::SecurityUpdate { expected: 0, document, event };
+        store.update_security(site, update).await.map_err(store_error)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -483,6 +483,7 @@ impl Drills {
             let mut drained = Vec::new();
             for link in fenced.topology.links.iter().filter(|l| l.enabled && between(l, from, to)) {
                 ops::drain_link(
+                    &self.http,
                     &fenced.topology,
                     link.from.as_str(),
                     link.to.as_str(),
@@ -820,7 +821,7 @@ impl Drills {
                     )
                     .await?;
                 for (a, b) in [(to, from), (from, to)] {
-                    ops::drain_link(&next.topology, a, b, self.timeout).await?;
+                    ops::drain_link(&self.http, &next.topology, a, b, self.timeout).await?;
                 }
                 Ok((next, format!("{to} -> {from} and {from} -> {to} drained")))
             })

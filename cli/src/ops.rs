@@ -81,16 +81,40 @@ pub async fn ask_site(
     Ok(answers)
 }
 
-/// Sends `xdr-link:dc=<to>;action=<action>` to every node of `from`; fails with the first
-/// node that does not answer `ok`.
+/// Runs the link control `action` (a rewind from `from_ms`) on the link `from -> to` at every
+/// node of `from`, through the nodes' admin APIs (an `operator` credential at least); each
+/// node's answer: `ok`, or why not.
+pub async fn control_link(
+    http: &reqwest::Client,
+    topology: &Topology,
+    (from, to): (&str, &str),
+    action: &str,
+    from_ms: Option<u64>,
+) -> Result<Vec<(String, String)>, OpsError> {
+    let mut path = format!("/v1/xdr/links/{to}/{action}");
+    if let Some(ms) = from_ms {
+        path.push_str(&format!("?from_ms={ms}"));
+    }
+    let mut answers = Vec::new();
+    for node in site_nodes(topology, from)? {
+        let answer = match admin_request(http, &node, reqwest::Method::POST, &path).await {
+            Ok(_) => "ok".to_owned(),
+            Err(error) => error.to_string(),
+        };
+        answers.push((node.id, answer));
+    }
+    Ok(answers)
+}
+
+/// [`control_link`] that fails with the first node that does not answer `ok`.
 async fn link_action(
+    http: &reqwest::Client,
     topology: &Topology,
     from: &str,
     to: &str,
     action: &str,
 ) -> Result<(), OpsError> {
-    let name = format!("xdr-link:dc={to};action={action}");
-    let answers = ask_site(topology, from, &name).await?;
+    let answers = control_link(http, topology, (from, to), action, None).await?;
     match answers.into_iter().find(|(_, answer)| answer != "ok") {
         Some((node, answer)) => Err(OpsError::Refused { action: action.to_owned(), node, answer }),
         None => Ok(()),
@@ -100,6 +124,7 @@ async fn link_action(
 /// Ships everything logged so far on the link `from -> to` (resuming it if paused) and waits
 /// until every node of `from` has it acknowledged, for at most `timeout`.
 pub async fn drain_link(
+    http: &reqwest::Client,
     topology: &Topology,
     from: &str,
     to: &str,
@@ -116,7 +141,7 @@ pub async fn drain_link(
         return Err(OpsError::Refused { action: "drain".to_owned(), node: node.clone(), answer });
     }
     let before = drains(&answers);
-    link_action(topology, from, to, "drain").await?;
+    link_action(http, topology, from, to, "drain").await?;
     let deadline = Instant::now() + timeout;
     loop {
         let answers = link_stats(topology, from, to).await?;
@@ -164,13 +189,28 @@ pub async fn admin_get<T: serde::de::DeserializeOwned>(
     node: &SiteNode,
     path: &str,
 ) -> Result<T, OpsError> {
+    let body = admin_request(http, node, reqwest::Method::GET, path).await?;
+    serde_json::from_str(&body).map_err(|e| OpsError::Admin {
+        node: node.id.clone(),
+        addr: node.admin,
+        message: format!("GET {path}: bad answer: {e}"),
+    })
+}
+
+/// `method path` on a node's admin API: the body of a success, or why not.
+async fn admin_request(
+    http: &reqwest::Client,
+    node: &SiteNode,
+    method: reqwest::Method,
+    path: &str,
+) -> Result<String, OpsError> {
     let failed = |message: String| OpsError::Admin {
         node: node.id.clone(),
         addr: node.admin,
-        message: format!("GET {path}: {message}"),
+        message: format!("{method} {path}: {message}"),
     };
     let response = http
-        .get(format!("http://{}{path}", node.admin))
+        .request(method.clone(), format!("http://{}{path}", node.admin))
         .send()
         .await
         .map_err(|e| failed(e.to_string()))?;
@@ -179,7 +219,7 @@ pub async fn admin_get<T: serde::de::DeserializeOwned>(
     if !status.is_success() {
         return Err(failed(format!("{status}: {body}")));
     }
-    serde_json::from_str(&body).map_err(|e| failed(format!("bad answer: {e}")))
+    Ok(body)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -9,7 +9,6 @@ use aerospike::{
     AdminPolicy, AuthMode, Bins, Client, ClientPolicy, ReadPolicy, ResultCode, WritePolicy, as_bin,
     as_key,
 };
-use ferry_tests::workspace_root;
 use support::Deployment;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,17 +35,7 @@ async fn the_aerospike_crate_logs_in_to_a_site_without_security() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_logs_in_to_a_site_without_security() {
-    let python = workspace_root().join(".venv/bin/python");
-    assert!(python.is_file(), "{} is missing: run `bash .ci/test`", python.display());
     let site = Deployment::one_site(1, 1).await;
-    let output = tokio::process::Command::new(&python)
-        .arg(workspace_root().join("tests/python/login_check.py"))
-        .arg(site.site("local")[0].client.to_string())
-        .output()
-        .await
-        .expect("run the Python login check");
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    let seed = site.site("local")[0].client.to_string();
+    support::python_check("login_check.py", &[seed]).await;
 }

@@ -251,9 +251,9 @@ async fn the_audit_trail_records_who_changed_what_from_where() {
     assert_eq!(paused["recorded_by"], "node-a-0", "{paused}");
     assert!(paused["origin"].as_str().is_some_and(|o| o.starts_with("127.0.0.1:")), "{paused}");
 
-    // A resume over the client port (`ferry link`), where no one logs in: known by address.
+    // `ferry link` goes through the admin API with the deployment's admin credential.
     deployment.ferry_link(&["resume", "a:b"]);
-    let resumed = wait_event(&deployment, "link.resume", "client (no login)").await;
+    let resumed = wait_event(&deployment, "link.resume", "admin").await;
     assert_eq!(resumed["target"], "a -> b");
 
     // A topology version applied through the service: who, from where, which version.

@@ -4,13 +4,14 @@
 //! since Aerospike 7.2, `ERROR:<result code>:<message>`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use ferry_topology::audit::AuditEvent;
 
 use crate::node::NodeState;
 use crate::proto::info;
+use crate::security::Caller;
+use crate::security::db::{Permission, code as security_code};
 use crate::storage::{SetStats, StoreError};
 
 /// The version advertised in `build`: four numeric parts (clients require them) in the range
@@ -39,12 +40,59 @@ fn store_error(failure: &StoreError) -> String {
 /// Capabilities the C client (and so the Python client) checks.
 const FEATURES: &str = "batch-any;pquery;pscans;peers;replicas;float;truncate-namespace";
 
-/// The info reply body for these names, asked by a client at `peer`.
-pub fn answer(state: &NodeState, names: &[&str], peer: Option<SocketAddr>) -> Vec<u8> {
-    info::reply(names.iter().map(|&name| (name, value(state, name, peer))))
+/// The info reply body for these names, asked by `caller` (a client, or `None` for a peer of
+/// the site). When security is on, a client's command that changes something needs its
+/// privilege ([`needs`]); a refused one answers `ERROR:80:…` or `ERROR:81:…` and does nothing.
+pub fn answer(state: &NodeState, names: &[&str], caller: Option<&Caller>) -> Vec<u8> {
+    info::reply(names.iter().map(|&name| {
+        let refused = caller.and_then(|caller| {
+            let (permission, namespace, set) = needs(name)?;
+            state.security.check(caller, permission, &namespace, &set).err()
+        });
+        let answer = match refused {
+            Some(code) if code == security_code::NOT_AUTHENTICATED => {
+                error(code, "not authenticated: log in first")
+            }
+            Some(code) => {
+                let needed = permission_of(name);
+                error(code, format!("role violation: '{name}' needs {needed}"))
+            }
+            None => value(state, name, caller),
+        };
+        (name, answer)
+    }))
 }
 
-fn value(state: &NodeState, name: &str, peer: Option<SocketAddr>) -> String {
+/// What an info command that changes something needs: the permission, and the namespace and
+/// set it acts on. `None` for those that only read.
+pub fn needs(name: &str) -> Option<(Permission, String, String)> {
+    let scoped = |args: &str| {
+        let value = |key: &str| {
+            args.split(';').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).unwrap_or("")
+        };
+        (value("namespace").to_owned(), value("set").to_owned())
+    };
+    let (command, args) = name.split_once(':').unwrap_or((name, ""));
+    match command {
+        "xdr-link" | "set-config" => Some((Permission::SysAdmin, String::new(), String::new())),
+        "truncate" | "truncate-namespace" | "truncate-local" => {
+            let (namespace, set) = scoped(args);
+            Some((Permission::Truncate, namespace, set))
+        }
+        _ => None,
+    }
+}
+
+/// The privilege [`needs`] asks of `name`, for a refusal's message.
+fn permission_of(name: &str) -> &'static str {
+    match needs(name) {
+        Some((Permission::SysAdmin, ..)) => "sys-admin",
+        Some((Permission::Truncate, ..)) => "truncate or data-admin",
+        _ => "a privilege",
+    }
+}
+
+fn value(state: &NodeState, name: &str, caller: Option<&Caller>) -> String {
     let cluster = state.cluster();
     match name {
         "node" => cluster.node().id.to_string(),
@@ -67,11 +115,11 @@ fn value(state: &NodeState, name: &str, peer: Option<SocketAddr>) -> String {
         "statistics" => statistics(state),
         "sets" => sets(state, None, None),
         "user-agent-set" => "ok".to_owned(),
-        _ => parameterized(state, name, peer),
+        _ => parameterized(state, name, caller),
     }
 }
 
-fn parameterized(state: &NodeState, name: &str, peer: Option<SocketAddr>) -> String {
+fn parameterized(state: &NodeState, name: &str, caller: Option<&Caller>) -> String {
     if let Some(ns) = name.strip_prefix("namespace/") {
         let Some(config) = state.namespace(ns) else {
             return error(NAMESPACE_NOT_FOUND, format!("namespace '{ns}' not found"));
@@ -99,7 +147,7 @@ fn parameterized(state: &NodeState, name: &str, peer: Option<SocketAddr>) -> Str
         return conflicts.iter().map(ToString::to_string).collect::<Vec<_>>().join(";");
     }
     if let Some(args) = name.strip_prefix("xdr-link:") {
-        return xdr_link_command(state, args, peer);
+        return xdr_link_command(state, args, caller);
     }
     if let Some(args) = name.strip_prefix("xdr-parked:") {
         return xdr_parked(state, args);
@@ -121,7 +169,7 @@ fn parameterized(state: &NodeState, name: &str, peer: Option<SocketAddr>) -> Str
     }
     if let Some(args) = name.strip_prefix("set-config:") {
         let answer = crate::xdr_config::set_config(state, args);
-        audit_client_command(state, peer, "config.set", args, &answer);
+        audit_client_command(state, caller, "config.set", args, &answer);
         return answer;
     }
     if let Some(path) = name.strip_prefix("sets/") {
@@ -270,7 +318,7 @@ fn xdr_parked(state: &NodeState, args: &str) -> String {
 /// `xdr-link:dc=NAME;action=pause|resume|rewind|drain|retry-parked|discard-parked[;from-ms=T]`:
 /// operator control of a link on this node. A rewind re-ships every record changed at or after
 /// `from-ms` (0 or absent: all).
-fn xdr_link_command(state: &NodeState, args: &str, peer: Option<SocketAddr>) -> String {
+fn xdr_link_command(state: &NodeState, args: &str, caller: Option<&Caller>) -> String {
     let parsed = params(args, &["dc", "action", "from-ms"]).and_then(|params| {
         let dc = params.get("dc").copied().ok_or_else(|| error(PARAMETER, "missing dc=NAME"))?;
         let from_ms = number_param(&params, "from-ms", 0)?;
@@ -295,22 +343,24 @@ fn xdr_link_command(state: &NodeState, args: &str, peer: Option<SocketAddr>) -> 
         error(NOT_FOUND, format!("no link to dc '{dc}' ships from this node"))
     };
     let target = format!("{} -> {dc}", state.site().name);
-    audit_client_command(state, peer, &format!("link.{}", command.name()), &target, &answer);
+    audit_client_command(state, caller, &format!("link.{}", command.name()), &target, &answer);
     answer
 }
 
-/// Records a change a client asked for over the client port (no login: the client is known
-/// only by its address).
+/// Records a change a client asked for over the client port: by its user when it logged in,
+/// else known only by its address.
 fn audit_client_command(
     state: &NodeState,
-    peer: Option<SocketAddr>,
+    caller: Option<&Caller>,
     action: &str,
     target: &str,
     answer: &str,
 ) {
+    let peer = caller.and_then(|caller| caller.peer);
     let origin = peer.map_or_else(|| "unknown".to_owned(), |peer| peer.to_string());
+    let actor = caller.and_then(|caller| caller.user.as_deref()).unwrap_or("client (no login)");
     let outcome = if answer.starts_with("ERROR") { answer } else { "ok" };
-    let event = AuditEvent::now("client (no login)", &origin, action, target)
+    let event = AuditEvent::now(actor, &origin, action, target)
         .detail(format!("node {} (client port)", state.this_node().id))
         .outcome(outcome);
     state.audit.record(event);

@@ -44,6 +44,7 @@ pub mod proto;
 pub mod reclaim;
 pub mod record;
 pub mod replica;
+pub mod security;
 pub mod server;
 mod start;
 pub mod storage;

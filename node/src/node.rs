@@ -158,6 +158,8 @@ pub struct NodeState {
     namespaces: HashMap<String, Namespace>,
     fabric: crate::fabric::Fabric,
     log: Option<DigestLog>,
+    /// Logins, users and privileges on the client port (when the site turns them on).
+    pub security: Arc<crate::security::Security>,
     /// Where this node kills itself, if anywhere (see [`crate::crash`]).
     pub(crate) crash_at: Option<crate::crash::CrashPoint>,
 }
@@ -173,6 +175,7 @@ impl NodeState {
             .map_err(|source| NodeError::Storage { dir: dir.display().to_string(), source })?;
         let log = if config.digest_log { Some(open_log(config, &namespaces)?) } else { None };
         let fence = crate::fence::WriteGate::for_site(cluster.site());
+        let site_security = cluster.site().security;
         let state = Self {
             cluster: std::sync::RwLock::new(Arc::new(cluster)),
             member: std::sync::OnceLock::new(),
@@ -195,6 +198,7 @@ impl NodeState {
             fabric: crate::fabric::Fabric::default(),
             log,
             crash_at: config.crash_at,
+            security: Arc::new(crate::security::Security::new(config.site.as_str(), site_security)),
         };
         let relogged = state.relog_lost_changes()?;
         if relogged > 0 {

@@ -21,6 +21,7 @@ use crate::proto::msg::{Msg, info1};
 use crate::proto::{
     self, FrameError, ProtoHeader, TYPE_ADMIN, TYPE_COMPRESSED, TYPE_FABRIC, TYPE_INFO, TYPE_MSG,
 };
+use crate::security::Caller;
 
 /// Longest wait for the rest of a frame once its header arrived; a client that stalls mid-frame
 /// is disconnected instead of holding a task forever.
@@ -152,6 +153,8 @@ async fn serve(
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
     let peer = stream.peer_addr().ok();
+    // Who the client logged in as; a peer of the site is trusted (`None`).
+    let mut caller = Caller::new(peer);
     let (read, write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut writer = BufWriter::new(write);
@@ -183,12 +186,11 @@ async fn serve(
         };
         match header.kind {
             TYPE_ADMIN => {
-                // Security is off on the client port (Aerospike's default): every admin
-                // command, a login included, is answered "security not enabled", which
-                // clients take as a login that needs no session. A malformed one still closes
-                // the connection.
-                proto::admin::AdminRequest::decode(&body)?;
-                let reply = proto::admin::reply(proto::admin::SECURITY_NOT_ENABLED);
+                // Logins and user administration (answered "security not enabled" when the
+                // site has it off, as Aerospike does). A malformed message closes the
+                // connection.
+                let request = proto::admin::AdminRequest::decode(&body)?;
+                let reply = state.security.admin(&mut caller, &request).await;
                 writer.write_all(&proto::frame(TYPE_ADMIN, &reply)).await?;
             }
             TYPE_INFO => {
@@ -197,9 +199,10 @@ async fn serve(
                 // Some answers scan the store (`verify-digest`, `xdr-parked`): the blocking pool
                 // runs them, never a runtime worker.
                 let state = Arc::clone(&state);
+                let asking = (origin == Origin::Client).then(|| caller.clone());
                 let reply = tokio::task::spawn_blocking(move || {
                     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                    crate::info::answer(&state, &names, peer)
+                    crate::info::answer(&state, &names, asking.as_ref())
                 })
                 .await
                 .map_err(|e| std::io::Error::other(format!("info task failed: {e}")))?;
@@ -219,7 +222,8 @@ async fn serve(
                 };
                 let compress = msg.info1 & info1::COMPRESS_RESPONSE != 0;
                 let mut out = ReplySink { writer: &mut writer, compress };
-                command::execute(&state, msg, &body, origin, &mut out).await?;
+                let asking = (origin == Origin::Client).then_some(&caller);
+                command::execute(&state, msg, &body, (origin, asking), &mut out).await?;
             }
             // The site's own traffic: never from a client.
             TYPE_FABRIC if origin == Origin::Fabric => {

@@ -71,6 +71,11 @@ pub enum StartError {
     Access(#[from] ferry_auth::AccessError),
     #[error(transparent)]
     PlainHttp(#[from] ferry_auth::gate::NotLoopback),
+    #[error(
+        "site '{0}' turns security on: its users and roles are kept by the topology service, so \
+         run the node with --topology-service"
+    )]
+    SecurityWithoutService(String),
 }
 
 /// How long a stopping node waits for its audit events to be reported.
@@ -126,6 +131,18 @@ impl Node {
             .local_addr()
             .map_err(|source| StartError::Io { what: "XDR address", source })?;
         let state = Arc::new(NodeState::open(&config)?);
+        let security = if state.security.enabled() {
+            let url = config
+                .topology_service
+                .as_deref()
+                .ok_or_else(|| StartError::SecurityWithoutService(config.site.clone()))?;
+            let credential = ferry_auth::access::read_credential(&config.topology_credential)
+                .map_err(StartError::Access)?;
+            let client = ferry_topology::service::TopologyClient::new(url, Some(credential));
+            Some(state.security.follow(client).await)
+        } else {
+            None
+        };
         crate::membership::join(&state, &config).await?;
         let xdr_service = XdrService::start(state.clone(), &config, listeners.xdr).await?;
         tracing::info!(
@@ -143,7 +160,7 @@ impl Node {
             listeners.client,
             listeners.fabric,
             (listeners.admin, gate),
-            xdr_service,
+            (xdr_service, security),
             shutdown,
         ));
         Ok(NodeHandle { state, client, fabric, admin, xdr, task })
@@ -156,7 +173,7 @@ async fn serve(
     client: TcpListener,
     fabric: TcpListener,
     (admin, gate): (TcpListener, ferry_auth::Gate),
-    xdr: Option<XdrService>,
+    (xdr, security): (Option<XdrService>, Option<tokio::task::JoinHandle<()>>),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -166,6 +183,9 @@ async fn serve(
     let reclaim = tokio::spawn(crate::reclaim::run(state.clone(), config.nsup_period));
     let served = crate::server::run(state.clone(), client, fabric, shutdown).await;
     reclaim.abort();
+    if let Some(security) = security {
+        security.abort();
+    }
     let _ = stop_admin.send(());
     let _ = admin.await;
     if let Some(xdr) = xdr {

@@ -19,8 +19,9 @@ from checks import check
 
 def main():
     host, port = sys.argv[1].rsplit(":", 1)
-    config = {"hosts": [(host, int(port))]}
-    client = aerospike.client(config).connect("app", "app-password")
+    # The Python client takes the user and password from its config.
+    config = {"hosts": [(host, int(port))], "user": "app", "password": "app-password"}
+    client = aerospike.client(config).connect()
 
     key = ("test", "login", "k1")
     client.put(key, {"v": 1})

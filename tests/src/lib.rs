@@ -418,6 +418,7 @@ pub struct Site {
     src_id: Option<u8>,
     role: Option<Role>,
     write_fence: Option<WriteFence>,
+    security: bool,
     racks: Vec<u32>,
     zones: Vec<String>,
     namespaces: Vec<Namespace>,
@@ -432,6 +433,7 @@ impl Site {
             src_id: None,
             role: None,
             write_fence: None,
+            security: false,
             racks: vec![0, 1],
             zones: Vec::new(),
             namespaces: Vec::new(),
@@ -459,6 +461,12 @@ impl Site {
     /// `write-fence`; not written unless set (the file's default is `none`).
     pub fn write_fence(mut self, fence: WriteFence) -> Site {
         self.write_fence = Some(fence);
+        self
+    }
+
+    /// `security = true`: Aerospike logins, users and roles on the site's client port.
+    pub fn security(mut self) -> Site {
+        self.security = true;
         self
     }
 
@@ -635,6 +643,9 @@ impl TopologyBuilder {
             );
             if let Some(fence) = site.write_fence {
                 let _ = writeln!(text, "write-fence = {}", fence.toml());
+            }
+            if site.security {
+                let _ = writeln!(text, "security = true");
             }
             let zones: Vec<&str> = site.zones.iter().map(String::as_str).collect();
             if !zones.is_empty() {

@@ -15,6 +15,7 @@ pub mod diff;
 pub mod edit;
 pub mod model;
 pub mod placement;
+pub mod security;
 pub mod service;
 mod shared;
 mod source;

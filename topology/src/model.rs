@@ -72,6 +72,11 @@ pub struct Site {
     /// refuses none, a standby refuses client writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_fence: Option<WriteFence>,
+    /// Aerospike security on the site's client port: clients log in, and users, roles and
+    /// privileges (kept by the topology service) decide what each may do. Default: off, as in
+    /// Aerospike.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub security: bool,
     /// The storage nodes, at least one.
     #[serde(default)]
     pub nodes: Vec<Node>,

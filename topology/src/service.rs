@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::Diagnostic;
 use crate::audit::AuditEvent;
+use crate::security::{SecurityUpdate, SiteSecurity};
 use crate::store::{
     Applied, ApplyRequest, StoreError, TopologyStore, Version, VersionNumber, VersionSummary,
 };
@@ -49,9 +50,14 @@ struct AppState {
 
 /// The role a request to the service needs: `admin` to apply a version, `read-only` for the
 /// rest (reading, watching, and reporting an audit event: the trail records which token
-/// reported it).
+/// reported it). A site's security document is further limited to the site's own nodes and
+/// admins, by its handlers ([`may_keep_security`]).
 pub fn required_role(method: &Method, path: &str) -> Role {
-    if method == Method::GET || path == "/v1/audit" { Role::ReadOnly } else { Role::Admin }
+    if method == Method::GET || path == "/v1/audit" || path.starts_with("/v1/security/") {
+        Role::ReadOnly
+    } else {
+        Role::Admin
+    }
 }
 
 /// Serves the topology API on `listener`, behind `gate`, until `shutdown` resolves.
@@ -72,6 +78,7 @@ pub async fn serve(
         .route("/v1/topology/versions/{version}", get(version))
         .route("/v1/topology/watch", get(watch_for_change))
         .route("/v1/audit", get(audit_trail).post(record))
+        .route("/v1/security/{site}", get(site_security).put(update_security))
         .with_state(state);
     let app = gate.protect(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let shutdown = async move {
@@ -125,6 +132,8 @@ enum ApiError {
     BadRequest(JsonRejection),
     /// A well-formed request the service will not carry out.
     Unprocessable(String),
+    /// An authenticated caller this resource is not for.
+    Forbidden(String),
 }
 
 impl IntoResponse for ApiError {
@@ -138,6 +147,10 @@ impl IntoResponse for ApiError {
             ApiError::Unprocessable(error) => {
                 let body = ErrorBody { error, diagnostics: Vec::new() };
                 return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+            }
+            ApiError::Forbidden(error) => {
+                let body = ErrorBody { error, diagnostics: Vec::new() };
+                return (StatusCode::FORBIDDEN, Json(body)).into_response();
             }
         };
         let status = match &error {
@@ -258,6 +271,81 @@ async fn record(
     Ok((StatusCode::CREATED, Json(state.store.record(event).await?)))
 }
 
+/// The token a node presents to the service (`ferry up` issues one per node).
+pub fn node_token_name(node: &str) -> String {
+    format!("node-{node}")
+}
+
+/// Whether `caller` may read and change the users and roles of `site`: an admin, or one of the
+/// site's own nodes in the current topology (a node of another site may not, so one site's
+/// nodes never learn another's password hashes).
+async fn may_keep_security(
+    state: &AppState,
+    caller: &Principal,
+    site: &str,
+) -> Result<(), ApiError> {
+    if caller.role >= Role::Admin {
+        return Ok(());
+    }
+    let current = state.store.current().await?;
+    let member = current
+        .topology
+        .sites
+        .iter()
+        .filter(|s| s.name.as_str() == site)
+        .any(|s| s.nodes.iter().any(|node| node_token_name(node.id.as_str()) == caller.name));
+    if member {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "'{}' is neither an admin nor a node of site '{site}'",
+            caller.name
+        )))
+    }
+}
+
+async fn site_security(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Path(site): Path<String>,
+) -> Result<Json<SiteSecurity>, ApiError> {
+    may_keep_security(&state, &caller, &site).await?;
+    Ok(Json(state.store.security(&site).await?))
+}
+
+/// Replaces a site's security document over the version the caller read: 200 with the new
+/// version, or 409 when another change came first (the caller reads again and retries).
+async fn update_security(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Path(site): Path<String>,
+    update: Result<Json<SecurityUpdate>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(mut update) = update.map_err(ApiError::BadRequest)?;
+    may_keep_security(&state, &caller, &site).await?;
+    if !update.event.action.starts_with("user.") && !update.event.action.starts_with("role.") {
+        let message = format!("'{}' is not a user or role change", update.event.action);
+        return Err(ApiError::Unprocessable(message));
+    }
+    update.event.id = 0;
+    update.event.at_ms = 0;
+    update.event.recorded_by = caller.name.clone();
+    if update.event.origin.is_empty() {
+        update.event.origin = caller.origin();
+    }
+    match state.store.update_security(&site, update).await? {
+        Some(version) => Ok(Json(serde_json::json!({ "version": version })).into_response()),
+        None => Ok((
+            StatusCode::CONFLICT,
+            Json(ErrorBody {
+                error: format!("the security of site '{site}' changed meanwhile"),
+                diagnostics: Vec::new(),
+            }),
+        )
+            .into_response()),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct WatchQuery {
     after: Option<VersionNumber>,
@@ -333,6 +421,28 @@ impl TopologyClient {
         let request = self.http.post(self.url("/v1/audit")).json(event).timeout(REPORT_TIMEOUT);
         let response = self.send(request).await?;
         self.decode(response).await
+    }
+
+    /// The users and roles of `site`.
+    pub async fn security(&self, site: &str) -> Result<SiteSecurity, ClientError> {
+        let response = self.send(self.http.get(self.url(&format!("/v1/security/{site}")))).await?;
+        self.decode(response).await
+    }
+
+    /// Replaces the users and roles of `site` over `update.expected`: the new version, or
+    /// `None` when another change came first.
+    pub async fn update_security(
+        &self,
+        site: &str,
+        update: &SecurityUpdate,
+    ) -> Result<Option<i64>, ClientError> {
+        let request = self.http.put(self.url(&format!("/v1/security/{site}"))).json(update);
+        let response = self.send(request.timeout(REPORT_TIMEOUT)).await?;
+        if response.status() == reqwest::StatusCode::CONFLICT {
+            return Ok(None);
+        }
+        let written: serde_json::Value = self.decode(response).await?;
+        Ok(written["version"].as_i64())
     }
 
     /// The newest `limit` events of the audit trail, oldest first.

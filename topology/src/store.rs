@@ -98,6 +98,8 @@ pub enum StoreError {
     Corrupt { version: VersionNumber, reason: String },
     #[error("topology store busy: {0}")]
     Busy(&'static str),
+    #[error("the security document of site '{site}' in the store is corrupt: {reason}")]
+    CorruptSecurity { site: String, reason: String },
 }
 
 /// A connection pool to the version store.

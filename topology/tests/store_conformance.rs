@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use ferry_topology::audit::AuditEvent;
+use ferry_topology::security::SecurityUpdate;
 use ferry_topology::store::{Applied, ApplyRequest, StoreError, TopologyStore};
 use sqlx::{Connection, Executor};
 
@@ -166,6 +167,49 @@ async fn suite(url: &str) {
     let trail = reopened.audit_trail(1_000).await.expect("trail");
     assert_eq!(trail.len(), before + 25, "every apply and every event, once");
     assert_eq!(reopened.head().await.expect("head"), Some(head + 5));
+
+    security_documents(&reopened).await;
+}
+
+/// A site's users and roles: none at first, replaced only over the version read, each change
+/// stored with its audit event; concurrent writers over one version: exactly one wins.
+async fn security_documents(store: &TopologyStore) {
+    let update = |expected, users: &str, target: &str| SecurityUpdate {
+        expected,
+        document: serde_json::json!({ "users": users }),
+        event: AuditEvent::now("admin", "127.0.0.1:1", "user.create", target),
+    };
+    let none = store.security("a").await.expect("read");
+    assert_eq!((none.version, none.document), (0, serde_json::json!({})));
+    let before = store.audit_trail(10_000).await.expect("trail").len();
+    assert_eq!(
+        store.update_security("a", update(0, "one", "a/one")).await.expect("first"),
+        Some(1)
+    );
+    assert_eq!(store.update_security("a", update(0, "lost", "a/x")).await.expect("stale"), None);
+    assert_eq!(store.update_security("a", update(1, "two", "a/two")).await.expect("next"), Some(2));
+    assert_eq!(store.update_security("b", update(0, "b", "b/b")).await.expect("site b"), Some(1));
+    let a = store.security("a").await.expect("read a");
+    assert_eq!((a.version, a.document), (2, serde_json::json!({ "users": "two" })));
+
+    let writers = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let target = format!("a/w{i}");
+            store.update_security("a", update(2, &format!("w{i}"), &target)).await
+        })
+    });
+    let writers: Vec<_> = writers.collect();
+    let mut won = 0;
+    for writer in writers {
+        won += usize::from(writer.await.expect("writer").expect("no store error").is_some());
+    }
+    assert_eq!(won, 1, "one writer over version 2");
+    assert_eq!(store.security("a").await.expect("read").version, 3);
+    // Each stored change has its event, and no refused one does.
+    let trail = store.audit_trail(10_000).await.expect("trail");
+    assert_eq!(trail.len(), before + 4, "{:#?}", &trail[before..]);
+    assert!(!trail.iter().any(|e| e.target == "a/x"), "a refused change left an event");
 }
 
 fn raw_url(url: &str) -> String {

@@ -1,5 +1,7 @@
 //! `ferry link status|pause|resume|rewind|drain|conflicts|parked`: operate a DR link on every
-//! node of its source site through the nodes' info port.
+//! node of its source site. Controls go through the nodes' admin APIs with the deployment's
+//! credential (`--dir`, or `$FERRY_TOKEN`), as operators are authenticated; status, conflicts
+//! and parked records are read from the info port.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,7 +71,13 @@ enum LinkAction {
 
 pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
     let topology = super::deployment_topology(args.topology.as_deref(), &args.dir)?;
+    let credential = ferry::credentials::for_deployment(&args.dir)?;
+    let http = ferry::ops::admin_client(credential.as_ref());
     let runtime = tokio::runtime::Runtime::new().context("start async runtime")?;
+    let command = |link: String, action: &'static str, from_ms: Option<u64>| {
+        let (topology, http) = (&topology, &http);
+        async move { command(http, topology, &link, action, from_ms).await }
+    };
     runtime.block_on(async {
         match args.action {
             LinkAction::Status { link } => {
@@ -86,21 +94,22 @@ pub(crate) fn run(args: LinkArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            LinkAction::Pause { link } => command(&topology, &link, "pause", None).await?,
-            LinkAction::Resume { link } => command(&topology, &link, "resume", None).await?,
+            LinkAction::Pause { link } => command(link, "pause", None).await?,
+            LinkAction::Resume { link } => command(link, "resume", None).await?,
             LinkAction::Rewind { link, to } => {
-                command(&topology, &link, "rewind", Some(rewind_from_ms(&to)?)).await?
+                command(link, "rewind", Some(rewind_from_ms(&to)?)).await?
             }
             LinkAction::Drain { link, timeout } => {
                 let (from, to) = resolve(&topology, &link)?;
-                ferry::ops::drain_link(&topology, &from, &to, Duration::from_secs(timeout)).await?;
+                let timeout = Duration::from_secs(timeout);
+                ferry::ops::drain_link(&http, &topology, &from, &to, timeout).await?;
                 println!("{from} -> {to}: drained on every node");
             }
             LinkAction::Parked { link, limit, retry, discard } => {
                 if retry {
-                    command(&topology, &link, "retry-parked", None).await?;
+                    command(link, "retry-parked", None).await?;
                 } else if discard {
-                    command(&topology, &link, "discard-parked", None).await?;
+                    command(link, "discard-parked", None).await?;
                 } else {
                     let (from, to) = resolve(&topology, &link)?;
                     let site = topology.site(&from).with_context(|| format!("no site '{from}'"))?;
@@ -163,18 +172,16 @@ fn resolve(topology: &Topology, link: &str) -> anyhow::Result<(String, String)> 
 }
 
 async fn command(
+    http: &reqwest::Client,
     topology: &Topology,
     link: &str,
     action: &str,
     from_ms: Option<u64>,
 ) -> anyhow::Result<()> {
     let (from, to) = resolve(topology, link)?;
-    let mut name = format!("xdr-link:dc={to};action={action}");
-    if let Some(ms) = from_ms {
-        name.push_str(&format!(";from-ms={ms}"));
-    }
+    let answers = ferry::ops::control_link(http, topology, (&from, &to), action, from_ms).await?;
     let mut failed = false;
-    for (node, value) in ferry::ops::ask_site(topology, &from, &name).await? {
+    for (node, value) in answers {
         failed |= value != "ok";
         println!("{from} -> {to} on {node}: {value}");
     }

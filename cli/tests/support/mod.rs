@@ -18,6 +18,23 @@ pub fn ferry_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
 }
 
+/// Runs `tests/python/<script>` with `args` in the workspace's `.venv` (`bash .ci/test` creates
+/// it with the `aerospike` package), and fails unless it exits 0 saying "all checks passed".
+pub async fn python_check(script: &str, args: &[String]) {
+    let python = ferry_tests::workspace_root().join(".venv/bin/python");
+    assert!(python.is_file(), "{} is missing: run `bash .ci/test`", python.display());
+    let output = tokio::process::Command::new(&python)
+        .arg(ferry_tests::workspace_root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{script}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("all checks passed"), "{script}: {stdout}");
+}
+
 /// A running deployment of a test topology; every node is killed when it is dropped.
 #[derive(Debug)]
 pub struct Deployment {
@@ -129,14 +146,16 @@ impl Deployment {
         self.running.state.topology()
     }
 
-    /// Runs `ferry link ARGS` against this deployment's topology; returns its output, or
-    /// fails with it when the command fails.
+    /// Runs `ferry link ARGS` against this deployment (its topology, its admin credential);
+    /// returns its output, or fails with it when the command fails.
     pub fn ferry_link(&self, args: &[&str]) -> String {
         let output = std::process::Command::new(ferry_bin())
             .arg("link")
             .args(args)
             .arg("--topology")
             .arg(self.topology_file())
+            .arg("--dir")
+            .arg(&self.running.state.root)
             .output()
             .expect("run ferry link");
         let text = String::from_utf8_lossy(&output.stdout).into_owned();

@@ -12,6 +12,7 @@ use super::{Route, error_reply, result, route, run_single, send_last};
 use crate::node::{NodeState, Stats};
 use crate::proto::msg::{Cursor, Field, Msg, decode_fields, decode_ops, field};
 use crate::proto::{FrameError, TYPE_MSG};
+use crate::security::Caller;
 use crate::server::{Origin, ReplySink};
 use crate::storage::Digest;
 
@@ -79,7 +80,7 @@ pub fn decode_rows(data: &[u8]) -> Result<Vec<Row>, FrameError> {
 pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
     state: &NodeState,
     msg: &Msg,
-    origin: Origin,
+    (origin, caller): (Origin, Option<&Caller>),
     out: &mut ReplySink<'_, W>,
 ) -> std::io::Result<()> {
     Stats::bump(&state.stats.batch_requests);
@@ -94,7 +95,10 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
     }
     let mut buffer = Vec::with_capacity(FRAME_TARGET);
     for row in &rows {
-        let mut reply = run_row(state, row, origin).await;
+        let mut reply = match super::authorize(state, caller, &row.request) {
+            Ok(()) => run_row(state, row, origin).await,
+            Err(code) => error_reply(code),
+        };
         reply.transaction_ttl = row.index;
         if matches!(reply.result_code, result::KEY_NOT_FOUND | 27) {
             // The client reads no ops for these codes.

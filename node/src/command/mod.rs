@@ -15,6 +15,8 @@ use crate::node::{NodeState, Stats};
 use crate::proto::msg::{Msg, Op, field, info1, info2, info3};
 use crate::proto::{self, TYPE_MSG};
 use crate::record::{self, MAX_SET_NAME, Record};
+use crate::security::Caller;
+use crate::security::db::Permission;
 use crate::server::{Origin, ReplySink};
 use crate::storage::Digest;
 
@@ -39,7 +41,7 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
     state: &NodeState,
     msg: Msg,
     raw_body: &[u8],
-    origin: Origin,
+    (origin, caller): (Origin, Option<&Caller>),
     out: &mut ReplySink<'_, W>,
 ) -> std::io::Result<()> {
     // A node joining a running site serves nothing until it knows the site's partition map.
@@ -47,7 +49,11 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
         return out.send(&error_reply(result::PARTITION_UNAVAILABLE).encode()).await;
     }
     if msg.info1 & info1::BATCH != 0 {
-        return batch::execute(state, &msg, origin, out).await;
+        // Each row is authorized as the single-record command it stands for.
+        return batch::execute(state, &msg, (origin, caller), out).await;
+    }
+    if let Err(code) = authorize(state, caller, &msg) {
+        return out.send(&error_reply(code).encode()).await;
     }
     if msg.field(field::PID_ARRAY).is_some()
         || msg.field(field::DIGEST_ARRAY).is_some()
@@ -73,6 +79,23 @@ pub async fn execute<W: tokio::io::AsyncWrite + Unpin>(
         Stats::bump(&state.stats.errors);
     }
     out.send(&reply.encode()).await
+}
+
+/// Whether `caller` (a client; `None` for a peer of the site) may run `msg`, a single-record
+/// command or a scan: reading needs a read privilege on its namespace and set, writing (or
+/// deleting) a write privilege. `Err` carries the result code (80 or 81) when security is on.
+pub(crate) fn authorize(state: &NodeState, caller: Option<&Caller>, msg: &Msg) -> Result<(), u8> {
+    let Some(caller) = caller.filter(|_| state.security.enabled()) else { return Ok(()) };
+    let namespace = msg.field_str(field::NAMESPACE).ok().flatten().unwrap_or_default();
+    let set = msg.field_str(field::SET).ok().flatten().unwrap_or_default();
+    let writes = msg.info2 & (info2::WRITE | info2::DELETE) != 0;
+    if writes {
+        state.security.check(caller, Permission::Write, namespace, set)?;
+    }
+    if !writes || msg.info1 & (info1::READ | info1::GET_ALL) != 0 {
+        state.security.check(caller, Permission::Read, namespace, set)?;
+    }
+    Ok(())
 }
 
 /// What a single-record request names.

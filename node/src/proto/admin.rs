@@ -10,14 +10,10 @@
 use bytes::Bytes;
 
 use super::FrameError;
+use crate::security::db::{Privilege, code, privilege};
 
 /// Size of the admin header after the proto header.
 pub const HEADER: usize = 16;
-
-/// What a server with security turned off answers every admin command; clients take it as
-/// success for a login and carry on without one. (The command and field ids, and the other
-/// result codes, are in `docs/wire-protocol.md`.)
-pub const SECURITY_NOT_ENABLED: u8 = 52;
 
 /// A decoded admin request: its command and fields in the order sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +60,300 @@ pub fn reply(result: u8) -> [u8; HEADER] {
     let mut header = [0u8; HEADER];
     header[1] = result;
     header
+}
+
+/// Field ids.
+pub mod field {
+    pub const USER: u8 = 0;
+    pub const PASSWORD: u8 = 1;
+    pub const OLD_PASSWORD: u8 = 2;
+    pub const CREDENTIAL: u8 = 3;
+    pub const SESSION_TOKEN: u8 = 5;
+    pub const SESSION_TTL: u8 = 6;
+    pub const ROLES: u8 = 10;
+    pub const ROLE: u8 = 11;
+    pub const PRIVILEGES: u8 = 12;
+    pub const WHITELIST: u8 = 13;
+    pub const READ_QUOTA: u8 = 14;
+    pub const WRITE_QUOTA: u8 = 15;
+    pub const CONNECTIONS: u8 = 18;
+}
+
+/// Command ids.
+pub mod command {
+    pub const AUTHENTICATE: u8 = 0;
+    pub const CREATE_USER: u8 = 1;
+    pub const DROP_USER: u8 = 2;
+    pub const SET_PASSWORD: u8 = 3;
+    pub const CHANGE_PASSWORD: u8 = 4;
+    pub const GRANT_ROLES: u8 = 5;
+    pub const REVOKE_ROLES: u8 = 6;
+    pub const QUERY_USERS: u8 = 9;
+    pub const CREATE_ROLE: u8 = 10;
+    pub const DROP_ROLE: u8 = 11;
+    pub const GRANT_PRIVILEGES: u8 = 12;
+    pub const REVOKE_PRIVILEGES: u8 = 13;
+    pub const QUERY_ROLES: u8 = 16;
+    pub const LOGIN: u8 = 20;
+}
+
+/// An admin command with its fields read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// A connection presents the session a login on this node issued.
+    Authenticate {
+        user: Option<String>,
+        token: Bytes,
+    },
+    /// `credential` is the client's hash of the password.
+    Login {
+        user: String,
+        credential: String,
+    },
+    CreateUser {
+        user: String,
+        password: String,
+        roles: Vec<String>,
+    },
+    DropUser {
+        user: String,
+    },
+    SetPassword {
+        user: String,
+        password: String,
+    },
+    /// A user changes its own password, proving the old one.
+    ChangePassword {
+        user: String,
+        old: String,
+        password: String,
+    },
+    GrantRoles {
+        user: String,
+        roles: Vec<String>,
+    },
+    RevokeRoles {
+        user: String,
+        roles: Vec<String>,
+    },
+    /// One user, or every user.
+    QueryUsers {
+        user: Option<String>,
+    },
+    CreateRole {
+        role: String,
+        privileges: Vec<Privilege>,
+    },
+    DropRole {
+        role: String,
+    },
+    GrantPrivileges {
+        role: String,
+        privileges: Vec<Privilege>,
+    },
+    RevokePrivileges {
+        role: String,
+        privileges: Vec<Privilege>,
+    },
+    /// One role, or every role.
+    QueryRoles {
+        role: Option<String>,
+    },
+    /// Allowlists, quotas and commands this server does not know.
+    Unsupported {
+        command: u8,
+    },
+}
+
+impl AdminCommand {
+    /// Reads a request's fields as its command needs them; a missing or malformed field is
+    /// Aerospike's `INVALID_FIELD`.
+    pub fn parse(request: &AdminRequest) -> Result<AdminCommand, u8> {
+        let text = |id| -> Result<String, u8> {
+            let data = request.field(id).ok_or(code::INVALID_FIELD)?;
+            String::from_utf8(data.to_vec()).map_err(|_| code::INVALID_FIELD)
+        };
+        let optional = |id| request.field(id).map(|_| text(id)).transpose();
+        let roles = || request.field(field::ROLES).map_or(Err(code::INVALID_FIELD), decode_roles);
+        let privileges =
+            || request.field(field::PRIVILEGES).map_or(Ok(Vec::new()), decode_privileges);
+        use command::*;
+        Ok(match request.command {
+            AUTHENTICATE => AdminCommand::Authenticate {
+                user: optional(field::USER)?,
+                token: request.field(field::SESSION_TOKEN).ok_or(code::INVALID_FIELD)?.clone(),
+            },
+            LOGIN => AdminCommand::Login {
+                user: text(field::USER)?,
+                credential: text(field::CREDENTIAL)?,
+            },
+            CREATE_USER => AdminCommand::CreateUser {
+                user: text(field::USER)?,
+                password: text(field::PASSWORD)?,
+                roles: request.field(field::ROLES).map_or(Ok(Vec::new()), decode_roles)?,
+            },
+            DROP_USER => AdminCommand::DropUser { user: text(field::USER)? },
+            SET_PASSWORD => AdminCommand::SetPassword {
+                user: text(field::USER)?,
+                password: text(field::PASSWORD)?,
+            },
+            CHANGE_PASSWORD => AdminCommand::ChangePassword {
+                user: text(field::USER)?,
+                old: text(field::OLD_PASSWORD)?,
+                password: text(field::PASSWORD)?,
+            },
+            GRANT_ROLES => AdminCommand::GrantRoles { user: text(field::USER)?, roles: roles()? },
+            REVOKE_ROLES => AdminCommand::RevokeRoles { user: text(field::USER)?, roles: roles()? },
+            QUERY_USERS => AdminCommand::QueryUsers { user: optional(field::USER)? },
+            CREATE_ROLE => {
+                let limited = [field::WHITELIST, field::READ_QUOTA, field::WRITE_QUOTA]
+                    .iter()
+                    .any(|&id| request.field(id).is_some());
+                if limited {
+                    return Ok(AdminCommand::Unsupported { command: CREATE_ROLE });
+                }
+                AdminCommand::CreateRole { role: text(field::ROLE)?, privileges: privileges()? }
+            }
+            DROP_ROLE => AdminCommand::DropRole { role: text(field::ROLE)? },
+            GRANT_PRIVILEGES => AdminCommand::GrantPrivileges {
+                role: text(field::ROLE)?,
+                privileges: privileges()?,
+            },
+            REVOKE_PRIVILEGES => AdminCommand::RevokePrivileges {
+                role: text(field::ROLE)?,
+                privileges: privileges()?,
+            },
+            QUERY_ROLES => AdminCommand::QueryRoles { role: optional(field::ROLE)? },
+            command => AdminCommand::Unsupported { command },
+        })
+    }
+}
+
+impl AdminRequest {
+    /// The first field of `id`.
+    pub fn field(&self, id: u8) -> Option<&Bytes> {
+        self.fields.iter().find(|(field, _)| *field == id).map(|(_, data)| data)
+    }
+}
+
+/// Names as clients send them: a count, then each name after its length, one byte each.
+fn decode_roles(data: &Bytes) -> Result<Vec<String>, u8> {
+    let mut at = Reader(data);
+    let count = at.byte()?;
+    let roles = (0..count).map(|_| at.short_text()).collect::<Result<_, _>>()?;
+    at.done()?;
+    Ok(roles)
+}
+
+/// Privileges as clients send them: a count, then each code, and for the codes that can be
+/// scoped the namespace and set (each after its one-byte length; empty for any).
+fn decode_privileges(data: &Bytes) -> Result<Vec<Privilege>, u8> {
+    let mut at = Reader(data);
+    let count = at.byte()?;
+    let mut privileges = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let code = at.byte()?;
+        let (namespace, set) = if privilege::scoped(code) {
+            (at.short_text()?, at.short_text()?)
+        } else {
+            (String::new(), String::new())
+        };
+        privileges.push(Privilege { code, namespace, set });
+    }
+    at.done()?;
+    Ok(privileges)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Result<u8, u8> {
+        let (&byte, rest) = self.0.split_first().ok_or(code::INVALID_FIELD)?;
+        self.0 = rest;
+        Ok(byte)
+    }
+
+    fn short_text(&mut self) -> Result<String, u8> {
+        let len = usize::from(self.byte()?);
+        let (text, rest) = self.0.split_at_checked(len).ok_or(code::INVALID_FIELD)?;
+        self.0 = rest;
+        String::from_utf8(text.to_vec()).map_err(|_| code::INVALID_FIELD)
+    }
+
+    fn done(&self) -> Result<(), u8> {
+        if self.0.is_empty() { Ok(()) } else { Err(code::INVALID_FIELD) }
+    }
+}
+
+/// Builds a reply body of records, each an admin header and its fields.
+#[derive(Debug, Default)]
+pub struct ReplyBuilder {
+    body: Vec<u8>,
+    /// Where the current record's field count is.
+    count_at: usize,
+}
+
+impl ReplyBuilder {
+    /// Starts a record carrying `result`.
+    pub fn record(&mut self, result: u8) -> &mut Self {
+        self.count_at = self.body.len() + 3;
+        self.body.extend_from_slice(&reply(result));
+        self
+    }
+
+    fn field(&mut self, id: u8, data: &[u8]) -> &mut Self {
+        let length = u32::try_from(data.len() + 1).unwrap_or(u32::MAX);
+        self.body.extend_from_slice(&length.to_be_bytes());
+        self.body.push(id);
+        self.body.extend_from_slice(data);
+        self.body[self.count_at] += 1;
+        self
+    }
+
+    pub fn bytes(&mut self, id: u8, data: &[u8]) -> &mut Self {
+        self.field(id, data)
+    }
+
+    pub fn u32(&mut self, id: u8, value: u32) -> &mut Self {
+        self.field(id, &value.to_be_bytes())
+    }
+
+    /// Names (at most 255, each cut to 255 bytes) as clients read them.
+    pub fn names<'a>(&mut self, id: u8, names: impl IntoIterator<Item = &'a str>) -> &mut Self {
+        let names: Vec<&str> = names.into_iter().take(255).collect();
+        let mut data = vec![names.len() as u8];
+        for name in names {
+            push_short(&mut data, name);
+        }
+        self.field(id, &data)
+    }
+
+    pub fn privileges<'a>(
+        &mut self,
+        privileges: impl IntoIterator<Item = &'a Privilege>,
+    ) -> &mut Self {
+        let privileges: Vec<&Privilege> = privileges.into_iter().take(255).collect();
+        let mut data = vec![privileges.len() as u8];
+        for privilege in privileges {
+            data.push(privilege.code);
+            if privilege::scoped(privilege.code) {
+                push_short(&mut data, &privilege.namespace);
+                push_short(&mut data, &privilege.set);
+            }
+        }
+        self.field(field::PRIVILEGES, &data)
+    }
+
+    /// The body, framing left to the caller.
+    pub fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.body)
+    }
+}
+
+fn push_short(out: &mut Vec<u8>, text: &str) {
+    let bytes = &text.as_bytes()[..text.len().min(255)];
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
 }
 
 #[cfg(test)]
@@ -124,9 +414,63 @@ mod tests {
 
     #[test]
     fn a_reply_is_a_bare_header_with_its_result() {
-        let framed = super::super::frame(super::super::TYPE_ADMIN, &reply(52));
+        let framed =
+            super::super::frame(super::super::TYPE_ADMIN, &reply(code::SECURITY_NOT_ENABLED));
         assert_eq!(framed.len(), 24);
         assert_eq!(&framed[..8], &[2, 2, 0, 0, 0, 0, 0, 16]);
         assert_eq!(framed[9], 52);
+    }
+
+    #[test]
+    fn commands_read_their_fields_as_clients_send_them() {
+        let roles: &[u8] = &[2, 4, b'r', b'e', b'a', b'd', 1, b'x'];
+        let create = body(command::CREATE_USER, &[(USER, b"bob"), (1, b"hash"), (10, roles)]);
+        let parsed = AdminCommand::parse(&AdminRequest::decode(&create).expect("decode"));
+        assert_eq!(
+            parsed,
+            Ok(AdminCommand::CreateUser {
+                user: "bob".into(),
+                password: "hash".into(),
+                roles: vec!["read".into(), "x".into()]
+            })
+        );
+        // A global privilege carries no scope; a scoped one its namespace and set.
+        let privileges: &[u8] = &[2, 1, 10, 4, b't', b'e', b's', b't', 0];
+        let grant = body(command::GRANT_PRIVILEGES, &[(11, b"r"), (12, privileges)]);
+        let parsed = AdminCommand::parse(&AdminRequest::decode(&grant).expect("decode"));
+        assert_eq!(
+            parsed,
+            Ok(AdminCommand::GrantPrivileges {
+                role: "r".into(),
+                privileges: vec![
+                    Privilege::global(privilege::SYS_ADMIN),
+                    Privilege { code: privilege::READ, namespace: "test".into(), set: "".into() }
+                ]
+            })
+        );
+        // Lists that lie about their length are INVALID_FIELD, not a panic.
+        for bad in [&[3u8, 1, b'x'][..], &[1, 9, b'x'], &[]] {
+            let grant = body(command::GRANT_ROLES, &[(USER, b"bob"), (10, bad)]);
+            let parsed = AdminCommand::parse(&AdminRequest::decode(&grant).expect("decode"));
+            assert_eq!(parsed, Err(code::INVALID_FIELD), "{bad:?}");
+        }
+        let missing = body(command::DROP_USER, &[]);
+        let parsed = AdminCommand::parse(&AdminRequest::decode(&missing).expect("decode"));
+        assert_eq!(parsed, Err(code::INVALID_FIELD));
+    }
+
+    #[test]
+    fn reply_records_count_their_fields_and_round_trip_privileges() {
+        let scoped = Privilege { code: privilege::WRITE, namespace: "ns".into(), set: "s".into() };
+        let mut reply = ReplyBuilder::default();
+        reply.record(0).bytes(field::ROLE, b"r").privileges([&scoped]);
+        reply.record(code::QUERY_END);
+        let body = reply.finish();
+        assert_eq!(body[3], 2, "two fields in the first record");
+        let first = AdminRequest::decode(&Bytes::copy_from_slice(&body[..body.len() - HEADER]))
+            .expect("a record decodes like a request");
+        let privileges = first.field(field::PRIVILEGES).expect("privileges");
+        assert_eq!(decode_privileges(privileges), Ok(vec![scoped]));
+        assert_eq!(body[body.len() - HEADER + 1], code::QUERY_END);
     }
 }
