@@ -1,7 +1,8 @@
 //! Node throughput with the `aerospike` crate client: puts/s and gets/s with p50/p99 latency
 //! for 1-node and 3-node sites, 100-byte and 1 KiB records, next to the disk's raw fdatasync
 //! rate measured in the same run (every durable put needs a share of one fsync); then what the
-//! digest log costs: 1-node puts at 128 concurrent writers with the log on and off.
+//! digest log costs: 1-node puts at 128 concurrent writers with the log on and off; then what
+//! client-port security costs: 1-node puts and gets with it off and on (logged in).
 //!
 //! Run: `cargo bench -p ferry --bench node_throughput` (release build of `ferry`).
 //! Each cell is bounded in time and count.
@@ -79,6 +80,45 @@ fn main() {
             with_log / ops
         );
     }
+
+    let mut unsecured = [0.0; 2];
+    for secured in [false, true] {
+        let (_site, client) = start_secured(&runtime, secured);
+        for (i, op) in ["put", "get"].into_iter().enumerate() {
+            let drive = support::load::drive(client.clone(), op, 100, TASKS, CELL, KEYS);
+            let (ops, p50, p99) = runtime.block_on(drive);
+            if !secured {
+                unsecured[i] = ops;
+            }
+            let label = if secured { "on, logged in" } else { "off" };
+            println!(
+                "1-node {op}s, {TASKS} clients, security {label:<13}: {ops:>9.0}/s  p50 {p50:.2} ms  p99 {p99:.2} ms  (off / this = {:.3})",
+                unsecured[i] / ops
+            );
+        }
+    }
+}
+
+/// A one-node site following a topology service, with client-port security on or off, and a
+/// client (logged in as the site's first user when security is on).
+fn start_secured(runtime: &tokio::runtime::Runtime, secured: bool) -> (Deployment, Arc<Client>) {
+    let site = ferry_tests::Site::new("local", 1);
+    let built = TopologyBuilder::new("test-site")
+        .add_site(if secured { site.security() } else { site })
+        .namespace(Namespace::new("test"))
+        .build();
+    let seed = built.nodes[0].client.to_string();
+    let deployment = runtime.block_on(Deployment::start_spec(&built.text, built.nodes, |spec| {
+        spec.topology_service = Some(([127, 0, 0, 1], 0).into());
+    }));
+    let mut policy = ClientPolicy::default();
+    if secured {
+        let file = deployment.running.state.aerospike_admin_password("local");
+        let password = ferry_auth::access::read_secret(&file).expect("the admin password");
+        policy.set_auth_mode(aerospike::AuthMode::Internal("admin".to_owned(), password));
+    }
+    let client = runtime.block_on(Client::new(&policy, &seed)).expect("connect");
+    (deployment, Arc::new(client))
 }
 
 /// A one-site deployment of `nodes` nodes (two copies when there are several), each node run

@@ -619,22 +619,24 @@ async fn first_admins(
         if store.security(site).await.map_err(store_error)?.version > 0 {
             continue;
         }
+        let failed = |reason: String| DeployError::FirstAdmin { site: site.to_owned(), reason };
         let secret = password::generate();
-        let sealed =
-            password::client_hash(&secret).and_then(|hash| password::seal(&hash)).map_err(|e| {
-                DeployError::FirstAdmin { site: site.to_owned(), reason: e.to_string() }
-            })?;
+        let sealed = password::client_hash(&secret)
+            .and_then(|hash| password::seal(&hash))
+            .map_err(|e| failed(e.to_string()))?;
         let file = state.aerospike_admin_password(site);
-        ferry_auth::access::write_secret(&file, &secret)?;
-        let document = serde_json::to_value(SecurityDb::first(sealed)).map_err(|e| {
-            DeployError::FirstAdmin { site: site.to_owned(), reason: e.to_string() }
-        })?;
+        let document =
+            serde_json::to_value(SecurityDb::first(sealed)).map_err(|e| failed(e.to_string()))?;
         let target = format!("{site}/admin");
         let event =
             ferry_topology::audit::AuditEvent::now("ferry up", "local", "user.create", &target)
                 .detail(format!("the site's first user; its password is in {}", file.display()));
         let update = ferry_topology::security::SecurityUpdate { expected: 0, document, event };
-        store.update_security(site, update).await.map_err(store_error)?;
+        // Stored first: the file is written only for the user that was created.
+        if store.update_security(site, update).await.map_err(store_error)?.is_none() {
+            return Err(failed("another process created its users meanwhile".to_owned()));
+        }
+        ferry_auth::access::write_secret(&file, &secret)?;
     }
     Ok(())
 }

@@ -14,7 +14,9 @@ use aerospike::{
     AdminPolicy, AuthMode, Bins, Client, ClientPolicy, Privilege, PrivilegeCode, ReadPolicy,
     ResultCode, Value, WritePolicy, as_bin, as_key,
 };
-use ferry_node::proto::{TYPE_ADMIN, TYPE_INFO, frame, info};
+use bytes::Bytes;
+use ferry_node::proto::msg::{Field, Msg, field, info1};
+use ferry_node::proto::{TYPE_ADMIN, TYPE_INFO, admin, frame, info};
 use ferry_node::security::password;
 use ferry_tests::{Link, Namespace, Site, TopologyBuilder};
 use ferry_xdr::link::LinkState;
@@ -146,6 +148,19 @@ async fn clients_log_in_manage_users_and_roles_and_are_held_to_their_privileges(
     // What alice wrote reaches site b, which has no security.
     deployment.wait_converged("a", "b", Duration::from_secs(30)).await;
 
+    // A new password ends what connections opened with the old one may do.
+    admin.change_password(&policy, "rita", "rita-new").await.expect("set rita's password");
+    eventually("rita's open connections refused", || async {
+        rita.get(&read, &key, Bins::All).await.is_err()
+    })
+    .await;
+    eventually("rita's old password refused", || async {
+        login(&deployment, "rita", "rita-pw").await.is_err()
+    })
+    .await;
+    let rita = login_eventually(&deployment, "rita", "rita-new").await;
+    rita.get(&read, &key, Bins::All).await.expect("rita reads again");
+
     // A revoked role and a dropped user take effect on connections already open.
     admin.revoke_roles(&policy, "rita", &["read"]).await.expect("revoke");
     eventually("rita's read refused", || async {
@@ -164,23 +179,15 @@ async fn clients_log_in_manage_users_and_roles_and_are_held_to_their_privileges(
     })
     .await;
 
-    // A new password replaces the old one.
-    admin.change_password(&policy, "rita", "rita-new").await.expect("set rita's password");
-    eventually("rita's old password refused", || async {
-        login(&deployment, "rita", "rita-pw").await.is_err()
-    })
-    .await;
-    login_eventually(&deployment, "rita", "rita-new").await;
-
     // Every change is in the audit trail, by the user who made it, never with a password.
     let trail = audit_trail(&deployment);
     for (action, target) in [
         ("user.create", "a/alice"),
         ("user.create", "a/rita"),
         ("role.create", "a/link-ops"),
+        ("user.set-password", "a/rita"),
         ("user.revoke-roles", "a/rita"),
         ("user.drop", "a/alice"),
-        ("user.set-password", "a/rita"),
     ] {
         let found = trail.iter().any(|event| {
             event["action"] == action && event["target"] == target && event["actor"] == "admin"
@@ -204,9 +211,11 @@ fn connect_as(addr: SocketAddr, user: Option<(&str, &str)>) -> TcpStream {
     if let Some((user, secret)) = user {
         let hash = password::client_hash(secret).expect("hash");
         let mut body = vec![0u8; 16];
-        body[2] = 20; // LOGIN
+        body[2] = admin::command::LOGIN;
         body[3] = 2;
-        for (id, data) in [(0u8, user.as_bytes()), (3, hash.as_bytes())] {
+        for (id, data) in
+            [(admin::field::USER, user.as_bytes()), (admin::field::CREDENTIAL, hash.as_bytes())]
+        {
             body.extend_from_slice(&u32::try_from(data.len() + 1).expect("short").to_be_bytes());
             body.push(id);
             body.extend_from_slice(data);
@@ -318,4 +327,45 @@ async fn a_secured_site_needs_the_topology_service_that_keeps_its_users() {
         std::fs::read_to_string(dir.path().join("a-0").join("node.log")).unwrap_or_default();
     let said = format!("{error}\n{logged}");
     assert!(said.contains("run the node with --topology-service"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_privilege_on_one_set_reaches_no_record_of_another_through_its_digest() {
+    let deployment = secured_sites().await;
+    let admin_secret = admin_password(&deployment);
+    let admin = login_eventually(&deployment, "admin", &admin_secret).await;
+    let policy = AdminPolicy::default();
+    let public =
+        Privilege::new(PrivilegeCode::ReadWrite, Some("test".into()), Some("public".into()));
+    admin.create_role(&policy, "public-rw", &[public], &[], 0, 0).await.expect("role");
+    admin.create_user(&policy, "pub", "pub-pw", &["public-rw"]).await.expect("user");
+    let secret_key = as_key!("test", "secret", 7);
+    admin.put(&WritePolicy::default(), &secret_key, &[as_bin!("v", 1)]).await.expect("put");
+    let pub_client = login_eventually(&deployment, "pub", "pub-pw").await;
+    pub_client
+        .put(&WritePolicy::default(), &as_key!("test", "public", 7), &[as_bin!("v", 2)])
+        .await
+        .expect("pub writes its own set");
+
+    // The secret record's digest, sent as if it were in `public`, at each node of the site.
+    for node in deployment.site("a") {
+        let request = |info1: u8, info2: u8| Msg {
+            info1,
+            info2,
+            fields: vec![
+                Field { kind: field::NAMESPACE, data: Bytes::from_static(b"test") },
+                Field { kind: field::SET, data: Bytes::from_static(b"public") },
+                Field { kind: field::DIGEST, data: Bytes::copy_from_slice(&secret_key.digest()) },
+            ],
+            ..Msg::default()
+        };
+        let mut stream = connect_as(node.client, Some(("pub", "pub-pw")));
+        let read = support::raw::request(&mut stream, &request(info1::READ | info1::GET_ALL, 0));
+        assert_eq!(read.result_code, 4, "a read of another set's record through {}", node.id);
+        let delete = ferry_node::proto::msg::info2::WRITE | ferry_node::proto::msg::info2::DELETE;
+        let deleted = support::raw::request(&mut stream, &request(0, delete));
+        assert_eq!(deleted.result_code, 4, "a delete of another set's record through {}", node.id);
+    }
+    let record = admin.get(&ReadPolicy::default(), &secret_key, Bins::All).await.expect("kept");
+    assert_eq!(record.bins["v"], Value::from(1));
 }

@@ -41,21 +41,21 @@ fn store_error(failure: &StoreError) -> String {
 const FEATURES: &str = "batch-any;pquery;pscans;peers;replicas;float;truncate-namespace";
 
 /// The info reply body for these names, asked by `caller` (a client, or `None` for a peer of
-/// the site). When security is on, a client's command that changes something needs its
-/// privilege ([`needs`]); a refused one answers `ERROR:80:…` or `ERROR:81:…` and does nothing.
+/// the site). When security is on, a client's command needs what [`needs`] says; a refused
+/// one answers `ERROR:80:…` or `ERROR:81:…` and does nothing.
 pub fn answer(state: &NodeState, names: &[&str], caller: Option<&Caller>) -> Vec<u8> {
     info::reply(names.iter().map(|&name| {
         let refused = caller.and_then(|caller| {
             let (permission, namespace, set) = needs(name)?;
-            state.security.check(caller, permission, &namespace, &set).err()
+            let code = state.security.check(caller, permission, &namespace, &set).err()?;
+            Some((code, permission))
         });
         let answer = match refused {
-            Some(code) if code == security_code::NOT_AUTHENTICATED => {
+            Some((code, _)) if code == security_code::NOT_AUTHENTICATED => {
                 error(code, "not authenticated: log in first")
             }
-            Some(code) => {
-                let needed = permission_of(name);
-                error(code, format!("role violation: '{name}' needs {needed}"))
+            Some((code, permission)) => {
+                error(code, format!("role violation: '{name}' needs {}", permission.privileges()))
             }
             None => value(state, name, caller),
         };
@@ -63,32 +63,61 @@ pub fn answer(state: &NodeState, names: &[&str], caller: Option<&Caller>) -> Vec
     }))
 }
 
-/// What an info command that changes something needs: the permission, and the namespace and
-/// set it acts on. `None` for those that only read.
-pub fn needs(name: &str) -> Option<(Permission, String, String)> {
-    let scoped = |args: &str| {
-        let value = |key: &str| {
-            args.split(';').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).unwrap_or("")
-        };
-        (value("namespace").to_owned(), value("set").to_owned())
-    };
-    let (command, args) = name.split_once(':').unwrap_or((name, ""));
-    match command {
-        "xdr-link" | "set-config" => Some((Permission::SysAdmin, String::new(), String::new())),
-        "truncate" | "truncate-namespace" | "truncate-local" => {
-            let (namespace, set) = scoped(args);
-            Some((Permission::Truncate, namespace, set))
-        }
-        _ => None,
-    }
-}
+/// Info names that only read, answered without a login: what clients tend with, and what
+/// `ferry status`, `ferry verify` and the operators' tools read.
+const READ_ONLY: &[&str] = &[
+    "node",
+    "build",
+    "version",
+    "edition",
+    "cluster-name",
+    "features",
+    "partition-generation",
+    "peers-generation",
+    "rebalance-generation",
+    "peers-clear-std",
+    "peers-clear-alt",
+    "peers-tls-std",
+    "peers-tls-alt",
+    "service-clear-std",
+    "service-clear-alt",
+    "service-tls-std",
+    "service-tls-alt",
+    "replicas",
+    "rack-ids",
+    "namespaces",
+    "statistics",
+    "sets",
+    "user-agent-set",
+];
+/// Prefixes of parameterized info names that only read.
+const READ_ONLY_PREFIXES: &[&str] = &[
+    "namespace/",
+    "sets/",
+    "verify-digest:",
+    "xdr-conflicts:",
+    "xdr-parked:",
+    "get-stats:",
+    "get-config:",
+    "user-agent-set:",
+];
 
-/// The privilege [`needs`] asks of `name`, for a refusal's message.
-fn permission_of(name: &str) -> &'static str {
-    match needs(name) {
-        Some((Permission::SysAdmin, ..)) => "sys-admin",
-        Some((Permission::Truncate, ..)) => "truncate or data-admin",
-        _ => "a privilege",
+/// What an info command needs when security is on: the permission, and the namespace and set
+/// it acts on. `None` for those that only read ([`READ_ONLY`]); any other name, one added
+/// later included, needs `sys-admin` unless it is a truncation.
+pub fn needs(name: &str) -> Option<(Permission, String, String)> {
+    if READ_ONLY.contains(&name) || READ_ONLY_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return None;
+    }
+    let (command, args) = name.split_once(':').unwrap_or((name, ""));
+    let scoped = |key: &str| {
+        args.split(';').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).unwrap_or("")
+    };
+    match command {
+        "truncate" | "truncate-namespace" | "truncate-local" => {
+            Some((Permission::Truncate, scoped("namespace").to_owned(), scoped("set").to_owned()))
+        }
+        _ => Some((Permission::SysAdmin, String::new(), String::new())),
     }
 }
 
@@ -358,7 +387,7 @@ fn audit_client_command(
 ) {
     let peer = caller.and_then(|caller| caller.peer);
     let origin = peer.map_or_else(|| "unknown".to_owned(), |peer| peer.to_string());
-    let actor = caller.and_then(|caller| caller.user.as_deref()).unwrap_or("client (no login)");
+    let actor = caller.and_then(Caller::user).unwrap_or("client (no login)");
     let outcome = if answer.starts_with("ERROR") { answer } else { "ok" };
     let event = AuditEvent::now(actor, &origin, action, target)
         .detail(format!("node {} (client port)", state.this_node().id))

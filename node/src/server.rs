@@ -153,7 +153,8 @@ async fn serve(
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
     let peer = stream.peer_addr().ok();
-    // Who the client logged in as; a peer of the site is trusted (`None`).
+    // Who the client logged in as (security checks apply to client connections; a request a
+    // peer of the site forwards over the fabric was checked where the client sent it).
     let mut caller = Caller::new(peer);
     let (read, write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -185,7 +186,8 @@ async fn serve(
             (header, body.into())
         };
         match header.kind {
-            TYPE_ADMIN => {
+            // Logins belong on the client port.
+            TYPE_ADMIN if origin == Origin::Client => {
                 // Logins and user administration (answered "security not enabled" when the
                 // site has it off, as Aerospike does). A malformed message closes the
                 // connection.

@@ -313,6 +313,37 @@ async fn site_security(
     Ok(Json(state.store.security(&site).await?))
 }
 
+/// What a replaced security document became.
+#[derive(Debug, Serialize, Deserialize)]
+struct Written {
+    version: i64,
+}
+
+/// Whether `document` has the shape every node reads (`users`: name → {password, roles},
+/// `roles`: name → privileges): a malformed one would leave the whole site unable to read its
+/// users until an admin rewrote it.
+fn security_document_shape(document: &serde_json::Value) -> Result<(), String> {
+    let object = document.as_object().ok_or("not a JSON object")?;
+    if let Some(key) = object.keys().find(|k| *k != "users" && *k != "roles") {
+        return Err(format!("unknown key '{key}'"));
+    }
+    let users = object.get("users").map(|u| u.as_object().ok_or("'users' is not an object"));
+    for (name, user) in users.transpose()?.into_iter().flatten() {
+        let password = user.get("password").and_then(serde_json::Value::as_str);
+        let roles = user.get("roles").is_none_or(serde_json::Value::is_array);
+        if password.is_none() || !roles {
+            return Err(format!("user '{name}' needs a password string and a roles list"));
+        }
+    }
+    let roles = object.get("roles").map(|r| r.as_object().ok_or("'roles' is not an object"));
+    for (name, privileges) in roles.transpose()?.into_iter().flatten() {
+        if !privileges.is_array() {
+            return Err(format!("role '{name}' needs a privileges list"));
+        }
+    }
+    Ok(())
+}
+
 /// Replaces a site's security document over the version the caller read: 200 with the new
 /// version, or 409 when another change came first (the caller reads again and retries).
 async fn update_security(
@@ -333,8 +364,16 @@ async fn update_security(
     if update.event.origin.is_empty() {
         update.event.origin = caller.origin();
     }
+    if !update.event.target.starts_with(&format!("{site}/")) {
+        let message =
+            format!("the event's target '{}' is not in site '{site}'", update.event.target);
+        return Err(ApiError::Unprocessable(message));
+    }
+    if let Err(problem) = security_document_shape(&update.document) {
+        return Err(ApiError::Unprocessable(format!("not a security document: {problem}")));
+    }
     match state.store.update_security(&site, update).await? {
-        Some(version) => Ok(Json(serde_json::json!({ "version": version })).into_response()),
+        Some(version) => Ok(Json(Written { version }).into_response()),
         None => Ok((
             StatusCode::CONFLICT,
             Json(ErrorBody {
@@ -441,8 +480,8 @@ impl TopologyClient {
         if response.status() == reqwest::StatusCode::CONFLICT {
             return Ok(None);
         }
-        let written: serde_json::Value = self.decode(response).await?;
-        Ok(written["version"].as_i64())
+        let written: Written = self.decode(response).await?;
+        Ok(Some(written.version))
     }
 
     /// The newest `limit` events of the audit trail, oldest first.
@@ -542,4 +581,30 @@ pub fn spawn_watcher(client: TopologyClient) -> watch::Receiver<Option<Arc<Versi
         }
     });
     receiver
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn security_documents_are_checked_for_the_shape_nodes_read() {
+        let good = json!({
+            "users": { "admin": { "password": "$2b$10$x", "roles": ["user-admin"] } },
+            "roles": { "ops": [{ "code": 1 }] }
+        });
+        assert_eq!(security_document_shape(&good), Ok(()));
+        assert_eq!(security_document_shape(&json!({})), Ok(()));
+        for bad in [
+            json!([]),
+            json!({ "users": "two" }),
+            json!({ "users": { "a": { "roles": [] } } }),
+            json!({ "users": { "a": { "password": "x", "roles": "read" } } }),
+            json!({ "roles": { "ops": "sys-admin" } }),
+            json!({ "admins": {} }),
+        ] {
+            assert!(security_document_shape(&bad).is_err(), "{bad}");
+        }
+    }
 }

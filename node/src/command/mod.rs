@@ -201,6 +201,7 @@ async fn run_single_inner(state: &NodeState, msg: &Msg, target: &Target) -> Resu
     }
     Stats::bump(&state.stats.reads);
     let record = state.store.get(ns, &target.digest).map_err(|e| storage_error(ns, e))?;
+    same_set(state, target, record.as_ref())?;
     let mut record = record.filter(|r| r.visible(ctx.now_secs)).ok_or(result::KEY_NOT_FOUND)?;
     if let Some(ttl) = ops::read_touch_ttl(msg.record_ttl, &record, ctx.now_secs) {
         // Aerospike's read-touch-ttl-percent: a read late in the record's life touches it,
@@ -210,6 +211,16 @@ async fn run_single_inner(state: &NodeState, msg: &Msg, target: &Target) -> Resu
         }
     }
     Ok(record_reply(&record, ops::read(msg, &record)))
+}
+
+/// With security on, a request reaches only records of the set it names: privileges are held
+/// per set, and a digest (anyone can compute one) would otherwise reach another set's record.
+fn same_set(state: &NodeState, target: &Target, record: Option<&Record>) -> Result<(), u8> {
+    let elsewhere = record.is_some_and(|r| r.set != target.set);
+    if state.security.enabled() && !target.set.is_empty() && elsewhere {
+        return Err(result::PARAMETER_ERROR);
+    }
+    Ok(())
 }
 
 fn storage_error(ns: &str, error: crate::storage::StoreError) -> u8 {
@@ -247,6 +258,7 @@ async fn write(
         let _guard = store.lock(&target.digest).await;
         store.writable().map_err(storage_error)?;
         let existing = store.get(ns, &target.digest).map_err(storage_error)?;
+        same_set(state, target, existing.as_ref())?;
         let mut outcome = if msg.info2 & info2::DELETE != 0 {
             Stats::bump(&state.stats.deletes);
             (ops::delete(msg, existing.as_ref(), &ctx)?, Vec::new())

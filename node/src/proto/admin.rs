@@ -10,6 +10,7 @@
 use bytes::Bytes;
 
 use super::FrameError;
+use crate::security::Secret;
 use crate::security::db::{Privilege, code, privilege};
 
 /// Size of the admin header after the proto header.
@@ -93,6 +94,7 @@ pub mod command {
     pub const DROP_ROLE: u8 = 11;
     pub const GRANT_PRIVILEGES: u8 = 12;
     pub const REVOKE_PRIVILEGES: u8 = 13;
+    pub const SET_QUOTAS: u8 = 15;
     pub const QUERY_ROLES: u8 = 16;
     pub const LOGIN: u8 = 20;
 }
@@ -108,11 +110,11 @@ pub enum AdminCommand {
     /// `credential` is the client's hash of the password.
     Login {
         user: String,
-        credential: String,
+        credential: Secret,
     },
     CreateUser {
         user: String,
-        password: String,
+        password: Secret,
         roles: Vec<String>,
     },
     DropUser {
@@ -120,13 +122,13 @@ pub enum AdminCommand {
     },
     SetPassword {
         user: String,
-        password: String,
+        password: Secret,
     },
     /// A user changes its own password, proving the old one.
     ChangePassword {
         user: String,
-        old: String,
-        password: String,
+        old: Secret,
+        password: Secret,
     },
     GrantRoles {
         user: String,
@@ -159,9 +161,11 @@ pub enum AdminCommand {
     QueryRoles {
         role: Option<String>,
     },
-    /// Allowlists, quotas and commands this server does not know.
+    /// Allowlists, quotas and commands this server does not know, with the result code that
+    /// refuses them.
     Unsupported {
         command: u8,
+        result: u8,
     },
 }
 
@@ -174,6 +178,7 @@ impl AdminCommand {
             String::from_utf8(data.to_vec()).map_err(|_| code::INVALID_FIELD)
         };
         let optional = |id| request.field(id).map(|_| text(id)).transpose();
+        let secret = |id| text(id).map(Secret::new);
         let roles = || request.field(field::ROLES).map_or(Err(code::INVALID_FIELD), decode_roles);
         let privileges =
             || request.field(field::PRIVILEGES).map_or(Ok(Vec::new()), decode_privileges);
@@ -185,33 +190,37 @@ impl AdminCommand {
             },
             LOGIN => AdminCommand::Login {
                 user: text(field::USER)?,
-                credential: text(field::CREDENTIAL)?,
+                credential: secret(field::CREDENTIAL)?,
             },
             CREATE_USER => AdminCommand::CreateUser {
                 user: text(field::USER)?,
-                password: text(field::PASSWORD)?,
+                password: secret(field::PASSWORD)?,
                 roles: request.field(field::ROLES).map_or(Ok(Vec::new()), decode_roles)?,
             },
             DROP_USER => AdminCommand::DropUser { user: text(field::USER)? },
             SET_PASSWORD => AdminCommand::SetPassword {
                 user: text(field::USER)?,
-                password: text(field::PASSWORD)?,
+                password: secret(field::PASSWORD)?,
             },
             CHANGE_PASSWORD => AdminCommand::ChangePassword {
                 user: text(field::USER)?,
-                old: text(field::OLD_PASSWORD)?,
-                password: text(field::PASSWORD)?,
+                old: secret(field::OLD_PASSWORD)?,
+                password: secret(field::PASSWORD)?,
             },
             GRANT_ROLES => AdminCommand::GrantRoles { user: text(field::USER)?, roles: roles()? },
             REVOKE_ROLES => AdminCommand::RevokeRoles { user: text(field::USER)?, roles: roles()? },
             QUERY_USERS => AdminCommand::QueryUsers { user: optional(field::USER)? },
-            CREATE_ROLE => {
-                let limited = [field::WHITELIST, field::READ_QUOTA, field::WRITE_QUOTA]
+            CREATE_ROLE if request.field(field::WHITELIST).is_some() => {
+                AdminCommand::Unsupported { command: CREATE_ROLE, result: code::INVALID_COMMAND }
+            }
+            CREATE_ROLE
+                if [field::READ_QUOTA, field::WRITE_QUOTA]
                     .iter()
-                    .any(|&id| request.field(id).is_some());
-                if limited {
-                    return Ok(AdminCommand::Unsupported { command: CREATE_ROLE });
-                }
+                    .any(|&id| request.field(id).is_some()) =>
+            {
+                AdminCommand::Unsupported { command: CREATE_ROLE, result: code::QUOTAS_NOT_ENABLED }
+            }
+            CREATE_ROLE => {
                 AdminCommand::CreateRole { role: text(field::ROLE)?, privileges: privileges()? }
             }
             DROP_ROLE => AdminCommand::DropRole { role: text(field::ROLE)? },
@@ -224,7 +233,10 @@ impl AdminCommand {
                 privileges: privileges()?,
             },
             QUERY_ROLES => AdminCommand::QueryRoles { role: optional(field::ROLE)? },
-            command => AdminCommand::Unsupported { command },
+            SET_QUOTAS => {
+                AdminCommand::Unsupported { command: SET_QUOTAS, result: code::QUOTAS_NOT_ENABLED }
+            }
+            command => AdminCommand::Unsupported { command, result: code::INVALID_COMMAND },
         })
     }
 }
@@ -301,7 +313,7 @@ impl ReplyBuilder {
         self
     }
 
-    fn field(&mut self, id: u8, data: &[u8]) -> &mut Self {
+    pub fn bytes(&mut self, id: u8, data: &[u8]) -> &mut Self {
         let length = u32::try_from(data.len() + 1).unwrap_or(u32::MAX);
         self.body.extend_from_slice(&length.to_be_bytes());
         self.body.push(id);
@@ -310,12 +322,8 @@ impl ReplyBuilder {
         self
     }
 
-    pub fn bytes(&mut self, id: u8, data: &[u8]) -> &mut Self {
-        self.field(id, data)
-    }
-
     pub fn u32(&mut self, id: u8, value: u32) -> &mut Self {
-        self.field(id, &value.to_be_bytes())
+        self.bytes(id, &value.to_be_bytes())
     }
 
     /// Names (at most 255, each cut to 255 bytes) as clients read them.
@@ -325,7 +333,7 @@ impl ReplyBuilder {
         for name in names {
             push_short(&mut data, name);
         }
-        self.field(id, &data)
+        self.bytes(id, &data)
     }
 
     pub fn privileges<'a>(
@@ -341,7 +349,7 @@ impl ReplyBuilder {
                 push_short(&mut data, &privilege.set);
             }
         }
-        self.field(field::PRIVILEGES, &data)
+        self.bytes(field::PRIVILEGES, &data)
     }
 
     /// The body, framing left to the caller.
@@ -374,10 +382,8 @@ mod tests {
         out.into()
     }
 
-    /// LOGIN (command 20) with USER (field 0) and CREDENTIAL (field 3).
-    const LOGIN: u8 = 20;
-    const USER: u8 = 0;
-    const CREDENTIAL: u8 = 3;
+    use super::command::LOGIN;
+    use super::field::{CREDENTIAL, USER};
 
     #[test]
     fn a_login_decodes_with_its_user_and_credential() {
@@ -424,19 +430,23 @@ mod tests {
     #[test]
     fn commands_read_their_fields_as_clients_send_them() {
         let roles: &[u8] = &[2, 4, b'r', b'e', b'a', b'd', 1, b'x'];
-        let create = body(command::CREATE_USER, &[(USER, b"bob"), (1, b"hash"), (10, roles)]);
+        let fields = [(USER, &b"bob"[..]), (field::PASSWORD, b"hash"), (field::ROLES, roles)];
+        let create = body(command::CREATE_USER, &fields);
         let parsed = AdminCommand::parse(&AdminRequest::decode(&create).expect("decode"));
         assert_eq!(
             parsed,
             Ok(AdminCommand::CreateUser {
                 user: "bob".into(),
-                password: "hash".into(),
+                password: Secret::new("hash".into()),
                 roles: vec!["read".into(), "x".into()]
             })
         );
         // A global privilege carries no scope; a scoped one its namespace and set.
         let privileges: &[u8] = &[2, 1, 10, 4, b't', b'e', b's', b't', 0];
-        let grant = body(command::GRANT_PRIVILEGES, &[(11, b"r"), (12, privileges)]);
+        let grant = body(
+            command::GRANT_PRIVILEGES,
+            &[(field::ROLE, b"r"), (field::PRIVILEGES, privileges)],
+        );
         let parsed = AdminCommand::parse(&AdminRequest::decode(&grant).expect("decode"));
         assert_eq!(
             parsed,
@@ -450,7 +460,7 @@ mod tests {
         );
         // Lists that lie about their length are INVALID_FIELD, not a panic.
         for bad in [&[3u8, 1, b'x'][..], &[1, 9, b'x'], &[]] {
-            let grant = body(command::GRANT_ROLES, &[(USER, b"bob"), (10, bad)]);
+            let grant = body(command::GRANT_ROLES, &[(USER, b"bob"), (field::ROLES, bad)]);
             let parsed = AdminCommand::parse(&AdminRequest::decode(&grant).expect("decode"));
             assert_eq!(parsed, Err(code::INVALID_FIELD), "{bad:?}");
         }

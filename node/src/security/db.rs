@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::password::Secret;
+
 /// Result codes of Aerospike's security commands.
 pub mod code {
     pub const OK: u8 = 0;
@@ -66,12 +68,23 @@ pub mod privilege {
 pub enum Permission {
     Read,
     Write,
-    /// Running a UDF.
-    Udf,
     Truncate,
     /// Server configuration and XDR control (`set-config`, `xdr-link`).
     SysAdmin,
     UserAdmin,
+}
+
+impl Permission {
+    /// The privileges that grant it, for a refusal's message.
+    pub fn privileges(self) -> &'static str {
+        match self {
+            Permission::Read => "read, read-write or read-write-udf",
+            Permission::Write => "write, read-write or read-write-udf",
+            Permission::Truncate => "truncate or data-admin",
+            Permission::SysAdmin => "sys-admin",
+            Permission::UserAdmin => "user-admin",
+        }
+    }
 }
 
 /// One privilege: global (empty namespace) or scoped to a namespace, or to one of its sets.
@@ -106,7 +119,6 @@ impl Privilege {
         let granted = match permission {
             Permission::Read => matches!(self.code, READ | READ_WRITE | READ_WRITE_UDF),
             Permission::Write => matches!(self.code, WRITE | READ_WRITE | READ_WRITE_UDF),
-            Permission::Udf => self.code == READ_WRITE_UDF,
             Permission::Truncate => matches!(self.code, TRUNCATE | DATA_ADMIN),
             Permission::SysAdmin => self.code == SYS_ADMIN,
             Permission::UserAdmin => self.code == USER_ADMIN,
@@ -134,13 +146,12 @@ pub struct SecurityDb {
 }
 
 /// A change to a site's users or roles: what an admin command does once its password, if any,
-/// is hashed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "change", rename_all = "kebab-case")]
+/// is sealed (see [`super::password::seal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    CreateUser { user: String, password: String, roles: BTreeSet<String> },
+    CreateUser { user: String, password: Secret, roles: BTreeSet<String> },
     DropUser { user: String },
-    SetPassword { user: String, password: String },
+    SetPassword { user: String, password: Secret },
     GrantRoles { user: String, roles: BTreeSet<String> },
     RevokeRoles { user: String, roles: BTreeSet<String> },
     CreateRole { role: String, privileges: BTreeSet<Privilege> },
@@ -260,14 +271,16 @@ impl SecurityDb {
                     return Err(code::USER_ALREADY_EXISTS);
                 }
                 known_roles(roles)?;
-                let user_record = User { password: password.clone(), roles: roles.clone() };
+                let user_record =
+                    User { password: password.expose().to_owned(), roles: roles.clone() };
                 self.users.insert(user.clone(), user_record);
             }
             Change::DropUser { user } => {
                 self.users.remove(user).ok_or(code::INVALID_USER)?;
             }
             Change::SetPassword { user, password } => {
-                self.users.get_mut(user).ok_or(code::INVALID_USER)?.password = password.clone();
+                let stored = self.users.get_mut(user).ok_or(code::INVALID_USER)?;
+                stored.password = password.expose().to_owned();
             }
             Change::GrantRoles { user, roles } => {
                 known_roles(roles)?;
@@ -325,7 +338,8 @@ mod tests {
     fn db_with(user: &str, roles: &[&str]) -> SecurityDb {
         let mut db = SecurityDb::default();
         let roles = roles.iter().map(|r| (*r).to_owned()).collect();
-        let create = Change::CreateUser { user: user.into(), password: "h".into(), roles };
+        let create =
+            Change::CreateUser { user: user.into(), password: Secret::new("h".into()), roles };
         db.apply(&create).expect("create");
         db
     }
@@ -336,7 +350,6 @@ mod tests {
         let grants = db.grants("u").expect("user");
         assert!(allowed(&grants, Permission::Read, "test", "s"));
         assert!(allowed(&grants, Permission::Write, "test", "s"));
-        assert!(!allowed(&grants, Permission::Udf, "test", "s"));
         assert!(!allowed(&grants, Permission::SysAdmin, "", ""));
         let db = db_with("w", &["write"]);
         let grants = db.grants("w").expect("user");
@@ -367,7 +380,8 @@ mod tests {
     fn refusals_change_nothing_and_carry_aerospike_codes() {
         let mut db = db_with("u", &["read"]);
         let before = db.clone();
-        let again = Change::CreateUser { user: "u".into(), password: "h".into(), roles: set(&[]) };
+        let password = Secret::new("h".into());
+        let again = Change::CreateUser { user: "u".into(), password, roles: set(&[]) };
         assert_eq!(db.apply(&again), Err(code::USER_ALREADY_EXISTS));
         let unknown_role = Change::GrantRoles { user: "u".into(), roles: set(&["nope".into()]) };
         assert_eq!(db.apply(&unknown_role), Err(code::INVALID_ROLE));
@@ -384,9 +398,11 @@ mod tests {
 
     #[test]
     fn the_audit_detail_never_shows_a_password() {
-        let change = Change::SetPassword { user: "u".into(), password: "secret-hash".into() };
+        let password = Secret::new("secret-hash".into());
+        let change = Change::SetPassword { user: "u".into(), password };
         assert_eq!(change.action(), ("user.set-password", "u"));
         assert!(!change.detail().contains("secret"));
+        assert!(!format!("{change:?}").contains("secret"), "{change:?}");
         let scoped = Privilege { code: privilege::READ, namespace: "test".into(), set: "s".into() };
         let grant = Change::GrantPrivileges { role: "r".into(), privileges: set(&[scoped]) };
         assert_eq!(grant.detail(), "privileges=read:test.s");

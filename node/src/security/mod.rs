@@ -13,7 +13,7 @@
 pub mod db;
 pub mod password;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use ferry_topology::service::TopologyClient;
 use sha2::{Digest as _, Sha256};
 
 use self::db::{Change, Permission, Privilege, SecurityDb, code, privilege};
+pub use self::password::Secret;
 use crate::proto::admin::{AdminCommand, AdminRequest, ReplyBuilder, field, reply};
 
 /// How long a session lasts (Aerospike's `session-ttl` default).
@@ -32,8 +33,11 @@ pub const SESSION_TTL: Duration = Duration::from_secs(86_400);
 pub const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 /// The shortest time between two reads of the users and roles on demand.
 const CATCH_UP_EVERY: Duration = Duration::from_millis(100);
-/// Sessions a node keeps at most; past it, expired ones go, then the oldest.
+/// Sessions a node keeps at most, and per user; past either, the oldest go.
 const MAX_SESSIONS: usize = 100_000;
+const MAX_SESSIONS_PER_USER: usize = 1_000;
+/// Longest a login waits for a bcrypt slot before it is answered a server error.
+const HASH_QUEUE: Duration = Duration::from_secs(2);
 /// Times a change is tried again when another node's change came first.
 const CHANGE_ATTEMPTS: usize = 8;
 /// Aerospike's generic server error.
@@ -42,13 +46,32 @@ const SERVER_ERROR: u8 = 1;
 /// Who a client connection is: nobody until it logs in or presents a session.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
-    pub user: Option<String>,
+    login: Option<Login>,
     pub peer: Option<SocketAddr>,
+}
+
+/// A user a connection logged in as, and the stored password it logged in against: a new
+/// password (or the user dropped, or recreated) ends what the connection may do.
+#[derive(Clone)]
+struct Login {
+    user: String,
+    sealed: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login").field("user", &self.user).finish_non_exhaustive()
+    }
 }
 
 impl Caller {
     pub fn new(peer: Option<SocketAddr>) -> Caller {
-        Caller { user: None, peer }
+        Caller { login: None, peer }
+    }
+
+    /// The user the connection logged in as.
+    pub fn user(&self) -> Option<&str> {
+        self.login.as_ref().map(|login| login.user.as_str())
     }
 }
 
@@ -69,14 +92,49 @@ impl Loaded {
             .collect();
         Loaded { version, db, grants }
     }
+
+    /// The stored password of `user`.
+    fn sealed(&self, user: &str) -> Option<&str> {
+        self.db.users.get(user).map(|u| u.password.as_str())
+    }
 }
 
 #[derive(Debug)]
 struct Session {
-    user: String,
-    /// The user's stored password when the session began: a new password ends it.
-    sealed: String,
+    login: Login,
     expires: Instant,
+}
+
+/// This node's sessions, by token, and each user's tokens oldest first.
+#[derive(Debug, Default)]
+struct Sessions {
+    by_token: HashMap<[u8; 32], Session>,
+    by_user: HashMap<String, VecDeque<[u8; 32]>>,
+}
+
+impl Sessions {
+    fn insert(&mut self, token: [u8; 32], session: Session) {
+        let user = session.login.user.clone();
+        let tokens = self.by_user.entry(user.clone()).or_default();
+        tokens.retain(|t| self.by_token.contains_key(t));
+        if tokens.len() >= MAX_SESSIONS_PER_USER
+            && let Some(oldest) = tokens.pop_front()
+        {
+            self.by_token.remove(&oldest);
+        }
+        tokens.push_back(token);
+        if self.by_token.len() >= MAX_SESSIONS {
+            let now = Instant::now();
+            self.by_token.retain(|_, s| s.expires > now);
+        }
+        if self.by_token.len() >= MAX_SESSIONS {
+            let oldest = self.by_token.iter().min_by_key(|(_, s)| s.expires).map(|(t, _)| *t);
+            if let Some(oldest) = oldest {
+                self.by_token.remove(&oldest);
+            }
+        }
+        self.by_token.insert(token, session);
+    }
 }
 
 /// Security on this node's client port.
@@ -86,17 +144,21 @@ pub struct Security {
     enabled: bool,
     service: OnceLock<TopologyClient>,
     loaded: RwLock<Arc<Loaded>>,
-    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    sessions: Mutex<Sessions>,
     /// Per user, the digest of the last client hash that matched its stored password, and that
     /// password: a login repeating it skips the (slow on purpose) bcrypt.
     verified: Mutex<HashMap<String, ([u8; 32], String)>>,
     /// When the users and roles were last read on demand (see [`Security::catch_up`]).
     caught_up: Mutex<Option<Instant>>,
+    /// Bcrypts running at once, at most one per core: a flood of logins waits here, never on
+    /// the blocking pool that info requests share.
+    hashing: tokio::sync::Semaphore,
 }
 
 impl Security {
     /// Security of site `site`, on or off (the topology's `security`).
     pub fn new(site: &str, enabled: bool) -> Security {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Security {
             site: site.to_owned(),
             enabled,
@@ -105,22 +167,7 @@ impl Security {
             sessions: Mutex::default(),
             verified: Mutex::default(),
             caught_up: Mutex::default(),
-        }
-    }
-
-    /// Reads the users and roles now, unless that was done in the last [`CATCH_UP_EVERY`]:
-    /// before answering a query, or a login by a user not known yet (created through another
-    /// node moments ago), so neither waits for the next [`FOLLOW_EVERY`].
-    async fn catch_up(&self) {
-        {
-            let mut last = self.caught_up.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|at| at.elapsed() < CATCH_UP_EVERY) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
-        if let Err(error) = self.refresh().await {
-            tracing::debug!(%error, "could not read the site's users and roles");
+            hashing: tokio::sync::Semaphore::new(cores),
         }
     }
 
@@ -132,6 +179,8 @@ impl Security {
     /// then every [`FOLLOW_EVERY`] in the task returned.
     pub async fn follow(self: &Arc<Self>, client: TopologyClient) -> tokio::task::JoinHandle<()> {
         let _ = self.service.set(client);
+        // Made now, so the first login by an unknown user takes no longer than the next.
+        let _ = tokio::task::spawn_blocking(|| std::sync::LazyLock::force(&UNKNOWN_USER)).await;
         let mut failing = false;
         if let Err(error) = self.refresh().await {
             tracing::warn!(%error, "users and roles not readable yet: logins wait for them");
@@ -169,7 +218,7 @@ impl Security {
         }
     }
 
-    /// Reads the site's users and roles from the topology service.
+    /// Reads the users and roles from the topology service.
     pub async fn refresh(&self) -> Result<(), String> {
         let (version, db) = self.read().await?;
         self.install(version, db);
@@ -184,8 +233,25 @@ impl Security {
         Ok((current.version, db))
     }
 
+    /// Reads the users and roles now, unless that was done in the last [`CATCH_UP_EVERY`]:
+    /// before answering a query, or a login by a user not known yet or whose password does not
+    /// match (changed through another node moments ago), so none waits for [`FOLLOW_EVERY`].
+    async fn catch_up(&self) {
+        {
+            let mut last = self.caught_up.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < CATCH_UP_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        if let Err(error) = self.refresh().await {
+            tracing::debug!(%error, "could not read the site's users and roles");
+        }
+    }
+
     /// Whether `caller` may do what needs `permission` on `namespace`/`set`: `Err` carries the
-    /// result code (80 without a login or for a user since dropped, 81 without the privilege).
+    /// result code (80 without a login, or once the user was dropped or its password changed;
+    /// 81 without the privilege).
     pub fn check(
         &self,
         caller: &Caller,
@@ -196,9 +262,12 @@ impl Security {
         if !self.enabled {
             return Ok(());
         }
-        let user = caller.user.as_deref().ok_or(code::NOT_AUTHENTICATED)?;
+        let login = caller.login.as_ref().ok_or(code::NOT_AUTHENTICATED)?;
         let loaded = self.loaded();
-        let grants = loaded.grants.get(user).ok_or(code::NOT_AUTHENTICATED)?;
+        if loaded.sealed(&login.user) != Some(login.sealed.as_str()) {
+            return Err(code::NOT_AUTHENTICATED);
+        }
+        let grants = loaded.grants.get(&login.user).ok_or(code::NOT_AUTHENTICATED)?;
         if db::allowed(grants, permission, namespace, set) {
             Ok(())
         } else {
@@ -207,7 +276,7 @@ impl Security {
     }
 
     /// Answers an admin message (the reply body, framing left to the caller); a login or an
-    /// accepted session makes `caller` its user.
+    /// accepted session makes `caller` its user, a refused one leaves it no one.
     pub async fn admin(&self, caller: &mut Caller, request: &AdminRequest) -> Vec<u8> {
         if !self.enabled {
             // Clients take it as a login that needs no session.
@@ -226,154 +295,170 @@ impl Security {
     async fn answer(&self, caller: &mut Caller, command: AdminCommand) -> Result<Vec<u8>, u8> {
         let change = match command {
             AdminCommand::Login { user, credential } => {
-                return self.login(caller, user, credential).await;
+                caller.login = None;
+                let login = self.login(caller, user, credential).await?;
+                return Ok(self.open_session(caller, login));
             }
             AdminCommand::Authenticate { user, token } => {
-                let session = self.session(&token)?;
-                if user.as_ref().is_some_and(|user| *user != session) {
+                caller.login = None;
+                let login = self.session(&token)?;
+                if user.as_ref().is_some_and(|user| *user != login.user) {
                     return Err(code::INVALID_CREDENTIAL);
                 }
-                caller.user = Some(session);
+                caller.login = Some(login);
                 return Ok(reply(code::OK).to_vec());
             }
             AdminCommand::QueryUsers { user } => {
+                let me = caller.user().ok_or(code::NOT_AUTHENTICATED)?;
+                if user.as_deref() != Some(me) {
+                    self.check(caller, Permission::UserAdmin, "", "")?;
+                }
                 self.catch_up().await;
-                return self.query_users(caller, user);
+                return self.query_users(user);
             }
             AdminCommand::QueryRoles { role } => {
+                self.check(caller, Permission::UserAdmin, "", "")?;
                 self.catch_up().await;
-                return self.query_roles(caller, role);
+                return self.query_roles(role);
             }
             AdminCommand::ChangePassword { user, old, password } => {
-                let me = caller.user.as_deref().ok_or(code::NOT_AUTHENTICATED)?;
-                if me != user {
+                let me = caller.user().ok_or(code::NOT_AUTHENTICATED)?;
+                let mine = me == user;
+                if !mine {
                     // Clients send it only for their own user; anyone else's is SET_PASSWORD.
                     self.check(caller, Permission::UserAdmin, "", "")?;
                 }
-                let sealed = self.loaded().db.users.get(&user).map(|u| u.password.clone());
+                let sealed = self.loaded().sealed(&user).map(str::to_owned);
                 let sealed = sealed.ok_or(code::INVALID_USER)?;
-                if !self.verify(&user, &sealed, &old).await {
+                if !self.verify(&user, &sealed, old.expose()).await? {
                     return Err(code::INVALID_PASSWORD);
                 }
-                Change::SetPassword { user, password: seal(password).await? }
+                let whose = user.clone();
+                let change = Change::SetPassword { user, password: seal(password).await? };
+                // The old password must still be the stored one when the change is written.
+                self.commit(caller, &change, |db| match db.users.get(&whose) {
+                    Some(u) if u.password == sealed => Ok(()),
+                    _ => Err(code::INVALID_PASSWORD),
+                })
+                .await?;
+                return Ok(reply(code::OK).to_vec());
             }
-            AdminCommand::Unsupported { command } => {
+            AdminCommand::Unsupported { command, result } => {
                 self.check(caller, Permission::UserAdmin, "", "")?;
-                tracing::debug!(command, "admin command not supported");
-                return Err(if command == crate::proto::admin::command::CREATE_ROLE {
-                    code::QUOTAS_NOT_ENABLED
-                } else {
-                    code::INVALID_COMMAND
-                });
+                tracing::debug!(command, result, "admin command not supported");
+                return Err(result);
             }
             command => {
                 self.check(caller, Permission::UserAdmin, "", "")?;
                 user_admin_change(command).await?
             }
         };
-        self.commit(caller, &change).await?;
+        let actor = caller.user().unwrap_or_default().to_owned();
+        // Checked again on what is written over: a user-admin role revoked through another
+        // node moments ago holds here too.
+        self.commit(caller, &change, |db| {
+            let grants = db.grants(&actor).unwrap_or_default();
+            if db::allowed(&grants, Permission::UserAdmin, "", "") {
+                Ok(())
+            } else {
+                Err(code::ROLE_VIOLATION)
+            }
+        })
+        .await?;
         Ok(reply(code::OK).to_vec())
     }
 
-    async fn login(
-        &self,
-        caller: &mut Caller,
-        user: String,
-        credential: String,
-    ) -> Result<Vec<u8>, u8> {
-        let stored = || self.loaded().db.users.get(&user).map(|u| u.password.clone());
+    /// The login of `user` if `credential` is its password's client hash.
+    async fn login(&self, caller: &Caller, user: String, credential: Secret) -> Result<Login, u8> {
+        let stored = || self.loaded().sealed(&user).map(str::to_owned);
         let mut sealed = stored();
         if sealed.is_none() {
             self.catch_up().await;
             sealed = stored();
         }
-        let Some(sealed) = sealed else {
+        let Some(mut sealed) = sealed else {
             // An unknown user costs a bcrypt too: the answer's time tells no users apart.
-            let check = move || password::matches(&UNKNOWN_USER, &credential);
-            let _ = tokio::task::spawn_blocking(check).await;
-            tracing::info!(user, peer = ?caller.peer, "login refused: no such user");
+            let _ = self.verify(&user, &UNKNOWN_USER, credential.expose()).await;
+            tracing::info!(user = ?user, peer = ?caller.peer, "login refused: no such user");
             return Err(code::INVALID_CREDENTIAL);
         };
-        let mut sealed = sealed;
-        if !self.verify(&user, &sealed, &credential).await {
+        if !self.verify(&user, &sealed, credential.expose()).await? {
             // The password may have changed through another node moments ago.
             self.catch_up().await;
             let renewed = stored().filter(|renewed| *renewed != sealed);
             let matched = match renewed {
                 Some(renewed) => {
                     sealed = renewed;
-                    self.verify(&user, &sealed, &credential).await
+                    self.verify(&user, &sealed, credential.expose()).await?
                 }
                 None => false,
             };
             if !matched {
-                tracing::info!(user, peer = ?caller.peer, "login refused: wrong password");
+                tracing::info!(user = ?user, peer = ?caller.peer, "login refused: wrong password");
                 return Err(code::INVALID_CREDENTIAL);
             }
         }
+        Ok(Login { user, sealed })
+    }
+
+    /// Starts a session for `login` on `caller`'s connection; the login reply.
+    fn open_session(&self, caller: &mut Caller, login: Login) -> Vec<u8> {
         let token: [u8; 32] = rand::random();
-        let session = Session { user: user.clone(), sealed, expires: Instant::now() + SESSION_TTL };
-        {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            if sessions.len() >= MAX_SESSIONS {
-                let now = Instant::now();
-                sessions.retain(|_, s| s.expires > now);
-            }
-            if sessions.len() >= MAX_SESSIONS {
-                let oldest = sessions.iter().min_by_key(|(_, s)| s.expires).map(|(t, _)| *t);
-                if let Some(oldest) = oldest {
-                    sessions.remove(&oldest);
-                }
-            }
-            sessions.insert(token, session);
-        }
-        caller.user = Some(user);
+        let session = Session { login: login.clone(), expires: Instant::now() + SESSION_TTL };
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(token, session);
+        caller.login = Some(login);
         let ttl = u32::try_from(SESSION_TTL.as_secs()).unwrap_or(u32::MAX);
         let mut body = ReplyBuilder::default();
         body.record(code::OK).bytes(field::SESSION_TOKEN, &token).u32(field::SESSION_TTL, ttl);
-        Ok(body.finish())
+        body.finish()
     }
 
-    /// The user of a live session `token`, which ends if it expired, its user was dropped or
+    /// The login of a live session `token`, which ends if it expired, its user was dropped or
     /// its password changed.
-    fn session(&self, token: &[u8]) -> Result<String, u8> {
+    fn session(&self, token: &[u8]) -> Result<Login, u8> {
         let token: [u8; 32] = token.try_into().map_err(|_| code::INVALID_CREDENTIAL)?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let session = sessions.get(&token).ok_or(code::INVALID_CREDENTIAL)?;
-        let loaded = self.loaded();
-        let current = loaded.db.users.get(&session.user).map(|u| u.password.as_str());
-        if session.expires <= Instant::now() || current != Some(session.sealed.as_str()) {
-            sessions.remove(&token);
+        let session = sessions.by_token.get(&token).ok_or(code::INVALID_CREDENTIAL)?;
+        let current = self.loaded().sealed(&session.login.user).map(str::to_owned);
+        if session.expires <= Instant::now() || current.as_deref() != Some(&session.login.sealed) {
+            sessions.by_token.remove(&token);
             return Err(code::EXPIRED_SESSION);
         }
-        Ok(session.user.clone())
+        Ok(session.login.clone())
     }
 
     /// Whether `credential` is the client hash `sealed` was made from; repeats of the last
-    /// match per user skip the bcrypt.
-    async fn verify(&self, user: &str, sealed: &str, credential: &str) -> bool {
+    /// match per user skip the bcrypt. `Err` (a server error) when no bcrypt slot came free
+    /// within [`HASH_QUEUE`].
+    async fn verify(&self, user: &str, sealed: &str, credential: &str) -> Result<bool, u8> {
         let digest: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
         let known = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(user).cloned();
         if known.is_some_and(|(d, s)| d == digest && s == sealed) {
-            return true;
+            return Ok(true);
         }
         let (sealed_owned, credential) = (sealed.to_owned(), credential.to_owned());
-        let matched =
-            tokio::task::spawn_blocking(move || password::matches(&sealed_owned, &credential))
-                .await
-                .unwrap_or(false);
+        let matched = self.hashing(move || password::matches(&sealed_owned, &credential)).await?;
         if matched {
             let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
             verified.insert(user.to_owned(), (digest, sealed.to_owned()));
         }
-        matched
+        Ok(matched)
     }
 
-    fn query_users(&self, caller: &Caller, user: Option<String>) -> Result<Vec<u8>, u8> {
-        let me = caller.user.as_deref().ok_or(code::NOT_AUTHENTICATED)?;
-        if user.as_deref() != Some(me) {
-            self.check(caller, Permission::UserAdmin, "", "")?;
-        }
+    /// Runs a bcrypt once a slot is free (see [`Security::hashing`]).
+    async fn hashing<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, u8> {
+        let slot = tokio::time::timeout(HASH_QUEUE, self.hashing.acquire()).await;
+        let Ok(Ok(_slot)) = slot else {
+            tracing::warn!("too many logins at once: one refused with a server error");
+            return Err(SERVER_ERROR);
+        };
+        tokio::task::spawn_blocking(work).await.map_err(|_| SERVER_ERROR)
+    }
+
+    fn query_users(&self, user: Option<String>) -> Result<Vec<u8>, u8> {
         let loaded = self.loaded();
         let mut body = ReplyBuilder::default();
         let users: Vec<(&String, &db::User)> = match &user {
@@ -392,8 +477,7 @@ impl Security {
         Ok(body.finish())
     }
 
-    fn query_roles(&self, caller: &Caller, role: Option<String>) -> Result<Vec<u8>, u8> {
-        self.check(caller, Permission::UserAdmin, "", "")?;
+    fn query_roles(&self, role: Option<String>) -> Result<Vec<u8>, u8> {
         let loaded = self.loaded();
         let predefined = privilege::NAMED.iter().map(|(_, name)| (*name).to_owned());
         let names: Vec<String> = match role {
@@ -411,10 +495,16 @@ impl Security {
     }
 
     /// Writes `change` to the site's users and roles in the topology service, over the version
-    /// read just before (again if another change came first); audited there as `caller`'s.
-    async fn commit(&self, caller: &Caller, change: &Change) -> Result<(), u8> {
+    /// read just before (again if another change came first) and only if `allowed` holds on
+    /// it; audited there as `caller`'s.
+    async fn commit(
+        &self,
+        caller: &Caller,
+        change: &Change,
+        allowed: impl Fn(&SecurityDb) -> Result<(), u8>,
+    ) -> Result<(), u8> {
         let service = self.service.get().ok_or(SERVER_ERROR)?;
-        let actor = caller.user.clone().unwrap_or_default();
+        let actor = caller.user().unwrap_or_default();
         let origin = caller.peer.map_or_else(|| "client".to_owned(), |p| format!("client {p}"));
         let (action, target) = change.action();
         for _ in 0..CHANGE_ATTEMPTS {
@@ -422,10 +512,10 @@ impl Security {
                 tracing::warn!(%error, "users and roles unreadable; admin command refused");
                 SERVER_ERROR
             })?;
+            allowed(&db)?;
             db.apply(change)?;
-            let event =
-                AuditEvent::now(&actor, &origin, action, &format!("{}/{target}", self.site))
-                    .detail(change.detail());
+            let event = AuditEvent::now(actor, &origin, action, &format!("{}/{target}", self.site))
+                .detail(change.detail());
             let document = serde_json::to_value(&db).map_err(|_| SERVER_ERROR)?;
             let update = SecurityUpdate { expected: version, document, event };
             match service.update_security(&self.site, &update).await {
@@ -450,13 +540,14 @@ static UNKNOWN_USER: std::sync::LazyLock<String> =
 
 /// Seals a client's password hash off the async workers; `INVALID_PASSWORD` for anything that
 /// is not a client hash.
-async fn seal(client_hash: String) -> Result<String, u8> {
-    if !password::is_client_hash(&client_hash) {
+async fn seal(client_hash: Secret) -> Result<Secret, u8> {
+    if !password::is_client_hash(client_hash.expose()) {
         return Err(code::INVALID_PASSWORD);
     }
-    tokio::task::spawn_blocking(move || password::seal(&client_hash))
+    tokio::task::spawn_blocking(move || password::seal(client_hash.expose()))
         .await
         .map_err(|_| SERVER_ERROR)?
+        .map(Secret::new)
         .map_err(|_| SERVER_ERROR)
 }
 

@@ -4,6 +4,27 @@
 //! of the client's hash under a random salt, so the stored value cannot be replayed as a login
 //! and two users with one password do not look alike.
 
+/// A password, a client's hash of one, or a stored hash: shown as `***` in logs and debug
+/// output, so none can leak through them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: String) -> Secret {
+        Secret(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// The salt every Aerospike client hashes passwords with (bcrypt's base64: the 16 bytes
 /// below), at cost 10, in the `$2a$` format.
 const CLIENT_SALT: [u8; 16] = [
