@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aerospike::{Bins, Client, ClientPolicy, ReadPolicy, Value, WritePolicy, as_bin, as_key};
+use aerospike::{
+    Bins, Client, ClientPolicy, ReadPolicy, ResultCode, Value, WritePolicy, as_bin, as_key,
+};
 use ferry_auth::Role;
 use ferry_tests::{Link, Namespace, TopologyBuilder, http};
 use futures::stream::{self, StreamExt};
@@ -335,8 +337,10 @@ async fn a_destination_node_killed_while_a_link_ships_into_its_site_holds_nothin
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Each of a's nodes ships its own partitions and learns b's newest map from the first ack
+    // after it changed: a probe of 60 keys gives every shipper a batch to learn it from.
     let probe: Acks = Arc::default();
-    write_load(Arc::clone(&client), 10_000..10_001, 3, Arc::clone(&probe), deadline_in(10)).await;
+    write_load(Arc::clone(&client), 10_000..10_060, 3, Arc::clone(&probe), deadline_in(10)).await;
     assert_readable(&deployment, "b", &probe, Duration::from_secs(30)).await;
     let forwarded = || async {
         let mut sum = 0;
@@ -348,7 +352,7 @@ async fn a_destination_node_killed_while_a_link_ships_into_its_site_holds_nothin
     };
     let before = forwarded().await;
     let burst: Acks = Arc::default();
-    write_load(Arc::clone(&client), 10_001..11_000, 3, Arc::clone(&burst), deadline_in(30)).await;
+    write_load(Arc::clone(&client), 10_060..11_000, 3, Arc::clone(&burst), deadline_in(30)).await;
     assert_readable(&deployment, "b", &burst, Duration::from_secs(30)).await;
     assert_eq!(forwarded().await - before, 0, "records forwarded inside b after it settled");
 
@@ -560,7 +564,20 @@ async fn a_write_its_crashed_master_stored_alone_is_kept_by_the_site_once_the_no
     // a-1 crashes again: the node left with the partition holds the version.
     tokio::task::block_in_place(|| deployment.kill_node("a-1"));
     wait_removed(&deployment, "a", "a-1", Duration::from_secs(10)).await;
-    let record = client.get(&ReadPolicy::default(), &key, Bins::All).await.expect("kept");
+    // Retried while the client's map still names a-1; "not found" fails at once.
+    let deadline = deadline_in(10);
+    let record = loop {
+        match client.get(&ReadPolicy::default(), &key, Bins::All).await {
+            Ok(record) => break record,
+            Err(error)
+                if error.server_result_code() != Some(ResultCode::KeyNotFoundError)
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the version is not kept at a: {error}"),
+        }
+    };
     assert_eq!(record.bins["v"], Value::from(lost));
     let b = connect(&deployment, "b").await;
     let record = b.get(&ReadPolicy::default(), &key, Bins::All).await.expect("shipped to b");

@@ -575,6 +575,9 @@ impl NodeState {
     async fn merge(&self, chunk: Chunk) -> Result<ReplicaStatus, String> {
         let ns = chunk.namespace.as_str();
         let view = self.await_epoch(chunk.epoch).await;
+        if view.epoch() < chunk.epoch {
+            return Ok(ReplicaStatus::Failed);
+        }
         let masters =
             view.copies(ns, chunk.partition).is_some_and(|c| *c.master() == self.this_node().id);
         if self.namespace(ns).is_none()
@@ -590,12 +593,20 @@ impl NodeState {
             return Err("this node is cut off from its site's majority".to_owned());
         }
         self.store.writable().map_err(|e| e.to_string())?;
+        // By this node's clock: a version older than this that has nothing here may be one
+        // whose delete's tombstone this node already reclaimed, and stays out.
+        let tombstone_ttl_ms = self.namespace(ns).map_or(0, |n| u64::from(n.tombstone_ttl) * 1000);
+        let absent_from = (record::now_ms() + CLOCK_MARGIN_MS).saturating_sub(tombstone_ttl_ms);
+        let now_secs = record::now_citrusleaf_secs();
         let mut stored = Vec::new();
         for (digest, record) in chunk.records {
-            if record.last_update_ms < self.store.truncation_cutoff(ns, &record.set) {
+            if record.last_update_ms < self.store.truncation_cutoff(ns, &record.set)
+                || record.expired(now_secs)
+            {
                 continue;
             }
-            if let Some(record) = self.store_copy(ns, &digest, record, Logging::AsMaster).await? {
+            let logging = Logging::AsMaster { absent_from };
+            if let Some(record) = self.store_copy(ns, &digest, record, logging).await? {
                 stored.push((digest, record));
             }
         }

@@ -273,6 +273,12 @@ impl NodeState {
         let _guard = self.store.lock(digest).await;
         let local = self.store.get(ns, digest).map_err(|e| e.to_string())?;
         let version = |r: &Record| Version { stamp: r.stamp(), tombstone: r.tombstone };
+        if let Logging::AsMaster { absent_from } = logging
+            && local.is_none()
+            && record.last_update_ms < absent_from
+        {
+            return Ok(None);
+        }
         let local = local.as_ref().map(version);
         if resolve(policy, local.as_ref(), &version(&record)) == Resolution::Stale {
             return Ok(None);
@@ -281,7 +287,7 @@ impl NodeState {
         let logs = record.origin_site == self.site_id() || self.forwards_applied_versions();
         record.logged_lsn = match logging {
             Logging::AsCopy if logs => self.log_copy(ns, digest, &record),
-            Logging::AsMaster if logs => self.log_change(ns, digest, &record),
+            Logging::AsMaster { .. } if logs => self.log_change(ns, digest, &record),
             _ => Ok(None),
         }
         .map_err(|e| e.to_string())?;
@@ -295,8 +301,12 @@ impl NodeState {
 pub(crate) enum Logging {
     /// As a copy of the master's change: shipped from here only after a takeover.
     AsCopy,
-    /// As this node's own change, which it ships (it masters the partition).
-    AsMaster,
+    /// As this node's own change, which it ships (it masters the partition); a version with
+    /// nothing here older than `absent_from` (ms) is not stored: it may be one whose delete's
+    /// tombstone this node reclaimed.
+    AsMaster {
+        absent_from: u64,
+    },
     Not,
 }
 

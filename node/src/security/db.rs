@@ -134,6 +134,10 @@ pub struct User {
     pub password: String,
     #[serde(default)]
     pub roles: BTreeSet<String>,
+    /// Drawn at random when the user is created: a user dropped and created again under the
+    /// same name is another user, and connections logged in as the first are not the second's.
+    #[serde(default)]
+    pub since: u64,
 }
 
 /// A site's users and the roles it defines besides the predefined ones.
@@ -149,7 +153,7 @@ pub struct SecurityDb {
 /// is sealed (see [`super::password::seal`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    CreateUser { user: String, password: Secret, roles: BTreeSet<String> },
+    CreateUser { user: String, password: Secret, roles: BTreeSet<String>, since: u64 },
     DropUser { user: String },
     SetPassword { user: String, password: Secret },
     GrantRoles { user: String, roles: BTreeSet<String> },
@@ -227,7 +231,7 @@ impl SecurityDb {
     /// links, truncates, and reads and writes every namespace.
     pub fn first(sealed: String) -> SecurityDb {
         let roles = FIRST_ADMIN_ROLES.iter().map(|r| (*r).to_owned()).collect();
-        let admin = User { password: sealed, roles };
+        let admin = User { password: sealed, roles, since: rand::random() };
         SecurityDb { users: [("admin".to_owned(), admin)].into(), roles: BTreeMap::new() }
     }
 
@@ -263,7 +267,7 @@ impl SecurityDb {
             }
         };
         match change {
-            Change::CreateUser { user, password, roles } => {
+            Change::CreateUser { user, password, roles, since } => {
                 if user.is_empty() || user.len() > 63 {
                     return Err(code::INVALID_USER);
                 }
@@ -271,8 +275,8 @@ impl SecurityDb {
                     return Err(code::USER_ALREADY_EXISTS);
                 }
                 known_roles(roles)?;
-                let user_record =
-                    User { password: password.expose().to_owned(), roles: roles.clone() };
+                let password = password.expose().to_owned();
+                let user_record = User { password, roles: roles.clone(), since: *since };
                 self.users.insert(user.clone(), user_record);
             }
             Change::DropUser { user } => {
@@ -338,8 +342,8 @@ mod tests {
     fn db_with(user: &str, roles: &[&str]) -> SecurityDb {
         let mut db = SecurityDb::default();
         let roles = roles.iter().map(|r| (*r).to_owned()).collect();
-        let create =
-            Change::CreateUser { user: user.into(), password: Secret::new("h".into()), roles };
+        let password = Secret::new("h".into());
+        let create = Change::CreateUser { user: user.into(), password, roles, since: 1 };
         db.apply(&create).expect("create");
         db
     }
@@ -381,7 +385,7 @@ mod tests {
         let mut db = db_with("u", &["read"]);
         let before = db.clone();
         let password = Secret::new("h".into());
-        let again = Change::CreateUser { user: "u".into(), password, roles: set(&[]) };
+        let again = Change::CreateUser { user: "u".into(), password, roles: set(&[]), since: 2 };
         assert_eq!(db.apply(&again), Err(code::USER_ALREADY_EXISTS));
         let unknown_role = Change::GrantRoles { user: "u".into(), roles: set(&["nope".into()]) };
         assert_eq!(db.apply(&unknown_role), Err(code::INVALID_ROLE));

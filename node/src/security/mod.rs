@@ -50,11 +50,13 @@ pub struct Caller {
     pub peer: Option<SocketAddr>,
 }
 
-/// A user a connection logged in as, and the stored password it logged in against: a new
-/// password (or the user dropped, or recreated) ends what the connection may do.
+/// A user a connection logged in as: which incarnation of the user (one dropped and created
+/// again is another), and the stored password it logged in against (a session it opened ends
+/// when the password changes; the connection itself goes on, as in Aerospike).
 #[derive(Clone)]
 struct Login {
     user: String,
+    since: u64,
     sealed: String,
 }
 
@@ -96,6 +98,11 @@ impl Loaded {
     /// The stored password of `user`.
     fn sealed(&self, user: &str) -> Option<&str> {
         self.db.users.get(user).map(|u| u.password.as_str())
+    }
+
+    /// Whether `login`'s user still exists, as the same incarnation.
+    fn holds(&self, login: &Login) -> bool {
+        self.db.users.get(&login.user).is_some_and(|u| u.since == login.since)
     }
 }
 
@@ -250,7 +257,7 @@ impl Security {
     }
 
     /// Whether `caller` may do what needs `permission` on `namespace`/`set`: `Err` carries the
-    /// result code (80 without a login, or once the user was dropped or its password changed;
+    /// result code (80 without a login, or once its user was dropped, even if created again;
     /// 81 without the privilege).
     pub fn check(
         &self,
@@ -264,7 +271,7 @@ impl Security {
         }
         let login = caller.login.as_ref().ok_or(code::NOT_AUTHENTICATED)?;
         let loaded = self.loaded();
-        if loaded.sealed(&login.user) != Some(login.sealed.as_str()) {
+        if !loaded.holds(login) {
             return Err(code::NOT_AUTHENTICATED);
         }
         let grants = loaded.grants.get(&login.user).ok_or(code::NOT_AUTHENTICATED)?;
@@ -334,13 +341,18 @@ impl Security {
                     return Err(code::INVALID_PASSWORD);
                 }
                 let whose = user.clone();
-                let change = Change::SetPassword { user, password: seal(password).await? };
+                let renewed = seal(password).await?;
+                let change = Change::SetPassword { user, password: renewed.clone() };
                 // The old password must still be the stored one when the change is written.
                 self.commit(caller, &change, |db| match db.users.get(&whose) {
                     Some(u) if u.password == sealed => Ok(()),
                     _ => Err(code::INVALID_PASSWORD),
                 })
                 .await?;
+                if mine && let Some(login) = caller.login.as_mut() {
+                    // Sessions this connection opens from now on carry the new password.
+                    login.sealed = renewed.expose().to_owned();
+                }
                 return Ok(reply(code::OK).to_vec());
             }
             AdminCommand::Unsupported { command, result } => {
@@ -353,11 +365,14 @@ impl Security {
                 user_admin_change(command).await?
             }
         };
-        let actor = caller.user().unwrap_or_default().to_owned();
-        // Checked again on what is written over: a user-admin role revoked through another
-        // node moments ago holds here too.
+        let login = caller.login.clone().ok_or(code::NOT_AUTHENTICATED)?;
+        // Checked again on what is written over: a user-admin role revoked, or the user
+        // dropped, through another node moments ago holds here too.
         self.commit(caller, &change, |db| {
-            let grants = db.grants(&actor).unwrap_or_default();
+            if db.users.get(&login.user).is_none_or(|u| u.since != login.since) {
+                return Err(code::NOT_AUTHENTICATED);
+            }
+            let grants = db.grants(&login.user).unwrap_or_default();
             if db::allowed(&grants, Permission::UserAdmin, "", "") {
                 Ok(())
             } else {
@@ -398,7 +413,8 @@ impl Security {
                 return Err(code::INVALID_CREDENTIAL);
             }
         }
-        Ok(Login { user, sealed })
+        let since = self.loaded().db.users.get(&user).map_or(0, |u| u.since);
+        Ok(Login { user, since, sealed })
     }
 
     /// Starts a session for `login` on `caller`'s connection; the login reply.
@@ -556,7 +572,8 @@ async fn user_admin_change(command: AdminCommand) -> Result<Change, u8> {
     let set = |items: Vec<String>| items.into_iter().collect();
     Ok(match command {
         AdminCommand::CreateUser { user, password, roles } => {
-            Change::CreateUser { user, password: seal(password).await?, roles: set(roles) }
+            let password = seal(password).await?;
+            Change::CreateUser { user, password, roles: set(roles), since: rand::random() }
         }
         AdminCommand::DropUser { user } => Change::DropUser { user },
         AdminCommand::SetPassword { user, password } => {
